@@ -1,0 +1,92 @@
+//! The one table from error kinds to HTTP status, and the protocol's `{"error": "..."}` body.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::batcher::JobError;
+use crate::protocol::ProtocolError;
+use crate::repository::RepoError;
+use crate::telemetry::FailureReason;
+use crate::tensor::ValidationError;
+
+/// Seconds a client is told to wait after an overload answer.
+const RETRY_AFTER_SECS: u64 = 1;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    NotFound(String),
+    BadRequest(String),
+    TooLarge(String),
+    Unavailable(String),
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            ApiError::NotFound(m)
+            | ApiError::BadRequest(m)
+            | ApiError::TooLarge(m)
+            | ApiError::Unavailable(m)
+            | ApiError::Internal(m) => m,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut resp = (status, axum::Json(serde_json::json!({ "error": self.message() }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(e: RepoError) -> Self {
+        match e {
+            RepoError::ModelNotFound(_) | RepoError::VersionNotFound { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
+            RepoError::NotReady { .. } => ApiError::Unavailable(e.to_string()),
+            RepoError::Config(_) | RepoError::Load { .. } => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+/// The status of a job error and the failure reason it counts as.
+pub fn job_error(e: JobError) -> (ApiError, FailureReason) {
+    let msg = e.to_string();
+    match e {
+        JobError::QueueFull { .. } => (ApiError::Unavailable(msg), FailureReason::Rejected),
+        JobError::Timeout { .. } => (ApiError::Unavailable(msg), FailureReason::Timeout),
+        JobError::BadPriority { .. } => (ApiError::BadRequest(msg), FailureReason::Invalid),
+        JobError::Unavailable { .. } => (ApiError::Unavailable(msg), FailureReason::Other),
+        JobError::Model { .. } => (ApiError::Internal(msg), FailureReason::Backend),
+    }
+}

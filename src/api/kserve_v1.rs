@@ -1,0 +1,62 @@
+//! KServe v1 / TF-Serving style routes: `GET /v1/models/{m}` (status) and
+//! `POST /v1/models/{m}:predict` (`instances` -> `predictions`).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::infer::{self, parse_version};
+use super::{read_body, ApiError, AppState};
+use crate::batcher::SubmitOptions;
+use crate::protocol::kserve_v1;
+
+fn split_predict(segment: &str) -> Result<&str, ApiError> {
+    segment
+        .strip_suffix(":predict")
+        .ok_or_else(|| ApiError::NotFound(format!("no such route: expected '{segment}:predict'")))
+}
+
+pub async fn status(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    let lv = s.repo.get(&model, None)?;
+    Ok(Json(json!({ "name": lv.name, "ready": true })))
+}
+
+pub async fn predict(
+    State(s): State<AppState>,
+    Path(segment): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let model = split_predict(&segment)?;
+    predict_on(s, model, None, headers, body).await
+}
+
+pub async fn predict_v(
+    State(s): State<AppState>,
+    Path((model, segment)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let version = parse_version(&model, split_predict(&segment)?)?;
+    predict_on(s, &model, Some(version), headers, body).await
+}
+
+async fn predict_on(
+    s: AppState,
+    model: &str,
+    version: Option<u64>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let lv = s.repo.get(model, version)?;
+    let bytes = read_body(&headers, body, s.max_body_bytes).await?;
+    let batching = lv.config.max_batch_size > 0;
+    let inputs = kserve_v1::decode_request(&bytes, &lv.config.inputs, batching)
+        .map_err(|e| infer::invalid(&lv, e))?;
+    let done = infer::run(&s, &lv, inputs, SubmitOptions::default()).await?;
+    let body = kserve_v1::encode_response(&done.output.outputs, batching);
+    Ok((infer::timing_headers(&done), Json(body)).into_response())
+}

@@ -1,0 +1,170 @@
+//! KServe v2 / Open Inference Protocol routes: server and model metadata, health, readiness, infer
+//! (JSON and binary tensor extension).
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::infer::{self, parse_version};
+use super::{read_body, ApiError, AppState};
+use crate::batcher::SubmitOptions;
+use crate::protocol::kserve_v2::{self as v2, HEADER_LENGTH};
+use crate::repository::LoadedVersion;
+
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "parameters", "schedule_policy"];
+
+pub async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "ferrite",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": EXTENSIONS,
+    }))
+}
+
+pub async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+pub async fn ready(State(s): State<AppState>) -> Response {
+    if s.is_accepting() && s.repo.all_ready() {
+        StatusCode::OK.into_response()
+    } else {
+        ApiError::Unavailable("server is not ready".into()).into_response()
+    }
+}
+
+fn metadata(lv: &LoadedVersion, versions: Vec<String>) -> Json<Value> {
+    let c = &lv.config;
+    let specs = |v: &[crate::tensor::TensorSpec]| -> Vec<Value> {
+        v.iter()
+            .map(|s| json!({"name": s.name, "datatype": s.datatype.as_str(), "shape": s.dims}))
+            .collect()
+    };
+    Json(json!({
+        "name": lv.name,
+        "versions": versions,
+        "platform": format!("ferrite_{}", c.architecture),
+        "inputs": specs(&c.inputs),
+        "outputs": specs(&c.outputs),
+        "parameters": { "max_batch_size": c.max_batch_size, "metadata": c.metadata },
+    }))
+}
+
+pub async fn model_metadata(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    let lv = s.repo.get(&model, None)?;
+    let versions = s.repo.index().into_iter().filter(|e| e.name == model).filter_map(|e| e.version).collect();
+    Ok(metadata(&lv, versions))
+}
+
+pub async fn model_metadata_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let lv = s.repo.get(&model, Some(parse_version(&model, &version)?))?;
+    Ok(metadata(&lv, vec![lv.version.to_string()]))
+}
+
+pub async fn model_config(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+    let c = s.repo.config(&model)?;
+    Ok(Json(serde_json::to_value(&*c).map_err(|e| ApiError::Internal(e.to_string()))?))
+}
+
+pub async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> Result<StatusCode, ApiError> {
+    s.repo.get(&model, None).map(|_| StatusCode::OK).map_err(Into::into)
+}
+
+pub async fn model_ready_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let v = parse_version(&model, &version)?;
+    s.repo.get(&model, Some(v)).map(|_| StatusCode::OK).map_err(Into::into)
+}
+
+pub async fn infer(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let lv = s.repo.get(&model, None)?;
+    infer_on(s, lv, headers, body).await
+}
+
+pub async fn infer_v(
+    State(s): State<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let lv = s.repo.get(&model, Some(parse_version(&model, &version)?))?;
+    infer_on(s, lv, headers, body).await
+}
+
+async fn infer_on(
+    s: AppState,
+    lv: std::sync::Arc<LoadedVersion>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body, s.max_body_bytes).await?;
+    let header_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
+            infer::invalid(&lv, ApiError::BadRequest(format!("{HEADER_LENGTH} must be a byte count")))
+        })?),
+    };
+    let req = v2::decode_request(&bytes, header_len).map_err(|e| infer::invalid(&lv, e))?;
+    let (names, binary) = select_outputs(&lv, &req).map_err(|e| infer::invalid(&lv, e))?;
+    let opts = SubmitOptions {
+        priority: req.priority,
+        timeout: req.timeout_us.map(std::time::Duration::from_micros),
+    };
+    let done = infer::run(&s, &lv, req.inputs, opts).await?;
+    let outputs: Vec<_> = names
+        .iter()
+        .filter_map(|n| done.output.outputs.iter().find(|t| &t.name == n).cloned())
+        .collect();
+    let enc = v2::encode_response(&lv.name, lv.version, req.id.as_deref(), &outputs, &binary);
+    let mut resp = (infer::timing_headers(&done), enc.body).into_response();
+    let h = resp.headers_mut();
+    match enc.header_len {
+        Some(n) => {
+            h.insert(HEADER_LENGTH, n.into());
+            h.insert(header::CONTENT_TYPE, "application/octet-stream".parse().expect("static. This is a bug."));
+        }
+        None => {
+            h.insert(header::CONTENT_TYPE, "application/json".parse().expect("static. This is a bug."));
+        }
+    }
+    Ok(resp)
+}
+
+/// The outputs to return, in order, and whether each goes in binary form.
+fn select_outputs(lv: &LoadedVersion, req: &v2::V2Request) -> Result<(Vec<String>, Vec<bool>), ApiError> {
+    let declared = &lv.config.outputs;
+    if req.outputs.is_empty() {
+        return Ok((
+            declared.iter().map(|o| o.name.clone()).collect(),
+            vec![req.binary_output; declared.len()],
+        ));
+    }
+    let mut names = Vec::new();
+    let mut binary = Vec::new();
+    for o in &req.outputs {
+        if !declared.iter().any(|d| d.name == o.name) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown output '{}', model '{}' has outputs {:?}",
+                o.name,
+                lv.name,
+                declared.iter().map(|d| &d.name).collect::<Vec<_>>()
+            )));
+        }
+        names.push(o.name.clone());
+        binary.push(o.binary.unwrap_or(req.binary_output));
+    }
+    Ok((names, binary))
+}

@@ -1,0 +1,101 @@
+//! HTTP routes (axum): one short handler file per protocol, shared state, middleware (request id,
+//! tracing) and the error table. Handlers decode, submit to a model's queue and encode; they never
+//! touch a device.
+
+mod error;
+mod infer;
+mod kserve_v1;
+mod kserve_v2;
+mod repository;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, HeaderMap};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use error::ApiError;
+
+use crate::repository::Repository;
+use crate::telemetry::Metrics;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub repo: Arc<Repository>,
+    pub metrics: Arc<Metrics>,
+    /// False while starting and once draining: readiness and new inference say no.
+    pub accepting: Arc<AtomicBool>,
+    pub max_body_bytes: usize,
+}
+
+impl AppState {
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+}
+
+/// The inference API router (KServe v2, KServe v1, repository extension, health).
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", get(kserve_v2::server_metadata))
+        .route("/v2/health/live", get(kserve_v2::live))
+        .route("/v2/health/ready", get(kserve_v2::ready))
+        .route("/v2/models/{model}", get(kserve_v2::model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(kserve_v2::model_metadata_v))
+        .route("/v2/models/{model}/ready", get(kserve_v2::model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(kserve_v2::model_ready_v))
+        .route("/v2/models/{model}/config", get(kserve_v2::model_config))
+        .route("/v2/models/{model}/infer", post(kserve_v2::infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(kserve_v2::infer_v))
+        .route("/v2/repository/index", post(repository::index))
+        .route("/v2/repository/models/{model}/load", post(repository::load))
+        .route("/v2/repository/models/{model}/unload", post(repository::unload))
+        .route("/v1/models/{model}", get(kserve_v1::status).post(kserve_v1::predict))
+        .route("/v1/models/{model}/versions/{version}", post(kserve_v1::predict_v))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+/// The metrics router (`GET /metrics`, Prometheus text format).
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    m.encode(),
+                )
+            }
+        }),
+    )
+}
+
+/// Reads a whole body, answering 413 past `limit` bytes.
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge(format!("request body is larger than the limit of {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            too_large()
+        } else {
+            ApiError::BadRequest(format!("cannot read request body: {inner}"))
+        }
+    })
+}

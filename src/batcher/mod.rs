@@ -1,0 +1,317 @@
+//! The dynamic batcher: one `Queue` per model version. Request handlers `submit` a job and await its
+//! answer; worker threads `pull_blocking` their next batch when they become free (pull-based). A
+//! dispatcher task owns the `QueueState`, answers expired requests at once, drops requests whose
+//! client has gone and applies `policy::decide`. It never runs a model and never sees HTTP.
+
+pub mod policy;
+pub mod state;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+pub use policy::{BatchConfig, Decision};
+use state::QueueState;
+
+use crate::tensor::Tensor;
+
+/// Time a request spent in each stage; compute stages are those of the batch it ran in.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub queue: Duration,
+    pub compute_input: Duration,
+    pub compute_infer: Duration,
+    pub compute_output: Duration,
+    /// Rows in the batch this request ran in.
+    pub batch_rows: usize,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone)]
+pub struct JobOutput {
+    pub outputs: Vec<Tensor>,
+    pub timings: Timings,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum JobError {
+    #[error("queue for model '{model}' is full ({capacity} requests at priority {level}); retry later")]
+    QueueFull {
+        model: String,
+        level: u32,
+        capacity: usize,
+    },
+    #[error("request timed out in the queue of model '{model}' after its timeout of {timeout_us} us")]
+    Timeout { model: String, timeout_us: u64 },
+    #[error("priority {got} is out of range: model '{model}' has priority levels 1..={levels} (0 = default)")]
+    BadPriority { model: String, got: u32, levels: u32 },
+    #[error("model '{model}' is not accepting requests: {why}")]
+    Unavailable { model: String, why: String },
+    #[error("model '{model}' failed: {message}")]
+    Model { model: String, message: String },
+}
+
+/// One request waiting in the queue.
+pub struct Job {
+    pub inputs: Vec<Tensor>,
+    pub rows: usize,
+    /// Priority level, 1 = first served.
+    pub priority: u32,
+    pub enqueued_at: Instant,
+    pub deadline: Option<Instant>,
+    pub timeout_us: u64,
+    pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
+}
+
+/// What a worker gets: jobs in queue order.
+pub struct Batch {
+    pub jobs: Vec<Job>,
+}
+
+impl Batch {
+    pub fn rows(&self) -> usize {
+        self.jobs.iter().map(|j| j.rows).sum()
+    }
+}
+
+/// Per-request options from the protocol (`parameters.priority`, `parameters.timeout`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubmitOptions {
+    /// 0 = the model's default level.
+    pub priority: u32,
+    pub timeout: Option<Duration>,
+}
+
+/// Counters the dispatcher keeps up to date.
+#[derive(Clone)]
+pub struct QueueMetrics {
+    pub pending: prometheus::IntGauge,
+    pub canceled: prometheus::IntCounter,
+}
+
+enum Command {
+    Submit(Job),
+    Pull(oneshot::Sender<Batch>),
+    Close,
+}
+
+/// Cheap handle onto one model version's queue.
+#[derive(Clone)]
+pub struct Queue {
+    tx: flume::Sender<Command>,
+    cfg: Arc<BatchConfig>,
+    model: Arc<str>,
+}
+
+impl Queue {
+    /// Starts the dispatcher task on the current tokio runtime.
+    pub fn spawn(model: &str, cfg: BatchConfig, metrics: QueueMetrics) -> Queue {
+        let capacity = cfg.max_queue_size * cfg.priority_levels.max(1) as usize + 64;
+        let (tx, rx) = flume::bounded(capacity.min(1 << 16));
+        let cfg = Arc::new(cfg);
+        let model: Arc<str> = model.into();
+        let dispatcher = Dispatcher {
+            state: QueueState::new(cfg.priority_levels, cfg.max_queue_size),
+            idle: VecDeque::new(),
+            cfg: cfg.clone(),
+            model: model.clone(),
+            metrics,
+            closing: false,
+        };
+        tokio::spawn(dispatcher.run(rx));
+        Queue { tx, cfg, model }
+    }
+
+    pub fn config(&self) -> &BatchConfig {
+        &self.cfg
+    }
+
+    /// Queues `inputs` (already validated, `rows` batch rows) and waits for the answer. Dropping the
+    /// returned future (client gone) drops the job before it is computed.
+    pub async fn submit(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        opts: SubmitOptions,
+    ) -> Result<JobOutput, JobError> {
+        let levels = self.cfg.priority_levels.max(1);
+        if opts.priority > levels {
+            return Err(JobError::BadPriority {
+                model: self.model.to_string(),
+                got: opts.priority,
+                levels,
+            });
+        }
+        let priority = if opts.priority == 0 {
+            self.cfg.default_priority.clamp(1, levels)
+        } else {
+            opts.priority
+        };
+        let timeout = match (opts.timeout, self.cfg.default_timeout) {
+            (Some(t), Some(d)) => Some(t.min(d)),
+            (t, d) => t.or(d),
+        };
+        let now = Instant::now();
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            inputs,
+            rows,
+            priority,
+            enqueued_at: now,
+            deadline: timeout.map(|t| now + t),
+            timeout_us: timeout.map_or(0, |t| t.as_micros() as u64),
+            reply,
+        };
+        if self.tx.send_async(Command::Submit(job)).await.is_err() {
+            return Err(self.unavailable("the model is unloaded"));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(self.unavailable("the model was unloaded")))
+    }
+
+    /// Worker side: blocks until the dispatcher hands this worker a batch; `None` once the queue is
+    /// closed and drained. Call from a plain OS thread, never from async code.
+    pub fn pull_blocking(&self) -> Option<Batch> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Command::Pull(tx)).ok()?;
+        rx.blocking_recv().ok()
+    }
+
+    /// Async twin of `pull_blocking`, for tests and benchmarks.
+    pub async fn pull(&self) -> Option<Batch> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send_async(Command::Pull(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// Stops accepting; queued requests are still served, then workers see `None`.
+    pub fn close(&self) {
+        let _ = self.tx.send(Command::Close);
+    }
+
+    fn unavailable(&self, why: &str) -> JobError {
+        JobError::Unavailable {
+            model: self.model.to_string(),
+            why: why.into(),
+        }
+    }
+}
+
+struct Dispatcher {
+    state: QueueState,
+    idle: VecDeque<oneshot::Sender<Batch>>,
+    cfg: Arc<BatchConfig>,
+    model: Arc<str>,
+    metrics: QueueMetrics,
+    closing: bool,
+}
+
+impl Dispatcher {
+    async fn run(mut self, rx: flume::Receiver<Command>) {
+        loop {
+            let wake = self.step(Instant::now());
+            if self.closing && self.state.pending_jobs() == 0 {
+                break;
+            }
+            let cmd = match wake {
+                Some(t) => tokio::select! {
+                    c = rx.recv_async() => Some(c),
+                    _ = tokio::time::sleep_until(t) => None,
+                },
+                None => Some(rx.recv_async().await),
+            };
+            match cmd {
+                None => {}
+                Some(Ok(Command::Submit(job))) => self.admit(job),
+                Some(Ok(Command::Pull(w))) => self.idle.push_back(w),
+                Some(Ok(Command::Close)) | Some(Err(_)) => self.closing = true,
+            }
+        }
+        // Idle workers see their sender dropped; busy ones find the channel closed on next pull.
+        self.idle.clear();
+        while let Ok(cmd) = rx.try_recv() {
+            if let Command::Submit(job) = cmd {
+                self.reject(job, "the model is being unloaded");
+            }
+        }
+        self.metrics.pending.set(0);
+    }
+
+    fn admit(&mut self, job: Job) {
+        if self.closing {
+            return self.reject(job, "the model is being unloaded");
+        }
+        match self.state.push(job) {
+            Ok(()) => self.metrics.pending.inc(),
+            Err((job, full)) => {
+                let _ = job.reply.send(Err(JobError::QueueFull {
+                    model: self.model.to_string(),
+                    level: full.level,
+                    capacity: full.capacity,
+                }));
+            }
+        }
+    }
+
+    fn reject(&self, job: Job, why: &str) {
+        let _ = job.reply.send(Err(JobError::Unavailable {
+            model: self.model.to_string(),
+            why: why.into(),
+        }));
+    }
+
+    /// Expires, dispatches what the policy allows, and returns when to look again.
+    fn step(&mut self, now: Instant) -> Option<Instant> {
+        for job in self.state.take_expired(now) {
+            self.metrics.pending.dec();
+            let _ = job.reply.send(Err(JobError::Timeout {
+                model: self.model.to_string(),
+                timeout_us: job.timeout_us,
+            }));
+        }
+        let mut wake = None;
+        while !self.idle.is_empty() {
+            match policy::decide(
+                self.state.pending_rows(),
+                self.state.oldest_enqueued(),
+                now,
+                &self.cfg,
+            ) {
+                Decision::Dispatch(max_rows) => self.dispatch(max_rows),
+                Decision::WaitUntil(t) => {
+                    wake = Some(t);
+                    break;
+                }
+                Decision::Idle => break,
+            }
+        }
+        match (wake, self.state.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn dispatch(&mut self, max_rows: usize) {
+        let (jobs, canceled) = self.state.take_batch(max_rows);
+        self.metrics.pending.sub((jobs.len() + canceled) as i64);
+        self.metrics.canceled.inc_by(canceled as u64);
+        if jobs.is_empty() {
+            return;
+        }
+        let worker = self
+            .idle
+            .pop_front()
+            .expect("dispatch is only called with an idle worker. This is a bug.");
+        if let Err(batch) = worker.send(Batch { jobs }) {
+            // That worker has gone away: keep its jobs for the next one.
+            self.metrics.pending.add(batch.jobs.len() as i64);
+            self.state.requeue_front(batch.jobs);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+//! The batch decision, as a pure function: given what is queued and the time, should an idle worker
+//! get a batch now (and how many rows at most), wait until a given instant, or stay idle?
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Batching parameters of one model version (from `[dynamic_batching]` and `max_batch_size`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchConfig {
+    /// Most rows in one batch (1 for a model that does not batch).
+    pub max_batch_size: usize,
+    /// Longest a lone request waits for company while a worker is idle.
+    pub max_queue_delay: Duration,
+    /// Batch sizes that are dispatched at once when reached (sorted, each <= max_batch_size).
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Most queued requests per priority level; beyond it a submit is rejected.
+    pub max_queue_size: usize,
+    /// Upper bound on (and default for) a request's timeout; `None` = no deadline by default.
+    pub default_timeout: Option<Duration>,
+    /// Number of priority levels; level 1 is served first.
+    pub priority_levels: u32,
+    /// Level used when a request names none (priority 0).
+    pub default_priority: u32,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_batch_size: 1,
+            max_queue_delay: Duration::ZERO,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_size: 1024,
+            default_timeout: None,
+            priority_levels: 1,
+            default_priority: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Give an idle worker a batch of at most this many rows now.
+    Dispatch(usize),
+    /// Nothing to send yet: look again at this instant (or when something arrives).
+    WaitUntil(Instant),
+    /// The queue is empty.
+    Idle,
+}
+
+/// Decides for one idle worker. `pending_rows` counts the rows queued; `oldest` is the enqueue time
+/// of the oldest queued request.
+pub fn decide(
+    pending_rows: usize,
+    oldest: Option<Instant>,
+    now: Instant,
+    cfg: &BatchConfig,
+) -> Decision {
+    let Some(oldest) = oldest else {
+        return Decision::Idle;
+    };
+    if pending_rows == 0 {
+        return Decision::Idle;
+    }
+    let max = cfg.max_batch_size.max(1);
+    if pending_rows >= max {
+        return Decision::Dispatch(max);
+    }
+    if let Some(&largest) = cfg.preferred_batch_sizes.iter().max() {
+        if pending_rows >= largest {
+            return Decision::Dispatch(largest);
+        }
+    }
+    let due = oldest + cfg.max_queue_delay;
+    if now >= due {
+        Decision::Dispatch(max)
+    } else {
+        Decision::WaitUntil(due)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BatchConfig {
+        BatchConfig {
+            max_batch_size: 8,
+            max_queue_delay: Duration::from_micros(500),
+            preferred_batch_sizes: vec![4],
+            ..BatchConfig::default()
+        }
+    }
+
+    #[test]
+    fn decide_empty_queue_is_idle() {
+        let now = Instant::now();
+        assert_eq!(decide(0, None, now, &cfg()), Decision::Idle);
+    }
+
+    #[test]
+    fn decide_full_batch_dispatches_max() {
+        let now = Instant::now();
+        assert_eq!(decide(20, Some(now), now, &cfg()), Decision::Dispatch(8));
+    }
+
+    #[test]
+    fn decide_preferred_size_reached_dispatches_preferred() {
+        let now = Instant::now();
+        assert_eq!(decide(5, Some(now), now, &cfg()), Decision::Dispatch(4));
+    }
+
+    #[test]
+    fn decide_small_batch_waits_until_oldest_delay() {
+        let now = Instant::now();
+        let due = now + Duration::from_micros(500);
+        assert_eq!(decide(2, Some(now), now, &cfg()), Decision::WaitUntil(due));
+        assert_eq!(decide(2, Some(now), due, &cfg()), Decision::Dispatch(8));
+    }
+
+    #[test]
+    fn decide_zero_delay_dispatches_at_once() {
+        let now = Instant::now();
+        let c = BatchConfig {
+            max_queue_delay: Duration::ZERO,
+            ..cfg()
+        };
+        assert_eq!(decide(1, Some(now), now, &c), Decision::Dispatch(8));
+    }
+}

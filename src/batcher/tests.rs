@@ -1,0 +1,215 @@
+//! Queue behaviour under tokio's paused clock: no sleeps, exact instants.
+
+use super::*;
+use crate::tensor::{Tensor, TensorData};
+
+fn metrics() -> QueueMetrics {
+    QueueMetrics {
+        pending: prometheus::IntGauge::new("p", "p").unwrap(),
+        canceled: prometheus::IntCounter::new("c", "c").unwrap(),
+    }
+}
+
+fn row(v: f32) -> Vec<Tensor> {
+    vec![Tensor::new("x", vec![1, 1], TensorData::F32(vec![v]))]
+}
+
+fn cfg() -> BatchConfig {
+    BatchConfig {
+        max_batch_size: 4,
+        max_queue_delay: Duration::from_millis(10),
+        max_queue_size: 8,
+        ..BatchConfig::default()
+    }
+}
+
+/// Answers every job of `batch` with its own input as output.
+fn echo(batch: Batch) -> Vec<f32> {
+    let mut seen = Vec::new();
+    for job in batch.jobs {
+        if let TensorData::F32(v) = &job.inputs[0].data {
+            seen.push(v[0]);
+        }
+        let _ = job.reply.send(Ok(JobOutput {
+            outputs: job.inputs.clone(),
+            timings: Timings::default(),
+        }));
+    }
+    seen
+}
+
+fn spawn_submit(
+    q: &Queue,
+    v: f32,
+    opts: SubmitOptions,
+) -> tokio::task::JoinHandle<Result<JobOutput, JobError>> {
+    let q = q.clone();
+    tokio::spawn(async move { q.submit(row(v), 1, opts).await })
+}
+
+async fn settle() {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn lone_request_waits_max_queue_delay_then_dispatches() {
+    let q = Queue::spawn("m", cfg(), metrics());
+    let start = Instant::now();
+    let h = spawn_submit(&q, 1.0, SubmitOptions::default());
+    let batch = q.pull().await.unwrap();
+    assert_eq!(Instant::now() - start, Duration::from_millis(10));
+    assert_eq!(echo(batch), vec![1.0]);
+    assert!(h.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn batch_closes_at_max_batch_size_without_waiting() {
+    let q = Queue::spawn("m", cfg(), metrics());
+    let start = Instant::now();
+    let hs: Vec<_> = (0..6)
+        .map(|i| spawn_submit(&q, i as f32, SubmitOptions::default()))
+        .collect();
+    settle().await;
+    let batch = q.pull().await.unwrap();
+    assert_eq!(Instant::now(), start, "a full batch must not wait");
+    assert_eq!(echo(batch), vec![0.0, 1.0, 2.0, 3.0]);
+    // The remaining two wait for the delay.
+    let batch = q.pull().await.unwrap();
+    assert_eq!(Instant::now() - start, Duration::from_millis(10));
+    assert_eq!(echo(batch), vec![4.0, 5.0]);
+    for h in hs {
+        assert!(h.await.unwrap().is_ok());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn preferred_batch_size_dispatches_at_once() {
+    let c = BatchConfig {
+        preferred_batch_sizes: vec![2],
+        ..cfg()
+    };
+    let q = Queue::spawn("m", c, metrics());
+    let start = Instant::now();
+    let _hs: Vec<_> = (0..3)
+        .map(|i| spawn_submit(&q, i as f32, SubmitOptions::default()))
+        .collect();
+    settle().await;
+    let batch = q.pull().await.unwrap();
+    assert_eq!(Instant::now(), start);
+    assert_eq!(echo(batch), vec![0.0, 1.0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn deadline_passing_while_queued_answers_at_once_without_a_worker() {
+    let q = Queue::spawn("m", cfg(), metrics());
+    let start = Instant::now();
+    let opts = SubmitOptions {
+        priority: 0,
+        timeout: Some(Duration::from_millis(3)),
+    };
+    // No worker ever pulls: every worker is "busy".
+    let r = q.submit(row(1.0), 1, opts).await;
+    assert_eq!(Instant::now() - start, Duration::from_millis(3));
+    assert!(
+        matches!(r, Err(JobError::Timeout { timeout_us: 3000, .. })),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_timeout_is_capped_by_model_default() {
+    let c = BatchConfig {
+        default_timeout: Some(Duration::from_millis(2)),
+        ..cfg()
+    };
+    let q = Queue::spawn("m", c, metrics());
+    let start = Instant::now();
+    let opts = SubmitOptions {
+        priority: 0,
+        timeout: Some(Duration::from_secs(60)),
+    };
+    let r = q.submit(row(1.0), 1, opts).await;
+    assert_eq!(Instant::now() - start, Duration::from_millis(2));
+    assert!(matches!(r, Err(JobError::Timeout { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn full_queue_rejects_with_queue_full() {
+    let c = BatchConfig {
+        max_queue_size: 2,
+        ..cfg()
+    };
+    let q = Queue::spawn("m", c, metrics());
+    let _a = spawn_submit(&q, 1.0, SubmitOptions::default());
+    let _b = spawn_submit(&q, 2.0, SubmitOptions::default());
+    settle().await;
+    let r = q.submit(row(3.0), 1, SubmitOptions::default()).await;
+    assert!(
+        matches!(r, Err(JobError::QueueFull { capacity: 2, .. })),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn higher_priority_is_served_first() {
+    let c = BatchConfig {
+        max_batch_size: 1,
+        priority_levels: 2,
+        default_priority: 2,
+        ..cfg()
+    };
+    let q = Queue::spawn("m", c, metrics());
+    let _low = spawn_submit(&q, 1.0, SubmitOptions::default());
+    settle().await;
+    let high = SubmitOptions {
+        priority: 1,
+        timeout: None,
+    };
+    let _high = spawn_submit(&q, 2.0, high);
+    settle().await;
+    assert_eq!(echo(q.pull().await.unwrap()), vec![2.0]);
+    assert_eq!(echo(q.pull().await.unwrap()), vec![1.0]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn priority_out_of_range_is_rejected() {
+    let q = Queue::spawn("m", cfg(), metrics());
+    let opts = SubmitOptions {
+        priority: 5,
+        timeout: None,
+    };
+    let r = q.submit(row(1.0), 1, opts).await;
+    assert!(matches!(r, Err(JobError::BadPriority { got: 5, .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn canceled_request_is_dropped_before_compute() {
+    let m = metrics();
+    let q = Queue::spawn("m", cfg(), m.clone());
+    let gone = spawn_submit(&q, 1.0, SubmitOptions::default());
+    let stays = spawn_submit(&q, 2.0, SubmitOptions::default());
+    settle().await;
+    gone.abort();
+    settle().await;
+    let batch = q.pull().await.unwrap();
+    assert_eq!(echo(batch), vec![2.0]);
+    assert_eq!(m.canceled.get(), 1);
+    assert_eq!(m.pending.get(), 0);
+    assert!(stays.await.unwrap().is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn close_serves_queued_requests_then_ends_pulls() {
+    let q = Queue::spawn("m", cfg(), metrics());
+    let h = spawn_submit(&q, 1.0, SubmitOptions::default());
+    settle().await;
+    q.close();
+    settle().await;
+    let r = q.submit(row(2.0), 1, SubmitOptions::default()).await;
+    assert!(matches!(r, Err(JobError::Unavailable { .. })), "{r:?}");
+    assert_eq!(echo(q.pull().await.unwrap()), vec![1.0]);
+    assert!(h.await.unwrap().is_ok());
+    assert!(q.pull().await.is_none());
+}

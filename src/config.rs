@@ -1,0 +1,202 @@
+//! Server settings: command-line flags > `FERRITE_*` environment variables > a TOML file
+//! (`--config`) > defaults. This is the only place defaults live.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::device::GpuSelection;
+use crate::telemetry::logging::LogFormat;
+
+pub const DEFAULT_MODEL_REPOSITORY: &str = "models";
+pub const DEFAULT_HOST: &str = "0.0.0.0";
+pub const DEFAULT_HTTP_PORT: u16 = 8000;
+pub const DEFAULT_METRICS_PORT: u16 = 8002;
+pub const DEFAULT_EXIT_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// `ferrite serve` flags; each also reads `FERRITE_<FLAG>` and the TOML file key `<flag>`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (keys as the flags, with '_' for '-').
+    #[arg(long, env = "FERRITE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Model repository folder [default: models]
+    #[arg(long, env = "FERRITE_MODEL_REPOSITORY")]
+    pub model_repository: Option<PathBuf>,
+    /// Address to listen on [default: 0.0.0.0]
+    #[arg(long, env = "FERRITE_HOST")]
+    pub host: Option<IpAddr>,
+    /// HTTP port for the inference APIs; 0 picks a free port [default: 8000]
+    #[arg(long, env = "FERRITE_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// Port for Prometheus /metrics; 0 picks a free port [default: 8002]
+    #[arg(long, env = "FERRITE_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+    /// Log format [default: text]
+    #[arg(long, env = "FERRITE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Longest time to drain in-flight requests on SIGTERM [default: 30]
+    #[arg(long, env = "FERRITE_EXIT_TIMEOUT_SECS")]
+    pub exit_timeout_secs: Option<u64>,
+    /// Largest accepted request body in bytes [default: 67108864]
+    #[arg(long, env = "FERRITE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// GPUs to use: all, none, or ordinals like 0,1 [default: all]
+    #[arg(long, env = "FERRITE_GPUS")]
+    pub gpus: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    model_repository: Option<PathBuf>,
+    host: Option<IpAddr>,
+    http_port: Option<u16>,
+    metrics_port: Option<u16>,
+    log_format: Option<LogFormat>,
+    exit_timeout_secs: Option<u64>,
+    max_body_bytes: Option<usize>,
+    gpus: Option<String>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub model_repository: PathBuf,
+    pub host: IpAddr,
+    pub http_port: u16,
+    pub metrics_port: u16,
+    pub log_format: LogFormat,
+    pub exit_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub gpus: GpuSelection,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("{file}: {message}")]
+    File { file: String, message: String },
+    #[error("setting `{field}`: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+impl Settings {
+    /// Merges flags/env (already merged by clap), the TOML file, then defaults; validates.
+    pub fn resolve(args: &ServeArgs) -> Result<Settings, SettingsError> {
+        let file = match &args.config {
+            None => FileSettings::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
+                    file: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| SettingsError::File {
+                    file: path.display().to_string(),
+                    message: e.to_string(),
+                })?
+            }
+        };
+        let gpus = args.gpus.clone().or(file.gpus).unwrap_or_else(|| "all".into());
+        let s = Settings {
+            model_repository: args
+                .model_repository
+                .clone()
+                .or(file.model_repository)
+                .unwrap_or_else(|| DEFAULT_MODEL_REPOSITORY.into()),
+            host: args
+                .host
+                .or(file.host)
+                .unwrap_or_else(|| DEFAULT_HOST.parse().expect("valid default. This is a bug.")),
+            http_port: args.http_port.or(file.http_port).unwrap_or(DEFAULT_HTTP_PORT),
+            metrics_port: args.metrics_port.or(file.metrics_port).unwrap_or(DEFAULT_METRICS_PORT),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            exit_timeout: Duration::from_secs(
+                args.exit_timeout_secs
+                    .or(file.exit_timeout_secs)
+                    .unwrap_or(DEFAULT_EXIT_TIMEOUT_SECS),
+            ),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            gpus: gpus.parse().map_err(|message| SettingsError::Invalid {
+                field: "gpus",
+                message,
+            })?,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        if !self.model_repository.is_dir() {
+            return Err(SettingsError::Invalid {
+                field: "model_repository",
+                message: format!("'{}' is not a folder", self.model_repository.display()),
+            });
+        }
+        if self.http_port != 0 && self.http_port == self.metrics_port {
+            return Err(SettingsError::Invalid {
+                field: "metrics_port",
+                message: format!("must differ from http_port ({})", self.http_port),
+            });
+        }
+        if self.max_body_bytes == 0 {
+            return Err(SettingsError::Invalid {
+                field: "max_body_bytes",
+                message: "expected at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_flag_beats_file_beats_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        std::fs::write(&file, "http_port = 9000\nmetrics_port = 9002\nexit_timeout_secs = 5\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            model_repository: Some(dir.path().into()),
+            http_port: Some(7000),
+            ..ServeArgs::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.http_port, 7000);
+        assert_eq!(s.metrics_port, 9002);
+        assert_eq!(s.exit_timeout, Duration::from_secs(5));
+        assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn resolve_unknown_file_key_is_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        std::fs::write(&file, "http_prot = 1\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            model_repository: Some(dir.path().into()),
+            ..ServeArgs::default()
+        };
+        let e = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("http_prot"), "{e}");
+    }
+
+    #[test]
+    fn resolve_missing_repository_is_error() {
+        let args = ServeArgs {
+            model_repository: Some("/nonexistent/ferrite".into()),
+            ..ServeArgs::default()
+        };
+        let e = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("model_repository"), "{e}");
+    }
+}

@@ -1,0 +1,16 @@
+//! Ferrite: a high-throughput model inference server. See ARCHITECTURE.md for the data path:
+//! api -> protocol -> batcher -> worker -> model, with telemetry beside it.
+
+pub mod api;
+pub mod batcher;
+pub mod cli;
+pub mod config;
+pub mod device;
+pub mod model;
+pub mod protocol;
+pub mod repository;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tensor;
+pub mod worker;

@@ -1,0 +1,92 @@
+//! Architecture `mlp`: input normalisation `(x - norm.mean) / norm.std`, then `layers.{i}` linear
+//! layers with ReLU between them and softmax at the end. Weights come from `model.safetensors`
+//! (names: `norm.mean`, `norm.std`, `layers.{i}.weight` [out, in], `layers.{i}.bias` [out]).
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor as CT, D};
+
+use super::{gather_input, Model, ModelError, StageTimings};
+use crate::repository::config::ModelConfig;
+use crate::tensor::Tensor;
+
+pub struct Mlp {
+    device: Device,
+    input: String,
+    output: String,
+    mean: CT,
+    std: CT,
+    /// (weight transposed to [in, out], bias [out]).
+    layers: Vec<(CT, CT)>,
+}
+
+impl Mlp {
+    pub fn load(config: &ModelConfig, dir: &Path, device: &Device) -> Result<Mlp, ModelError> {
+        let path = dir.join("model.safetensors");
+        let load_err = |message: String| ModelError::Load {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut w = candle_core::safetensors::load(&path, device)
+            .map_err(|e| load_err(e.to_string()))?;
+        let mut take = |name: &str| {
+            w.remove(name)
+                .ok_or_else(|| load_err(format!("tensor '{name}' is missing")))
+                .and_then(|t| t.to_dtype(DType::F32).map_err(|e| load_err(e.to_string())))
+        };
+        let mean = take("norm.mean")?;
+        let std = take("norm.std")?;
+        let mut layers = Vec::new();
+        while let Ok(weight) = take(&format!("layers.{}.weight", layers.len())) {
+            let bias = take(&format!("layers.{}.bias", layers.len()))?;
+            layers.push((weight.t()?.contiguous()?, bias));
+        }
+        if layers.is_empty() {
+            return Err(load_err("no 'layers.0.weight' tensor".into()));
+        }
+        let (input, output) = match (config.inputs.as_slice(), config.outputs.as_slice()) {
+            ([i], [o]) => (i.name.clone(), o.name.clone()),
+            _ => return Err(load_err("mlp takes exactly one input and one output".into())),
+        };
+        Ok(Mlp {
+            device: device.clone(),
+            input,
+            output,
+            mean,
+            std,
+            layers,
+        })
+    }
+}
+
+impl Model for Mlp {
+    fn forward(
+        &self,
+        batch: &[&[Tensor]],
+        timings: &mut StageTimings,
+    ) -> Result<Vec<Vec<Tensor>>, ModelError> {
+        let t0 = Instant::now();
+        let parts = gather_input(batch, &self.input)?;
+        let rows: Vec<usize> = parts.iter().map(|t| t.rows()).collect();
+        let x = Tensor::concat_rows(&parts)?.to_candle(&self.device)?;
+        let t1 = Instant::now();
+        let mut z = x.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
+        let last = self.layers.len() - 1;
+        for (i, (w, b)) in self.layers.iter().enumerate() {
+            z = z.matmul(w)?.broadcast_add(b)?;
+            if i < last {
+                z = z.relu()?;
+            }
+        }
+        let max = z.max_keepdim(D::Minus1)?;
+        let e = z.broadcast_sub(&max)?.exp()?;
+        let probs = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        let t2 = Instant::now();
+        let out = Tensor::from_candle(&self.output, &probs)?.split_rows(&rows)?;
+        timings.input = t1 - t0;
+        timings.infer = t2 - t1;
+        timings.output = t2.elapsed();
+        Ok(out.into_iter().map(|t| vec![t]).collect())
+    }
+}

@@ -1,0 +1,378 @@
+//! KServe v2 / Open Inference Protocol inference request and response, JSON and Triton's binary
+//! tensor data extension (`Inference-Header-Content-Length`, `binary_data_size`,
+//! `binary_data_output`). BYTES elements in binary form are 4-byte little-endian length + bytes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::json::{data_from_json, JsonData};
+use super::ProtocolError;
+use crate::tensor::{DataType, Tensor, TensorData};
+
+/// The header that says how long the JSON part of a binary-extension body is.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+#[derive(Deserialize)]
+struct RequestJson {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    inputs: Vec<InputJson>,
+    #[serde(default)]
+    outputs: Option<Vec<OutputJson>>,
+}
+
+#[derive(Deserialize)]
+struct InputJson {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct OutputJson {
+    name: String,
+    #[serde(default)]
+    parameters: Option<Map<String, Value>>,
+}
+
+/// An output the client asked for; `binary` is its own `binary_data` parameter if set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestedOutput {
+    pub name: String,
+    pub binary: Option<bool>,
+}
+
+/// A decoded inference request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct V2Request {
+    pub id: Option<String>,
+    pub inputs: Vec<Tensor>,
+    /// Empty = every output of the model.
+    pub outputs: Vec<RequestedOutput>,
+    /// `parameters.binary_data_output`: default for outputs that do not say.
+    pub binary_output: bool,
+    /// `parameters.priority` (0 = default).
+    pub priority: u32,
+    /// `parameters.timeout`, in microseconds.
+    pub timeout_us: Option<u64>,
+}
+
+fn param_u64(p: &Option<Map<String, Value>>, key: &str) -> Result<Option<u64>, ProtocolError> {
+    match p.as_ref().and_then(|m| m.get(key)) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
+            ProtocolError::Json(format!("parameter '{key}' must be a non-negative integer, got {v}"))
+        }),
+    }
+}
+
+fn param_bool(p: &Option<Map<String, Value>>, key: &str) -> Result<Option<bool>, ProtocolError> {
+    match p.as_ref().and_then(|m| m.get(key)) {
+        None => Ok(None),
+        Some(v) => v.as_bool().map(Some).ok_or_else(|| {
+            ProtocolError::Json(format!("parameter '{key}' must be true or false, got {v}"))
+        }),
+    }
+}
+
+/// Decodes a request body. `header_len` is the `Inference-Header-Content-Length` header, if any:
+/// then the body is that many bytes of JSON followed by the inputs' binary data, in input order.
+pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Request, ProtocolError> {
+    let (json, mut binary) = match header_len {
+        Some(n) if n > body.len() => {
+            return Err(ProtocolError::Binary(format!(
+                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                body.len()
+            )))
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let req: RequestJson =
+        serde_json::from_slice(json).map_err(|e| ProtocolError::Json(e.to_string()))?;
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for input in req.inputs {
+        let bad = |message: String| ProtocolError::Input {
+            name: input.name.clone(),
+            message,
+        };
+        let dt = DataType::parse(&input.datatype)
+            .ok_or_else(|| bad(format!("unknown datatype '{}'", input.datatype)))?;
+        let shape = input
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| bad(format!("shape {:?} has a negative dimension", input.shape)))?;
+        let data = match (param_u64(&input.parameters, "binary_data_size")?, &input.data) {
+            (Some(size), _) => {
+                let size = size as usize;
+                if size > binary.len() {
+                    return Err(bad(format!(
+                        "binary_data_size is {size} but only {} bytes of binary data remain",
+                        binary.len()
+                    )));
+                }
+                let (mine, rest) = binary.split_at(size);
+                binary = rest;
+                data_from_bytes(dt, mine).map_err(bad)?
+            }
+            (None, Some(v)) => data_from_json(dt, v, &input.name)?,
+            (None, None) => return Err(bad("has neither 'data' nor 'binary_data_size'".into())),
+        };
+        inputs.push(Tensor::new(input.name, shape, data));
+    }
+    if !binary.is_empty() {
+        return Err(ProtocolError::Binary(format!(
+            "{} bytes of binary data are not claimed by any input's binary_data_size",
+            binary.len()
+        )));
+    }
+    let outputs = match req.outputs {
+        None => Vec::new(),
+        Some(outs) => outs
+            .into_iter()
+            .map(|o| {
+                Ok(RequestedOutput {
+                    binary: param_bool(&o.parameters, "binary_data")?,
+                    name: o.name,
+                })
+            })
+            .collect::<Result<_, ProtocolError>>()?,
+    };
+    Ok(V2Request {
+        id: req.id,
+        inputs,
+        outputs,
+        binary_output: param_bool(&req.parameters, "binary_data_output")?.unwrap_or(false),
+        priority: param_u64(&req.parameters, "priority")?.unwrap_or(0) as u32,
+        timeout_us: param_u64(&req.parameters, "timeout")?,
+    })
+}
+
+/// Little-endian raw bytes (BYTES: length-prefixed elements) into typed data.
+pub fn data_from_bytes(dt: DataType, b: &[u8]) -> Result<TensorData, String> {
+    let Some(size) = dt.byte_size() else {
+        let mut out = Vec::new();
+        let mut rest = b;
+        while !rest.is_empty() {
+            if rest.len() < 4 {
+                return Err("truncated BYTES element length".into());
+            }
+            let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if rest.len() < 4 + n {
+                return Err(format!("BYTES element of {n} bytes runs past the data"));
+            }
+            out.push(rest[4..4 + n].to_vec());
+            rest = &rest[4 + n..];
+        }
+        return Ok(TensorData::Bytes(out));
+    };
+    if b.len() % size != 0 {
+        return Err(format!(
+            "{} bytes of binary data is not a whole number of {dt} elements ({size} bytes each)",
+            b.len()
+        ));
+    }
+    macro_rules! le {
+        ($t:ty, $n:expr) => {
+            b.chunks_exact($n)
+                .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk size. This is a bug.")))
+                .collect()
+        };
+    }
+    Ok(match dt {
+        DataType::Bool => TensorData::Bool(b.iter().map(|&x| x != 0).collect()),
+        DataType::U8 => TensorData::U8(b.to_vec()),
+        DataType::I8 => TensorData::I8(b.iter().map(|&x| x as i8).collect()),
+        DataType::U16 => TensorData::U16(le!(u16, 2)),
+        DataType::I16 => TensorData::I16(le!(i16, 2)),
+        DataType::F16 => TensorData::F16(
+            b.chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        DataType::BF16 => TensorData::BF16(
+            b.chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]))
+                .collect(),
+        ),
+        DataType::U32 => TensorData::U32(le!(u32, 4)),
+        DataType::I32 => TensorData::I32(le!(i32, 4)),
+        DataType::F32 => TensorData::F32(le!(f32, 4)),
+        DataType::U64 => TensorData::U64(le!(u64, 8)),
+        DataType::I64 => TensorData::I64(le!(i64, 8)),
+        DataType::F64 => TensorData::F64(le!(f64, 8)),
+        DataType::Bytes => unreachable!("handled above"),
+    })
+}
+
+/// Typed data as little-endian raw bytes (BYTES: length-prefixed elements).
+pub fn data_to_bytes(d: &TensorData, out: &mut Vec<u8>) {
+    macro_rules! le {
+        ($v:expr) => {
+            $v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+        };
+    }
+    match d {
+        TensorData::Bool(v) => out.extend(v.iter().map(|&x| x as u8)),
+        TensorData::U8(v) => out.extend_from_slice(v),
+        TensorData::I8(v) => le!(v),
+        TensorData::U16(v) => le!(v),
+        TensorData::I16(v) => le!(v),
+        TensorData::F16(v) => le!(v),
+        TensorData::BF16(v) => le!(v),
+        TensorData::U32(v) => le!(v),
+        TensorData::I32(v) => le!(v),
+        TensorData::F32(v) => le!(v),
+        TensorData::U64(v) => le!(v),
+        TensorData::I64(v) => le!(v),
+        TensorData::F64(v) => le!(v),
+        TensorData::Bytes(v) => v.iter().for_each(|x| {
+            out.extend_from_slice(&(x.len() as u32).to_le_bytes());
+            out.extend_from_slice(x);
+        }),
+    }
+}
+
+#[derive(Serialize)]
+struct OutputOut<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryParam>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinaryParam {
+    binary_data_size: usize,
+}
+
+#[derive(Serialize)]
+struct ResponseOut<'a> {
+    model_name: &'a str,
+    model_version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputOut<'a>>,
+}
+
+/// An encoded response: the body and, when binary data follows the JSON, the JSON's length
+/// (the value of `Inference-Header-Content-Length`).
+pub struct EncodedResponse {
+    pub body: Vec<u8>,
+    pub header_len: Option<usize>,
+}
+
+/// Encodes `outputs`; `binary[i]` says whether output i goes in binary form.
+pub fn encode_response(
+    model: &str,
+    version: u64,
+    id: Option<&str>,
+    outputs: &[Tensor],
+    binary: &[bool],
+) -> EncodedResponse {
+    let mut tail = Vec::new();
+    let outs = outputs
+        .iter()
+        .zip(binary)
+        .map(|(t, &bin)| {
+            let (parameters, data) = if bin {
+                let before = tail.len();
+                data_to_bytes(&t.data, &mut tail);
+                let size = tail.len() - before;
+                (Some(BinaryParam { binary_data_size: size }), None)
+            } else {
+                (None, Some(JsonData::all(&t.data)))
+            };
+            OutputOut {
+                name: &t.name,
+                datatype: t.datatype().as_str(),
+                shape: &t.shape,
+                parameters,
+                data,
+            }
+        })
+        .collect();
+    let resp = ResponseOut {
+        model_name: model,
+        model_version: version.to_string(),
+        id,
+        outputs: outs,
+    };
+    let mut body = serde_json::to_vec(&resp).expect("responses always serialise. This is a bug.");
+    let header_len = (!tail.is_empty() || binary.iter().any(|&b| b)).then_some(body.len());
+    body.extend_from_slice(&tail);
+    EncodedResponse { body, header_len }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_json_request_reads_parameters() {
+        let body = br#"{"id":"a","parameters":{"priority":2,"timeout":5000,"binary_data_output":true},
+            "inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[[1.5,2.5]]}],
+            "outputs":[{"name":"y","parameters":{"binary_data":false}}]}"#;
+        let r = decode_request(body, None).unwrap();
+        assert_eq!(r.id.as_deref(), Some("a"));
+        assert_eq!((r.priority, r.timeout_us, r.binary_output), (2, Some(5000), true));
+        assert_eq!(r.inputs[0].data, TensorData::F32(vec![1.5, 2.5]));
+        assert_eq!(r.outputs[0].binary, Some(false));
+    }
+
+    #[test]
+    fn decode_binary_request_splits_inputs_in_order() {
+        let header = br#"{"inputs":[{"name":"a","shape":[2],"datatype":"INT32","parameters":{"binary_data_size":8}},{"name":"s","shape":[2],"datatype":"BYTES","parameters":{"binary_data_size":13}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&7i32.to_le_bytes());
+        body.extend_from_slice(&(-1i32).to_le_bytes());
+        data_to_bytes(&TensorData::Bytes(vec![b"hi".to_vec(), b"you".to_vec()]), &mut body);
+        let r = decode_request(&body, Some(header.len())).unwrap();
+        assert_eq!(r.inputs[0].data, TensorData::I32(vec![7, -1]));
+        assert_eq!(r.inputs[1].data, TensorData::Bytes(vec![b"hi".to_vec(), b"you".to_vec()]));
+    }
+
+    #[test]
+    fn decode_binary_size_past_end_is_error() {
+        let header = br#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
+        let mut body = header.to_vec();
+        body.extend_from_slice(&[0, 0, 0, 0]);
+        let e = decode_request(&body, Some(header.len())).unwrap_err();
+        assert!(e.to_string().contains("only 4 bytes"), "{e}");
+    }
+
+    #[test]
+    fn encode_binary_output_appends_data_and_sets_size() {
+        let t = Tensor::new("y", vec![2], TensorData::F32(vec![1.0, 2.0]));
+        let r = encode_response("m", 1, None, &[t], &[true]);
+        let n = r.header_len.unwrap();
+        let head: Value = serde_json::from_slice(&r.body[..n]).unwrap();
+        assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert_eq!(
+            data_from_bytes(DataType::F32, &r.body[n..]).unwrap(),
+            TensorData::F32(vec![1.0, 2.0])
+        );
+    }
+
+    #[test]
+    fn encode_json_output_has_flat_data() {
+        let t = Tensor::new("y", vec![1, 2], TensorData::I64(vec![3, 4]));
+        let r = encode_response("m", 2, Some("q"), &[t], &[false]);
+        assert!(r.header_len.is_none());
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["model_version"], "2");
+        assert_eq!(v["id"], "q");
+        assert_eq!(v["outputs"][0]["data"], serde_json::json!([3, 4]));
+    }
+}

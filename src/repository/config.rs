@@ -1,0 +1,340 @@
+//! A model's `config.toml`: architecture, inputs/outputs, batching, instance groups, version policy,
+//! architecture parameters and free-form metadata. Parsing plus semantic validation; every error
+//! names the file, the field and what was expected.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::batcher::BatchConfig;
+use crate::tensor::TensorSpec;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Optional; must equal the folder name when given.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub architecture: String,
+    /// Most rows in one batch; 0 = the model does not batch (no batch dimension).
+    #[serde(default)]
+    pub max_batch_size: usize,
+    #[serde(rename = "input")]
+    pub inputs: Vec<TensorSpec>,
+    #[serde(rename = "output")]
+    pub outputs: Vec<TensorSpec>,
+    #[serde(default)]
+    pub dynamic_batching: DynamicBatching,
+    #[serde(default = "default_instance_groups")]
+    pub instance_group: Vec<InstanceGroup>,
+    #[serde(default)]
+    pub version_policy: VersionPolicy,
+    /// Architecture-specific settings.
+    #[serde(default)]
+    pub parameters: toml::Table,
+    /// Free-form: semantic version, training date, metrics, ...
+    #[serde(default)]
+    pub metadata: toml::Table,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DynamicBatching {
+    pub max_queue_delay_us: u64,
+    pub preferred_batch_sizes: Vec<usize>,
+    /// Per priority level.
+    pub max_queue_size: usize,
+    /// 0 = no deadline unless the request sets one.
+    pub default_timeout_us: u64,
+    pub priority_levels: u32,
+    /// 0 = the lowest level (the last).
+    pub default_priority_level: u32,
+}
+
+impl Default for DynamicBatching {
+    fn default() -> Self {
+        DynamicBatching {
+            max_queue_delay_us: 0,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_size: 1024,
+            default_timeout_us: 0,
+            priority_levels: 1,
+            default_priority_level: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceKind {
+    #[default]
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceGroup {
+    #[serde(default = "one")]
+    pub count: usize,
+    #[serde(default)]
+    pub kind: InstanceKind,
+    #[serde(default)]
+    pub gpus: Option<Vec<usize>>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_instance_groups() -> Vec<InstanceGroup> {
+    vec![InstanceGroup {
+        count: 1,
+        kind: InstanceKind::Auto,
+        gpus: None,
+    }]
+}
+
+/// Which numbered version folders are served: `{ latest = N }`, `"all"`, `{ specific = [..] }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionPolicy {
+    Latest(usize),
+    All,
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        VersionPolicy::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// The versions to serve out of those present (sorted ascending).
+    pub fn select(&self, present: &[u64]) -> Vec<u64> {
+        let mut v: Vec<u64> = match self {
+            VersionPolicy::Latest(n) => present.iter().rev().take(*n).copied().collect(),
+            VersionPolicy::All => present.to_vec(),
+            VersionPolicy::Specific(s) => present.iter().filter(|v| s.contains(v)).copied().collect(),
+        };
+        v.sort_unstable();
+        v
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}: field `{field}`: {message}", file.display())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub field: String,
+    pub message: String,
+}
+
+impl ModelConfig {
+    /// Reads and validates `dir/config.toml`; `dir`'s name is the model name.
+    pub fn load(dir: &Path) -> Result<ModelConfig, ConfigError> {
+        let file = dir.join("config.toml");
+        let text = std::fs::read_to_string(&file).map_err(|e| ConfigError {
+            file: file.clone(),
+            field: "-".into(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Self::parse(&text, &name).map_err(|(field, message)| ConfigError {
+            file,
+            field,
+            message,
+        })
+    }
+
+    /// Parses and validates config text for model `name`; errors are (field, message).
+    pub fn parse(text: &str, name: &str) -> Result<ModelConfig, (String, String)> {
+        let cfg: ModelConfig = toml::from_str(text).map_err(|e| {
+            let field = e
+                .span()
+                .map(|s| field_at(text, s.start))
+                .unwrap_or_else(|| "-".into());
+            (field, e.message().to_string())
+        })?;
+        cfg.validate(name)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, name: &str) -> Result<(), (String, String)> {
+        let err = |f: &str, m: String| Err((f.to_string(), m));
+        if let Some(n) = &self.name {
+            if n != name {
+                return err("name", format!("expected the folder name '{name}', got '{n}'"));
+            }
+        }
+        if !crate::model::ARCHITECTURES.contains(&self.architecture.as_str()) {
+            return err(
+                "architecture",
+                format!(
+                    "expected one of {:?}, got '{}'",
+                    crate::model::ARCHITECTURES,
+                    self.architecture
+                ),
+            );
+        }
+        for (field, specs) in [("input", &self.inputs), ("output", &self.outputs)] {
+            if specs.is_empty() {
+                return err(field, "expected at least one [[".to_string() + field + "]] table");
+            }
+            for (i, s) in specs.iter().enumerate() {
+                let f = format!("{field}[{i}].dims");
+                if specs[..i].iter().any(|o| o.name == s.name) {
+                    return err(&format!("{field}[{i}].name"), format!("'{}' is declared twice", s.name));
+                }
+                if s.dims.is_empty() || s.dims.iter().any(|&d| d == 0 || d < -1) {
+                    return err(&f, format!("expected a non-empty list of positive sizes or -1, got {:?}", s.dims));
+                }
+                if self.max_batch_size > 0 && s.dims[0] != -1 {
+                    return err(&f, format!("expected the first (batch) dim to be -1 since max_batch_size > 0, got {:?}", s.dims));
+                }
+            }
+        }
+        let db = &self.dynamic_batching;
+        let max = self.max_batch_size.max(1);
+        if let Some(p) = db.preferred_batch_sizes.iter().find(|&&p| p == 0 || p > max) {
+            return err("dynamic_batching.preferred_batch_sizes", format!("expected sizes in 1..={max} (max_batch_size), got {p}"));
+        }
+        if db.max_queue_size == 0 {
+            return err("dynamic_batching.max_queue_size", "expected at least 1".into());
+        }
+        if db.priority_levels == 0 {
+            return err("dynamic_batching.priority_levels", "expected at least 1".into());
+        }
+        if db.default_priority_level > db.priority_levels {
+            return err("dynamic_batching.default_priority_level", format!("expected 0..={} (priority_levels), got {}", db.priority_levels, db.default_priority_level));
+        }
+        if self.instance_group.is_empty() || self.instance_group.iter().any(|g| g.count == 0) {
+            return err("instance_group", "expected at least one group, each with count >= 1".into());
+        }
+        match &self.version_policy {
+            VersionPolicy::Latest(0) => err("version_policy.latest", "expected at least 1".into()),
+            VersionPolicy::Specific(v) if v.is_empty() => err("version_policy.specific", "expected at least one version".into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The batcher's view of this config.
+    pub fn batch_config(&self) -> BatchConfig {
+        let db = &self.dynamic_batching;
+        let mut preferred = db.preferred_batch_sizes.clone();
+        preferred.sort_unstable();
+        BatchConfig {
+            max_batch_size: self.max_batch_size.max(1),
+            max_queue_delay: Duration::from_micros(db.max_queue_delay_us),
+            preferred_batch_sizes: preferred,
+            max_queue_size: db.max_queue_size,
+            default_timeout: (db.default_timeout_us > 0)
+                .then(|| Duration::from_micros(db.default_timeout_us)),
+            priority_levels: db.priority_levels,
+            default_priority: match db.default_priority_level {
+                0 => db.priority_levels,
+                p => p,
+            },
+        }
+    }
+
+    /// Batch sizes to warm up with: each preferred size, or 1.
+    pub fn warmup_batch_sizes(&self) -> Vec<usize> {
+        if self.dynamic_batching.preferred_batch_sizes.is_empty() || self.max_batch_size == 0 {
+            vec![1]
+        } else {
+            self.batch_config().preferred_batch_sizes
+        }
+    }
+}
+
+/// The key (or table header) on the line holding byte offset `pos` of `text`.
+fn field_at(text: &str, pos: usize) -> String {
+    let start = text[..pos.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("").trim();
+    match line.split_once('=') {
+        Some((key, _)) => key.trim().to_string(),
+        None => line.trim_matches(|c| c == '[' || c == ']').to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+architecture = "mlp"
+max_batch_size = 8
+version_policy = { latest = 2 }
+[[input]]
+name = "x"
+datatype = "FP32"
+dims = [-1, 4]
+[[output]]
+name = "y"
+datatype = "FP32"
+dims = [-1, 2]
+[dynamic_batching]
+max_queue_delay_us = 100
+preferred_batch_sizes = [4]
+[metadata]
+semantic_version = "1.0.0"
+"#;
+
+    #[test]
+    fn parse_good_config_fills_defaults() {
+        let c = ModelConfig::parse(GOOD, "m").unwrap();
+        assert_eq!(c.version_policy, VersionPolicy::Latest(2));
+        assert_eq!(c.instance_group, default_instance_groups());
+        assert_eq!(c.dynamic_batching.max_queue_size, 1024);
+        assert_eq!(c.batch_config().max_queue_delay, Duration::from_micros(100));
+    }
+
+    #[test]
+    fn parse_negative_batch_size_names_field() {
+        let text = GOOD.replace("max_batch_size = 8", "max_batch_size = -3");
+        let (field, msg) = ModelConfig::parse(&text, "m").unwrap_err();
+        assert_eq!(field, "max_batch_size");
+        assert!(msg.contains("expected"), "{msg}");
+    }
+
+    #[test]
+    fn parse_unknown_datatype_names_expected_set() {
+        let text = GOOD.replace("\"FP32\"\ndims = [-1, 4]", "\"FLOAT\"\ndims = [-1, 4]");
+        let (field, msg) = ModelConfig::parse(&text, "m").unwrap_err();
+        assert_eq!(field, "datatype");
+        assert!(msg.contains("FLOAT") && msg.contains("FP32"), "{msg}");
+    }
+
+    #[test]
+    fn parse_preferred_over_max_is_rejected() {
+        let text = GOOD.replace("preferred_batch_sizes = [4]", "preferred_batch_sizes = [16]");
+        let (field, msg) = ModelConfig::parse(&text, "m").unwrap_err();
+        assert_eq!(field, "dynamic_batching.preferred_batch_sizes");
+        assert!(msg.contains("1..=8"), "{msg}");
+    }
+
+    #[test]
+    fn parse_unknown_architecture_and_fields_are_rejected() {
+        let text = GOOD.replace("\"mlp\"", "\"resnet\"");
+        assert_eq!(ModelConfig::parse(&text, "m").unwrap_err().0, "architecture");
+        let text = format!("bogus = 1\n{GOOD}");
+        assert_eq!(ModelConfig::parse(&text, "m").unwrap_err().0, "bogus");
+    }
+
+    #[test]
+    fn version_policy_selects_versions() {
+        let present = [1, 2, 5];
+        assert_eq!(VersionPolicy::Latest(2).select(&present), vec![2, 5]);
+        assert_eq!(VersionPolicy::All.select(&present), vec![1, 2, 5]);
+        assert_eq!(VersionPolicy::Specific(vec![1, 9]).select(&present), vec![1]);
+        let c: ModelConfig = toml::from_str(&GOOD.replace("{ latest = 2 }", "\"all\"")).unwrap();
+        assert_eq!(c.version_policy, VersionPolicy::All);
+    }
+}

@@ -1,0 +1,447 @@
+//! The model repository (Triton-like): `models/<name>/config.toml` plus numbered version folders.
+//! Loads a model's selected versions (weights, queue, workers, warm-up), unloads them, and answers
+//! lookups by name/version and readiness. A model that fails to load never stops the others.
+
+pub mod config;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use crate::batcher::{Queue, SubmitOptions};
+use crate::device::{self, DeviceId, DeviceInfo, PlacementError};
+use crate::model::{self, ModelError};
+use crate::telemetry::{Metrics, ModelMetrics};
+use crate::tensor::{DataType, Tensor, TensorData};
+use crate::worker::{self, WorkerSpec};
+pub use config::{ConfigError, ModelConfig};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ModelState {
+    Loading,
+    Ready,
+    Unavailable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("unknown model '{0}'")]
+    ModelNotFound(String),
+    #[error("model '{model}' has no version {version} loaded (loaded: {loaded:?})")]
+    VersionNotFound {
+        model: String,
+        version: u64,
+        loaded: Vec<u64>,
+    },
+    #[error("model '{model}' is not ready ({state:?}{})", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    NotReady {
+        model: String,
+        state: ModelState,
+        reason: String,
+    },
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("model '{model}': {message}")]
+    Load { model: String, message: String },
+}
+
+/// One loaded version: its queue, metrics and worker threads.
+pub struct LoadedVersion {
+    pub name: String,
+    pub version: u64,
+    pub config: Arc<ModelConfig>,
+    pub queue: Queue,
+    pub metrics: ModelMetrics,
+    pub placement: Vec<(DeviceId, usize)>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl LoadedVersion {
+    /// Closes the queue (queued requests are still served) and joins the workers. Blocking.
+    fn stop_blocking(&self) {
+        self.queue.close();
+        let handles = std::mem::take(
+            &mut *self
+                .workers
+                .lock()
+                .expect("worker list lock poisoned. This is a bug."),
+        );
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct ModelEntry {
+    state: ModelState,
+    reason: String,
+    versions: BTreeMap<u64, Arc<LoadedVersion>>,
+}
+
+/// One row of the repository index.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IndexEntry {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub state: ModelState,
+    pub reason: String,
+}
+
+pub struct Repository {
+    root: PathBuf,
+    devices: Vec<DeviceInfo>,
+    metrics: Arc<Metrics>,
+    /// Short read/write sections only, never across an await.
+    models: RwLock<BTreeMap<String, ModelEntry>>,
+    /// Serialises load/unload so that two reloads of one model cannot interleave.
+    admin: tokio::sync::Mutex<()>,
+}
+
+/// Numbered version folders present in a model folder, ascending.
+pub fn present_versions(dir: &Path) -> Vec<u64> {
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// Every model folder (one holding a `config.toml`) under `root`, sorted by name.
+pub fn model_names(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("config.toml").is_file())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+impl Repository {
+    pub fn new(root: PathBuf, devices: Vec<DeviceInfo>, metrics: Arc<Metrics>) -> Repository {
+        Repository {
+            root,
+            devices,
+            metrics,
+            models: RwLock::new(BTreeMap::new()),
+            admin: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
+        self.models.read().expect("model table lock poisoned. This is a bug.")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
+        self.models.write().expect("model table lock poisoned. This is a bug.")
+    }
+
+    /// Loads every model in the repository; failures are logged and leave the model UNAVAILABLE.
+    pub async fn load_all(&self) {
+        for name in model_names(&self.root) {
+            if let Err(e) = self.load(&name).await {
+                tracing::error!(model = %name, error = %e, "model failed to load; the others still serve");
+            }
+        }
+    }
+
+    /// (Re)loads a model: new versions are loaded and warmed up before they replace the old ones.
+    pub async fn load(&self, name: &str) -> Result<(), RepoError> {
+        let _admin = self.admin.lock().await;
+        let dir = self.root.join(name);
+        if name.contains(['/', '\\']) || name.starts_with('.') || !dir.join("config.toml").is_file() {
+            return Err(RepoError::ModelNotFound(name.into()));
+        }
+        self.write()
+            .entry(name.into())
+            .and_modify(|e| e.state = if e.versions.is_empty() { ModelState::Loading } else { e.state })
+            .or_insert(ModelEntry {
+                state: ModelState::Loading,
+                reason: String::new(),
+                versions: BTreeMap::new(),
+            });
+        let loaded = self.load_versions(name, &dir).await;
+        let old = {
+            let mut models = self.write();
+            let entry = models.get_mut(name).expect("entry inserted above. This is a bug.");
+            match &loaded {
+                Ok(new) => {
+                    entry.state = ModelState::Ready;
+                    entry.reason.clear();
+                    std::mem::replace(&mut entry.versions, new.clone())
+                }
+                Err(e) => {
+                    if entry.versions.is_empty() {
+                        entry.state = ModelState::Unavailable;
+                    }
+                    entry.reason = e.to_string();
+                    BTreeMap::new()
+                }
+            }
+        };
+        stop_all(old.into_values().collect()).await;
+        loaded.map(|v| {
+            tracing::info!(model = name, versions = ?v.keys().collect::<Vec<_>>(), "model ready");
+        })
+    }
+
+    async fn load_versions(
+        &self,
+        name: &str,
+        dir: &Path,
+    ) -> Result<BTreeMap<u64, Arc<LoadedVersion>>, RepoError> {
+        let config = Arc::new(ModelConfig::load(dir)?);
+        let present = present_versions(dir);
+        let selected = config.version_policy.select(&present);
+        let load_err = |message: String| RepoError::Load {
+            model: name.into(),
+            message,
+        };
+        if selected.is_empty() {
+            return Err(load_err(format!(
+                "no version folder matches version_policy {:?} (present: {present:?})",
+                config.version_policy
+            )));
+        }
+        let placement = device::place(&config.instance_group, &self.devices)
+            .map_err(|e: PlacementError| load_err(e.to_string()))?;
+        let mut versions = BTreeMap::new();
+        for v in selected {
+            match self.start_version(name, v, dir, &config, &placement).await {
+                Ok(lv) => {
+                    versions.insert(v, lv);
+                }
+                Err(e) => {
+                    stop_all(versions.into_values().collect()).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(versions)
+    }
+
+    async fn start_version(
+        &self,
+        name: &str,
+        version: u64,
+        dir: &Path,
+        config: &Arc<ModelConfig>,
+        placement: &[(DeviceId, usize)],
+    ) -> Result<Arc<LoadedVersion>, RepoError> {
+        let metrics = self.metrics.for_model(name, version);
+        let queue = Queue::spawn(name, config.batch_config(), metrics.queue());
+        let lv = Arc::new(LoadedVersion {
+            name: name.into(),
+            version,
+            config: config.clone(),
+            queue: queue.clone(),
+            metrics: metrics.clone(),
+            placement: placement.to_vec(),
+            workers: Mutex::new(Vec::new()),
+        });
+        let load_err = |message: String| RepoError::Load {
+            model: name.into(),
+            message: format!("version {version}: {message}"),
+        };
+        for &(dev, count) in placement {
+            let (cfg, vdir) = (config.clone(), dir.join(version.to_string()));
+            let loaded = tokio::task::spawn_blocking(move || {
+                let device = device::candle_device(dev).map_err(ModelError::from)?;
+                model::load(&cfg, &vdir, &device)
+            })
+            .await
+            .map_err(|e| load_err(format!("loader panicked: {e}")));
+            let m = match loaded.and_then(|r| r.map_err(|e| load_err(e.to_string()))) {
+                Ok(m) => m,
+                Err(e) => {
+                    stop_all(vec![lv]).await;
+                    return Err(e);
+                }
+            };
+            for index in 0..count {
+                let spec = WorkerSpec {
+                    model: name.into(),
+                    version,
+                    device: dev,
+                    index,
+                };
+                let h = worker::spawn(spec, m.clone(), queue.clone(), metrics.clone())
+                    .map_err(|e| load_err(format!("cannot start worker thread: {e}")))?;
+                lv.workers.lock().expect("worker list lock poisoned. This is a bug.").push(h);
+            }
+        }
+        if let Err(e) = warm_up(config, &queue).await {
+            stop_all(vec![lv]).await;
+            return Err(load_err(format!("warm-up failed: {e}")));
+        }
+        Ok(lv)
+    }
+
+    /// Unloads every version of a model; queued requests are still answered first.
+    pub async fn unload(&self, name: &str) -> Result<(), RepoError> {
+        let _admin = self.admin.lock().await;
+        let old = {
+            let mut models = self.write();
+            let entry = models
+                .get_mut(name)
+                .ok_or_else(|| RepoError::ModelNotFound(name.into()))?;
+            entry.state = ModelState::Unavailable;
+            entry.reason = "unloaded".into();
+            std::mem::take(&mut entry.versions)
+        };
+        stop_all(old.into_values().collect()).await;
+        tracing::info!(model = name, "model unloaded");
+        Ok(())
+    }
+
+    /// The version to run: the given one or the newest loaded.
+    pub fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<LoadedVersion>, RepoError> {
+        let models = self.read();
+        let entry = models
+            .get(name)
+            .ok_or_else(|| RepoError::ModelNotFound(name.into()))?;
+        let found = match version {
+            Some(v) => entry.versions.get(&v),
+            None => entry.versions.values().next_back(),
+        };
+        match (found, version) {
+            (Some(lv), _) => Ok(lv.clone()),
+            (None, Some(v)) if !entry.versions.is_empty() => Err(RepoError::VersionNotFound {
+                model: name.into(),
+                version: v,
+                loaded: entry.versions.keys().copied().collect(),
+            }),
+            (None, _) => Err(RepoError::NotReady {
+                model: name.into(),
+                state: entry.state,
+                reason: entry.reason.clone(),
+            }),
+        }
+    }
+
+    /// The config of a model, from a loaded version or else from disk.
+    pub fn config(&self, name: &str) -> Result<Arc<ModelConfig>, RepoError> {
+        match self.get(name, None) {
+            Ok(lv) => Ok(lv.config.clone()),
+            Err(RepoError::NotReady { .. }) => Ok(Arc::new(ModelConfig::load(&self.root.join(name))?)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// True when every model that loaded successfully is ready (none is mid-load).
+    pub fn all_ready(&self) -> bool {
+        self.read().values().all(|e| e.state != ModelState::Loading)
+    }
+
+    /// Every model folder and every loaded version, with states (the repository index).
+    pub fn index(&self) -> Vec<IndexEntry> {
+        let models = self.read();
+        let mut out = Vec::new();
+        for name in model_names(&self.root) {
+            match models.get(&name) {
+                Some(e) if !e.versions.is_empty() => {
+                    out.extend(e.versions.keys().map(|v| IndexEntry {
+                        name: name.clone(),
+                        version: Some(v.to_string()),
+                        state: e.state,
+                        reason: e.reason.clone(),
+                    }))
+                }
+                Some(e) => out.push(IndexEntry {
+                    name,
+                    version: None,
+                    state: e.state,
+                    reason: e.reason.clone(),
+                }),
+                None => out.push(IndexEntry {
+                    name,
+                    version: None,
+                    state: ModelState::Unavailable,
+                    reason: "not loaded".into(),
+                }),
+            }
+        }
+        out
+    }
+
+    /// Stops every model (server shutdown).
+    pub async fn shutdown(&self) {
+        let all: Vec<Arc<LoadedVersion>> = {
+            let mut models = self.write();
+            models
+                .values_mut()
+                .flat_map(|e| std::mem::take(&mut e.versions).into_values())
+                .collect()
+        };
+        stop_all(all).await;
+    }
+}
+
+async fn stop_all(versions: Vec<Arc<LoadedVersion>>) {
+    if versions.is_empty() {
+        return;
+    }
+    let _ = tokio::task::spawn_blocking(move || versions.iter().for_each(|v| v.stop_blocking())).await;
+}
+
+/// One forward pass per warm-up batch size, through the queue and workers, with zero inputs.
+async fn warm_up(config: &ModelConfig, queue: &Queue) -> Result<(), String> {
+    for rows in config.warmup_batch_sizes() {
+        let inputs = config
+            .inputs
+            .iter()
+            .map(|s| {
+                let shape = s.concrete_shape(1);
+                let shape: Vec<usize> = if config.max_batch_size > 0 {
+                    std::iter::once(rows).chain(shape[1..].iter().copied()).collect()
+                } else {
+                    shape
+                };
+                let n = shape.iter().product();
+                Tensor::new(s.name.clone(), shape, zeros(s.datatype, n))
+            })
+            .collect();
+        queue
+            .submit(inputs, rows, SubmitOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn zeros(dt: DataType, n: usize) -> TensorData {
+    match dt {
+        DataType::Bool => TensorData::Bool(vec![false; n]),
+        DataType::U8 => TensorData::U8(vec![0; n]),
+        DataType::U16 => TensorData::U16(vec![0; n]),
+        DataType::U32 => TensorData::U32(vec![0; n]),
+        DataType::U64 => TensorData::U64(vec![0; n]),
+        DataType::I8 => TensorData::I8(vec![0; n]),
+        DataType::I16 => TensorData::I16(vec![0; n]),
+        DataType::I32 => TensorData::I32(vec![0; n]),
+        DataType::I64 => TensorData::I64(vec![0; n]),
+        DataType::F16 => TensorData::F16(vec![half::f16::ZERO; n]),
+        DataType::BF16 => TensorData::BF16(vec![half::bf16::ZERO; n]),
+        DataType::F32 => TensorData::F32(vec![0.0; n]),
+        DataType::F64 => TensorData::F64(vec![0.0; n]),
+        DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
+    }
+}

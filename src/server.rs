@@ -1,0 +1,114 @@
+//! Composition root: discover devices, bind the HTTP and metrics listeners, load the repository
+//! (warm-up included) and flip readiness. `shutdown` owns the order: not ready, stop accepting,
+//! drain in-flight requests (bounded), stop models and join their workers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::device;
+use crate::repository::Repository;
+use crate::telemetry::Metrics;
+
+/// A running server.
+pub struct Server {
+    http_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    state: AppState,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    metrics: JoinHandle<std::io::Result<()>>,
+    exit_timeout: std::time::Duration,
+}
+
+fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    })
+}
+
+impl Server {
+    /// Binds, serves, loads every model; returns once the repository is loaded (ready).
+    pub async fn start(settings: &Settings) -> anyhow::Result<Server> {
+        let devices = device::discover(&settings.gpus);
+        let metrics = Arc::new(Metrics::new());
+        let repo = Arc::new(Repository::new(
+            settings.model_repository.clone(),
+            devices,
+            metrics.clone(),
+        ));
+        let state = AppState {
+            repo: repo.clone(),
+            metrics: metrics.clone(),
+            accepting: Arc::new(AtomicBool::new(false)),
+            max_body_bytes: settings.max_body_bytes,
+        };
+        let http = TcpListener::bind((settings.host, settings.http_port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.http_port))?;
+        let metrics_l = TcpListener::bind((settings.host, settings.metrics_port))
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.metrics_port))?;
+        let (http_addr, metrics_addr) = (http.local_addr()?, metrics_l.local_addr()?);
+        tracing::info!("listening on http://{http_addr} (metrics on http://{metrics_addr}/metrics)");
+        let (stop, stop_rx) = watch::channel(false);
+        let http = serve(http, api::router(state.clone()), stop_rx.clone());
+        let metrics_task = serve(metrics_l, api::metrics_router(metrics), stop_rx);
+        repo.load_all().await;
+        state.accepting.store(true, Ordering::Release);
+        tracing::info!(models = repo.index().len(), "server ready");
+        Ok(Server {
+            http_addr,
+            metrics_addr,
+            state,
+            stop,
+            http,
+            metrics: metrics_task,
+            exit_timeout: settings.exit_timeout,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Graceful stop: readiness off, no new connections, in-flight requests drained (at most
+    /// `exit_timeout`), then models stopped and workers joined.
+    pub async fn shutdown(self) {
+        tracing::info!(timeout_s = self.exit_timeout.as_secs_f64(), "shutting down: draining in-flight requests");
+        self.state.accepting.store(false, Ordering::Release);
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(self.exit_timeout, self.http).await {
+            Ok(Ok(Ok(()))) => tracing::info!("in-flight requests drained"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
+            Err(_) => tracing::warn!("drain timed out; remaining requests are dropped"),
+        }
+        self.state.repo.shutdown().await;
+        self.metrics.abort();
+        tracing::info!("shutdown complete");
+    }
+}
