@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::batcher::JobError;
 use crate::protocol::ProtocolError;
-use crate::repository::RepoError;
+use crate::repository::{ModelState, RepoError};
 use crate::telemetry::FailureReason;
 use crate::tensor::ValidationError;
 
@@ -61,7 +61,8 @@ impl From<RepoError> for ApiError {
             RepoError::ModelNotFound(_) | RepoError::VersionNotFound { .. } => {
                 ApiError::NotFound(e.to_string())
             }
-            RepoError::NotReady { .. } => ApiError::Unavailable(e.to_string()),
+            RepoError::NotReady { state: ModelState::Loading, .. } => ApiError::Unavailable(e.to_string()),
+            RepoError::NotReady { .. } => ApiError::NotFound(e.to_string()),
             RepoError::Config(_) | RepoError::Load { .. } => ApiError::BadRequest(e.to_string()),
         }
     }

@@ -63,6 +63,8 @@ pub struct Job {
     pub enqueued_at: Instant,
     pub deadline: Option<Instant>,
     pub timeout_us: u64,
+    /// Warm-up jobs run the model but are not counted in metrics.
+    pub warmup: bool,
     pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
 }
 
@@ -75,6 +77,11 @@ impl Batch {
     pub fn rows(&self) -> usize {
         self.jobs.iter().map(|j| j.rows).sum()
     }
+
+    /// Rows of the jobs that count in metrics (all but warm-up).
+    pub fn counted_rows(&self) -> usize {
+        self.jobs.iter().filter(|j| !j.warmup).map(|j| j.rows).sum()
+    }
 }
 
 /// Per-request options from the protocol (`parameters.priority`, `parameters.timeout`).
@@ -83,6 +90,8 @@ pub struct SubmitOptions {
     /// 0 = the model's default level.
     pub priority: u32,
     pub timeout: Option<Duration>,
+    /// A warm-up request (not counted in metrics).
+    pub warmup: bool,
 }
 
 /// Counters the dispatcher keeps up to date.
@@ -163,6 +172,7 @@ impl Queue {
             enqueued_at: now,
             deadline: timeout.map(|t| now + t),
             timeout_us: timeout.map_or(0, |t| t.as_micros() as u64),
+            warmup: opts.warmup,
             reply,
         };
         if self.tx.send_async(Command::Submit(job)).await.is_err() {

@@ -108,6 +108,7 @@ async fn deadline_passing_while_queued_answers_at_once_without_a_worker() {
     let opts = SubmitOptions {
         priority: 0,
         timeout: Some(Duration::from_millis(3)),
+        ..SubmitOptions::default()
     };
     // No worker ever pulls: every worker is "busy".
     let r = q.submit(row(1.0), 1, opts).await;
@@ -129,6 +130,7 @@ async fn request_timeout_is_capped_by_model_default() {
     let opts = SubmitOptions {
         priority: 0,
         timeout: Some(Duration::from_secs(60)),
+        ..SubmitOptions::default()
     };
     let r = q.submit(row(1.0), 1, opts).await;
     assert_eq!(Instant::now() - start, Duration::from_millis(2));
@@ -165,7 +167,7 @@ async fn higher_priority_is_served_first() {
     settle().await;
     let high = SubmitOptions {
         priority: 1,
-        timeout: None,
+        ..SubmitOptions::default()
     };
     let _high = spawn_submit(&q, 2.0, high);
     settle().await;
@@ -178,7 +180,7 @@ async fn priority_out_of_range_is_rejected() {
     let q = Queue::spawn("m", cfg(), metrics());
     let opts = SubmitOptions {
         priority: 5,
-        timeout: None,
+        ..SubmitOptions::default()
     };
     let r = q.submit(row(1.0), 1, opts).await;
     assert!(matches!(r, Err(JobError::BadPriority { got: 5, .. })));

@@ -420,7 +420,14 @@ async fn warm_up(config: &ModelConfig, queue: &Queue) -> Result<(), String> {
             })
             .collect();
         queue
-            .submit(inputs, rows, SubmitOptions::default())
+            .submit(
+                inputs,
+                rows,
+                SubmitOptions {
+                    warmup: true,
+                    ..SubmitOptions::default()
+                },
+            )
             .await
             .map_err(|e| e.to_string())?;
     }

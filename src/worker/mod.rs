@@ -59,7 +59,9 @@ pub fn run_batch(spec: &WorkerSpec, model: &dyn Model, batch: Batch, metrics: &M
     };
     let outputs = match result {
         Ok(Ok(outs)) if outs.len() == batch.jobs.len() => {
-            metrics.record_execution(rows);
+            if batch.counted_rows() > 0 {
+                metrics.record_execution(batch.counted_rows());
+            }
             Ok(outs)
         }
         Ok(Ok(outs)) => {

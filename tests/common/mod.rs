@@ -1,0 +1,175 @@
+//! Test harness: temporary model repositories and real servers on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferrite::config::Settings;
+use ferrite::device::GpuSelection;
+use ferrite::server::Server;
+use ferrite::telemetry::logging::LogFormat;
+use serde_json::{json, Value};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A temporary model repository.
+pub struct Repo {
+    pub dir: tempfile::TempDir,
+}
+
+impl Repo {
+    pub fn new() -> Repo {
+        Repo {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Copies the bundled digits model, optionally with config lines replaced (`from` -> `to`).
+    pub fn with_digits(self, edits: &[(&str, &str)]) -> Repo {
+        self.copy_digits("digits", edits)
+    }
+
+    pub fn copy_digits(self, name: &str, edits: &[(&str, &str)]) -> Repo {
+        let src = repo_root().join("models/digits");
+        let dst = self.path().join(name);
+        std::fs::create_dir_all(dst.join("1")).unwrap();
+        std::fs::copy(src.join("1/model.safetensors"), dst.join("1/model.safetensors")).unwrap();
+        let mut cfg = std::fs::read_to_string(src.join("config.toml")).unwrap();
+        cfg = cfg.replace("name = \"digits\"\n", "");
+        for (from, to) in edits {
+            assert!(cfg.contains(from), "config has no '{from}'");
+            cfg = cfg.replace(from, to);
+        }
+        std::fs::write(dst.join("config.toml"), cfg).unwrap();
+        self
+    }
+
+    /// A `debug` (echo) model on FP32 [-1, 4] with the given extra config text.
+    pub fn with_debug(self, name: &str, max_batch: usize, extra: &str) -> Repo {
+        let dst = self.path().join(name);
+        std::fs::create_dir_all(dst.join("1")).unwrap();
+        let cfg = format!(
+            r#"architecture = "debug"
+max_batch_size = {max_batch}
+[[input]]
+name = "x"
+datatype = "FP32"
+dims = [-1, 4]
+[[output]]
+name = "y"
+datatype = "FP32"
+dims = [-1, 4]
+{extra}
+"#
+        );
+        std::fs::write(dst.join("config.toml"), cfg).unwrap();
+        self
+    }
+
+    pub fn with_file(self, rel: &str, text: &str) -> Repo {
+        let p = self.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+        self
+    }
+}
+
+pub fn settings(repo: &Path) -> Settings {
+    Settings {
+        model_repository: repo.to_path_buf(),
+        host: "127.0.0.1".parse().unwrap(),
+        http_port: 0,
+        metrics_port: 0,
+        log_format: LogFormat::Text,
+        exit_timeout: Duration::from_secs(10),
+        max_body_bytes: 64 * 1024 * 1024,
+        gpus: GpuSelection::None,
+    }
+}
+
+/// A server running in this process, and an HTTP client for it.
+pub struct TestServer {
+    pub server: Server,
+    pub url: String,
+    pub metrics_url: String,
+    pub client: reqwest::Client,
+    _repo: Repo,
+}
+
+impl TestServer {
+    pub async fn start(repo: Repo) -> TestServer {
+        Self::start_with(repo, |_| {}).await
+    }
+
+    pub async fn start_with(repo: Repo, edit: impl FnOnce(&mut Settings)) -> TestServer {
+        if std::env::var_os("RUST_LOG").is_some() {
+            ferrite::telemetry::logging::init(LogFormat::Text);
+        }
+        let mut s = settings(repo.path());
+        edit(&mut s);
+        let server = Server::start(&s).await.expect("server starts");
+        TestServer {
+            url: format!("http://{}", server.http_addr()),
+            metrics_url: format!("http://{}/metrics", server.metrics_addr()),
+            server,
+            client: reqwest::Client::new(),
+            _repo: repo,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.url)).send().await.unwrap()
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Value of one metric series, e.g. `nv_inference_count{model="digits",version="1"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.client.get(&self.metrics_url).send().await.unwrap().text().await.unwrap();
+        metric_value(&text, series).unwrap_or(0.0)
+    }
+}
+
+/// Finds `series` (name with labels exactly as exported) in Prometheus text.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+}
+
+/// A KServe v2 JSON request for `x` FP32 [rows, n].
+pub fn v2_request(name: &str, rows: usize, n: usize, data: &[f32]) -> Value {
+    json!({"inputs": [{"name": name, "shape": [rows, n], "datatype": "FP32", "data": data}]})
+}
+
+/// Triton binary-extension request body with one FP32 input; returns (body, json header length).
+pub fn v2_binary_request(name: &str, shape: &[usize], data: &[f32], binary_output: bool) -> (Vec<u8>, usize) {
+    let header = json!({
+        "inputs": [{"name": name, "shape": shape, "datatype": "FP32",
+                    "parameters": {"binary_data_size": data.len() * 4}}],
+        "parameters": {"binary_data_output": binary_output},
+    });
+    let mut body = serde_json::to_vec(&header).unwrap();
+    let n = body.len();
+    for v in data {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    (body, n)
+}
+
+/// Seeded random pixels in 0..=16, as the digits data set has them.
+pub fn random_pixels(rng: &mut impl rand::Rng, rows: usize) -> Vec<f32> {
+    (0..rows * 64).map(|_| rng.random_range(0..=16) as f32).collect()
+}
