@@ -10,7 +10,11 @@ use crate::server::Server;
 use crate::telemetry::logging;
 
 #[derive(Debug, Parser)]
-#[command(name = "ferrite", version, about = "High-throughput model inference server (KServe v2 / Triton-compatible)")]
+#[command(
+    name = "ferrite",
+    version,
+    about = "High-throughput model inference server (KServe v2 / Triton-compatible)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -53,14 +57,21 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 fn models(root: &std::path::Path) -> anyhow::Result<()> {
     let names = model_names(root);
     if names.is_empty() {
-        anyhow::bail!("no model folders with a config.toml under '{}'", root.display());
+        anyhow::bail!(
+            "no model folders with a config.toml under '{}'",
+            root.display()
+        );
     }
     println!("{:<20} {:<12} {:<10} STATUS", "MODEL", "VERSIONS", "ARCH");
     let mut bad = 0;
     for name in names {
         let dir = root.join(&name);
         let versions = present_versions(&dir);
-        let vs = versions.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+        let vs = versions
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         match ModelConfig::load(&dir) {
             Ok(c) => {
                 let served = c.version_policy.select(&versions);

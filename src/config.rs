@@ -80,7 +80,10 @@ pub enum SettingsError {
     #[error("{file}: {message}")]
     File { file: String, message: String },
     #[error("setting `{field}`: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 impl Settings {
@@ -99,7 +102,11 @@ impl Settings {
                 })?
             }
         };
-        let gpus = args.gpus.clone().or(file.gpus).unwrap_or_else(|| "all".into());
+        let gpus = args
+            .gpus
+            .clone()
+            .or(file.gpus)
+            .unwrap_or_else(|| "all".into());
         let s = Settings {
             model_repository: args
                 .model_repository
@@ -110,8 +117,14 @@ impl Settings {
                 .host
                 .or(file.host)
                 .unwrap_or_else(|| DEFAULT_HOST.parse().expect("valid default. This is a bug.")),
-            http_port: args.http_port.or(file.http_port).unwrap_or(DEFAULT_HTTP_PORT),
-            metrics_port: args.metrics_port.or(file.metrics_port).unwrap_or(DEFAULT_METRICS_PORT),
+            http_port: args
+                .http_port
+                .or(file.http_port)
+                .unwrap_or(DEFAULT_HTTP_PORT),
+            metrics_port: args
+                .metrics_port
+                .or(file.metrics_port)
+                .unwrap_or(DEFAULT_METRICS_PORT),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             exit_timeout: Duration::from_secs(
                 args.exit_timeout_secs
@@ -162,7 +175,11 @@ mod tests {
     fn resolve_flag_beats_file_beats_default() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("f.toml");
-        std::fs::write(&file, "http_port = 9000\nmetrics_port = 9002\nexit_timeout_secs = 5\n").unwrap();
+        std::fs::write(
+            &file,
+            "http_port = 9000\nmetrics_port = 9002\nexit_timeout_secs = 5\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(file),
             model_repository: Some(dir.path().into()),

@@ -60,12 +60,21 @@ impl Server {
         };
         let http = TcpListener::bind((settings.host, settings.http_port))
             .await
-            .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.http_port))?;
+            .with_context(|| {
+                format!("cannot listen on {}:{}", settings.host, settings.http_port)
+            })?;
         let metrics_l = TcpListener::bind((settings.host, settings.metrics_port))
             .await
-            .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.metrics_port))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}:{}",
+                    settings.host, settings.metrics_port
+                )
+            })?;
         let (http_addr, metrics_addr) = (http.local_addr()?, metrics_l.local_addr()?);
-        tracing::info!("listening on http://{http_addr} (metrics on http://{metrics_addr}/metrics)");
+        tracing::info!(
+            "listening on http://{http_addr} (metrics on http://{metrics_addr}/metrics)"
+        );
         let (stop, stop_rx) = watch::channel(false);
         let http = serve(http, api::router(state.clone()), stop_rx.clone());
         let metrics_task = serve(metrics_l, api::metrics_router(metrics), stop_rx);
@@ -98,7 +107,10 @@ impl Server {
     /// Graceful stop: readiness off, no new connections, in-flight requests drained (at most
     /// `exit_timeout`), then models stopped and workers joined.
     pub async fn shutdown(self) {
-        tracing::info!(timeout_s = self.exit_timeout.as_secs_f64(), "shutting down: draining in-flight requests");
+        tracing::info!(
+            timeout_s = self.exit_timeout.as_secs_f64(),
+            "shutting down: draining in-flight requests"
+        );
         self.state.accepting.store(false, Ordering::Release);
         let _ = self.stop.send(true);
         match tokio::time::timeout(self.exit_timeout, self.http).await {

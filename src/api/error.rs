@@ -46,7 +46,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut resp = (status, axum::Json(serde_json::json!({ "error": self.message() }))).into_response();
+        let mut resp = (
+            status,
+            axum::Json(serde_json::json!({ "error": self.message() })),
+        )
+            .into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
@@ -61,7 +65,10 @@ impl From<RepoError> for ApiError {
             RepoError::ModelNotFound(_) | RepoError::VersionNotFound { .. } => {
                 ApiError::NotFound(e.to_string())
             }
-            RepoError::NotReady { state: ModelState::Loading, .. } => ApiError::Unavailable(e.to_string()),
+            RepoError::NotReady {
+                state: ModelState::Loading,
+                ..
+            } => ApiError::Unavailable(e.to_string()),
             RepoError::NotReady { .. } => ApiError::NotFound(e.to_string()),
             RepoError::Config(_) | RepoError::Load { .. } => ApiError::BadRequest(e.to_string()),
         }

@@ -28,7 +28,9 @@ pub async fn run(
     let start = Instant::now();
     if !state.is_accepting() {
         lv.metrics.record_failure(FailureReason::Other);
-        return Err(ApiError::Unavailable("server is shutting down or starting".into()));
+        return Err(ApiError::Unavailable(
+            "server is shutting down or starting".into(),
+        ));
     }
     let cfg = &lv.config;
     let rows = validate_inputs(&cfg.inputs, cfg.max_batch_size, &inputs).map_err(|e| {

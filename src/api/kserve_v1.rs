@@ -19,7 +19,10 @@ fn split_predict(segment: &str) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no such route: expected '{segment}:predict'")))
 }
 
-pub async fn status(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn status(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let lv = s.repo.get(&model, None)?;
     Ok(Json(json!({ "name": lv.name, "ready": true })))
 }

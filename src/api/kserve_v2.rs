@@ -14,7 +14,12 @@ use crate::batcher::SubmitOptions;
 use crate::protocol::kserve_v2::{self as v2, HEADER_LENGTH};
 use crate::repository::LoadedVersion;
 
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_repository", "parameters", "schedule_policy"];
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "parameters",
+    "schedule_policy",
+];
 
 pub async fn server_metadata() -> Json<Value> {
     Json(json!({
@@ -53,9 +58,18 @@ fn metadata(lv: &LoadedVersion, versions: Vec<String>) -> Json<Value> {
     }))
 }
 
-pub async fn model_metadata(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn model_metadata(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let lv = s.repo.get(&model, None)?;
-    let versions = s.repo.index().into_iter().filter(|e| e.name == model).filter_map(|e| e.version).collect();
+    let versions = s
+        .repo
+        .index()
+        .into_iter()
+        .filter(|e| e.name == model)
+        .filter_map(|e| e.version)
+        .collect();
     Ok(metadata(&lv, versions))
 }
 
@@ -67,13 +81,24 @@ pub async fn model_metadata_v(
     Ok(metadata(&lv, vec![lv.version.to_string()]))
 }
 
-pub async fn model_config(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn model_config(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let c = s.repo.config(&model)?;
-    Ok(Json(serde_json::to_value(&*c).map_err(|e| ApiError::Internal(e.to_string()))?))
+    Ok(Json(
+        serde_json::to_value(&*c).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
 }
 
-pub async fn model_ready(State(s): State<AppState>, Path(model): Path<String>) -> Result<StatusCode, ApiError> {
-    s.repo.get(&model, None).map(|_| StatusCode::OK).map_err(Into::into)
+pub async fn model_ready(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    s.repo
+        .get(&model, None)
+        .map(|_| StatusCode::OK)
+        .map_err(Into::into)
 }
 
 pub async fn model_ready_v(
@@ -81,7 +106,10 @@ pub async fn model_ready_v(
     Path((model, version)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let v = parse_version(&model, &version)?;
-    s.repo.get(&model, Some(v)).map(|_| StatusCode::OK).map_err(Into::into)
+    s.repo
+        .get(&model, Some(v))
+        .map(|_| StatusCode::OK)
+        .map_err(Into::into)
 }
 
 pub async fn infer(
@@ -113,9 +141,17 @@ async fn infer_on(
     let bytes = read_body(&headers, body, s.max_body_bytes).await?;
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|v| v.parse().ok()).ok_or_else(|| {
-            infer::invalid(&lv, ApiError::BadRequest(format!("{HEADER_LENGTH} must be a byte count")))
-        })?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| {
+                    infer::invalid(
+                        &lv,
+                        ApiError::BadRequest(format!("{HEADER_LENGTH} must be a byte count")),
+                    )
+                })?,
+        ),
     };
     let req = v2::decode_request(&bytes, header_len).map_err(|e| infer::invalid(&lv, e))?;
     let (names, binary) = select_outputs(&lv, &req).map_err(|e| infer::invalid(&lv, e))?;
@@ -135,17 +171,28 @@ async fn infer_on(
     match enc.header_len {
         Some(n) => {
             h.insert(HEADER_LENGTH, n.into());
-            h.insert(header::CONTENT_TYPE, "application/octet-stream".parse().expect("static. This is a bug."));
+            h.insert(
+                header::CONTENT_TYPE,
+                "application/octet-stream"
+                    .parse()
+                    .expect("static. This is a bug."),
+            );
         }
         None => {
-            h.insert(header::CONTENT_TYPE, "application/json".parse().expect("static. This is a bug."));
+            h.insert(
+                header::CONTENT_TYPE,
+                "application/json".parse().expect("static. This is a bug."),
+            );
         }
     }
     Ok(resp)
 }
 
 /// The outputs to return, in order, and whether each goes in binary form.
-fn select_outputs(lv: &LoadedVersion, req: &v2::V2Request) -> Result<(Vec<String>, Vec<bool>), ApiError> {
+fn select_outputs(
+    lv: &LoadedVersion,
+    req: &v2::V2Request,
+) -> Result<(Vec<String>, Vec<bool>), ApiError> {
     let declared = &lv.config.outputs;
     if req.outputs.is_empty() {
         return Ok((

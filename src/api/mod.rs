@@ -46,17 +46,35 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/health/live", get(kserve_v2::live))
         .route("/v2/health/ready", get(kserve_v2::ready))
         .route("/v2/models/{model}", get(kserve_v2::model_metadata))
-        .route("/v2/models/{model}/versions/{version}", get(kserve_v2::model_metadata_v))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(kserve_v2::model_metadata_v),
+        )
         .route("/v2/models/{model}/ready", get(kserve_v2::model_ready))
-        .route("/v2/models/{model}/versions/{version}/ready", get(kserve_v2::model_ready_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(kserve_v2::model_ready_v),
+        )
         .route("/v2/models/{model}/config", get(kserve_v2::model_config))
         .route("/v2/models/{model}/infer", post(kserve_v2::infer))
-        .route("/v2/models/{model}/versions/{version}/infer", post(kserve_v2::infer_v))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(kserve_v2::infer_v),
+        )
         .route("/v2/repository/index", post(repository::index))
         .route("/v2/repository/models/{model}/load", post(repository::load))
-        .route("/v2/repository/models/{model}/unload", post(repository::unload))
-        .route("/v1/models/{model}", get(kserve_v1::status).post(kserve_v1::predict))
-        .route("/v1/models/{model}/versions/{version}", post(kserve_v1::predict_v))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository::unload),
+        )
+        .route(
+            "/v1/models/{model}",
+            get(kserve_v1::status).post(kserve_v1::predict),
+        )
+        .route(
+            "/v1/models/{model}/versions/{version}",
+            post(kserve_v1::predict_v),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -72,7 +90,10 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
             let m = metrics.clone();
             async move {
                 (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
                     m.encode(),
                 )
             }
@@ -81,8 +102,16 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
 }
 
 /// Reads a whole body, answering 413 past `limit` bytes.
-pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || ApiError::TooLarge(format!("request body is larger than the limit of {limit} bytes"));
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "request body is larger than the limit of {limit} bytes"
+        ))
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -92,7 +121,10 @@ pub(crate) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> 
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         let inner = e.into_inner();
-        if inner.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+        if inner
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
             too_large()
         } else {
             ApiError::BadRequest(format!("cannot read request body: {inner}"))

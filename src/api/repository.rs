@@ -10,12 +10,18 @@ pub async fn index(State(s): State<AppState>) -> Json<Value> {
     Json(json!(s.repo.index()))
 }
 
-pub async fn load(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn load(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     s.repo.load(&model).await?;
     Ok(Json(json!({})))
 }
 
-pub async fn unload(State(s): State<AppState>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn unload(
+    State(s): State<AppState>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     s.repo.unload(&model).await?;
     Ok(Json(json!({})))
 }

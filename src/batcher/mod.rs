@@ -38,16 +38,24 @@ pub struct JobOutput {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum JobError {
-    #[error("queue for model '{model}' is full ({capacity} requests at priority {level}); retry later")]
+    #[error(
+        "queue for model '{model}' is full ({capacity} requests at priority {level}); retry later"
+    )]
     QueueFull {
         model: String,
         level: u32,
         capacity: usize,
     },
-    #[error("request timed out in the queue of model '{model}' after its timeout of {timeout_us} us")]
+    #[error(
+        "request timed out in the queue of model '{model}' after its timeout of {timeout_us} us"
+    )]
     Timeout { model: String, timeout_us: u64 },
     #[error("priority {got} is out of range: model '{model}' has priority levels 1..={levels} (0 = default)")]
-    BadPriority { model: String, got: u32, levels: u32 },
+    BadPriority {
+        model: String,
+        got: u32,
+        levels: u32,
+    },
     #[error("model '{model}' is not accepting requests: {why}")]
     Unavailable { model: String, why: String },
     #[error("model '{model}' failed: {message}")]

@@ -114,7 +114,13 @@ async fn deadline_passing_while_queued_answers_at_once_without_a_worker() {
     let r = q.submit(row(1.0), 1, opts).await;
     assert_eq!(Instant::now() - start, Duration::from_millis(3));
     assert!(
-        matches!(r, Err(JobError::Timeout { timeout_us: 3000, .. })),
+        matches!(
+            r,
+            Err(JobError::Timeout {
+                timeout_us: 3000,
+                ..
+            })
+        ),
         "{r:?}"
     );
 }

@@ -46,9 +46,9 @@ impl std::str::FromStr for GpuSelection {
             list => list
                 .split(',')
                 .map(|p| {
-                    p.trim()
-                        .parse::<usize>()
-                        .map_err(|_| format!("'{p}' is not a GPU ordinal (expected all, none or e.g. 0,1)"))
+                    p.trim().parse::<usize>().map_err(|_| {
+                        format!("'{p}' is not a GPU ordinal (expected all, none or e.g. 0,1)")
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(GpuSelection::List),

@@ -62,7 +62,9 @@ impl Model for DebugModel {
         }
         if let Some(v) = self.fail_on {
             if inputs.iter().any(|t| contains(t, v)) {
-                return Err(ModelError::Failed(format!("debug model asked to fail on {v}")));
+                return Err(ModelError::Failed(format!(
+                    "debug model asked to fail on {v}"
+                )));
             }
         }
         if !self.sleep.is_zero() {

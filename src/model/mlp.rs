@@ -28,8 +28,8 @@ impl Mlp {
             path: path.display().to_string(),
             message,
         };
-        let mut w = candle_core::safetensors::load(&path, device)
-            .map_err(|e| load_err(e.to_string()))?;
+        let mut w =
+            candle_core::safetensors::load(&path, device).map_err(|e| load_err(e.to_string()))?;
         let mut take = |name: &str| {
             w.remove(name)
                 .ok_or_else(|| load_err(format!("tensor '{name}' is missing")))
@@ -47,7 +47,11 @@ impl Mlp {
         }
         let (input, output) = match (config.inputs.as_slice(), config.outputs.as_slice()) {
             ([i], [o]) => (i.name.clone(), o.name.clone()),
-            _ => return Err(load_err("mlp takes exactly one input and one output".into())),
+            _ => {
+                return Err(load_err(
+                    "mlp takes exactly one input and one output".into(),
+                ))
+            }
         };
         Ok(Mlp {
             device: device.clone(),

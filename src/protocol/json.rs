@@ -53,7 +53,9 @@ fn push_value(
         TensorData::I32(o) => int!(o, i32, DataType::I32),
         TensorData::I64(o) => int!(o, i64, DataType::I64),
         TensorData::F16(o) => o.push(f16::from_f64(v.as_f64().ok_or_else(|| bad(DataType::F16))?)),
-        TensorData::BF16(o) => o.push(bf16::from_f64(v.as_f64().ok_or_else(|| bad(DataType::BF16))?)),
+        TensorData::BF16(o) => o.push(bf16::from_f64(
+            v.as_f64().ok_or_else(|| bad(DataType::BF16))?,
+        )),
         TensorData::F32(o) => o.push(v.as_f64().ok_or_else(|| bad(DataType::F32))? as f32),
         TensorData::F64(o) => o.push(v.as_f64().ok_or_else(|| bad(DataType::F64))?),
         TensorData::Bytes(o) => o.push(
@@ -143,7 +145,11 @@ pub fn nested(data: &TensorData, start: usize, dims: &[usize]) -> Value {
                 })
                 .expect("tensor data always serialises. This is a bug.");
             }
-            Value::Array((0..n).map(|i| nested(data, start + i * stride, rest)).collect())
+            Value::Array(
+                (0..n)
+                    .map(|i| nested(data, start + i * stride, rest))
+                    .collect(),
+            )
         }
     }
 }
@@ -171,7 +177,10 @@ mod tests {
     #[test]
     fn nested_rebuilds_shape() {
         let d = TensorData::F32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!(nested(&d, 0, &[2, 3]), json!([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]));
+        assert_eq!(
+            nested(&d, 0, &[2, 3]),
+            json!([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+        );
         assert_eq!(nested(&d, 3, &[3]), json!([4.0, 5.0, 6.0]));
         assert_eq!(nested(&d, 5, &[]), json!(6.0));
     }

@@ -18,7 +18,9 @@ pub fn decode_request(
     let instances = v
         .get("instances")
         .and_then(Value::as_array)
-        .ok_or_else(|| ProtocolError::Json("expected an object with an 'instances' array".into()))?;
+        .ok_or_else(|| {
+            ProtocolError::Json("expected an object with an 'instances' array".into())
+        })?;
     if instances.is_empty() {
         return Err(ProtocolError::Json("'instances' is empty".into()));
     }
@@ -77,13 +79,21 @@ pub fn encode_response(outputs: &[Tensor], batching: bool) -> Value {
     let predictions = (0..rows)
         .map(|r| {
             let row = |t: &Tensor| {
-                let inner = if batching { &t.shape[1..] } else { &t.shape[..] };
+                let inner = if batching {
+                    &t.shape[1..]
+                } else {
+                    &t.shape[..]
+                };
                 let stride: usize = inner.iter().product();
                 nested(&t.data, r * stride, inner)
             };
             match outputs {
                 [one] => row(one),
-                many => Value::Object(many.iter().map(|t| (t.name.clone(), row(t))).collect::<Map<_, _>>()),
+                many => Value::Object(
+                    many.iter()
+                        .map(|t| (t.name.clone(), row(t)))
+                        .collect::<Map<_, _>>(),
+                ),
             }
         })
         .collect();

@@ -67,7 +67,9 @@ fn param_u64(p: &Option<Map<String, Value>>, key: &str) -> Result<Option<u64>, P
     match p.as_ref().and_then(|m| m.get(key)) {
         None => Ok(None),
         Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            ProtocolError::Json(format!("parameter '{key}' must be a non-negative integer, got {v}"))
+            ProtocolError::Json(format!(
+                "parameter '{key}' must be a non-negative integer, got {v}"
+            ))
         }),
     }
 }
@@ -110,7 +112,10 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
             .map(|&d| usize::try_from(d))
             .collect::<Result<Vec<usize>, _>>()
             .map_err(|_| bad(format!("shape {:?} has a negative dimension", input.shape)))?;
-        let data = match (param_u64(&input.parameters, "binary_data_size")?, &input.data) {
+        let data = match (
+            param_u64(&input.parameters, "binary_data_size")?,
+            &input.data,
+        ) {
             (Some(size), _) => {
                 let size = size as usize;
                 if size > binary.len() {
@@ -217,7 +222,8 @@ pub fn data_from_bytes(dt: DataType, b: &[u8]) -> Result<TensorData, String> {
 pub fn data_to_bytes(d: &TensorData, out: &mut Vec<u8>) {
     macro_rules! le {
         ($v:expr) => {
-            $v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+            $v.iter()
+                .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
         };
     }
     match d {
@@ -290,7 +296,12 @@ pub fn encode_response(
                 let before = tail.len();
                 data_to_bytes(&t.data, &mut tail);
                 let size = tail.len() - before;
-                (Some(BinaryParam { binary_data_size: size }), None)
+                (
+                    Some(BinaryParam {
+                        binary_data_size: size,
+                    }),
+                    None,
+                )
             } else {
                 (None, Some(JsonData::all(&t.data)))
             };
@@ -321,12 +332,16 @@ mod tests {
 
     #[test]
     fn decode_json_request_reads_parameters() {
-        let body = br#"{"id":"a","parameters":{"priority":2,"timeout":5000,"binary_data_output":true},
+        let body =
+            br#"{"id":"a","parameters":{"priority":2,"timeout":5000,"binary_data_output":true},
             "inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[[1.5,2.5]]}],
             "outputs":[{"name":"y","parameters":{"binary_data":false}}]}"#;
         let r = decode_request(body, None).unwrap();
         assert_eq!(r.id.as_deref(), Some("a"));
-        assert_eq!((r.priority, r.timeout_us, r.binary_output), (2, Some(5000), true));
+        assert_eq!(
+            (r.priority, r.timeout_us, r.binary_output),
+            (2, Some(5000), true)
+        );
         assert_eq!(r.inputs[0].data, TensorData::F32(vec![1.5, 2.5]));
         assert_eq!(r.outputs[0].binary, Some(false));
     }
@@ -337,10 +352,16 @@ mod tests {
         let mut body = header.to_vec();
         body.extend_from_slice(&7i32.to_le_bytes());
         body.extend_from_slice(&(-1i32).to_le_bytes());
-        data_to_bytes(&TensorData::Bytes(vec![b"hi".to_vec(), b"you".to_vec()]), &mut body);
+        data_to_bytes(
+            &TensorData::Bytes(vec![b"hi".to_vec(), b"you".to_vec()]),
+            &mut body,
+        );
         let r = decode_request(&body, Some(header.len())).unwrap();
         assert_eq!(r.inputs[0].data, TensorData::I32(vec![7, -1]));
-        assert_eq!(r.inputs[1].data, TensorData::Bytes(vec![b"hi".to_vec(), b"you".to_vec()]));
+        assert_eq!(
+            r.inputs[1].data,
+            TensorData::Bytes(vec![b"hi".to_vec(), b"you".to_vec()])
+        );
     }
 
     #[test]

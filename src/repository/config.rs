@@ -118,7 +118,9 @@ impl VersionPolicy {
         let mut v: Vec<u64> = match self {
             VersionPolicy::Latest(n) => present.iter().rev().take(*n).copied().collect(),
             VersionPolicy::All => present.to_vec(),
-            VersionPolicy::Specific(s) => present.iter().filter(|v| s.contains(v)).copied().collect(),
+            VersionPolicy::Specific(s) => {
+                present.iter().filter(|v| s.contains(v)).copied().collect()
+            }
         };
         v.sort_unstable();
         v
@@ -170,7 +172,10 @@ impl ModelConfig {
         let err = |f: &str, m: String| Err((f.to_string(), m));
         if let Some(n) = &self.name {
             if n != name {
-                return err("name", format!("expected the folder name '{name}', got '{n}'"));
+                return err(
+                    "name",
+                    format!("expected the folder name '{name}', got '{n}'"),
+                );
             }
         }
         if !crate::model::ARCHITECTURES.contains(&self.architecture.as_str()) {
@@ -185,15 +190,27 @@ impl ModelConfig {
         }
         for (field, specs) in [("input", &self.inputs), ("output", &self.outputs)] {
             if specs.is_empty() {
-                return err(field, "expected at least one [[".to_string() + field + "]] table");
+                return err(
+                    field,
+                    "expected at least one [[".to_string() + field + "]] table",
+                );
             }
             for (i, s) in specs.iter().enumerate() {
                 let f = format!("{field}[{i}].dims");
                 if specs[..i].iter().any(|o| o.name == s.name) {
-                    return err(&format!("{field}[{i}].name"), format!("'{}' is declared twice", s.name));
+                    return err(
+                        &format!("{field}[{i}].name"),
+                        format!("'{}' is declared twice", s.name),
+                    );
                 }
                 if s.dims.is_empty() || s.dims.iter().any(|&d| d == 0 || d < -1) {
-                    return err(&f, format!("expected a non-empty list of positive sizes or -1, got {:?}", s.dims));
+                    return err(
+                        &f,
+                        format!(
+                            "expected a non-empty list of positive sizes or -1, got {:?}",
+                            s.dims
+                        ),
+                    );
                 }
                 if self.max_batch_size > 0 && s.dims[0] != -1 {
                     return err(&f, format!("expected the first (batch) dim to be -1 since max_batch_size > 0, got {:?}", s.dims));
@@ -202,24 +219,49 @@ impl ModelConfig {
         }
         let db = &self.dynamic_batching;
         let max = self.max_batch_size.max(1);
-        if let Some(p) = db.preferred_batch_sizes.iter().find(|&&p| p == 0 || p > max) {
-            return err("dynamic_batching.preferred_batch_sizes", format!("expected sizes in 1..={max} (max_batch_size), got {p}"));
+        if let Some(p) = db
+            .preferred_batch_sizes
+            .iter()
+            .find(|&&p| p == 0 || p > max)
+        {
+            return err(
+                "dynamic_batching.preferred_batch_sizes",
+                format!("expected sizes in 1..={max} (max_batch_size), got {p}"),
+            );
         }
         if db.max_queue_size == 0 {
-            return err("dynamic_batching.max_queue_size", "expected at least 1".into());
+            return err(
+                "dynamic_batching.max_queue_size",
+                "expected at least 1".into(),
+            );
         }
         if db.priority_levels == 0 {
-            return err("dynamic_batching.priority_levels", "expected at least 1".into());
+            return err(
+                "dynamic_batching.priority_levels",
+                "expected at least 1".into(),
+            );
         }
         if db.default_priority_level > db.priority_levels {
-            return err("dynamic_batching.default_priority_level", format!("expected 0..={} (priority_levels), got {}", db.priority_levels, db.default_priority_level));
+            return err(
+                "dynamic_batching.default_priority_level",
+                format!(
+                    "expected 0..={} (priority_levels), got {}",
+                    db.priority_levels, db.default_priority_level
+                ),
+            );
         }
         if self.instance_group.is_empty() || self.instance_group.iter().any(|g| g.count == 0) {
-            return err("instance_group", "expected at least one group, each with count >= 1".into());
+            return err(
+                "instance_group",
+                "expected at least one group, each with count >= 1".into(),
+            );
         }
         match &self.version_policy {
             VersionPolicy::Latest(0) => err("version_policy.latest", "expected at least 1".into()),
-            VersionPolicy::Specific(v) if v.is_empty() => err("version_policy.specific", "expected at least one version".into()),
+            VersionPolicy::Specific(v) if v.is_empty() => err(
+                "version_policy.specific",
+                "expected at least one version".into(),
+            ),
             _ => Ok(()),
         }
     }
@@ -314,7 +356,10 @@ semantic_version = "1.0.0"
 
     #[test]
     fn parse_preferred_over_max_is_rejected() {
-        let text = GOOD.replace("preferred_batch_sizes = [4]", "preferred_batch_sizes = [16]");
+        let text = GOOD.replace(
+            "preferred_batch_sizes = [4]",
+            "preferred_batch_sizes = [16]",
+        );
         let (field, msg) = ModelConfig::parse(&text, "m").unwrap_err();
         assert_eq!(field, "dynamic_batching.preferred_batch_sizes");
         assert!(msg.contains("1..=8"), "{msg}");
@@ -323,7 +368,10 @@ semantic_version = "1.0.0"
     #[test]
     fn parse_unknown_architecture_and_fields_are_rejected() {
         let text = GOOD.replace("\"mlp\"", "\"resnet\"");
-        assert_eq!(ModelConfig::parse(&text, "m").unwrap_err().0, "architecture");
+        assert_eq!(
+            ModelConfig::parse(&text, "m").unwrap_err().0,
+            "architecture"
+        );
         let text = format!("bogus = 1\n{GOOD}");
         assert_eq!(ModelConfig::parse(&text, "m").unwrap_err().0, "bogus");
     }
@@ -333,7 +381,10 @@ semantic_version = "1.0.0"
         let present = [1, 2, 5];
         assert_eq!(VersionPolicy::Latest(2).select(&present), vec![2, 5]);
         assert_eq!(VersionPolicy::All.select(&present), vec![1, 2, 5]);
-        assert_eq!(VersionPolicy::Specific(vec![1, 9]).select(&present), vec![1]);
+        assert_eq!(
+            VersionPolicy::Specific(vec![1, 9]).select(&present),
+            vec![1]
+        );
         let c: ModelConfig = toml::from_str(&GOOD.replace("{ latest = 2 }", "\"all\"")).unwrap();
         assert_eq!(c.version_policy, VersionPolicy::All);
     }

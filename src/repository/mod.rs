@@ -147,11 +147,15 @@ impl Repository {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, ModelEntry>> {
-        self.models.read().expect("model table lock poisoned. This is a bug.")
+        self.models
+            .read()
+            .expect("model table lock poisoned. This is a bug.")
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, ModelEntry>> {
-        self.models.write().expect("model table lock poisoned. This is a bug.")
+        self.models
+            .write()
+            .expect("model table lock poisoned. This is a bug.")
     }
 
     /// Loads every model in the repository; failures are logged and leave the model UNAVAILABLE.
@@ -167,12 +171,19 @@ impl Repository {
     pub async fn load(&self, name: &str) -> Result<(), RepoError> {
         let _admin = self.admin.lock().await;
         let dir = self.root.join(name);
-        if name.contains(['/', '\\']) || name.starts_with('.') || !dir.join("config.toml").is_file() {
+        if name.contains(['/', '\\']) || name.starts_with('.') || !dir.join("config.toml").is_file()
+        {
             return Err(RepoError::ModelNotFound(name.into()));
         }
         self.write()
             .entry(name.into())
-            .and_modify(|e| e.state = if e.versions.is_empty() { ModelState::Loading } else { e.state })
+            .and_modify(|e| {
+                e.state = if e.versions.is_empty() {
+                    ModelState::Loading
+                } else {
+                    e.state
+                }
+            })
             .or_insert(ModelEntry {
                 state: ModelState::Loading,
                 reason: String::new(),
@@ -181,7 +192,9 @@ impl Repository {
         let loaded = self.load_versions(name, &dir).await;
         let old = {
             let mut models = self.write();
-            let entry = models.get_mut(name).expect("entry inserted above. This is a bug.");
+            let entry = models
+                .get_mut(name)
+                .expect("entry inserted above. This is a bug.");
             match &loaded {
                 Ok(new) => {
                     entry.state = ModelState::Ready;
@@ -285,7 +298,10 @@ impl Repository {
                 };
                 let h = worker::spawn(spec, m.clone(), queue.clone(), metrics.clone())
                     .map_err(|e| load_err(format!("cannot start worker thread: {e}")))?;
-                lv.workers.lock().expect("worker list lock poisoned. This is a bug.").push(h);
+                lv.workers
+                    .lock()
+                    .expect("worker list lock poisoned. This is a bug.")
+                    .push(h);
             }
         }
         if let Err(e) = warm_up(config, &queue).await {
@@ -341,7 +357,9 @@ impl Repository {
     pub fn config(&self, name: &str) -> Result<Arc<ModelConfig>, RepoError> {
         match self.get(name, None) {
             Ok(lv) => Ok(lv.config.clone()),
-            Err(RepoError::NotReady { .. }) => Ok(Arc::new(ModelConfig::load(&self.root.join(name))?)),
+            Err(RepoError::NotReady { .. }) => {
+                Ok(Arc::new(ModelConfig::load(&self.root.join(name))?))
+            }
             Err(e) => Err(e),
         }
     }
@@ -399,7 +417,8 @@ async fn stop_all(versions: Vec<Arc<LoadedVersion>>) {
     if versions.is_empty() {
         return;
     }
-    let _ = tokio::task::spawn_blocking(move || versions.iter().for_each(|v| v.stop_blocking())).await;
+    let _ =
+        tokio::task::spawn_blocking(move || versions.iter().for_each(|v| v.stop_blocking())).await;
 }
 
 /// One forward pass per warm-up batch size, through the queue and workers, with zero inputs.
@@ -411,7 +430,9 @@ async fn warm_up(config: &ModelConfig, queue: &Queue) -> Result<(), String> {
             .map(|s| {
                 let shape = s.concrete_shape(1);
                 let shape: Vec<usize> = if config.max_batch_size > 0 {
-                    std::iter::once(rows).chain(shape[1..].iter().copied()).collect()
+                    std::iter::once(rows)
+                        .chain(shape[1..].iter().copied())
+                        .collect()
                 } else {
                     shape
                 };

@@ -48,7 +48,9 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0,
 ];
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 /// All metric families of one server.
 pub struct Metrics {
@@ -104,18 +106,78 @@ impl Metrics {
         r.register(Box::new(pending.clone()))
             .expect("unique metric. This is a bug.");
         Metrics {
-            success: counter(&r, "nv_inference_request_success", "Number of successful inference requests, all batch sizes", MV),
-            failure: counter(&r, "nv_inference_request_failure", "Number of failed inference requests, all batch sizes", &["model", "version", "reason"]),
-            inference_count: counter(&r, "nv_inference_count", "Number of inferences performed (does not include cached requests)", MV),
-            exec_count: counter(&r, "nv_inference_exec_count", "Number of model executions performed (does not include cached requests)", MV),
-            request_us: counter(&r, "nv_inference_request_duration_us", "Cumulative inference request duration in microseconds", MV),
-            queue_us: counter(&r, "nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds", MV),
-            input_us: counter(&r, "nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds", MV),
-            infer_us: counter(&r, "nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds", MV),
-            output_us: counter(&r, "nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds", MV),
-            request_seconds: histogram(&r, "ferrite_request_duration_seconds", "End-to-end request latency in seconds (successful requests)", SECONDS_BUCKETS),
-            queue_seconds: histogram(&r, "ferrite_queue_duration_seconds", "Time requests spent queued in seconds", SECONDS_BUCKETS),
-            batch_size: histogram(&r, "ferrite_batch_size", "Rows per model execution", BATCH_BUCKETS),
+            success: counter(
+                &r,
+                "nv_inference_request_success",
+                "Number of successful inference requests, all batch sizes",
+                MV,
+            ),
+            failure: counter(
+                &r,
+                "nv_inference_request_failure",
+                "Number of failed inference requests, all batch sizes",
+                &["model", "version", "reason"],
+            ),
+            inference_count: counter(
+                &r,
+                "nv_inference_count",
+                "Number of inferences performed (does not include cached requests)",
+                MV,
+            ),
+            exec_count: counter(
+                &r,
+                "nv_inference_exec_count",
+                "Number of model executions performed (does not include cached requests)",
+                MV,
+            ),
+            request_us: counter(
+                &r,
+                "nv_inference_request_duration_us",
+                "Cumulative inference request duration in microseconds",
+                MV,
+            ),
+            queue_us: counter(
+                &r,
+                "nv_inference_queue_duration_us",
+                "Cumulative inference queuing duration in microseconds",
+                MV,
+            ),
+            input_us: counter(
+                &r,
+                "nv_inference_compute_input_duration_us",
+                "Cumulative compute input duration in microseconds",
+                MV,
+            ),
+            infer_us: counter(
+                &r,
+                "nv_inference_compute_infer_duration_us",
+                "Cumulative compute inference duration in microseconds",
+                MV,
+            ),
+            output_us: counter(
+                &r,
+                "nv_inference_compute_output_duration_us",
+                "Cumulative inference compute output duration in microseconds",
+                MV,
+            ),
+            request_seconds: histogram(
+                &r,
+                "ferrite_request_duration_seconds",
+                "End-to-end request latency in seconds (successful requests)",
+                SECONDS_BUCKETS,
+            ),
+            queue_seconds: histogram(
+                &r,
+                "ferrite_queue_duration_seconds",
+                "Time requests spent queued in seconds",
+                SECONDS_BUCKETS,
+            ),
+            batch_size: histogram(
+                &r,
+                "ferrite_batch_size",
+                "Rows per model execution",
+                BATCH_BUCKETS,
+            ),
             pending,
             registry: r,
         }

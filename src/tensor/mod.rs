@@ -336,7 +336,10 @@ impl Tensor {
     }
 
     /// Converts to a candle tensor on `device` (numeric types candle supports).
-    pub fn to_candle(&self, device: &candle_core::Device) -> Result<candle_core::Tensor, TensorError> {
+    pub fn to_candle(
+        &self,
+        device: &candle_core::Device,
+    ) -> Result<candle_core::Tensor, TensorError> {
         use candle_core::Tensor as CT;
         let shape = self.shape.as_slice();
         Ok(match &self.data {
@@ -387,7 +390,11 @@ mod tests {
     #[test]
     fn concat_then_split_rows_round_trips() {
         let a = Tensor::new("x", vec![1, 3], TensorData::F32(vec![1.0, 2.0, 3.0]));
-        let b = Tensor::new("x", vec![2, 3], TensorData::F32(vec![4.0, 5.0, 6.0, 7.0, 8.0, 9.0]));
+        let b = Tensor::new(
+            "x",
+            vec![2, 3],
+            TensorData::F32(vec![4.0, 5.0, 6.0, 7.0, 8.0, 9.0]),
+        );
         let c = Tensor::concat_rows(&[&a, &b]).unwrap();
         assert_eq!(c.shape, vec![3, 3]);
         let parts = c.split_rows(&[1, 2]).unwrap();
@@ -411,8 +418,14 @@ mod tests {
 
     #[test]
     fn first_non_finite_finds_nan_and_inf() {
-        assert_eq!(TensorData::F32(vec![1.0, f32::NAN]).first_non_finite(), Some(1));
-        assert_eq!(TensorData::F64(vec![f64::INFINITY]).first_non_finite(), Some(0));
+        assert_eq!(
+            TensorData::F32(vec![1.0, f32::NAN]).first_non_finite(),
+            Some(1)
+        );
+        assert_eq!(
+            TensorData::F64(vec![f64::INFINITY]).first_non_finite(),
+            Some(0)
+        );
         assert_eq!(TensorData::F32(vec![1.0, 2.0]).first_non_finite(), None);
     }
 }

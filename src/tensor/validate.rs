@@ -71,7 +71,11 @@ pub enum ValidationError {
         got: usize,
     },
     #[error("input '{name}': batch size {got} is not within 1..={max} (max_batch_size)")]
-    BatchSize { name: String, got: usize, max: usize },
+    BatchSize {
+        name: String,
+        got: usize,
+        max: usize,
+    },
     #[error("input '{name}': batch dimension {got} differs from input '{first}' ({expected})")]
     BatchMismatch {
         name: String,
@@ -109,12 +113,11 @@ pub fn validate_inputs(
     }
     let mut rows: Option<(usize, &str)> = None;
     for spec in specs {
-        let t = inputs
-            .iter()
-            .find(|t| t.name == spec.name)
-            .ok_or_else(|| ValidationError::MissingInput {
+        let t = inputs.iter().find(|t| t.name == spec.name).ok_or_else(|| {
+            ValidationError::MissingInput {
                 name: spec.name.clone(),
-            })?;
+            }
+        })?;
         check_one(spec, t)?;
         if max_batch_size > 0 {
             let r = t.rows();
@@ -224,20 +227,34 @@ mod tests {
 
     #[test]
     fn validate_nan_is_rejected_with_index() {
-        let e = validate_inputs(&spec(), 8, &input(vec![1, 4], vec![0.0, 1.0, f32::NAN, 2.0]))
-            .unwrap_err();
-        assert!(matches!(e, ValidationError::NonFinite { index: 2, .. }), "{e}");
+        let e = validate_inputs(
+            &spec(),
+            8,
+            &input(vec![1, 4], vec![0.0, 1.0, f32::NAN, 2.0]),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, ValidationError::NonFinite { index: 2, .. }),
+            "{e}"
+        );
     }
 
     #[test]
     fn validate_batch_over_max_is_rejected() {
         let e = validate_inputs(&spec(), 2, &input(vec![3, 4], vec![0.0; 12])).unwrap_err();
-        assert!(matches!(e, ValidationError::BatchSize { got: 3, max: 2, .. }));
+        assert!(matches!(
+            e,
+            ValidationError::BatchSize { got: 3, max: 2, .. }
+        ));
     }
 
     #[test]
     fn validate_wrong_dtype_missing_and_unknown_inputs() {
-        let t = vec![Tensor::new("pixels", vec![1, 4], TensorData::I32(vec![0; 4]))];
+        let t = vec![Tensor::new(
+            "pixels",
+            vec![1, 4],
+            TensorData::I32(vec![0; 4]),
+        )];
         assert!(matches!(
             validate_inputs(&spec(), 8, &t),
             Err(ValidationError::Datatype { .. })
@@ -256,6 +273,13 @@ mod tests {
     #[test]
     fn validate_element_count_mismatch_is_rejected() {
         let e = validate_inputs(&spec(), 8, &input(vec![2, 4], vec![0.0; 7])).unwrap_err();
-        assert!(matches!(e, ValidationError::ElementCount { expected: 8, got: 7, .. }));
+        assert!(matches!(
+            e,
+            ValidationError::ElementCount {
+                expected: 8,
+                got: 7,
+                ..
+            }
+        ));
     }
 }

@@ -39,7 +39,11 @@ impl Repo {
         let src = repo_root().join("models/digits");
         let dst = self.path().join(name);
         std::fs::create_dir_all(dst.join("1")).unwrap();
-        std::fs::copy(src.join("1/model.safetensors"), dst.join("1/model.safetensors")).unwrap();
+        std::fs::copy(
+            src.join("1/model.safetensors"),
+            dst.join("1/model.safetensors"),
+        )
+        .unwrap();
         let mut cfg = std::fs::read_to_string(src.join("config.toml")).unwrap();
         cfg = cfg.replace("name = \"digits\"\n", "");
         for (from, to) in edits {
@@ -124,7 +128,11 @@ impl TestServer {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(format!("{}{path}", self.url)).send().await.unwrap()
+        self.client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> reqwest::Response {
@@ -138,15 +146,25 @@ impl TestServer {
 
     /// Value of one metric series, e.g. `nv_inference_count{model="digits",version="1"}`.
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.client.get(&self.metrics_url).send().await.unwrap().text().await.unwrap();
+        let text = self
+            .client
+            .get(&self.metrics_url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         metric_value(&text, series).unwrap_or(0.0)
     }
 }
 
 /// Finds `series` (name with labels exactly as exported) in Prometheus text.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
 }
 
 /// A KServe v2 JSON request for `x` FP32 [rows, n].
@@ -155,7 +173,12 @@ pub fn v2_request(name: &str, rows: usize, n: usize, data: &[f32]) -> Value {
 }
 
 /// Triton binary-extension request body with one FP32 input; returns (body, json header length).
-pub fn v2_binary_request(name: &str, shape: &[usize], data: &[f32], binary_output: bool) -> (Vec<u8>, usize) {
+pub fn v2_binary_request(
+    name: &str,
+    shape: &[usize],
+    data: &[f32],
+    binary_output: bool,
+) -> (Vec<u8>, usize) {
     let header = json!({
         "inputs": [{"name": name, "shape": shape, "datatype": "FP32",
                     "parameters": {"binary_data_size": data.len() * 4}}],
@@ -171,5 +194,7 @@ pub fn v2_binary_request(name: &str, shape: &[usize], data: &[f32], binary_outpu
 
 /// Seeded random pixels in 0..=16, as the digits data set has them.
 pub fn random_pixels(rng: &mut impl rand::Rng, rows: usize) -> Vec<f32> {
-    (0..rows * 64).map(|_| rng.random_range(0..=16) as f32).collect()
+    (0..rows * 64)
+        .map(|_| rng.random_range(0..=16) as f32)
+        .collect()
 }
