@@ -13,7 +13,7 @@
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ferrite"
 VENV="$CACHE/deploy-venv"
 K8S_VERSIONS=(1.29.0 1.37.0)   # oldest and newest Kubernetes we validate against
