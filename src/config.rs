@@ -16,6 +16,9 @@ pub const DEFAULT_HTTP_PORT: u16 = 8000;
 pub const DEFAULT_METRICS_PORT: u16 = 8002;
 pub const DEFAULT_EXIT_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Threads one CPU forward pass may use. 1 by default: parallelism comes from model instances and
+/// batching, and candle's per-op thread pool only adds contention for small models.
+pub const DEFAULT_INTRA_OP_THREADS: usize = 1;
 
 /// `ferrite serve` flags; each also reads `FERRITE_<FLAG>` and the TOML file key `<flag>`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -47,6 +50,9 @@ pub struct ServeArgs {
     /// GPUs to use: all, none, or ordinals like 0,1 [default: all]
     #[arg(long, env = "FERRITE_GPUS")]
     pub gpus: Option<String>,
+    /// Threads one CPU forward pass may use (candle's pool; RAYON_NUM_THREADS wins if set) [default: 1]
+    #[arg(long, env = "FERRITE_INTRA_OP_THREADS")]
+    pub intra_op_threads: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +66,7 @@ struct FileSettings {
     exit_timeout_secs: Option<u64>,
     max_body_bytes: Option<usize>,
     gpus: Option<String>,
+    intra_op_threads: Option<usize>,
 }
 
 /// Resolved settings.
@@ -73,6 +80,7 @@ pub struct Settings {
     pub exit_timeout: Duration,
     pub max_body_bytes: usize,
     pub gpus: GpuSelection,
+    pub intra_op_threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +143,10 @@ impl Settings {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            intra_op_threads: args
+                .intra_op_threads
+                .or(file.intra_op_threads)
+                .unwrap_or(DEFAULT_INTRA_OP_THREADS),
             gpus: gpus.parse().map_err(|message| SettingsError::Invalid {
                 field: "gpus",
                 message,
@@ -155,6 +167,12 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 field: "metrics_port",
                 message: format!("must differ from http_port ({})", self.http_port),
+            });
+        }
+        if self.intra_op_threads == 0 {
+            return Err(SettingsError::Invalid {
+                field: "intra_op_threads",
+                message: "expected at least 1".into(),
             });
         }
         if self.max_body_bytes == 0 {

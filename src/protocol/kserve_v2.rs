@@ -31,7 +31,7 @@ struct InputJson {
     #[serde(default)]
     parameters: Option<Map<String, Value>>,
     #[serde(default)]
-    data: Option<Value>,
+    data: Option<Box<serde_json::value::RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -128,7 +128,7 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
                 binary = rest;
                 data_from_bytes(dt, mine).map_err(bad)?
             }
-            (None, Some(v)) => data_from_json(dt, v, &input.name)?,
+            (None, Some(raw)) => data_from_raw(dt, raw.get(), &input.name)?,
             (None, None) => return Err(bad("has neither 'data' nor 'binary_data_size'".into())),
         };
         inputs.push(Tensor::new(input.name, shape, data));
@@ -159,6 +159,37 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
         priority: param_u64(&req.parameters, "priority")?.unwrap_or(0) as u32,
         timeout_us: param_u64(&req.parameters, "timeout")?,
     })
+}
+
+/// JSON `data`: a flat array parses straight into the typed vector; nested arrays and values that
+/// do not fit take the general path, which also names the offending element.
+fn data_from_raw(dt: DataType, raw: &str, name: &str) -> Result<TensorData, ProtocolError> {
+    use serde_json::from_str;
+    let fast = match dt {
+        DataType::F32 => from_str(raw).ok().map(TensorData::F32),
+        DataType::F64 => from_str(raw).ok().map(TensorData::F64),
+        DataType::I64 => from_str(raw).ok().map(TensorData::I64),
+        DataType::I32 => from_str(raw).ok().map(TensorData::I32),
+        DataType::U8 => from_str(raw).ok().map(TensorData::U8),
+        DataType::Bool => from_str(raw).ok().map(TensorData::Bool),
+        DataType::F16 => from_str::<Vec<f32>>(raw)
+            .ok()
+            .map(|v| TensorData::F16(v.into_iter().map(half::f16::from_f32).collect())),
+        DataType::Bytes => from_str::<Vec<String>>(raw)
+            .ok()
+            .map(|v| TensorData::Bytes(v.into_iter().map(String::into_bytes).collect())),
+        _ => None,
+    };
+    match fast {
+        Some(d) => Ok(d),
+        None => {
+            let v: Value = from_str(raw).map_err(|e| ProtocolError::Input {
+                name: name.into(),
+                message: format!("malformed data: {e}"),
+            })?;
+            data_from_json(dt, &v, name)
+        }
+    }
 }
 
 /// Little-endian raw bytes (BYTES: length-prefixed elements) into typed data.

@@ -94,6 +94,7 @@ pub fn settings(repo: &Path) -> Settings {
         exit_timeout: Duration::from_secs(10),
         max_body_bytes: 64 * 1024 * 1024,
         gpus: GpuSelection::None,
+        intra_op_threads: 1,
     }
 }
 
