@@ -57,8 +57,10 @@ pub fn invalid(lv: &LoadedVersion, e: impl Into<ApiError>) -> ApiError {
     e.into()
 }
 
+/// Milliseconds with microsecond precision ("1.234"), without float formatting on the hot path.
 fn ms(d: Duration) -> HeaderValue {
-    HeaderValue::from_str(&format!("{:.3}", d.as_secs_f64() * 1e3))
+    let us = d.as_micros();
+    HeaderValue::from_str(&format!("{}.{:03}", us / 1000, us % 1000))
         .expect("a number is a valid header value. This is a bug.")
 }
 
