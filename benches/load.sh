@@ -13,6 +13,9 @@ ROUNDS=${3:-3}
 THREADS=${WRK_THREADS:-2}
 command -v wrk >/dev/null || { echo "installing wrk (Debian package)"; apt-get install -y wrk >/dev/null; }
 cargo build --release --bin ferrite --example hello_hyper >&2
+for port in 18000 18002 18080; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "port $port is already in use: stop that server first" >&2; exit 1; fi
+done
 T=${CARGO_TARGET_DIR:-target}/release
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
@@ -20,6 +23,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 "$T/ferrite" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 18000 --metrics-port 18002 2>"$tmp/ferrite.log" &
 "$T/examples/hello_hyper" 18080 2>"$tmp/hello.log" &
 for _ in $(seq 100); do curl -sf localhost:18000/v2/health/ready >/dev/null && break; sleep 0.1; done
+curl -sf localhost:18000/v2/health/ready >/dev/null || { echo "ferrite did not become ready:" >&2; cat "$tmp/ferrite.log" >&2; exit 1; }
 
 python3 - "$tmp" <<'PY'
 import json, random, struct, sys
