@@ -17,6 +17,8 @@ pub enum ApiError {
     NotFound(String),
     BadRequest(String),
     TooLarge(String),
+    /// Queue full: the server is overloaded (503 in KServe, 429 in the OpenAI/TEI doors).
+    Overloaded(String),
     Unavailable(String),
     Internal(String),
 }
@@ -27,7 +29,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -37,25 +39,31 @@ impl ApiError {
             ApiError::NotFound(m)
             | ApiError::BadRequest(m)
             | ApiError::TooLarge(m)
+            | ApiError::Overloaded(m)
             | ApiError::Unavailable(m)
             | ApiError::Internal(m) => m,
         }
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let mut resp = (
-            status,
-            axum::Json(serde_json::json!({ "error": self.message() })),
-        )
-            .into_response();
+impl ApiError {
+    /// A response with this status and JSON body, plus `Retry-After` on 429/503.
+    pub fn respond(status: StatusCode, body: serde_json::Value) -> Response {
+        let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         resp
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        Self::respond(
+            self.status(),
+            serde_json::json!({ "error": self.message() }),
+        )
     }
 }
 
@@ -91,7 +99,7 @@ impl From<ValidationError> for ApiError {
 pub fn job_error(e: JobError) -> (ApiError, FailureReason) {
     let msg = e.to_string();
     match e {
-        JobError::QueueFull { .. } => (ApiError::Unavailable(msg), FailureReason::Rejected),
+        JobError::QueueFull { .. } => (ApiError::Overloaded(msg), FailureReason::Rejected),
         JobError::Timeout { .. } => (ApiError::Unavailable(msg), FailureReason::Timeout),
         JobError::BadPriority { .. } => (ApiError::BadRequest(msg), FailureReason::Invalid),
         JobError::Unavailable { .. } => (ApiError::Unavailable(msg), FailureReason::Other),

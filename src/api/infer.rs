@@ -7,10 +7,12 @@ use axum::http::{HeaderName, HeaderValue};
 
 use super::error::job_error;
 use super::{ApiError, AppState};
-use crate::batcher::{JobOutput, SubmitOptions};
-use crate::repository::LoadedVersion;
+use crate::batcher::{JobOutput, SubmitOptions, Timings};
+use crate::model::bert::INPUT_IDS;
+use crate::preprocess::PreprocessError;
+use crate::repository::{LoadedVersion, TextModel};
 use crate::telemetry::FailureReason;
-use crate::tensor::{validate_inputs, Tensor};
+use crate::tensor::{validate_inputs, Tensor, TensorData};
 
 /// A finished inference with its end-to-end time.
 pub struct Inferred {
@@ -33,10 +35,29 @@ pub async fn run(
         ));
     }
     let cfg = &lv.config;
-    let rows = validate_inputs(&cfg.inputs, cfg.max_batch_size, &inputs).map_err(|e| {
+    let max_rows = match &lv.text {
+        Some(t) => t.max_client_batch_size,
+        None => cfg.max_batch_size,
+    };
+    let rows = validate_inputs(&cfg.inputs, max_rows, &inputs).map_err(|e| {
         lv.metrics.record_failure(FailureReason::Invalid);
         ApiError::from(e)
     })?;
+    if let Some(text) = &lv.text {
+        let texts = texts_of(lv, inputs)?;
+        let e = embed(lv, text, texts, true, text.normalize, opts).await?;
+        let n = e.vectors.len();
+        let dim = e.vectors.first().map_or(0, Vec::len);
+        let flat = TensorData::F32(e.vectors.into_iter().flatten().collect());
+        let output = JobOutput {
+            outputs: vec![Tensor::new(cfg.outputs[0].name.clone(), vec![n, dim], flat)],
+            timings: e.timings,
+        };
+        return Ok(Inferred {
+            output,
+            total: start.elapsed(),
+        });
+    }
     match lv.queue.submit(inputs, rows, opts).await {
         Ok(output) => {
             let total = start.elapsed();
@@ -49,6 +70,128 @@ pub async fn run(
             Err(err)
         }
     }
+}
+
+/// The texts of a text model's BYTES input (already validated), as UTF-8 strings.
+fn texts_of(lv: &LoadedVersion, inputs: Vec<Tensor>) -> Result<Vec<String>, ApiError> {
+    let Some(TensorData::Bytes(items)) = inputs.into_iter().next().map(|t| t.data) else {
+        return Err(invalid(
+            lv,
+            ApiError::BadRequest("expected one BYTES input of texts".into()),
+        ));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| {
+            String::from_utf8(b).map_err(|_| {
+                invalid(
+                    lv,
+                    ApiError::BadRequest(format!("input text {i} is not valid UTF-8")),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Embeddings of texts, in order, with the request's token count and stage times.
+pub struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    pub tokens: usize,
+    pub timings: Timings,
+    pub tokenize: Duration,
+}
+
+/// Tokenizes (off the device threads), submits one job per text so that a request's texts can
+/// spread over batches, and reassembles the embeddings in order. Records the request's metrics.
+pub async fn embed(
+    lv: &LoadedVersion,
+    text: &TextModel,
+    texts: Vec<String>,
+    truncate: bool,
+    normalize: bool,
+    opts: SubmitOptions,
+) -> Result<Embedded, ApiError> {
+    let start = Instant::now();
+    let fail = |reason, e: ApiError| {
+        lv.metrics.record_failure(reason);
+        e
+    };
+    if texts.is_empty() {
+        return Err(fail(
+            FailureReason::Invalid,
+            ApiError::BadRequest("no input text given".into()),
+        ));
+    }
+    if texts.len() > text.max_client_batch_size {
+        return Err(fail(
+            FailureReason::Invalid,
+            ApiError::TooLarge(format!(
+                "{} inputs is more than this model's max_client_batch_size of {}",
+                texts.len(),
+                text.max_client_batch_size
+            )),
+        ));
+    }
+    let ids = text
+        .pool
+        .encode(texts, truncate)
+        .await
+        .map_err(|e| match e {
+            PreprocessError::TooLong { .. } => {
+                fail(FailureReason::Invalid, ApiError::TooLarge(e.to_string()))
+            }
+            PreprocessError::Closed => {
+                fail(FailureReason::Other, ApiError::Unavailable(e.to_string()))
+            }
+            _ => fail(FailureReason::Invalid, ApiError::BadRequest(e.to_string())),
+        })?;
+    let tokenize = start.elapsed();
+    let tokens = ids.iter().map(Vec::len).sum();
+    let jobs = ids.into_iter().map(|ids| {
+        let cost = ids.len();
+        let t = Tensor::new(
+            INPUT_IDS,
+            vec![1, cost],
+            TensorData::I64(ids.into_iter().map(i64::from).collect()),
+        );
+        lv.queue.submit(vec![t], 1, SubmitOptions { cost, ..opts })
+    });
+    let mut vectors = Vec::new();
+    let mut timings = Timings::default();
+    for r in futures::future::join_all(jobs).await {
+        let out = r.map_err(|e| {
+            let (err, reason) = job_error(e);
+            fail(reason, err)
+        })?;
+        timings.queue = timings.queue.max(out.timings.queue);
+        timings.compute_input = timings.compute_input.max(out.timings.compute_input);
+        timings.compute_infer = timings.compute_infer.max(out.timings.compute_infer);
+        timings.compute_output = timings.compute_output.max(out.timings.compute_output);
+        let Some(TensorData::F32(v)) = out.outputs.into_iter().next().map(|t| t.data) else {
+            return Err(fail(
+                FailureReason::Backend,
+                ApiError::Internal("model returned no FP32 embedding".into()),
+            ));
+        };
+        vectors.push(if normalize { l2_normalized(v) } else { v });
+    }
+    lv.metrics.record_success(start.elapsed(), &timings);
+    Ok(Embedded {
+        vectors,
+        tokens,
+        timings,
+        tokenize,
+    })
+}
+
+/// `v / |v|` (unchanged when |v| is 0).
+pub fn l2_normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
 }
 
 /// Records an invalid request against a model version (decode failures before `run`).

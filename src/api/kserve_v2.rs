@@ -158,7 +158,7 @@ async fn infer_on(
     let opts = SubmitOptions {
         priority: req.priority,
         timeout: req.timeout_us.map(std::time::Duration::from_micros),
-        warmup: false,
+        ..SubmitOptions::default()
     };
     let done = infer::run(&s, &lv, req.inputs, opts).await?;
     let outputs: Vec<_> = names

@@ -6,7 +6,10 @@ mod error;
 mod infer;
 mod kserve_v1;
 mod kserve_v2;
+mod openai;
 mod repository;
+mod tei;
+mod text;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,6 +70,9 @@ pub fn router(state: AppState) -> Router {
             "/v2/repository/models/{model}/unload",
             post(repository::unload),
         )
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/embed", post(tei::embed))
+        .route("/info", get(tei::info))
         .route(
             "/v1/models/{model}",
             get(kserve_v1::status).post(kserve_v1::predict),

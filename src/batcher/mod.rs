@@ -66,6 +66,8 @@ pub enum JobError {
 pub struct Job {
     pub inputs: Vec<Tensor>,
     pub rows: usize,
+    /// Batching cost: tokens (padded sequence length) for sequence models, else rows.
+    pub cost: usize,
     /// Priority level, 1 = first served.
     pub priority: u32,
     pub enqueued_at: Instant,
@@ -90,6 +92,16 @@ impl Batch {
     pub fn counted_rows(&self) -> usize {
         self.jobs.iter().filter(|j| !j.warmup).map(|j| j.rows).sum()
     }
+
+    /// Real tokens over padded tokens (rows x longest), for sequence batches.
+    pub fn padding_efficiency(&self) -> f64 {
+        let longest = self.jobs.iter().map(|j| j.cost).max().unwrap_or(0);
+        let padded = longest * self.jobs.len();
+        if padded == 0 {
+            return 1.0;
+        }
+        self.jobs.iter().map(|j| j.cost).sum::<usize>() as f64 / padded as f64
+    }
 }
 
 /// Per-request options from the protocol (`parameters.priority`, `parameters.timeout`).
@@ -100,6 +112,8 @@ pub struct SubmitOptions {
     pub timeout: Option<Duration>,
     /// A warm-up request (not counted in metrics).
     pub warmup: bool,
+    /// Batching cost (tokens for sequence models); 0 = the job's rows.
+    pub cost: usize,
 }
 
 /// Counters the dispatcher keeps up to date.
@@ -176,6 +190,7 @@ impl Queue {
         let job = Job {
             inputs,
             rows,
+            cost: if opts.cost == 0 { rows } else { opts.cost },
             priority,
             enqueued_at: now,
             deadline: timeout.map(|t| now + t),
@@ -292,12 +307,12 @@ impl Dispatcher {
         }
         let mut wake = None;
         while !self.idle.is_empty() {
-            match policy::decide(
-                self.state.pending_rows(),
-                self.state.oldest_enqueued(),
-                now,
-                &self.cfg,
-            ) {
+            let pending = policy::Pending {
+                rows: self.state.pending_rows(),
+                tokens: self.state.pending_tokens(),
+                oldest: self.state.oldest_enqueued(),
+            };
+            match policy::decide(pending, now, &self.cfg) {
                 Decision::Dispatch(max_rows) => self.dispatch(max_rows),
                 Decision::WaitUntil(t) => {
                     wake = Some(t);
@@ -313,7 +328,7 @@ impl Dispatcher {
     }
 
     fn dispatch(&mut self, max_rows: usize) {
-        let (jobs, canceled) = self.state.take_batch(max_rows);
+        let (jobs, canceled) = self.state.take_batch(max_rows, self.cfg.max_batch_tokens);
         self.metrics.pending.sub((jobs.len() + canceled) as i64);
         self.metrics.canceled.inc_by(canceled as u64);
         if jobs.is_empty() {

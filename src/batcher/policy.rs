@@ -21,6 +21,8 @@ pub struct BatchConfig {
     pub priority_levels: u32,
     /// Level used when a request names none (priority 0).
     pub default_priority: u32,
+    /// For sequence models: most tokens in one batch, counting padding (rows x longest).
+    pub max_batch_tokens: Option<usize>,
 }
 
 impl Default for BatchConfig {
@@ -33,6 +35,7 @@ impl Default for BatchConfig {
             default_timeout: None,
             priority_levels: 1,
             default_priority: 1,
+            max_batch_tokens: None,
         }
     }
 }
@@ -47,22 +50,27 @@ pub enum Decision {
     Idle,
 }
 
-/// Decides for one idle worker. `pending_rows` counts the rows queued; `oldest` is the enqueue time
-/// of the oldest queued request.
-pub fn decide(
-    pending_rows: usize,
-    oldest: Option<Instant>,
-    now: Instant,
-    cfg: &BatchConfig,
-) -> Decision {
-    let Some(oldest) = oldest else {
+/// What is queued, as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub rows: usize,
+    /// Sum of the jobs' costs (tokens for sequence models).
+    pub tokens: usize,
+    /// Enqueue time of the oldest queued request.
+    pub oldest: Option<Instant>,
+}
+
+/// Decides for one idle worker.
+pub fn decide(pending: Pending, now: Instant, cfg: &BatchConfig) -> Decision {
+    let (pending_rows, Some(oldest)) = (pending.rows, pending.oldest) else {
         return Decision::Idle;
     };
     if pending_rows == 0 {
         return Decision::Idle;
     }
     let max = cfg.max_batch_size.max(1);
-    if pending_rows >= max {
+    let tokens_full = cfg.max_batch_tokens.is_some_and(|t| pending.tokens >= t);
+    if pending_rows >= max || tokens_full {
         return Decision::Dispatch(max);
     }
     if let Some(&largest) = cfg.preferred_batch_sizes.iter().max() {
@@ -91,30 +99,55 @@ mod tests {
         }
     }
 
+    fn p(rows: usize, oldest: Option<Instant>) -> Pending {
+        Pending {
+            rows,
+            tokens: rows * 10,
+            oldest,
+        }
+    }
+
     #[test]
     fn decide_empty_queue_is_idle() {
         let now = Instant::now();
-        assert_eq!(decide(0, None, now, &cfg()), Decision::Idle);
+        assert_eq!(decide(p(0, None), now, &cfg()), Decision::Idle);
+    }
+
+    #[test]
+    fn decide_token_budget_reached_dispatches_at_once() {
+        let now = Instant::now();
+        let c = BatchConfig {
+            max_batch_tokens: Some(20),
+            ..cfg()
+        };
+        assert_eq!(decide(p(2, Some(now)), now, &c), Decision::Dispatch(8));
+        assert!(matches!(
+            decide(p(1, Some(now)), now, &c),
+            Decision::WaitUntil(_)
+        ));
     }
 
     #[test]
     fn decide_full_batch_dispatches_max() {
         let now = Instant::now();
-        assert_eq!(decide(20, Some(now), now, &cfg()), Decision::Dispatch(8));
+        assert_eq!(decide(p(20, Some(now)), now, &cfg()), Decision::Dispatch(8));
     }
 
     #[test]
     fn decide_preferred_size_reached_dispatches_preferred() {
         let now = Instant::now();
-        assert_eq!(decide(5, Some(now), now, &cfg()), Decision::Dispatch(4));
+        assert_eq!(decide(p(5, Some(now)), now, &cfg()), Decision::Dispatch(4));
     }
 
     #[test]
     fn decide_small_batch_waits_until_oldest_delay() {
         let now = Instant::now();
         let due = now + Duration::from_micros(500);
-        assert_eq!(decide(2, Some(now), now, &cfg()), Decision::WaitUntil(due));
-        assert_eq!(decide(2, Some(now), due, &cfg()), Decision::Dispatch(8));
+        assert_eq!(
+            decide(p(2, Some(now)), now, &cfg()),
+            Decision::WaitUntil(due)
+        );
+        assert_eq!(decide(p(2, Some(now)), due, &cfg()), Decision::Dispatch(8));
     }
 
     #[test]
@@ -124,6 +157,6 @@ mod tests {
             max_queue_delay: Duration::ZERO,
             ..cfg()
         };
-        assert_eq!(decide(1, Some(now), now, &c), Decision::Dispatch(8));
+        assert_eq!(decide(p(1, Some(now)), now, &c), Decision::Dispatch(8));
     }
 }

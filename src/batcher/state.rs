@@ -17,6 +17,7 @@ pub struct QueueState {
     levels: Vec<VecDeque<Job>>,
     capacity: usize,
     rows: usize,
+    tokens: usize,
     /// Lower bound on the earliest deadline queued (exact after `take_expired`).
     next_deadline: Option<Instant>,
 }
@@ -28,6 +29,7 @@ impl QueueState {
             levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
             capacity,
             rows: 0,
+            tokens: 0,
             next_deadline: None,
         }
     }
@@ -35,6 +37,24 @@ impl QueueState {
     /// Queued rows (requests may hold several).
     pub fn pending_rows(&self) -> usize {
         self.rows
+    }
+
+    /// Sum of queued jobs' costs (tokens for sequence models).
+    pub fn pending_tokens(&self) -> usize {
+        self.tokens
+    }
+
+    fn added(&mut self, job: &Job) {
+        self.rows += job.rows;
+        self.tokens += job.cost;
+        if let Some(d) = job.deadline {
+            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
+        }
+    }
+
+    fn removed(&mut self, job: &Job) {
+        self.rows -= job.rows;
+        self.tokens -= job.cost;
     }
 
     pub fn pending_jobs(&self) -> usize {
@@ -54,10 +74,7 @@ impl QueueState {
             };
             return Err((job, full));
         }
-        if let Some(d) = job.deadline {
-            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
-        }
-        self.rows += job.rows;
+        self.added(&job);
         self.levels[idx].push_back(job);
         Ok(())
     }
@@ -66,10 +83,7 @@ impl QueueState {
     pub fn requeue_front(&mut self, jobs: Vec<Job>) {
         for job in jobs.into_iter().rev() {
             let idx = (job.priority.max(1) as usize - 1).min(self.levels.len() - 1);
-            if let Some(d) = job.deadline {
-                self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
-            }
-            self.rows += job.rows;
+            self.added(&job);
             self.levels[idx].push_front(job);
         }
     }
@@ -108,40 +122,43 @@ impl QueueState {
             }
             *level = keep;
         }
-        self.rows -= expired.iter().map(|j| j.rows).sum::<usize>();
+        expired.iter().for_each(|j| {
+            self.rows -= j.rows;
+            self.tokens -= j.cost;
+        });
         self.next_deadline = next;
         expired
     }
 
     /// Drops jobs whose client has gone; returns how many.
     pub fn prune_canceled(&mut self) -> usize {
-        let mut n = 0;
+        let mut gone = Vec::new();
         for level in &mut self.levels {
-            level.retain(|j| {
-                let gone = j.reply.is_closed();
-                if gone {
-                    self.rows -= j.rows;
-                    n += 1;
-                }
-                !gone
-            });
+            let (keep, drop): (VecDeque<Job>, VecDeque<Job>) =
+                level.drain(..).partition(|j| !j.reply.is_closed());
+            *level = keep;
+            gone.extend(drop);
         }
-        n
+        gone.iter().for_each(|j| self.removed(j));
+        gone.len()
     }
 
     /// Takes up to `max_rows` rows of jobs, highest priority first and FIFO within a level, never
     /// jumping over a job that does not fit (a lone job larger than `max_rows` is still taken).
-    /// Jobs whose client has gone are dropped on the way; their count is returned.
-    pub fn take_batch(&mut self, max_rows: usize) -> (Vec<Job>, usize) {
+    /// With a token budget, see `take_by_length`. Jobs whose client has gone are dropped on the way;
+    /// their count is returned.
+    pub fn take_batch(&mut self, max_rows: usize, max_tokens: Option<usize>) -> (Vec<Job>, usize) {
+        let mut canceled = self.drop_canceled_fronts();
+        if let Some(budget) = max_tokens {
+            return (self.take_by_length(max_rows, budget), canceled);
+        }
         let mut batch = Vec::new();
+        let mut gone = Vec::new();
         let mut rows = 0;
-        let mut canceled = 0;
         'levels: for level in &mut self.levels {
             while let Some(front) = level.front() {
                 if front.reply.is_closed() {
-                    let job = level.pop_front().expect("front exists. This is a bug.");
-                    self.rows -= job.rows;
-                    canceled += 1;
+                    gone.extend(level.pop_front());
                     continue;
                 }
                 if rows + front.rows > max_rows && !batch.is_empty() {
@@ -149,19 +166,81 @@ impl QueueState {
                 }
                 let job = level.pop_front().expect("front exists. This is a bug.");
                 rows += job.rows;
-                self.rows -= job.rows;
                 batch.push(job);
                 if rows >= max_rows {
                     break 'levels;
                 }
             }
         }
+        batch.iter().chain(&gone).for_each(|j| self.removed(j));
+        canceled += gone.len();
         (batch, canceled)
+    }
+
+    /// Drops canceled jobs at the front of every level (so that each front is live).
+    fn drop_canceled_fronts(&mut self) -> usize {
+        let mut gone = Vec::new();
+        for level in &mut self.levels {
+            while level.front().is_some_and(|j| j.reply.is_closed()) {
+                gone.extend(level.pop_front());
+            }
+        }
+        gone.iter().for_each(|j| self.removed(j));
+        gone.len()
+    }
+
+    /// Token-budget batching for sequence jobs (`cost` = padded length). The oldest job of the first
+    /// non-empty level always goes (so no job waits behind more than the jobs queued before it: the
+    /// FIFO fairness bound); the rest are picked from the next `4 * max_rows` jobs of that level by
+    /// closeness of length to it, while rows <= `max_rows`, rows x longest <= `budget`, and the
+    /// longest is at most twice the shortest (padding efficiency >= 50%). This keeps padding low
+    /// without starving long requests.
+    fn take_by_length(&mut self, max_rows: usize, budget: usize) -> Vec<Job> {
+        let Some(level) = self.levels.iter_mut().find(|l| !l.is_empty()) else {
+            return Vec::new();
+        };
+        let window = level.len().min(4 * max_rows.max(1));
+        let head = &level[0];
+        let (mut rows, mut longest, mut shortest, mut n) =
+            (head.rows, head.cost, head.cost, 1usize);
+        let mut order: Vec<usize> = (1..window)
+            .filter(|&i| !level[i].reply.is_closed())
+            .collect();
+        order.sort_by_key(|&i| (level[i].cost.abs_diff(head.cost), i));
+        let mut chosen = vec![0usize];
+        for i in order {
+            let j = &level[i];
+            let (new_longest, new_shortest) = (longest.max(j.cost), shortest.min(j.cost));
+            if rows + j.rows <= max_rows
+                && (n + 1) * new_longest <= budget
+                && new_longest <= 2 * new_shortest.max(1)
+            {
+                rows += j.rows;
+                longest = new_longest;
+                shortest = new_shortest;
+                n += 1;
+                chosen.push(i);
+            }
+        }
+        chosen.sort_unstable();
+        let mut batch: Vec<Job> = chosen
+            .iter()
+            .rev()
+            .map(|&i| {
+                level
+                    .remove(i)
+                    .expect("index within the window. This is a bug.")
+            })
+            .collect();
+        batch.reverse();
+        batch.iter().for_each(|j| self.removed(j));
+        batch
     }
 
     /// Empties the queue (shutdown).
     pub fn drain_all(&mut self) -> Vec<Job> {
         self.rows = 0;
+        self.tokens = 0;
         self.next_deadline = None;
         self.levels.iter_mut().flat_map(|l| l.drain(..)).collect()
     }

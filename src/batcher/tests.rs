@@ -221,3 +221,61 @@ async fn close_serves_queued_requests_then_ends_pulls() {
     assert!(h.await.unwrap().is_ok());
     assert!(q.pull().await.is_none());
 }
+
+fn seq(len: usize, tag: f32) -> (Vec<Tensor>, SubmitOptions) {
+    let t = Tensor::new("x", vec![1, 1], TensorData::F32(vec![tag]));
+    let opts = SubmitOptions {
+        cost: len,
+        ..SubmitOptions::default()
+    };
+    (vec![t], opts)
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_budget_groups_similar_lengths_and_keeps_fifo_head() {
+    let c = BatchConfig {
+        max_batch_size: 8,
+        max_batch_tokens: Some(400),
+        max_queue_delay: Duration::from_millis(10),
+        ..cfg()
+    };
+    let q = Queue::spawn("m", c, metrics());
+    // Lengths in arrival order; the tag is the arrival index.
+    let lens = [100usize, 10, 12, 95, 11, 98, 9];
+    let mut hs = Vec::new();
+    for (i, &len) in lens.iter().enumerate() {
+        let (x, opts) = seq(len, i as f32);
+        let q = q.clone();
+        hs.push(tokio::spawn(async move { q.submit(x, 1, opts).await }));
+        settle().await;
+    }
+    // The oldest (100 tokens) goes first with the long ones: 4 x 100 = 400 <= budget.
+    assert_eq!(echo(q.pull().await.unwrap()), vec![0.0, 3.0, 5.0]);
+    // Then the short ones together, still in arrival order.
+    assert_eq!(echo(q.pull().await.unwrap()), vec![1.0, 2.0, 4.0, 6.0]);
+    for h in hs {
+        assert!(h.await.unwrap().is_ok());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_budget_full_dispatches_without_waiting() {
+    let c = BatchConfig {
+        max_batch_size: 8,
+        max_batch_tokens: Some(100),
+        max_queue_delay: Duration::from_secs(1),
+        ..cfg()
+    };
+    let q = Queue::spawn("m", c, metrics());
+    let start = Instant::now();
+    let mut hs = Vec::new();
+    for i in 0..3 {
+        let (x, opts) = seq(50, i as f32);
+        let q = q.clone();
+        hs.push(tokio::spawn(async move { q.submit(x, 1, opts).await }));
+    }
+    settle().await;
+    // 150 queued tokens >= 100: dispatch now, with 2 x 50 = 100 tokens.
+    assert_eq!(echo(q.pull().await.unwrap()), vec![0.0, 1.0]);
+    assert_eq!(Instant::now(), start);
+}

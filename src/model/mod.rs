@@ -1,6 +1,7 @@
 //! Models: the synchronous `Model` trait that workers call with a (ragged) batch, and `load`, which
 //! builds the architecture a config names. One file per architecture. No HTTP, no queues here.
 
+pub mod bert;
 pub mod debug;
 pub mod mlp;
 
@@ -12,7 +13,7 @@ use crate::repository::config::ModelConfig;
 use crate::tensor::{Tensor, TensorError};
 
 /// Architectures a config may name.
-pub const ARCHITECTURES: &[&str] = &["mlp", "debug"];
+pub const ARCHITECTURES: &[&str] = &["mlp", "bert", "debug"];
 
 /// Where the worker's batch spent its compute time (Triton's compute input / infer / output split).
 #[derive(Debug, Clone, Copy, Default)]
@@ -57,6 +58,7 @@ pub fn load(
 ) -> Result<Arc<dyn Model>, ModelError> {
     match config.architecture.as_str() {
         "mlp" => Ok(Arc::new(mlp::Mlp::load(config, version_dir, device)?)),
+        "bert" => Ok(Arc::new(bert::Bert::load(config, version_dir, device)?)),
         "debug" => Ok(Arc::new(debug::DebugModel::load(config)?)),
         other => Err(ModelError::UnknownArchitecture(other.into())),
     }

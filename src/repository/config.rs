@@ -50,6 +50,8 @@ pub struct DynamicBatching {
     pub priority_levels: u32,
     /// 0 = the lowest level (the last).
     pub default_priority_level: u32,
+    /// Sequence models: most tokens in one batch counting padding (rows x longest); 0 = no limit.
+    pub max_batch_tokens: usize,
 }
 
 impl Default for DynamicBatching {
@@ -61,6 +63,7 @@ impl Default for DynamicBatching {
             default_timeout_us: 0,
             priority_levels: 1,
             default_priority_level: 0,
+            max_batch_tokens: 0,
         }
     }
 }
@@ -283,6 +286,7 @@ impl ModelConfig {
                 0 => db.priority_levels,
                 p => p,
             },
+            max_batch_tokens: (db.max_batch_tokens > 0).then_some(db.max_batch_tokens),
         }
     }
 

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use crate::batcher::{Queue, SubmitOptions};
 use crate::device::{self, DeviceId, DeviceInfo, PlacementError};
 use crate::model::{self, ModelError};
+use crate::preprocess::TokenizerPool;
 use crate::telemetry::{Metrics, ModelMetrics};
 use crate::tensor::{DataType, Tensor, TensorData};
 use crate::worker::{self, WorkerSpec};
@@ -55,7 +56,45 @@ pub struct LoadedVersion {
     pub queue: Queue,
     pub metrics: ModelMetrics,
     pub placement: Vec<(DeviceId, usize)>,
+    /// Set for models that take text: tokenization happens before enqueue.
+    pub text: Option<TextModel>,
     workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Text-input settings of a model with a `tokenizer.json` (config `[parameters]`).
+#[derive(Clone)]
+pub struct TextModel {
+    pub pool: TokenizerPool,
+    /// L2-normalise embeddings unless the request says otherwise (default true).
+    pub normalize: bool,
+    /// Most texts in one client request (default 256); more is a 413.
+    pub max_client_batch_size: usize,
+}
+
+impl TextModel {
+    /// Loads the tokenizer pool if the version folder has a `tokenizer.json`.
+    fn load(name: &str, config: &ModelConfig, dir: &Path) -> Result<Option<TextModel>, String> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let p = |k: &str| model::param::<i64>(config, k).map_err(|e| e.to_string());
+        let positions = model::bert::BertConfig::load(dir)
+            .map(|c| c.max_position_embeddings)
+            .unwrap_or(512);
+        let max_len = p("max_seq_length")?
+            .map_or(positions, |v| v.max(2) as usize)
+            .min(positions);
+        let threads = p("tokenizer_threads")?.unwrap_or(1).max(1) as usize;
+        let pool = TokenizerPool::load(&path, name, max_len, threads).map_err(|e| e.to_string())?;
+        Ok(Some(TextModel {
+            pool,
+            normalize: model::param::<bool>(config, "normalize")
+                .map_err(|e| e.to_string())?
+                .unwrap_or(true),
+            max_client_batch_size: p("max_client_batch_size")?.unwrap_or(256).max(1) as usize,
+        }))
+    }
 }
 
 impl LoadedVersion {
@@ -260,6 +299,12 @@ impl Repository {
         placement: &[(DeviceId, usize)],
     ) -> Result<Arc<LoadedVersion>, RepoError> {
         let metrics = self.metrics.for_model(name, version);
+        let load_err = |message: String| RepoError::Load {
+            model: name.into(),
+            message: format!("version {version}: {message}"),
+        };
+        let text =
+            TextModel::load(name, config, &dir.join(version.to_string())).map_err(load_err)?;
         let queue = Queue::spawn(name, config.batch_config(), metrics.queue());
         let lv = Arc::new(LoadedVersion {
             name: name.into(),
@@ -268,12 +313,9 @@ impl Repository {
             queue: queue.clone(),
             metrics: metrics.clone(),
             placement: placement.to_vec(),
+            text,
             workers: Mutex::new(Vec::new()),
         });
-        let load_err = |message: String| RepoError::Load {
-            model: name.into(),
-            message: format!("version {version}: {message}"),
-        };
         for &(dev, count) in placement {
             let (cfg, vdir) = (config.clone(), dir.join(version.to_string()));
             let loaded = tokio::task::spawn_blocking(move || {
@@ -304,7 +346,7 @@ impl Repository {
                     .push(h);
             }
         }
-        if let Err(e) = warm_up(config, &queue).await {
+        if let Err(e) = warm_up(&lv).await {
             stop_all(vec![lv]).await;
             return Err(load_err(format!("warm-up failed: {e}")));
         }
@@ -421,9 +463,35 @@ async fn stop_all(versions: Vec<Arc<LoadedVersion>>) {
         tokio::task::spawn_blocking(move || versions.iter().for_each(|v| v.stop_blocking())).await;
 }
 
-/// One forward pass per warm-up batch size, through the queue and workers, with zero inputs.
-async fn warm_up(config: &ModelConfig, queue: &Queue) -> Result<(), String> {
+/// One forward pass per warm-up batch size, through the queue and workers (text models: through the
+/// tokenizer too), with zero inputs or a short sentence.
+async fn warm_up(lv: &LoadedVersion) -> Result<(), String> {
+    let (config, queue) = (&lv.config, &lv.queue);
+    let opts = SubmitOptions {
+        warmup: true,
+        ..SubmitOptions::default()
+    };
     for rows in config.warmup_batch_sizes() {
+        if let Some(text) = &lv.text {
+            let ids = text
+                .pool
+                .encode(vec!["Ferrite warms up this model.".to_string(); rows], true)
+                .await
+                .map_err(|e| e.to_string())?;
+            let jobs = ids.into_iter().map(|ids| {
+                let cost = ids.len();
+                let t = Tensor::new(
+                    model::bert::INPUT_IDS,
+                    vec![1, cost],
+                    TensorData::I64(ids.into_iter().map(i64::from).collect()),
+                );
+                queue.submit(vec![t], 1, SubmitOptions { cost, ..opts })
+            });
+            for r in futures::future::join_all(jobs).await {
+                r.map_err(|e| e.to_string())?;
+            }
+            continue;
+        }
         let inputs = config
             .inputs
             .iter()
@@ -441,14 +509,7 @@ async fn warm_up(config: &ModelConfig, queue: &Queue) -> Result<(), String> {
             })
             .collect();
         queue
-            .submit(
-                inputs,
-                rows,
-                SubmitOptions {
-                    warmup: true,
-                    ..SubmitOptions::default()
-                },
-            )
+            .submit(inputs, rows, opts)
             .await
             .map_err(|e| e.to_string())?;
     }

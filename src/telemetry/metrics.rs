@@ -48,6 +48,7 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0,
 ];
+const RATIO_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
@@ -68,6 +69,7 @@ pub struct Metrics {
     request_seconds: HistogramVec,
     queue_seconds: HistogramVec,
     batch_size: HistogramVec,
+    padding: HistogramVec,
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -214,6 +216,7 @@ impl Metrics {
             request_seconds: self.request_seconds.with_label_values(&l),
             queue_seconds: self.queue_seconds.with_label_values(&l),
             batch_size: self.batch_size.with_label_values(&l),
+            padding: self.padding.with_label_values(&l),
         }
     }
 
@@ -248,6 +251,7 @@ pub struct ModelMetrics {
     request_seconds: prometheus::Histogram,
     queue_seconds: prometheus::Histogram,
     batch_size: prometheus::Histogram,
+    padding: prometheus::Histogram,
 }
 
 fn us(d: Duration) -> u64 {
@@ -285,6 +289,11 @@ impl ModelMetrics {
             FailureReason::Other => &self.other,
         }
         .inc();
+    }
+
+    /// Padding efficiency of one sequence batch (real tokens / padded tokens).
+    pub fn record_padding(&self, efficiency: f64) {
+        self.padding.observe(efficiency);
     }
 
     /// One model execution of `rows` rows.

@@ -38,7 +38,11 @@ pub fn spawn(
         .name(spec.thread_name())
         .spawn(move || {
             tracing::debug!(worker = %spec.thread_name(), "worker started");
+            let sequences = queue.config().max_batch_tokens.is_some();
             while let Some(batch) = queue.pull_blocking() {
+                if sequences && batch.counted_rows() > 0 {
+                    metrics.record_padding(batch.padding_efficiency());
+                }
                 run_batch(&spec, model.as_ref(), batch, &metrics);
             }
             tracing::debug!(worker = %spec.thread_name(), "worker stopped");

@@ -1,0 +1,288 @@
+//! Architecture `bert`: a BERT-family encoder (embeddings, N self-attention layers with an
+//! attention mask, GELU feed-forward) and mean pooling over real tokens, loaded from any checkpoint
+//! with the Hugging Face `config.json` + `model.safetensors` layout (`bert.` prefix optional).
+//! Each job carries one sequence as `input_ids` I64 [1, len]; the batch is padded to its longest.
+//! Output: `[1, hidden]` per job, not normalised (the API normalises on request).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor as CT, D};
+
+use super::{gather_input, Model, ModelError, StageTimings};
+use crate::repository::config::ModelConfig;
+use crate::tensor::{Tensor, TensorData};
+
+/// The input name jobs carry after tokenization.
+pub const INPUT_IDS: &str = "input_ids";
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct BertConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+}
+
+fn default_eps() -> f64 {
+    1e-12
+}
+
+impl BertConfig {
+    pub fn load(dir: &Path) -> Result<BertConfig, ModelError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Load {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        serde_json::from_str(&text).map_err(|e| ModelError::Load {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// y = x W^T + b, with W stored transposed ([in, out]) for a plain matmul.
+struct Linear {
+    w_t: CT,
+    b: CT,
+}
+
+impl Linear {
+    fn forward(&self, x: &CT) -> candle_core::Result<CT> {
+        x.matmul(&self.w_t)?.broadcast_add(&self.b)
+    }
+}
+
+struct LayerNorm {
+    w: CT,
+    b: CT,
+    eps: f32,
+}
+
+impl LayerNorm {
+    fn forward(&self, x: &CT) -> candle_core::Result<CT> {
+        candle_nn::ops::layer_norm(x, &self.w, &self.b, self.eps)
+    }
+}
+
+struct Layer {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    attn_out: Linear,
+    ln1: LayerNorm,
+    inter: Linear,
+    out: Linear,
+    ln2: LayerNorm,
+}
+
+pub struct Bert {
+    device: Device,
+    cfg: BertConfig,
+    word: CT,
+    position: CT,
+    token_type: CT,
+    emb_ln: LayerNorm,
+    layers: Vec<Layer>,
+    output: String,
+}
+
+struct Weights {
+    map: HashMap<String, CT>,
+    prefix: &'static str,
+    path: String,
+}
+
+impl Weights {
+    fn get(&mut self, name: &str) -> Result<CT, ModelError> {
+        let key = format!("{}{name}", self.prefix);
+        let t = self.map.remove(&key).ok_or_else(|| ModelError::Load {
+            path: self.path.clone(),
+            message: format!("tensor '{key}' is missing"),
+        })?;
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    fn linear(&mut self, name: &str) -> Result<Linear, ModelError> {
+        Ok(Linear {
+            w_t: self.get(&format!("{name}.weight"))?.t()?.contiguous()?,
+            b: self.get(&format!("{name}.bias"))?,
+        })
+    }
+
+    fn layer_norm(&mut self, name: &str, eps: f64) -> Result<LayerNorm, ModelError> {
+        Ok(LayerNorm {
+            w: self.get(&format!("{name}.weight"))?,
+            b: self.get(&format!("{name}.bias"))?,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl Bert {
+    pub fn load(config: &ModelConfig, dir: &Path, device: &Device) -> Result<Bert, ModelError> {
+        let cfg = BertConfig::load(dir)?;
+        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(ModelError::Load {
+                path: dir.join("config.json").display().to_string(),
+                message: "hidden_size is not a multiple of num_attention_heads".into(),
+            });
+        }
+        if let Some(act) = cfg.hidden_act.as_deref().filter(|a| *a != "gelu") {
+            return Err(ModelError::Load {
+                path: dir.join("config.json").display().to_string(),
+                message: format!("hidden_act '{act}' is not supported (only gelu)"),
+            });
+        }
+        let path = dir.join("model.safetensors");
+        let map = candle_core::safetensors::load(&path, device).map_err(|e| ModelError::Load {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let prefix = if map.contains_key("bert.embeddings.word_embeddings.weight") {
+            "bert."
+        } else {
+            ""
+        };
+        let mut w = Weights {
+            map,
+            prefix,
+            path: path.display().to_string(),
+        };
+        let eps = cfg.layer_norm_eps;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("encoder.layer.{i}");
+            layers.push(Layer {
+                q: w.linear(&format!("{p}.attention.self.query"))?,
+                k: w.linear(&format!("{p}.attention.self.key"))?,
+                v: w.linear(&format!("{p}.attention.self.value"))?,
+                attn_out: w.linear(&format!("{p}.attention.output.dense"))?,
+                ln1: w.layer_norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
+                inter: w.linear(&format!("{p}.intermediate.dense"))?,
+                out: w.linear(&format!("{p}.output.dense"))?,
+                ln2: w.layer_norm(&format!("{p}.output.LayerNorm"), eps)?,
+            });
+        }
+        let output = match config.outputs.as_slice() {
+            [o] => o.name.clone(),
+            _ => {
+                return Err(ModelError::Parameter {
+                    name: "output".into(),
+                    message: "bert has exactly one output (the pooled embedding)".into(),
+                })
+            }
+        };
+        Ok(Bert {
+            device: device.clone(),
+            word: w.get("embeddings.word_embeddings.weight")?,
+            position: w.get("embeddings.position_embeddings.weight")?,
+            token_type: w.get("embeddings.token_type_embeddings.weight")?,
+            emb_ln: w.layer_norm("embeddings.LayerNorm", eps)?,
+            layers,
+            output,
+            cfg,
+        })
+    }
+
+    /// Most positions the checkpoint has.
+    pub fn max_positions(&self) -> usize {
+        self.cfg.max_position_embeddings
+    }
+
+    /// Encodes a padded batch: `ids` [b, l] (u32), `mask` [b, l] (f32, 1 = real token).
+    /// Returns mean-pooled embeddings [b, hidden].
+    pub fn encode(&self, ids: &CT, mask: &CT) -> candle_core::Result<CT> {
+        let (b, l) = ids.dims2()?;
+        let h = self.cfg.hidden_size;
+        let heads = self.cfg.num_attention_heads;
+        let d = h / heads;
+        let words = self
+            .word
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, l, h))?;
+        let pos = self.position.narrow(0, 0, l)?;
+        let typ = self.token_type.narrow(0, 0, 1)?;
+        let x = words.broadcast_add(&pos)?.broadcast_add(&typ)?;
+        let mut x = self.emb_ln.forward(&x)?.reshape((b * l, h))?;
+        // 0 for real tokens, a large negative number for padding: [b, 1, 1, l].
+        let bias = ((mask.ones_like()? - mask)? * -1e9f64)?.reshape((b, 1, 1, l))?;
+        let scale = 1.0 / (d as f64).sqrt();
+        for layer in &self.layers {
+            let split = |t: CT| -> candle_core::Result<CT> {
+                t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
+            };
+            let q = split(layer.q.forward(&x)?)?;
+            let k = split(layer.k.forward(&x)?)?;
+            let v = split(layer.v.forward(&x)?)?;
+            let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b * l, h))?;
+            let a = layer.ln1.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
+            let i = layer.inter.forward(&a)?.gelu_erf()?;
+            x = layer.ln2.forward(&(layer.out.forward(&i)? + &a)?)?;
+        }
+        let x = x.reshape((b, l, h))?;
+        let m = mask.unsqueeze(D::Minus1)?;
+        let summed = x.broadcast_mul(&m)?.sum(1)?;
+        let counts = mask.sum_keepdim(1)?.clamp(1e-9, f64::MAX)?;
+        summed.broadcast_div(&counts)
+    }
+}
+
+impl Model for Bert {
+    fn forward(
+        &self,
+        batch: &[&[Tensor]],
+        timings: &mut StageTimings,
+    ) -> Result<Vec<Vec<Tensor>>, ModelError> {
+        let t0 = Instant::now();
+        let seqs = gather_input(batch, INPUT_IDS)?;
+        let longest = seqs.iter().map(|t| t.data.len()).max().unwrap_or(0).max(1);
+        if longest > self.cfg.max_position_embeddings {
+            return Err(ModelError::Failed(format!(
+                "sequence of {longest} tokens exceeds the model's {} positions",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let (b, l) = (seqs.len(), longest);
+        let mut ids = vec![0u32; b * l];
+        let mut mask = vec![0f32; b * l];
+        for (row, t) in seqs.iter().enumerate() {
+            let TensorData::I64(v) = &t.data else {
+                return Err(ModelError::Failed(format!("{INPUT_IDS} must be INT64")));
+            };
+            for (j, &id) in v.iter().enumerate() {
+                if id < 0 || id as usize >= self.cfg.vocab_size {
+                    return Err(ModelError::Failed(format!(
+                        "token id {id} is outside the vocabulary"
+                    )));
+                }
+                ids[row * l + j] = id as u32;
+                mask[row * l + j] = 1.0;
+            }
+        }
+        let ids = CT::from_vec(ids, (b, l), &self.device)?;
+        let mask = CT::from_vec(mask, (b, l), &self.device)?;
+        let t1 = Instant::now();
+        let pooled = self.encode(&ids, &mask)?;
+        let t2 = Instant::now();
+        let out = Tensor::from_candle(&self.output, &pooled)?.split_rows(&vec![1; b])?;
+        timings.input = t1 - t0;
+        timings.infer = t2 - t1;
+        timings.output = t2.elapsed();
+        Ok(out.into_iter().map(|t| vec![t]).collect())
+    }
+}
