@@ -180,6 +180,12 @@ impl Metrics {
                 "Rows per model execution",
                 BATCH_BUCKETS,
             ),
+            padding: histogram(
+                &r,
+                "ferrite_batch_padding_ratio",
+                "Padding efficiency of sequence batches: real tokens / (rows x longest); 1 = no padding",
+                RATIO_BUCKETS,
+            ),
             pending,
             registry: r,
         }
