@@ -69,14 +69,22 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn print_devices(devices: &[DeviceInfo]) {
-    println!("{:<6} {:<5} {:<16} {:<6} NAME", "DEVICE", "KIND", "MEMORY", "CC");
+    println!(
+        "{:<6} {:<5} {:<16} {:<6} NAME",
+        "DEVICE", "KIND", "MEMORY", "CC"
+    );
     for d in devices {
         let mem = d
             .memory_total_bytes
             .map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
             .unwrap_or_else(|| "-".into());
         let cc = d.compute_capability.as_deref().unwrap_or("-");
-        println!("{:<6} {:<5} {mem:<16} {cc:<6} {}", d.id.to_string(), d.kind, d.name);
+        println!(
+            "{:<6} {:<5} {mem:<16} {cc:<6} {}",
+            d.id.to_string(),
+            d.kind,
+            d.name
+        );
     }
     println!();
 }

@@ -134,7 +134,10 @@ async fn model_ready_gauge_follows_load_unload_and_gpu_only_failure() {
     assert_eq!(row["state"], "UNAVAILABLE");
     assert!(row["reason"].as_str().unwrap().contains("no GPU"), "{row}");
     let r = s
-        .post_json("/v2/repository/models/digits/unload", &serde_json::json!({}))
+        .post_json(
+            "/v2/repository/models/digits/unload",
+            &serde_json::json!({}),
+        )
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(s.metric(ready).await, 0.0);
@@ -151,12 +154,13 @@ fn on_path(bin: &str) -> bool {
 }
 
 /// Lint findings promtool reports for names fixed by Triton compatibility (counters without
-/// `_total`, `_us` units). Anything else it reports fails the test.
+/// `_total`, `_us` units, a gauge ending in `_count`). Anything else it reports fails the test.
 const TRITON_NAMES: &[&str] = &[
     "nv_inference_request_success",
     "nv_inference_request_failure",
     "nv_inference_count",
     "nv_inference_exec_count",
+    "nv_inference_pending_request_count",
     "nv_inference_request_duration_us",
     "nv_inference_queue_duration_us",
     "nv_inference_compute_input_duration_us",
@@ -241,7 +245,10 @@ async fn prometheus_scrapes_server_and_answers_queries() {
     }
     let s = start_with_gpus(Repo::new().with_digits(&[]), 0).await;
     let dir = tempfile::tempdir().unwrap();
-    let target = s.metrics_url.trim_start_matches("http://").trim_end_matches("/metrics");
+    let target = s
+        .metrics_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
     let cfg = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: ferrite\n    static_configs:\n      - targets: ['{target}']\n"
     );
@@ -253,7 +260,10 @@ async fn prometheus_scrapes_server_and_answers_queries() {
         .port();
     let _prom = Prom(
         Command::new("prometheus")
-            .arg(format!("--config.file={}/prometheus.yml", dir.path().display()))
+            .arg(format!(
+                "--config.file={}/prometheus.yml",
+                dir.path().display()
+            ))
             .arg(format!("--storage.tsdb.path={}/data", dir.path().display()))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
@@ -266,10 +276,19 @@ async fn prometheus_scrapes_server_and_answers_queries() {
     let (mut count, mut cpu) = (None, None);
     while Instant::now() < deadline && (count.is_none() || cpu.is_none()) {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        count = query(&s.client, &base, "nv_inference_count{job=\"ferrite\",model=\"digits\"}").await;
+        count = query(
+            &s.client,
+            &base,
+            "nv_inference_count{job=\"ferrite\",model=\"digits\"}",
+        )
+        .await;
         cpu = query(&s.client, &base, "nv_cpu_utilization{job=\"ferrite\"}").await;
     }
-    assert_eq!(count, Some(1.0), "Prometheus never answered nv_inference_count");
+    assert_eq!(
+        count,
+        Some(1.0),
+        "Prometheus never answered nv_inference_count"
+    );
     let cpu = cpu.expect("Prometheus never answered nv_cpu_utilization");
     assert!((0.0..=1.0).contains(&cpu));
     s.server.shutdown().await;

@@ -111,10 +111,7 @@ mod tests {
             gpus: sim.sample().unwrap(),
             gpu_error: None,
         };
-        let devices = [
-            DeviceInfo::cpu("cpu".into()),
-            gpu(0, &snap.gpus[1].uuid),
-        ];
+        let devices = [DeviceInfo::cpu("cpu".into()), gpu(0, &snap.gpus[1].uuid)];
         let placements = [InstancePlacement {
             model: "m".into(),
             version: "1".into(),

@@ -327,7 +327,11 @@ mod tests {
         ];
         assert_eq!(
             place(&g, &devs(2)).unwrap(),
-            vec![(DeviceId::Gpu(0), 2), (DeviceId::Gpu(1), 2), (DeviceId::Cpu, 1)]
+            vec![
+                (DeviceId::Gpu(0), 2),
+                (DeviceId::Gpu(1), 2),
+                (DeviceId::Cpu, 1)
+            ]
         );
     }
 
@@ -359,10 +363,7 @@ mod tests {
     #[test]
     fn format_uuid_matches_nvml_spelling() {
         let b: [u8; 16] = core::array::from_fn(|i| i as u8 * 17);
-        assert_eq!(
-            format_uuid(&b),
-            "GPU-00112233-4455-6677-8899-aabbccddeeff"
-        );
+        assert_eq!(format_uuid(&b), "GPU-00112233-4455-6677-8899-aabbccddeeff");
     }
 
     #[test]

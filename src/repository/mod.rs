@@ -248,7 +248,10 @@ impl Repository {
                 new.keys().for_each(|v| m.set_model_ready(name, *v, true));
             }
             Err(_) => {
-                let serving = self.read().get(name).is_some_and(|e| !e.versions.is_empty());
+                let serving = self
+                    .read()
+                    .get(name)
+                    .is_some_and(|e| !e.versions.is_empty());
                 if !serving {
                     let selected = ModelConfig::load(dir)
                         .map(|c| c.version_policy.select(&present))
@@ -452,12 +455,16 @@ impl Repository {
         let models = self.read();
         let mut out = Vec::new();
         for lv in models.values().flat_map(|e| e.versions.values()) {
-            out.extend(lv.placement.iter().map(|&(device, count)| InstancePlacement {
-                model: lv.name.clone(),
-                version: lv.version.to_string(),
-                device,
-                count,
-            }));
+            out.extend(
+                lv.placement
+                    .iter()
+                    .map(|&(device, count)| InstancePlacement {
+                        model: lv.name.clone(),
+                        version: lv.version.to_string(),
+                        device,
+                        count,
+                    }),
+            );
         }
         out
     }

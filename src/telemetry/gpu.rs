@@ -197,7 +197,10 @@ mod tests {
 
     #[test]
     fn visible_unset_means_every_gpu() {
-        assert_eq!(visible_indices(parse_visible(None).as_deref(), &devs()), [0, 1, 2, 3]);
+        assert_eq!(
+            visible_indices(parse_visible(None).as_deref(), &devs()),
+            [0, 1, 2, 3]
+        );
     }
 
     #[test]

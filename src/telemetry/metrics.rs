@@ -121,10 +121,18 @@ impl HostGauges {
     fn new(r: &Registry) -> HostGauges {
         HostGauges {
             gpu_utilization: gpu_gauge(r, "nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0)"),
-            gpu_memory_total: gpu_gauge(r, "nv_gpu_memory_total_bytes", "GPU total memory, in bytes"),
+            gpu_memory_total: gpu_gauge(
+                r,
+                "nv_gpu_memory_total_bytes",
+                "GPU total memory, in bytes",
+            ),
             gpu_memory_used: gpu_gauge(r, "nv_gpu_memory_used_bytes", "GPU used memory, in bytes"),
             gpu_power_usage: gpu_gauge(r, "nv_gpu_power_usage", "GPU power usage in watts"),
-            gpu_power_limit: gpu_gauge(r, "nv_gpu_power_limit", "GPU power management limit in watts"),
+            gpu_power_limit: gpu_gauge(
+                r,
+                "nv_gpu_power_limit",
+                "GPU power management limit in watts",
+            ),
             gpu_energy: register(
                 r,
                 CounterVec::new(
@@ -143,8 +151,16 @@ impl HostGauges {
             ),
             gpu_sm_clock: gpu_gauge(r, "ferrite_gpu_sm_clock_hz", "GPU SM clock in hertz"),
             cpu_utilization: gauge(r, "nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]"),
-            cpu_memory_total: gauge(r, "nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes"),
-            cpu_memory_used: gauge(r, "nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes"),
+            cpu_memory_total: gauge(
+                r,
+                "nv_cpu_memory_total_bytes",
+                "CPU total memory (RAM), in bytes",
+            ),
+            cpu_memory_used: gauge(
+                r,
+                "nv_cpu_memory_used_bytes",
+                "CPU used memory (RAM), in bytes",
+            ),
             process_resident: gauge(
                 r,
                 "ferrite_process_resident_memory_bytes",

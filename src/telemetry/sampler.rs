@@ -213,7 +213,10 @@ mod tests {
         let text = m.encode();
         assert!(!text.contains("nv_gpu_"), "{text}");
         assert!(!text.contains("nv_energy_consumption"), "{text}");
-        assert!(line(&text, "nv_cpu_memory_total_bytes ").is_some(), "{text}");
+        assert!(
+            line(&text, "nv_cpu_memory_total_bytes ").is_some(),
+            "{text}"
+        );
         assert!(line(&text, "ferrite_process_resident_memory_bytes ").is_some());
         let snap = s.telemetry().latest();
         assert!(snap.gpus.is_empty());
