@@ -5,12 +5,13 @@
 # (instance_group kind = "gpu", count = 2), then the NVML sample comparison: mean nv_gpu_utilization
 # over the run vs the busy fraction measured from the server's own compute time.
 # Usage: benches/gpu.sh [SECONDS] [CONCURRENCY]   (defaults 5 s, 16)
-# Env: PROFILE=release|debug (default release), FERRITE_BIN (default $CARGO_TARGET_DIR/$PROFILE/ferrite).
+# Env: PORT (default 18300; the GPU run uses PORT+100), PROFILE=release|debug (default release), FERRITE_BIN (default $CARGO_TARGET_DIR/$PROFILE/ferrite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-5}
 CONC=${2:-16}
 PROFILE=${PROFILE:-release}
+PORT=${PORT:-18300}
 BIN=${FERRITE_BIN:-${CARGO_TARGET_DIR:-target}/$PROFILE/ferrite}
 if [[ ! -x "$BIN" ]]; then
   flag=(); [[ $PROFILE == release ]] && flag=(--release)
@@ -21,6 +22,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
 # start REPO PORT: a server on 127.0.0.1:PORT (metrics on PORT+2), sampling every 200 ms
 start() {
+  for port in "$2" $(($2 + 2)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "port $port is already in use (set PORT=...)" >&2; return 1; fi
+  done
   "$BIN" serve --model-repository "$1" --host 127.0.0.1 --http-port "$2" --metrics-port $(($2 + 2)) \
     --metrics-interval-ms 200 2>"$tmp/server-$2.log" &
   for _ in $(seq 300); do curl -sf "localhost:$2/v2/health/ready" >/dev/null && return 0; sleep 0.2; done
@@ -73,17 +77,17 @@ PY
 }
 
 echo "== CPU: digits (kind = auto, as committed)"
-start models 18100
-curl -sf localhost:18100/v2/devices | python3 -c 'import json,sys; [print("  device", d["id"], d["kind"], d["name"], "instances:", [(i["model"], i["version"], i["count"]) for i in d["instances"]]) for d in json.load(sys.stdin)["devices"]]'
-load 18100
+start models "$PORT"
+curl -sf "localhost:$PORT/v2/devices" | python3 -c 'import json,sys; [print("  device", d["id"], d["kind"], d["name"], "instances:", [(i["model"], i["version"], i["count"]) for i in d["instances"]]) for d in json.load(sys.stdin)["devices"]]'
+load "$PORT"
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   echo "== GPU: digits, two instances per GPU (kind = gpu, count = 2)"
   cp -r models/digits "$tmp/digits" && mkdir -p "$tmp/repo" && mv "$tmp/digits" "$tmp/repo/digits"
   sed -i 's/^count = .*/count = 2/; s/^kind = .*/kind = "gpu"/' "$tmp/repo/digits/config.toml"
-  start "$tmp/repo" 18200
-  curl -sf localhost:18200/v2/devices | python3 -m json.tool | head -60
-  load 18200
+  start "$tmp/repo" $((PORT + 100))
+  curl -sf "localhost:$((PORT + 100))/v2/devices" | python3 -m json.tool | head -60
+  load $((PORT + 100))
   nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used,power.draw --format=csv
 else
   echo "== GPU parts skipped: no GPU (nvidia-smi missing or lists none)"
