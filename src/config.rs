@@ -19,6 +19,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Threads one CPU forward pass may use. 1 by default: parallelism comes from model instances and
 /// batching, and candle's per-op thread pool only adds contention for small models.
 pub const DEFAULT_INTRA_OP_THREADS: usize = 1;
+/// How often the telemetry thread samples GPUs (NVML) and the host [ms]; Triton's flag name.
+pub const DEFAULT_METRICS_INTERVAL_MS: u64 = 1000;
 
 /// `ferrite serve` flags; each also reads `FERRITE_<FLAG>` and the TOML file key `<flag>`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -53,6 +55,9 @@ pub struct ServeArgs {
     /// Threads one CPU forward pass may use (candle's pool; RAYON_NUM_THREADS wins if set) [default: 1]
     #[arg(long, env = "FERRITE_INTRA_OP_THREADS")]
     pub intra_op_threads: Option<usize>,
+    /// GPU (NVML) and CPU metrics sampling interval in milliseconds [default: 1000]
+    #[arg(long, env = "FERRITE_METRICS_INTERVAL_MS")]
+    pub metrics_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +72,7 @@ struct FileSettings {
     max_body_bytes: Option<usize>,
     gpus: Option<String>,
     intra_op_threads: Option<usize>,
+    metrics_interval_ms: Option<u64>,
 }
 
 /// Resolved settings.
@@ -81,6 +87,7 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub gpus: GpuSelection,
     pub intra_op_threads: usize,
+    pub metrics_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +154,11 @@ impl Settings {
                 .intra_op_threads
                 .or(file.intra_op_threads)
                 .unwrap_or(DEFAULT_INTRA_OP_THREADS),
+            metrics_interval: Duration::from_millis(
+                args.metrics_interval_ms
+                    .or(file.metrics_interval_ms)
+                    .unwrap_or(DEFAULT_METRICS_INTERVAL_MS),
+            ),
             gpus: gpus.parse().map_err(|message| SettingsError::Invalid {
                 field: "gpus",
                 message,
@@ -173,6 +185,12 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 field: "intra_op_threads",
                 message: "expected at least 1".into(),
+            });
+        }
+        if self.metrics_interval < Duration::from_millis(10) {
+            return Err(SettingsError::Invalid {
+                field: "metrics_interval_ms",
+                message: "expected at least 10".into(),
             });
         }
         if self.max_body_bytes == 0 {

@@ -1,5 +1,5 @@
-//! Composition root: discover devices, bind the HTTP and metrics listeners, load the repository
-//! (warm-up included) and flip readiness. `shutdown` owns the order: not ready, stop accepting,
+//! Composition root: discover devices, start the telemetry sampler, bind the HTTP and metrics
+//! listeners, load the repository (warm-up included) and flip readiness. `shutdown` owns the order: not ready, stop accepting,
 //! drain in-flight requests (bounded), stop models and join their workers.
 
 use std::net::SocketAddr;
@@ -15,7 +15,8 @@ use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::device;
 use crate::repository::Repository;
-use crate::telemetry::Metrics;
+use crate::telemetry::gpu::{self, GpuError, GpuSource};
+use crate::telemetry::{Metrics, Sampler};
 
 /// A running server.
 pub struct Server {
@@ -26,6 +27,7 @@ pub struct Server {
     http: JoinHandle<std::io::Result<()>>,
     metrics: JoinHandle<std::io::Result<()>>,
     exit_timeout: std::time::Duration,
+    sampler: Sampler,
 }
 
 fn serve(
@@ -45,8 +47,18 @@ fn serve(
 impl Server {
     /// Binds, serves, loads every model; returns once the repository is loaded (ready).
     pub async fn start(settings: &Settings) -> anyhow::Result<Server> {
+        Self::start_with_gpu_source(settings, gpu::open_default()).await
+    }
+
+    /// As `start`, with the GPU telemetry source given (tests pass a simulated one).
+    pub async fn start_with_gpu_source(
+        settings: &Settings,
+        gpu_source: Result<Box<dyn GpuSource>, GpuError>,
+    ) -> anyhow::Result<Server> {
         let devices = device::discover(&settings.gpus);
         let metrics = Arc::new(Metrics::new());
+        let sampler = Sampler::spawn(gpu_source, settings.metrics_interval, metrics.clone())
+            .context("cannot start the telemetry thread")?;
         let repo = Arc::new(Repository::new(
             settings.model_repository.clone(),
             devices,
@@ -55,6 +67,7 @@ impl Server {
         let state = AppState {
             repo: repo.clone(),
             metrics: metrics.clone(),
+            telemetry: sampler.telemetry(),
             accepting: Arc::new(AtomicBool::new(false)),
             max_body_bytes: settings.max_body_bytes,
         };
@@ -89,6 +102,7 @@ impl Server {
             http,
             metrics: metrics_task,
             exit_timeout: settings.exit_timeout,
+            sampler,
         })
     }
 
@@ -121,6 +135,9 @@ impl Server {
         }
         self.state.repo.shutdown().await;
         self.metrics.abort();
+        // Joins the sampler thread: at most one sample late.
+        let mut sampler = self.sampler;
+        let _ = tokio::task::spawn_blocking(move || sampler.stop()).await;
         tracing::info!("shutdown complete");
     }
 }

@@ -2,6 +2,7 @@
 //! tracing) and the error table. Handlers decode, submit to a model's queue and encode; they never
 //! touch a device.
 
+mod devices;
 mod error;
 mod infer;
 mod kserve_v1;
@@ -24,13 +25,15 @@ use tower_http::trace::TraceLayer;
 pub use error::ApiError;
 
 use crate::repository::Repository;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, Telemetry};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub repo: Arc<Repository>,
     pub metrics: Arc<Metrics>,
+    /// Latest GPU/CPU readings (for `/v2/devices`).
+    pub telemetry: Telemetry,
     /// False while starting and once draining: readiness and new inference say no.
     pub accepting: Arc<AtomicBool>,
     pub max_body_bytes: usize,
@@ -42,7 +45,7 @@ impl AppState {
     }
 }
 
-/// The inference API router (KServe v2, KServe v1, repository extension, health).
+/// The inference API router (KServe v2, KServe v1, repository extension, devices, health).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v2", get(kserve_v2::server_metadata))
@@ -64,6 +67,7 @@ pub fn router(state: AppState) -> Router {
             "/v2/models/{model}/versions/{version}/infer",
             post(kserve_v2::infer_v),
         )
+        .route("/v2/devices", get(devices::devices))
         .route("/v2/repository/index", post(repository::index))
         .route("/v2/repository/models/{model}/load", post(repository::load))
         .route(

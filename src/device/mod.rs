@@ -1,6 +1,8 @@
-//! Device discovery and the single CPU-fallback decision. With feature `cuda`, GPUs are probed through
-//! candle/cudarc; without it (or with no usable GPU) there is only the CPU, and one log line says so.
-//! Also the placement of a model's instance groups onto devices.
+//! Device discovery and the single CPU-fallback decision. With feature `cuda`, GPUs are enumerated
+//! through cudarc (name, UUID, compute capability, memory; `CUDA_VISIBLE_DEVICES` applies as the driver
+//! applies it, `--gpus` then picks among the visible ordinals); without it (or with no usable GPU)
+//! there is only the CPU, and one log line says so. Also the placement of a model's instance groups
+//! onto devices.
 
 use crate::repository::config::{InstanceGroup, InstanceKind};
 
@@ -26,6 +28,26 @@ pub struct DeviceInfo {
     pub id: DeviceId,
     pub name: String,
     pub kind: &'static str,
+    /// `GPU-xxxxxxxx-...` as NVML writes it (GPUs only): the `gpu_uuid` metric label.
+    pub uuid: Option<String>,
+    /// `major.minor` (GPUs only).
+    pub compute_capability: Option<String>,
+    /// Device memory (GPUs only; the host's comes from telemetry).
+    pub memory_total_bytes: Option<u64>,
+}
+
+impl DeviceInfo {
+    /// The CPU device.
+    pub fn cpu(name: String) -> DeviceInfo {
+        DeviceInfo {
+            id: DeviceId::Cpu,
+            name,
+            kind: "cpu",
+            uuid: None,
+            compute_capability: None,
+            memory_total_bytes: None,
+        }
+    }
 }
 
 /// Which GPUs the operator allows (`--gpus`): all visible ones, none, or a list of ordinals.
@@ -58,11 +80,7 @@ impl std::str::FromStr for GpuSelection {
 
 /// Finds the devices to use. The CPU is always present; GPUs only with feature `cuda` and a driver.
 pub fn discover(selection: &GpuSelection) -> Vec<DeviceInfo> {
-    let mut devices = vec![DeviceInfo {
-        id: DeviceId::Cpu,
-        name: cpu_name(),
-        kind: "cpu",
-    }];
+    let mut devices = vec![DeviceInfo::cpu(cpu_name())];
     let gpus = probe_gpus(selection);
     if gpus.is_empty() {
         tracing::info!(
@@ -84,23 +102,65 @@ fn no_gpu_reason(selection: &GpuSelection) -> &'static str {
     }
 }
 
+/// Whether `--gpus` keeps the visible CUDA ordinal `i`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn selected(selection: &GpuSelection, i: usize) -> bool {
+    match selection {
+        GpuSelection::All => true,
+        GpuSelection::None => false,
+        GpuSelection::List(l) => l.contains(&i),
+    }
+}
+
+/// NVML's spelling of a device UUID: `GPU-` then 8-4-4-4-12 hex digits.
+pub fn format_uuid(bytes: &[u8; 16]) -> String {
+    let h: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+/// Compiled only with feature `cuda` (candle forces cudarc's dynamic linking there, so libcuda is
+/// present or the binary would not have started; a stub or a driver with no GPU gives an `Err`).
 #[cfg(feature = "cuda")]
 fn probe_gpus(selection: &GpuSelection) -> Vec<DeviceInfo> {
-    let wanted: Box<dyn Fn(usize) -> bool> = match selection {
-        GpuSelection::All => Box::new(|_| true),
-        GpuSelection::None => return Vec::new(),
-        GpuSelection::List(l) => {
-            let l = l.clone();
-            Box::new(move |i| l.contains(&i))
+    use candle_core::cuda_backend::cudarc::driver::CudaContext;
+    if *selection == GpuSelection::None {
+        return Vec::new();
+    }
+    let count = match CudaContext::device_count() {
+        Ok(n) => usize::try_from(n).unwrap_or(0),
+        Err(e) => {
+            tracing::info!(error = %e, "CUDA driver reports no usable device");
+            return Vec::new();
         }
     };
-    (0..64)
-        .map_while(|i| candle_core::Device::new_cuda(i).ok().map(|_| i))
-        .filter(|&i| wanted(i))
-        .map(|i| DeviceInfo {
-            id: DeviceId::Gpu(i),
-            name: format!("cuda:{i}"),
-            kind: "gpu",
+    (0..count)
+        .filter(|&i| selected(selection, i))
+        .filter_map(|i| match CudaContext::new(i) {
+            Ok(ctx) => Some(DeviceInfo {
+                id: DeviceId::Gpu(i),
+                name: ctx.name().unwrap_or_else(|_| format!("cuda:{i}")),
+                kind: "gpu",
+                uuid: ctx
+                    .uuid()
+                    .ok()
+                    .map(|u| format_uuid(&u.bytes.map(|b| b as u8))),
+                compute_capability: ctx
+                    .compute_capability()
+                    .ok()
+                    .map(|(a, b)| format!("{a}.{b}")),
+                memory_total_bytes: ctx.total_mem().ok().map(|m| m as u64),
+            }),
+            Err(e) => {
+                tracing::warn!(gpu = i, error = %e, "cannot open CUDA device; skipping it");
+                None
+            }
         })
         .collect()
 }
@@ -214,15 +274,14 @@ mod tests {
     }
 
     fn devs(n_gpus: usize) -> Vec<DeviceInfo> {
-        let mut d = vec![DeviceInfo {
-            id: DeviceId::Cpu,
-            name: "cpu".into(),
-            kind: "cpu",
-        }];
+        let mut d = vec![DeviceInfo::cpu("cpu".into())];
         d.extend((0..n_gpus).map(|i| DeviceInfo {
             id: DeviceId::Gpu(i),
             name: format!("cuda:{i}"),
             kind: "gpu",
+            uuid: Some(format!("GPU-{i}")),
+            compute_capability: Some("9.0".into()),
+            memory_total_bytes: Some(80 << 30),
         }));
         d
     }
@@ -258,6 +317,53 @@ mod tests {
             group(InstanceKind::Cpu, 2, None),
         ];
         assert_eq!(place(&g, &devs(1)).unwrap(), vec![(DeviceId::Cpu, 3)]);
+    }
+
+    #[test]
+    fn place_two_instances_on_each_of_two_gpus_plus_cpu_group() {
+        let g = [
+            group(InstanceKind::Gpu, 2, None),
+            group(InstanceKind::Cpu, 1, None),
+        ];
+        assert_eq!(
+            place(&g, &devs(2)).unwrap(),
+            vec![
+                (DeviceId::Gpu(0), 2),
+                (DeviceId::Gpu(1), 2),
+                (DeviceId::Cpu, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn place_listed_gpus_only_on_those() {
+        let g = [group(InstanceKind::Auto, 3, Some(vec![1]))];
+        assert_eq!(place(&g, &devs(2)).unwrap(), vec![(DeviceId::Gpu(1), 3)]);
+    }
+
+    #[test]
+    fn discover_without_cuda_or_with_gpus_none_is_cpu_only() {
+        let d = discover(&GpuSelection::None);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].id, DeviceId::Cpu);
+        assert_eq!(d[0].kind, "cpu");
+        if !cfg!(feature = "cuda") {
+            assert_eq!(discover(&GpuSelection::All).len(), 1);
+        }
+    }
+
+    #[test]
+    fn gpu_selection_picks_listed_ordinals() {
+        assert!(selected(&GpuSelection::All, 3));
+        assert!(!selected(&GpuSelection::None, 0));
+        assert!(selected(&GpuSelection::List(vec![0, 2]), 2));
+        assert!(!selected(&GpuSelection::List(vec![0, 2]), 1));
+    }
+
+    #[test]
+    fn format_uuid_matches_nvml_spelling() {
+        let b: [u8; 16] = core::array::from_fn(|i| i as u8 * 17);
+        assert_eq!(format_uuid(&b), "GPU-00112233-4455-6677-8899-aabbccddeeff");
     }
 
     #[test]

@@ -120,6 +120,16 @@ struct ModelEntry {
     versions: BTreeMap<u64, Arc<LoadedVersion>>,
 }
 
+/// Instances of one model version on one device (for `GET /v2/devices`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstancePlacement {
+    pub model: String,
+    pub version: String,
+    #[serde(skip)]
+    pub device: DeviceId,
+    pub count: usize,
+}
+
 /// One row of the repository index.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct IndexEntry {
@@ -249,10 +259,48 @@ impl Repository {
                 }
             }
         };
+        self.export_readiness(name, &dir, &loaded, &old);
         stop_all(old.into_values().collect()).await;
         loaded.map(|v| {
             tracing::info!(model = name, versions = ?v.keys().collect::<Vec<_>>(), "model ready");
         })
+    }
+
+    /// `ferrite_model_ready`: 1 for the versions now serving, 0 for selected versions that failed
+    /// with nothing else serving; series of versions no longer present or replaced are dropped.
+    fn export_readiness(
+        &self,
+        name: &str,
+        dir: &Path,
+        loaded: &Result<BTreeMap<u64, Arc<LoadedVersion>>, RepoError>,
+        replaced: &BTreeMap<u64, Arc<LoadedVersion>>,
+    ) {
+        let m = &self.metrics;
+        let present = present_versions(dir);
+        match loaded {
+            Ok(new) => {
+                for v in present.iter().chain(replaced.keys()) {
+                    if !new.contains_key(v) {
+                        m.forget_model_version(name, *v);
+                    }
+                }
+                new.keys().for_each(|v| m.set_model_ready(name, *v, true));
+            }
+            Err(_) => {
+                let serving = self
+                    .read()
+                    .get(name)
+                    .is_some_and(|e| !e.versions.is_empty());
+                if !serving {
+                    let selected = ModelConfig::load(dir)
+                        .map(|c| c.version_policy.select(&present))
+                        .unwrap_or(present);
+                    selected
+                        .iter()
+                        .for_each(|v| m.set_model_ready(name, *v, false));
+                }
+            }
+        }
     }
 
     async fn load_versions(
@@ -365,6 +413,8 @@ impl Repository {
             entry.reason = "unloaded".into();
             std::mem::take(&mut entry.versions)
         };
+        old.keys()
+            .for_each(|v| self.metrics.set_model_ready(name, *v, false));
         stop_all(old.into_values().collect()).await;
         tracing::info!(model = name, "model unloaded");
         Ok(())
@@ -438,6 +488,25 @@ impl Repository {
                     reason: "not loaded".into(),
                 }),
             }
+        }
+        out
+    }
+
+    /// Where every loaded version's instances run.
+    pub fn placements(&self) -> Vec<InstancePlacement> {
+        let models = self.read();
+        let mut out = Vec::new();
+        for lv in models.values().flat_map(|e| e.versions.values()) {
+            out.extend(
+                lv.placement
+                    .iter()
+                    .map(|&(device, count)| InstancePlacement {
+                        model: lv.name.clone(),
+                        version: lv.version.to_string(),
+                        device,
+                        count,
+                    }),
+            );
         }
         out
     }

@@ -1,15 +1,21 @@
 //! Prometheus metrics with Triton's names and labels (`model`, `version`, `reason`), so existing
 //! dashboards, alert rules and perf_analyzer's server-side split work, plus `ferrite_*` histograms
-//! for latency that aggregates across replicas. One registry per server (tests run several).
+//! for latency that aggregates across replicas; the GPU/CPU gauges the telemetry sampler sets (Triton's
+//! `nv_gpu_*`/`nv_cpu_*`, label `gpu_uuid`) and model readiness. One registry per server (tests run
+//! several).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::batcher::{QueueMetrics, Timings};
+use crate::telemetry::gpu::GpuSample;
+use crate::telemetry::system::CpuSample;
 
 /// Why a request failed, as the `reason` label of `nv_inference_request_failure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +76,101 @@ pub struct Metrics {
     queue_seconds: HistogramVec,
     batch_size: HistogramVec,
     padding: HistogramVec,
+    model_ready: IntGaugeVec,
+    host: HostGauges,
+}
+
+/// Gauges set by the telemetry sampler thread.
+struct HostGauges {
+    gpu_utilization: GaugeVec,
+    gpu_memory_total: GaugeVec,
+    gpu_memory_used: GaugeVec,
+    gpu_power_usage: GaugeVec,
+    gpu_power_limit: GaugeVec,
+    gpu_energy: CounterVec,
+    gpu_temperature: GaugeVec,
+    gpu_sm_clock: GaugeVec,
+    cpu_utilization: Gauge,
+    cpu_memory_total: Gauge,
+    cpu_memory_used: Gauge,
+    process_resident: Gauge,
+    /// Last NVML energy reading per GPU: the counter counts from server start, like Triton's.
+    /// Only the sampler thread takes it, once per sample.
+    last_energy: Mutex<HashMap<String, f64>>,
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
+    reg.register(Box::new(c.clone()))
+        .expect("metric names are unique. This is a bug.");
+    c
+}
+
+fn gauge(reg: &Registry, name: &str, help: &str) -> Gauge {
+    register(
+        reg,
+        Gauge::new(name, help).expect("static metric. This is a bug."),
+    )
+}
+
+fn gpu_gauge(reg: &Registry, name: &str, help: &str) -> GaugeVec {
+    register(
+        reg,
+        GaugeVec::new(Opts::new(name, help), &["gpu_uuid"]).expect("static metric. This is a bug."),
+    )
+}
+
+impl HostGauges {
+    fn new(r: &Registry) -> HostGauges {
+        HostGauges {
+            gpu_utilization: gpu_gauge(r, "nv_gpu_utilization", "GPU utilization rate [0.0 - 1.0)"),
+            gpu_memory_total: gpu_gauge(
+                r,
+                "nv_gpu_memory_total_bytes",
+                "GPU total memory, in bytes",
+            ),
+            gpu_memory_used: gpu_gauge(r, "nv_gpu_memory_used_bytes", "GPU used memory, in bytes"),
+            gpu_power_usage: gpu_gauge(r, "nv_gpu_power_usage", "GPU power usage in watts"),
+            gpu_power_limit: gpu_gauge(
+                r,
+                "nv_gpu_power_limit",
+                "GPU power management limit in watts",
+            ),
+            gpu_energy: register(
+                r,
+                CounterVec::new(
+                    Opts::new(
+                        "nv_energy_consumption",
+                        "GPU energy consumption in joules since the server started",
+                    ),
+                    &["gpu_uuid"],
+                )
+                .expect("static metric. This is a bug."),
+            ),
+            gpu_temperature: gpu_gauge(
+                r,
+                "ferrite_gpu_temperature_celsius",
+                "GPU die temperature in degrees Celsius",
+            ),
+            gpu_sm_clock: gpu_gauge(r, "ferrite_gpu_sm_clock_hz", "GPU SM clock in hertz"),
+            cpu_utilization: gauge(r, "nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]"),
+            cpu_memory_total: gauge(
+                r,
+                "nv_cpu_memory_total_bytes",
+                "CPU total memory (RAM), in bytes",
+            ),
+            cpu_memory_used: gauge(
+                r,
+                "nv_cpu_memory_used_bytes",
+                "CPU used memory (RAM), in bytes",
+            ),
+            process_resident: gauge(
+                r,
+                "ferrite_process_resident_memory_bytes",
+                "Resident set size of the server process in bytes",
+            ),
+            last_energy: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 fn counter(reg: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -186,8 +287,74 @@ impl Metrics {
                 "Padding efficiency of sequence batches: real tokens / (rows x longest); 1 = no padding",
                 RATIO_BUCKETS,
             ),
+            model_ready: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "ferrite_model_ready",
+                        "1 when the model version is loaded and serving, 0 when it failed or was unloaded",
+                    ),
+                    MV,
+                )
+                .expect("static metric. This is a bug."),
+            ),
+            host: HostGauges::new(&r),
             pending,
             registry: r,
+        }
+    }
+
+    /// Sets `ferrite_model_ready{model,version}`.
+    pub fn set_model_ready(&self, model: &str, version: u64, ready: bool) {
+        self.model_ready
+            .with_label_values(&[model, &version.to_string()])
+            .set(i64::from(ready));
+    }
+
+    /// Drops a version's readiness series (a version that is no longer selected at all).
+    pub fn forget_model_version(&self, model: &str, version: u64) {
+        let _ = self
+            .model_ready
+            .remove_label_values(&[model, &version.to_string()]);
+    }
+
+    /// Exports one host reading.
+    pub fn record_cpu(&self, s: &CpuSample) {
+        let h = &self.host;
+        h.cpu_utilization.set(s.utilization);
+        h.cpu_memory_total.set(s.memory_total_bytes as f64);
+        h.cpu_memory_used.set(s.memory_used_bytes as f64);
+        h.process_resident.set(s.process_resident_bytes as f64);
+    }
+
+    /// Exports one reading per GPU, labelled `gpu_uuid`; unsupported fields are left out.
+    pub fn record_gpus(&self, samples: &[GpuSample]) {
+        let h = &self.host;
+        let mut last = h
+            .last_energy
+            .lock()
+            .expect("energy table lock poisoned. This is a bug.");
+        for s in samples {
+            let l = [s.uuid.as_str()];
+            let set = |g: &GaugeVec, v: Option<f64>| {
+                if let Some(v) = v {
+                    g.with_label_values(&l).set(v);
+                }
+            };
+            set(&h.gpu_utilization, s.utilization);
+            set(&h.gpu_memory_total, s.memory_total_bytes.map(|b| b as f64));
+            set(&h.gpu_memory_used, s.memory_used_bytes.map(|b| b as f64));
+            set(&h.gpu_power_usage, s.power_usage_watts);
+            set(&h.gpu_power_limit, s.power_limit_watts);
+            set(&h.gpu_temperature, s.temperature_celsius);
+            set(&h.gpu_sm_clock, s.sm_clock_hz);
+            if let Some(e) = s.energy_joules {
+                let energy = h.gpu_energy.with_label_values(&l);
+                if let Some(prev) = last.insert(s.uuid.clone(), e) {
+                    // A driver reload resets NVML's counter: count nothing for that interval.
+                    energy.inc_by((e - prev).max(0.0));
+                }
+            }
         }
     }
 

@@ -1,7 +1,13 @@
 //! Observability: every metric name (Triton's `nv_*` where Triton has one, else `ferrite_*`) lives in
-//! `metrics.rs`; `logging.rs` sets up `tracing`. A leaf module: it knows nothing of HTTP or models.
+//! `metrics.rs`; `gpu.rs` (NVML behind the `GpuSource` trait) and `system.rs` (`/proc`) read the
+//! hardware; `sampler.rs` is the thread that samples both at an interval; `logging.rs` sets up
+//! `tracing`. A leaf module: it knows nothing of HTTP or models.
 
+pub mod gpu;
 pub mod logging;
 pub mod metrics;
+pub mod sampler;
+pub mod system;
 
 pub use metrics::{FailureReason, Metrics, ModelMetrics};
+pub use sampler::{Sampler, Snapshot, Telemetry};

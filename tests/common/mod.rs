@@ -7,6 +7,7 @@ use std::time::Duration;
 use ferrite::config::Settings;
 use ferrite::device::GpuSelection;
 use ferrite::server::Server;
+use ferrite::telemetry::gpu::{GpuError, GpuSource};
 use ferrite::telemetry::logging::LogFormat;
 use serde_json::{json, Value};
 
@@ -95,6 +96,7 @@ pub fn settings(repo: &Path) -> Settings {
         max_body_bytes: 64 * 1024 * 1024,
         gpus: GpuSelection::None,
         intra_op_threads: 1,
+        metrics_interval: Duration::from_millis(200),
     }
 }
 
@@ -113,12 +115,31 @@ impl TestServer {
     }
 
     pub async fn start_with(repo: Repo, edit: impl FnOnce(&mut Settings)) -> TestServer {
+        let mut s = settings(repo.path());
+        edit(&mut s);
+        Self::launch(repo, s, ferrite::telemetry::gpu::open_default()).await
+    }
+
+    /// With a given GPU telemetry source (a simulated one, or a missing-NVML error).
+    pub async fn start_with_gpu_source(
+        repo: Repo,
+        gpu: Result<Box<dyn GpuSource>, GpuError>,
+    ) -> TestServer {
+        let s = settings(repo.path());
+        Self::launch(repo, s, gpu).await
+    }
+
+    async fn launch(
+        repo: Repo,
+        s: Settings,
+        gpu: Result<Box<dyn GpuSource>, GpuError>,
+    ) -> TestServer {
         if std::env::var_os("RUST_LOG").is_some() {
             ferrite::telemetry::logging::init(LogFormat::Text);
         }
-        let mut s = settings(repo.path());
-        edit(&mut s);
-        let server = Server::start(&s).await.expect("server starts");
+        let server = Server::start_with_gpu_source(&s, gpu)
+            .await
+            .expect("server starts");
         TestServer {
             url: format!("http://{}", server.http_addr()),
             metrics_url: format!("http://{}/metrics", server.metrics_addr()),
