@@ -123,6 +123,9 @@ pub struct QueueMetrics {
     pub canceled: prometheus::IntCounter,
 }
 
+/// Waits shorter than this use a precise (thread) sleep rather than tokio's millisecond timer.
+const PRECISE_BELOW: Duration = Duration::from_millis(2);
+
 enum Command {
     Submit(Job),
     Pull(oneshot::Sender<Batch>),
@@ -244,17 +247,38 @@ struct Dispatcher {
 
 impl Dispatcher {
     async fn run(mut self, rx: flume::Receiver<Command>) {
+        let mut precise: Option<(Instant, tokio::task::JoinHandle<()>)> = None;
         loop {
             let wake = self.step(Instant::now());
             if self.closing && self.state.pending_jobs() == 0 {
                 break;
             }
-            let cmd = match wake {
-                Some(t) => tokio::select! {
+            let remaining = wake.map(|t| t.saturating_duration_since(Instant::now()));
+            let cmd = match (wake, remaining) {
+                // tokio's timer rounds up to whole milliseconds: a 200 us batching delay would
+                // become 1-2 ms. Short waits sleep on a blocking thread instead (one at a time).
+                (Some(t), Some(r)) if r < PRECISE_BELOW && !r.is_zero() => {
+                    let timer = match precise.take() {
+                        Some((at, h)) if at == t && !h.is_finished() => (at, h),
+                        _ => (
+                            t,
+                            tokio::task::spawn_blocking(move || std::thread::sleep(r)),
+                        ),
+                    };
+                    let (at, mut h) = timer;
+                    tokio::select! {
+                        c = rx.recv_async() => {
+                            precise = Some((at, h));
+                            Some(c)
+                        }
+                        _ = &mut h => None,
+                    }
+                }
+                (Some(t), _) => tokio::select! {
                     c = rx.recv_async() => Some(c),
                     _ = tokio::time::sleep_until(t) => None,
                 },
-                None => Some(rx.recv_async().await),
+                (None, _) => Some(rx.recv_async().await),
             };
             match cmd {
                 None => {}

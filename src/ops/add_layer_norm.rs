@@ -1,0 +1,105 @@
+//! Fused residual add + LayerNorm: `y = layer_norm(x + residual) * gamma + beta` over the last
+//! dimension, in one pass per row (the sum is not written out).
+
+use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
+
+use super::{check_float, f32_view, in_f32, storage_of};
+
+/// `x`, `residual` [.., n]; `gamma`, `beta` [n]; all the same float dtype.
+pub fn add_layer_norm(x: &Tensor, residual: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+    check_float(x, "add_layer_norm x")?;
+    let n = x.dim(D::Minus1)?;
+    if residual.dims() != x.dims() || residual.dtype() != x.dtype() {
+        bail!("add_layer_norm: residual must match x {:?} {:?}", x.dims(), x.dtype())
+    }
+    for (t, what) in [(gamma, "gamma"), (beta, "beta")] {
+        if t.dims() != [n] || t.dtype() != x.dtype() {
+            bail!("add_layer_norm: {what} must be [{n}] {:?}, got {:?} {:?}", x.dtype(), t.dims(), t.dtype())
+        }
+    }
+    let gb = Tensor::stack(&[gamma, beta], 0)?;
+    x.contiguous()?.apply_op3_no_bwd(&residual.contiguous()?, &gb, &AddLayerNorm { eps })
+}
+
+/// Reference: plain candle ops, in f32.
+pub fn add_layer_norm_ref(x: &Tensor, residual: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+    in_f32(x.dtype(), || {
+        let f = DType::F32;
+        let h = (x.to_dtype(f)? + residual.to_dtype(f)?)?;
+        let centered = h.broadcast_sub(&h.mean_keepdim(D::Minus1)?)?;
+        let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        centered
+            .broadcast_div(&(var + eps as f64)?.sqrt()?)?
+            .broadcast_mul(&gamma.to_dtype(f)?)?
+            .broadcast_add(&beta.to_dtype(f)?)
+    })
+}
+
+struct AddLayerNorm {
+    eps: f32,
+}
+
+impl CustomOp3 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "add_layer_norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = f32_view(s1, l1, "add_layer_norm x")?;
+        let r = f32_view(s2, l2, "add_layer_norm residual")?;
+        let gb = f32_view(s3, l3, "add_layer_norm gamma/beta")?;
+        let n = gb.len() / 2;
+        let (gamma, beta) = gb.split_at(n);
+        let mut out = vec![0f32; x.len()];
+        let mut h = vec![0f32; n];
+        for ((xr, rr), or) in x.chunks_exact(n).zip(r.chunks_exact(n)).zip(out.chunks_exact_mut(n)) {
+            let mut sum = 0f32;
+            for j in 0..n {
+                h[j] = xr[j] + rr[j];
+                sum += h[j];
+            }
+            let mean = sum / n as f32;
+            let var = h.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
+            for j in 0..n {
+                or[j] = (h[j] - mean) * inv * gamma[j] + beta[j];
+            }
+        }
+        Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::testing::*;
+
+    #[test]
+    fn add_layer_norm_matches_ref_on_odd_sizes_and_dtypes() {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for (i, n) in ODD_SIZES.into_iter().enumerate() {
+                let s = 10 * i as u64;
+                let (x, r) = (randn(s, &[4, n], dtype), randn(s + 1, &[4, n], dtype));
+                let (g, b) = (randn(s + 2, &[n], dtype), randn(s + 3, &[n], dtype));
+                let got = add_layer_norm(&x, &r, &g, &b, 1e-12).unwrap();
+                let want = add_layer_norm_ref(&x, &r, &g, &b, 1e-12).unwrap();
+                assert_close(&got, &want, dtype, &format!("add_layer_norm {dtype:?} n={n}"));
+            }
+        }
+    }
+
+    #[test]
+    fn add_layer_norm_mismatched_residual_is_error() {
+        let x = randn(1, &[2, 8], DType::F32);
+        let g = randn(2, &[8], DType::F32);
+        assert!(add_layer_norm(&x, &randn(3, &[2, 7], DType::F32), &g, &g, 1e-5).is_err());
+    }
+}

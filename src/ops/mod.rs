@@ -1,0 +1,94 @@
+//! Custom ops, each in the candle four-part form: a public fn with shape/dtype checks, a `*_ref`
+//! built from plain candle ops, a private `CustomOpN` whose `cpu_fwd` is a real single-pass
+//! implementation (what runs on CPU), and a CUDA kernel in `kernels/<op>.cu` with entry points
+//! `<op>_f32`, `<op>_f16`, `<op>_bf16` (compile-checked for sm_80/sm_90 by scripts/check-kernels.sh;
+//! the `cuda_fwd` launchers are not wired yet, so on a CUDA device these ops return candle's
+//! "no cuda implementation" error). A leaf module: no HTTP, no queues.
+//!
+//! CPU paths compute in f32 whatever the storage dtype (f32, f16, bf16) and round once at the end.
+
+mod add_layer_norm;
+mod gelu_bias;
+mod mean_pool;
+mod softmax_topk;
+
+pub use add_layer_norm::{add_layer_norm, add_layer_norm_ref};
+pub use gelu_bias::{gelu_bias, gelu_bias_ref};
+pub use mean_pool::{mean_pool_l2, mean_pool_l2_ref};
+pub use softmax_topk::{softmax_topk, softmax_topk_ref};
+
+use std::borrow::Cow;
+
+use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
+
+/// The contiguous elements of a float storage as f32 (borrowed when already f32).
+pub(crate) fn f32_view<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<Cow<'a, [f32]>> {
+    let Some((start, end)) = l.contiguous_offsets() else {
+        bail!("{what} must be contiguous")
+    };
+    Ok(match s {
+        CpuStorage::F32(v) => Cow::Borrowed(&v[start..end]),
+        CpuStorage::F16(v) => Cow::Owned(v[start..end].iter().map(|x| x.to_f32()).collect()),
+        CpuStorage::BF16(v) => Cow::Owned(v[start..end].iter().map(|x| x.to_f32()).collect()),
+        other => bail!("{what}: dtype {:?} is not supported (f32, f16, bf16)", other.dtype()),
+    })
+}
+
+/// f32 results stored in `dtype`.
+pub(crate) fn storage_of(v: Vec<f32>, dtype: DType) -> Result<CpuStorage> {
+    Ok(match dtype {
+        DType::F32 => CpuStorage::F32(v),
+        DType::F16 => CpuStorage::F16(v.into_iter().map(half::f16::from_f32).collect()),
+        DType::BF16 => CpuStorage::BF16(v.into_iter().map(half::bf16::from_f32).collect()),
+        other => bail!("dtype {other:?} is not supported (f32, f16, bf16)"),
+    })
+}
+
+pub(crate) fn check_float(t: &Tensor, what: &str) -> Result<()> {
+    match t.dtype() {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+        other => bail!("{what}: dtype {other:?} is not supported (f32, f16, bf16)"),
+    }
+}
+
+/// Runs `f` on `xs` upcast to f32 and rounds the result back to `dtype` (the `_ref`s of half types
+/// are the exact math in f32, rounded once, like the fast paths).
+pub(crate) fn in_f32(dtype: DType, f: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+    f()?.to_dtype(dtype)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{DType, Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    /// Sizes that are not multiples of a warp or block.
+    pub const ODD_SIZES: [usize; 4] = [1, 31, 33, 1000];
+
+    pub fn randn(seed: u64, shape: &[usize], dtype: DType) -> Tensor {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    }
+
+    /// Tolerance per dtype: relative, with an absolute floor for values near zero.
+    pub fn tolerance(dtype: DType) -> f32 {
+        match dtype {
+            DType::F32 => 1e-5,
+            _ => 1e-2,
+        }
+    }
+
+    pub fn assert_close(got: &Tensor, want: &Tensor, dtype: DType, what: &str) {
+        assert_eq!(got.dims(), want.dims(), "{what}: shape");
+        assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
+        let g: Vec<f32> = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let w: Vec<f32> = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let tol = tolerance(dtype);
+        for (i, (a, b)) in g.iter().zip(&w).enumerate() {
+            let err = (a - b).abs();
+            assert!(err <= tol * b.abs().max(1e-1), "{what}: element {i}: {a} vs {b} (tolerance {tol})");
+        }
+    }
+}
