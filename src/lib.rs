@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod device;
 pub mod model;
+pub mod ops;
 pub mod preprocess;
 pub mod protocol;
 pub mod repository;

@@ -1,30 +1,53 @@
 //! Fused residual add + LayerNorm: `y = layer_norm(x + residual) * gamma + beta` over the last
 //! dimension, in one pass per row (the sum is not written out).
 
+use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, D};
 
-use super::{check_float, f32_view, in_f32, storage_of};
+use super::{check_float, f32_view, in_f64, storage_of};
 
 /// `x`, `residual` [.., n]; `gamma`, `beta` [n]; all the same float dtype.
-pub fn add_layer_norm(x: &Tensor, residual: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+pub fn add_layer_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
     check_float(x, "add_layer_norm x")?;
     let n = x.dim(D::Minus1)?;
     if residual.dims() != x.dims() || residual.dtype() != x.dtype() {
-        bail!("add_layer_norm: residual must match x {:?} {:?}", x.dims(), x.dtype())
+        bail!(
+            "add_layer_norm: residual must match x {:?} {:?}",
+            x.dims(),
+            x.dtype()
+        )
     }
     for (t, what) in [(gamma, "gamma"), (beta, "beta")] {
         if t.dims() != [n] || t.dtype() != x.dtype() {
-            bail!("add_layer_norm: {what} must be [{n}] {:?}, got {:?} {:?}", x.dtype(), t.dims(), t.dtype())
+            bail!(
+                "add_layer_norm: {what} must be [{n}] {:?}, got {:?} {:?}",
+                x.dtype(),
+                t.dims(),
+                t.dtype()
+            )
         }
     }
     let gb = Tensor::stack(&[gamma, beta], 0)?;
-    x.contiguous()?.apply_op3_no_bwd(&residual.contiguous()?, &gb, &AddLayerNorm { eps })
+    x.contiguous()?
+        .apply_op3_no_bwd(&residual.contiguous()?, &gb, &AddLayerNorm { eps })
 }
 
-/// Reference: plain candle ops, in f32.
-pub fn add_layer_norm_ref(x: &Tensor, residual: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
-    in_f32(x.dtype(), || {
-        let f = DType::F32;
+/// Reference: plain candle ops, in f64.
+pub fn add_layer_norm_ref(
+    x: &Tensor,
+    residual: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    in_f64(x.dtype(), || {
+        let f = DType::F64;
         let h = (x.to_dtype(f)? + residual.to_dtype(f)?)?;
         let centered = h.broadcast_sub(&h.mean_keepdim(D::Minus1)?)?;
         let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -60,15 +83,24 @@ impl CustomOp3 for AddLayerNorm {
         let (gamma, beta) = gb.split_at(n);
         let mut out = vec![0f32; x.len()];
         let mut h = vec![0f32; n];
-        for ((xr, rr), or) in x.chunks_exact(n).zip(r.chunks_exact(n)).zip(out.chunks_exact_mut(n)) {
-            let mut sum = 0f32;
+        for ((xr, rr), or) in x
+            .chunks_exact(n)
+            .zip(r.chunks_exact(n))
+            .zip(out.chunks_exact_mut(n))
+        {
+            // Sums in f64: long rows lose precision in f32 accumulation.
+            let mut sum = 0f64;
             for j in 0..n {
                 h[j] = xr[j] + rr[j];
-                sum += h[j];
+                sum += h[j] as f64;
             }
-            let mean = sum / n as f32;
-            let var = h.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n as f32;
-            let inv = 1.0 / (var + self.eps).sqrt();
+            let mean = (sum / n as f64) as f32;
+            let var = h
+                .iter()
+                .map(|v| ((v - mean) * (v - mean)) as f64)
+                .sum::<f64>()
+                / n as f64;
+            let inv = (1.0 / (var + self.eps as f64).sqrt()) as f32;
             for j in 0..n {
                 or[j] = (h[j] - mean) * inv * gamma[j] + beta[j];
             }
@@ -91,7 +123,12 @@ mod tests {
                 let (g, b) = (randn(s + 2, &[n], dtype), randn(s + 3, &[n], dtype));
                 let got = add_layer_norm(&x, &r, &g, &b, 1e-12).unwrap();
                 let want = add_layer_norm_ref(&x, &r, &g, &b, 1e-12).unwrap();
-                assert_close(&got, &want, dtype, &format!("add_layer_norm {dtype:?} n={n}"));
+                assert_close(
+                    &got,
+                    &want,
+                    dtype,
+                    &format!("add_layer_norm {dtype:?} n={n}"),
+                );
             }
         }
     }

@@ -1,24 +1,31 @@
 //! Fused bias + GELU (erf form, as BERT uses): `y = gelu(x + bias)`, bias broadcast over the last
 //! dimension. One pass instead of two (and one temporary fewer).
 
+use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::{check_float, f32_view, in_f32, storage_of};
+use super::{check_float, f32_view, in_f64, storage_of};
 
 /// `gelu_erf(x + bias)`; `x` [.., n], `bias` [n], same float dtype.
 pub fn gelu_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     check_float(x, "gelu_bias x")?;
     let n = x.dim(candle_core::D::Minus1)?;
     if bias.dims() != [n] || bias.dtype() != x.dtype() {
-        bail!("gelu_bias: bias must be [{n}] {:?}, got {:?} {:?}", x.dtype(), bias.dims(), bias.dtype())
+        bail!(
+            "gelu_bias: bias must be [{n}] {:?}, got {:?} {:?}",
+            x.dtype(),
+            bias.dims(),
+            bias.dtype()
+        )
     }
-    x.contiguous()?.apply_op2_no_bwd(&bias.contiguous()?, &GeluBias)
+    x.contiguous()?
+        .apply_op2_no_bwd(&bias.contiguous()?, &GeluBias)
 }
 
-/// Reference: plain candle ops, in f32.
+/// Reference: plain candle ops, in f64.
 pub fn gelu_bias_ref(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    in_f32(x.dtype(), || {
-        let f = candle_core::DType::F32;
+    in_f64(x.dtype(), || {
+        let f = candle_core::DType::F64;
         x.to_dtype(f)?.broadcast_add(&bias.to_dtype(f)?)?.gelu_erf()
     })
 }
@@ -30,7 +37,13 @@ impl CustomOp2 for GeluBias {
         "gelu_bias"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = f32_view(s1, l1, "gelu_bias x")?;
         let b = f32_view(s2, l2, "gelu_bias bias")?;
         let n = b.len();
@@ -38,7 +51,8 @@ impl CustomOp2 for GeluBias {
         for row in x.chunks_exact(n) {
             out.extend(row.iter().zip(b.iter()).map(|(&v, &bi)| {
                 let v = v + bi;
-                0.5 * v * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
+                0.5 * v
+                    * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
             }));
         }
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
@@ -58,7 +72,12 @@ mod tests {
                 let x = randn(i as u64, &[3, n], dtype);
                 let b = randn(100 + i as u64, &[n], dtype);
                 let got = gelu_bias(&x, &b).unwrap();
-                assert_close(&got, &gelu_bias_ref(&x, &b).unwrap(), dtype, &format!("gelu_bias {dtype:?} n={n}"));
+                assert_close(
+                    &got,
+                    &gelu_bias_ref(&x, &b).unwrap(),
+                    dtype,
+                    &format!("gelu_bias {dtype:?} n={n}"),
+                );
             }
         }
     }

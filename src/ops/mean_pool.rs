@@ -1,30 +1,42 @@
 //! The embedding head: masked mean pooling over the sequence, then (optionally) L2 normalisation,
 //! in one pass: `hidden` [b, l, h] and `mask` [b, l] (1 = real token) -> [b, h].
 
+use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, D};
 
-use super::{check_float, f32_view, in_f32, storage_of};
+use super::{check_float, f32_view, in_f64, storage_of};
 
 /// Mean of `hidden` over positions where `mask` is 1, L2-normalised when `normalize`.
 pub fn mean_pool_l2(hidden: &Tensor, mask: &Tensor, normalize: bool) -> Result<Tensor> {
     check_float(hidden, "mean_pool_l2 hidden")?;
     let (b, l, _) = hidden.dims3()?;
     if mask.dims() != [b, l] || mask.dtype() != hidden.dtype() {
-        bail!("mean_pool_l2: mask must be [{b}, {l}] {:?}, got {:?} {:?}", hidden.dtype(), mask.dims(), mask.dtype())
+        bail!(
+            "mean_pool_l2: mask must be [{b}, {l}] {:?}, got {:?} {:?}",
+            hidden.dtype(),
+            mask.dims(),
+            mask.dtype()
+        )
     }
-    hidden.contiguous()?.apply_op2_no_bwd(&mask.contiguous()?, &MeanPool { normalize })
+    hidden
+        .contiguous()?
+        .apply_op2_no_bwd(&mask.contiguous()?, &MeanPool { normalize })
 }
 
-/// Reference: plain candle ops, in f32.
+/// Reference: plain candle ops, in f64.
 pub fn mean_pool_l2_ref(hidden: &Tensor, mask: &Tensor, normalize: bool) -> Result<Tensor> {
-    in_f32(hidden.dtype(), || {
-        let (h, m) = (hidden.to_dtype(DType::F32)?, mask.to_dtype(DType::F32)?);
+    in_f64(hidden.dtype(), || {
+        let (h, m) = (hidden.to_dtype(DType::F64)?, mask.to_dtype(DType::F64)?);
         let summed = h.broadcast_mul(&m.unsqueeze(D::Minus1)?)?.sum(1)?;
         let pooled = summed.broadcast_div(&m.sum_keepdim(1)?.clamp(1e-9, f64::MAX)?)?;
         if !normalize {
             return Ok(pooled);
         }
-        let norm = pooled.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+        let norm = pooled
+            .sqr()?
+            .sum_keepdim(1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?;
         pooled.broadcast_div(&norm)
     })
 }
@@ -38,7 +50,13 @@ impl CustomOp2 for MeanPool {
         "mean_pool_l2"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let (b, l, h) = l1.shape().dims3()?;
         let x = f32_view(s1, l1, "mean_pool_l2 hidden")?;
         let m = f32_view(s2, l2, "mean_pool_l2 mask")?;
@@ -72,8 +90,13 @@ mod tests {
 
     fn mask(b: usize, l: usize, dtype: DType) -> Tensor {
         // Row i has (i * 7 % l) + 1 real tokens.
-        let v: Vec<f32> = (0..b * l).map(|k| ((k % l) <= (k / l * 7) % l) as u8 as f32).collect();
-        Tensor::from_vec(v, (b, l), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+        let v: Vec<f32> = (0..b * l)
+            .map(|k| ((k % l) <= (k / l * 7) % l) as u8 as f32)
+            .collect();
+        Tensor::from_vec(v, (b, l), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
     }
 
     #[test]
@@ -86,7 +109,12 @@ mod tests {
                     for normalize in [false, true] {
                         let got = mean_pool_l2(&x, &m, normalize).unwrap();
                         let want = mean_pool_l2_ref(&x, &m, normalize).unwrap();
-                        assert_close(&got, &want, dtype, &format!("mean_pool {dtype:?} l={l} h={h} norm={normalize}"));
+                        assert_close(
+                            &got,
+                            &want,
+                            dtype,
+                            &format!("mean_pool {dtype:?} l={l} h={h} norm={normalize}"),
+                        );
                     }
                 }
             }

@@ -19,6 +19,7 @@ pub use softmax_topk::{softmax_topk, softmax_topk_ref};
 
 use std::borrow::Cow;
 
+use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
 
 /// The contiguous elements of a float storage as f32 (borrowed when already f32).
@@ -30,7 +31,10 @@ pub(crate) fn f32_view<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<
         CpuStorage::F32(v) => Cow::Borrowed(&v[start..end]),
         CpuStorage::F16(v) => Cow::Owned(v[start..end].iter().map(|x| x.to_f32()).collect()),
         CpuStorage::BF16(v) => Cow::Owned(v[start..end].iter().map(|x| x.to_f32()).collect()),
-        other => bail!("{what}: dtype {:?} is not supported (f32, f16, bf16)", other.dtype()),
+        other => bail!(
+            "{what}: dtype {:?} is not supported (f32, f16, bf16)",
+            other.dtype()
+        ),
     })
 }
 
@@ -51,9 +55,8 @@ pub(crate) fn check_float(t: &Tensor, what: &str) -> Result<()> {
     }
 }
 
-/// Runs `f` on `xs` upcast to f32 and rounds the result back to `dtype` (the `_ref`s of half types
-/// are the exact math in f32, rounded once, like the fast paths).
-pub(crate) fn in_f32(dtype: DType, f: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
+/// Runs `f` (a reference computed in f64) and rounds its result to `dtype` once.
+pub(crate) fn in_f64(dtype: DType, f: impl FnOnce() -> Result<Tensor>) -> Result<Tensor> {
     f()?.to_dtype(dtype)
 }
 
@@ -69,7 +72,10 @@ pub(crate) mod testing {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let n: usize = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+        Tensor::from_vec(v, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
     }
 
     /// Tolerance per dtype: relative, with an absolute floor for values near zero.
@@ -83,12 +89,27 @@ pub(crate) mod testing {
     pub fn assert_close(got: &Tensor, want: &Tensor, dtype: DType, what: &str) {
         assert_eq!(got.dims(), want.dims(), "{what}: shape");
         assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
-        let g: Vec<f32> = got.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-        let w: Vec<f32> = want.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = got
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let w: Vec<f32> = want
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let tol = tolerance(dtype);
         for (i, (a, b)) in g.iter().zip(&w).enumerate() {
             let err = (a - b).abs();
-            assert!(err <= tol * b.abs().max(1e-1), "{what}: element {i}: {a} vs {b} (tolerance {tol})");
+            assert!(
+                err <= tol * b.abs().max(1e-1),
+                "{what}: element {i}: {a} vs {b} (tolerance {tol})"
+            );
         }
     }
 }
