@@ -1,10 +1,12 @@
-//! The command line: `ferrite serve` and `ferrite models`.
+//! The command line: `ferrite serve`, `ferrite models`, `ferrite bench` and `ferrite capacity`.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{ServeArgs, Settings, DEFAULT_MODEL_REPOSITORY};
+use crate::loadgen::args::BenchArgs;
+use crate::loadgen::capacity::CapacityArgs;
 use crate::repository::{model_names, present_versions, ModelConfig};
 use crate::server::Server;
 use crate::telemetry::logging;
@@ -30,13 +32,49 @@ pub enum Command {
         #[arg(long, env = "FERRITE_MODEL_REPOSITORY", default_value = DEFAULT_MODEL_REPOSITORY)]
         model_repository: PathBuf,
     },
+    /// Load-test a KServe v2, OpenAI embeddings or TEI server: latency percentiles, throughput,
+    /// server-side split, over a concurrency or request-rate sweep.
+    Bench(BenchArgs),
+    /// Find the max throughput under a p99 SLO (optionally across server configs) and how many
+    /// devices a target load needs; writes a Markdown report with plots.
+    Capacity(CapacityArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Models { model_repository } => models(&model_repository),
+        Command::Bench(args) => bench(args),
+        Command::Capacity(args) => capacity(args),
     }
+}
+
+/// The bench's own runtime: `--client-threads` workers, so its CPU use is bounded and measurable.
+fn client_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .thread_name("ferrite-bench")
+        .build()?)
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    client_runtime(args.client_threads())?.block_on(async {
+        let target = crate::loadgen::bench::prepare(&args).await?;
+        let steps =
+            crate::loadgen::bench::sweep(&target, &args, args.latency_threshold_ms).await?;
+        crate::loadgen::bench::write_outputs(&args, &steps)?;
+        anyhow::Ok(())
+    })
+}
+
+fn capacity(args: CapacityArgs) -> anyhow::Result<()> {
+    client_runtime(args.bench.client_threads())?.block_on(async {
+        let md = crate::loadgen::capacity::run(&args).await?;
+        println!("{md}");
+        eprintln!("report written to {}", args.report.display());
+        anyhow::Ok(())
+    })
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
