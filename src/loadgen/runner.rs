@@ -120,12 +120,11 @@ async fn closed_loop(t: Target, mut i: usize, shared: Shared, stop: Arc<AtomicBo
 fn open_loop(
     t: Target,
     mut schedule: Schedule,
-    max_in_flight: usize,
+    sem: Arc<tokio::sync::Semaphore>,
     shared: Shared,
     stop: Arc<AtomicBool>,
+    rt: tokio::runtime::Handle,
 ) -> Vec<tokio::task::AbortHandle> {
-    let rt = tokio::runtime::Handle::current();
-    let sem = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
     let start = Instant::now();
     let mut handles: Vec<tokio::task::AbortHandle> = Vec::new();
     for i in 0usize.. {
@@ -138,6 +137,7 @@ fn open_loop(
         }
         let permit = match sem.clone().try_acquire_owned() {
             Ok(p) => p,
+            // closed at the end of the step, so this wait cannot outlive it
             Err(_) => match rt.block_on(sem.clone().acquire_owned()) {
                 Ok(p) => p,
                 Err(_) => break,
@@ -193,6 +193,7 @@ pub async fn run_step(
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = JoinSet::new();
     let mut scheduler = None;
+    let sem = Arc::new(tokio::sync::Semaphore::new(plan.max_in_flight.max(1)));
     match load {
         Load::Concurrency { concurrency } => {
             for i in 0..concurrency.max(1) {
@@ -201,15 +202,12 @@ pub async fn run_step(
         }
         Load::Rate { rate, arrivals } => {
             let schedule = Schedule::new(rate, arrivals, seed)?;
-            let (t2, sh, st, cap) = (t.clone(), shared.clone(), stop.clone(), plan.max_in_flight);
+            let (t2, sh, st, sem) = (t.clone(), shared.clone(), stop.clone(), sem.clone());
             let rt = tokio::runtime::Handle::current();
             scheduler = Some(
                 std::thread::Builder::new()
                     .name("ferrite-bench-sched".into())
-                    .spawn(move || {
-                        let _g = rt.enter();
-                        open_loop(t2, schedule, cap, sh, st)
-                    })
+                    .spawn(move || open_loop(t2, schedule, sem, sh, st, rt))
                     .map_err(|e| LoadgenError::Args(format!("cannot start scheduler: {e}")))?,
             );
         }
@@ -244,6 +242,7 @@ pub async fn run_step(
     }
     let cpu = (cpu_time().saturating_sub(cpu0)).as_secs_f64() / wall0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
+    sem.close();
     workers.abort_all();
     if let Some(h) = scheduler {
         let handles = tokio::task::spawn_blocking(move || h.join())
