@@ -61,8 +61,7 @@ fn client_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
     client_runtime(args.client_threads())?.block_on(async {
         let target = crate::loadgen::bench::prepare(&args).await?;
-        let steps =
-            crate::loadgen::bench::sweep(&target, &args, args.latency_threshold_ms).await?;
+        let steps = crate::loadgen::bench::sweep(&target, &args, args.latency_threshold_ms).await?;
         crate::loadgen::bench::write_outputs(&args, &steps)?;
         anyhow::Ok(())
     })

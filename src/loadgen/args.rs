@@ -105,12 +105,18 @@ impl BenchArgs {
             (Some(r), _) => r
                 .values()
                 .into_iter()
-                .map(|rate| Load::Rate { rate, arrivals: self.arrivals })
+                .map(|rate| Load::Rate {
+                    rate,
+                    arrivals: self.arrivals,
+                })
                 .collect(),
             (None, Some(c)) => {
-                let mut v: Vec<usize> = c.values().into_iter().map(|x| x.round() as usize).collect();
+                let mut v: Vec<usize> =
+                    c.values().into_iter().map(|x| x.round() as usize).collect();
                 v.dedup();
-                v.into_iter().map(|concurrency| Load::Concurrency { concurrency }).collect()
+                v.into_iter()
+                    .map(|concurrency| Load::Concurrency { concurrency })
+                    .collect()
             }
             (None, None) => vec![Load::Concurrency { concurrency: 1 }],
         }
@@ -177,14 +183,30 @@ mod tests {
 
     #[test]
     fn loads_rate_range_poisson() {
-        let b = parse(&["-m", "x", "--request-rate-range", "100:300:100", "--arrivals", "poisson"]);
-        assert_eq!(b.loads()[2], Load::Rate { rate: 300.0, arrivals: Arrivals::Poisson });
+        let b = parse(&[
+            "-m",
+            "x",
+            "--request-rate-range",
+            "100:300:100",
+            "--arrivals",
+            "poisson",
+        ]);
+        assert_eq!(
+            b.loads()[2],
+            Load::Rate {
+                rate: 300.0,
+                arrivals: Arrivals::Poisson
+            }
+        );
     }
 
     #[test]
     fn metrics_url_defaults_to_port_8002() {
         let b = parse(&["-m", "x", "-u", "http://10.0.0.5:9000"]);
-        assert_eq!(b.metrics_url().as_deref(), Some("http://10.0.0.5:8002/metrics"));
+        assert_eq!(
+            b.metrics_url().as_deref(),
+            Some("http://10.0.0.5:8002/metrics")
+        );
         let b = parse(&["-m", "x", "--metrics-url", "none"]);
         assert_eq!(b.metrics_url(), None);
     }

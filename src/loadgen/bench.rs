@@ -34,12 +34,17 @@ pub async fn prepare(args: &BenchArgs) -> Result<Target, LoadgenError> {
                     Some(v) => format!("/v2/models/{}/versions/{v}", args.model),
                     None => format!("/v2/models/{}", args.model),
                 };
-                let meta: serde_json::Value = serde_json::from_str(&client.get_text(&meta_path).await?)
-                    .map_err(|e| LoadgenError::Metadata(e.to_string()))?;
-                let specs = request::specs_from_metadata(&meta, args.batch_size, &args.shape_map()?)?;
+                let meta: serde_json::Value =
+                    serde_json::from_str(&client.get_text(&meta_path).await?)
+                        .map_err(|e| LoadgenError::Metadata(e.to_string()))?;
+                let specs =
+                    request::specs_from_metadata(&meta, args.batch_size, &args.shape_map()?)?;
                 (0..RANDOM_PAYLOADS)
                     .map(|_| {
-                        let ins: Vec<_> = specs.iter().map(|s| request::random_tensor(s, &mut rng)).collect();
+                        let ins: Vec<_> = specs
+                            .iter()
+                            .map(|s| request::random_tensor(s, &mut rng))
+                            .collect();
                         request::v2_payload(&path, &ins, binary)
                     })
                     .collect()
@@ -48,12 +53,18 @@ pub async fn prepare(args: &BenchArgs) -> Result<Target, LoadgenError> {
     } else {
         let texts = match &args.input_data {
             Some(f) => request::texts_from_lines(&read(f)?),
-            None => request::random_texts(&mut rng, RANDOM_PAYLOADS * args.batch_size.max(1), args.text_words),
+            None => request::random_texts(
+                &mut rng,
+                RANDOM_PAYLOADS * args.batch_size.max(1),
+                args.text_words,
+            ),
         };
         request::text_payloads(args.protocol, &args.model, &texts, args.batch_size)
     };
     if payloads.is_empty() {
-        return Err(LoadgenError::Args("the input data file has no requests".into()));
+        return Err(LoadgenError::Args(
+            "the input data file has no requests".into(),
+        ));
     }
     Ok(Target {
         client,
@@ -78,10 +89,20 @@ pub async fn sweep(
     for (i, load) in args.loads().into_iter().enumerate() {
         let bar = ProgressBar::new(plan.max_windows as u64).with_style(style.clone());
         bar.set_prefix(report::load_label(&load));
-        let step = run_step(target, load, &plan, args.seed.wrapping_add(i as u64), |n, w| {
-            bar.set_position(n as u64);
-            bar.set_message(format!("{:.1} req/s, p99 {:.2} ms", w.throughput, w.p99_us / 1000.0));
-        })
+        let step = run_step(
+            target,
+            load,
+            &plan,
+            args.seed.wrapping_add(i as u64),
+            |n, w| {
+                bar.set_position(n as u64);
+                bar.set_message(format!(
+                    "{:.1} req/s, p99 {:.2} ms",
+                    w.throughput,
+                    w.p99_us / 1000.0
+                ));
+            },
+        )
         .await?;
         bar.finish_with_message(format!(
             "{:.1} infer/s, p99 {:.2} ms{}",
@@ -123,5 +144,7 @@ pub fn write_outputs(args: &BenchArgs, steps: &[StepResult]) -> Result<(), Loadg
 }
 
 pub fn is_loopback(url: &str) -> bool {
-    ["//127.", "//localhost", "//[::1]"].iter().any(|h| url.contains(h))
+    ["//127.", "//localhost", "//[::1]"]
+        .iter()
+        .any(|h| url.contains(h))
 }

@@ -71,7 +71,12 @@ pub fn devices_needed(target: f64, per_device: f64, headroom: f64) -> Option<u64
 }
 
 fn devices_of(steps: &[StepResult]) -> usize {
-    steps.iter().filter_map(|s| s.gpu.map(|g| g.gpus)).max().unwrap_or(1).max(1)
+    steps
+        .iter()
+        .filter_map(|s| s.gpu.map(|g| g.gpus))
+        .max()
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Runs the capacity sweep(s) and writes the report; returns the Markdown.
@@ -82,8 +87,14 @@ pub async fn run(args: &CapacityArgs) -> Result<String, LoadgenError> {
     }
     let configs = match &args.model_repository {
         Some(_) => grid(&args.max_batch_sizes, &args.instance_counts),
-        None if args.max_batch_sizes.is_empty() && args.instance_counts.is_empty() => vec![ServerConfig::default()],
-        None => return Err(LoadgenError::Args("--max-batch-sizes/--instance-counts need --model-repository".into())),
+        None if args.max_batch_sizes.is_empty() && args.instance_counts.is_empty() => {
+            vec![ServerConfig::default()]
+        }
+        None => {
+            return Err(LoadgenError::Args(
+                "--max-batch-sizes/--instance-counts need --model-repository".into(),
+            ))
+        }
     };
     let exe = std::env::current_exe().map_err(|e| LoadgenError::io("current_exe", e))?;
     let mut results = Vec::new();
@@ -103,19 +114,41 @@ pub async fn run(args: &CapacityArgs) -> Result<String, LoadgenError> {
         let steps = sweep(&target, &b, Some(args.slo_p99_ms)).await?;
         let best = best_under_slo(&steps, args.slo_p99_ms);
         let devices = devices_of(&steps);
-        results.push(ConfigResult { config, steps, best, devices });
+        results.push(ConfigResult {
+            config,
+            steps,
+            best,
+            devices,
+        });
     }
     let md = write_report(args, &results)?;
     Ok(md)
 }
 
 fn write_report(args: &CapacityArgs, results: &[ConfigResult]) -> Result<String, LoadgenError> {
-    let stem = args.report.file_stem().and_then(|s| s.to_str()).unwrap_or("capacity").to_string();
-    let dir = args.report.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let stem = args
+        .report
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("capacity")
+        .to_string();
+    let dir = args
+        .report
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let plot_name = format!("{stem}.svg");
     let batch = args.bench.batch_size;
-    let curves: Vec<Curve> = results.iter().map(|r| Curve::of(&r.config.to_string(), &r.steps, batch)).collect();
-    latency_throughput_slo(&dir.join(&plot_name), &format!("{}: latency vs throughput", args.bench.model), &curves, Some(args.slo_p99_ms))?;
+    let curves: Vec<Curve> = results
+        .iter()
+        .map(|r| Curve::of(&r.config.to_string(), &r.steps, batch))
+        .collect();
+    latency_throughput_slo(
+        &dir.join(&plot_name),
+        &format!("{}: latency vs throughput", args.bench.model),
+        &curves,
+        Some(args.slo_p99_ms),
+    )?;
     let md = markdown(args, results, &plot_name);
     std::fs::write(&args.report, &md).map_err(|e| LoadgenError::io(&args.report, e))?;
     Ok(md)
@@ -135,11 +168,24 @@ pub fn markdown(args: &CapacityArgs, results: &[ConfigResult], plot: &str) -> St
         md += " devices for target |";
     }
     md += "\n|---|---|---|---|---|---|---|---|";
-    md += if args.target_qps.is_some() { "---|\n" } else { "\n" };
+    md += if args.target_qps.is_some() {
+        "---|\n"
+    } else {
+        "\n"
+    };
     let mut overall: Option<(f64, &ConfigResult)> = None;
     for r in results {
         let Some(s) = r.best.map(|i| &r.steps[i]) else {
-            md += &format!("| {} | none meets the SLO | - | - | {} | - | - | - |{}\n", r.config, r.devices, if args.target_qps.is_some() { " - |" } else { "" });
+            md += &format!(
+                "| {} | none meets the SLO | - | - | {} | - | - | - |{}\n",
+                r.config,
+                r.devices,
+                if args.target_qps.is_some() {
+                    " - |"
+                } else {
+                    ""
+                }
+            );
             continue;
         };
         let tput = s.throughput * batch;
@@ -147,20 +193,38 @@ pub fn markdown(args: &CapacityArgs, results: &[ConfigResult], plot: &str) -> St
         if overall.is_none_or(|(b, _)| per > b) {
             overall = Some((per, r));
         }
-        let (util, mem) = s.gpu.map_or(("n/a (no nv_gpu_*)".to_string(), "n/a".to_string()), |g| {
-            (format!("{:.0}%", g.utilization * 100.0), format!("{:.0} MiB", g.memory_used_bytes / (1 << 20) as f64))
-        });
-        md += &format!("| {} | {} | {tput:.0} | {:.2} | {} | {per:.0} | {util} | {mem} |", r.config, load_label(&s.load), s.latency.p99_us / 1000.0, r.devices);
+        let (util, mem) = s
+            .gpu
+            .map_or(("n/a (no nv_gpu_*)".to_string(), "n/a".to_string()), |g| {
+                (
+                    format!("{:.0}%", g.utilization * 100.0),
+                    format!("{:.0} MiB", g.memory_used_bytes / (1 << 20) as f64),
+                )
+            });
+        md += &format!(
+            "| {} | {} | {tput:.0} | {:.2} | {} | {per:.0} | {util} | {mem} |",
+            r.config,
+            load_label(&s.load),
+            s.latency.p99_us / 1000.0,
+            r.devices
+        );
         if let Some(t) = args.target_qps {
-            md += &format!(" {} |", devices_needed(t, per, args.headroom).map_or("-".into(), |n| n.to_string()));
+            md += &format!(
+                " {} |",
+                devices_needed(t, per, args.headroom).map_or("-".into(), |n| n.to_string())
+            );
         }
         md += "\n";
     }
     md += "\n## Answer\n\n";
     match overall {
-        None => md += "No step of any config met the SLO: lower the load range's start, or relax the SLO.\n",
+        None => md +=
+            "No step of any config met the SLO: lower the load range's start, or relax the SLO.\n",
         Some((per, r)) => {
-            md += &format!("Best config: **{}**, {per:.0} inferences/s per device at p99 ≤ {} ms.\n", r.config, args.slo_p99_ms);
+            md += &format!(
+                "Best config: **{}**, {per:.0} inferences/s per device at p99 ≤ {} ms.\n",
+                r.config, args.slo_p99_ms
+            );
             if let Some(t) = args.target_qps {
                 let n = devices_needed(t, per, args.headroom).unwrap_or(0);
                 md += &format!(
@@ -172,7 +236,11 @@ pub fn markdown(args: &CapacityArgs, results: &[ConfigResult], plot: &str) -> St
     }
     md += "\nThe linear model assumes replicas share no bottleneck; one device here is one GPU, or the whole host when the server reports no GPU. Server configs were swept by restarting `ferrite serve` on an edited copy of the model repository.\n\n## Sweeps\n";
     for r in results {
-        md += &format!("\n### {}\n\n```\n{}```\n", r.config, super::report::table(&r.steps, args.bench.batch_size));
+        md += &format!(
+            "\n### {}\n\n```\n{}```\n",
+            r.config,
+            super::report::table(&r.steps, args.bench.batch_size)
+        );
         for s in &r.steps {
             for w in &s.warnings {
                 md += &format!("- {}: {w}\n", load_label(&s.load));
@@ -192,9 +260,16 @@ mod tests {
         StepResult {
             load: Load::Concurrency { concurrency: c },
             throughput: tput,
-            latency: Percentiles { p99_us: p99_ms * 1000.0, ..Default::default() },
+            latency: Percentiles {
+                p99_us: p99_ms * 1000.0,
+                ..Default::default()
+            },
             ok: 10,
-            errors: if errors > 0 { [("503".to_string(), errors)].into() } else { Default::default() },
+            errors: if errors > 0 {
+                [("503".to_string(), errors)].into()
+            } else {
+                Default::default()
+            },
             windows: vec![],
             stable: true,
             send_lag_p99_us: None,
@@ -207,7 +282,12 @@ mod tests {
 
     #[test]
     fn best_under_slo_highest_throughput_meeting_p99_without_errors() {
-        let s = [step(1, 100.0, 5.0, 0), step(2, 190.0, 9.0, 0), step(4, 260.0, 12.0, 0), step(8, 200.0, 8.0, 3)];
+        let s = [
+            step(1, 100.0, 5.0, 0),
+            step(2, 190.0, 9.0, 0),
+            step(4, 260.0, 12.0, 0),
+            step(8, 200.0, 8.0, 3),
+        ];
         assert_eq!(best_under_slo(&s, 10.0), Some(1));
         assert_eq!(best_under_slo(&s, 4.0), None);
     }

@@ -22,7 +22,8 @@ impl std::fmt::Display for ServerConfig {
         match (self.max_batch_size, self.instances) {
             (None, None) => f.write_str("as configured"),
             (b, i) => {
-                let show = |v: Option<usize>| v.map_or("as configured".to_string(), |v| v.to_string());
+                let show =
+                    |v: Option<usize>| v.map_or("as configured".to_string(), |v| v.to_string());
                 write!(f, "max_batch_size {}, instances {}", show(b), show(i))
             }
         }
@@ -70,7 +71,10 @@ pub fn edit_config(text: &str, cfg: &ServerConfig) -> Result<String, LoadgenErro
             }
         }
         group.insert("count".into(), toml::Value::Integer(n as i64));
-        t.insert("instance_group".into(), toml::Value::Array(vec![toml::Value::Table(group)]));
+        t.insert(
+            "instance_group".into(),
+            toml::Value::Array(vec![toml::Value::Table(group)]),
+        );
     }
     toml::to_string(&t).map_err(|e| bad(e.to_string()))
 }
@@ -90,8 +94,11 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), LoadgenError> {
 }
 
 fn free_port() -> Result<u16, LoadgenError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| LoadgenError::io("127.0.0.1:0", e))?;
-    l.local_addr().map(|a| a.port()).map_err(|e| LoadgenError::io("127.0.0.1:0", e))
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| LoadgenError::io("127.0.0.1:0", e))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| LoadgenError::io("127.0.0.1:0", e))
 }
 
 /// A running child server; killed and reaped on drop.
@@ -104,18 +111,31 @@ pub struct ChildServer {
 
 impl ChildServer {
     /// Starts `exe serve` on a copy of `repo/model` edited by `cfg`, and waits until it is ready.
-    pub async fn start(exe: &Path, repo: &Path, model: &str, cfg: &ServerConfig) -> Result<ChildServer, LoadgenError> {
+    pub async fn start(
+        exe: &Path,
+        repo: &Path,
+        model: &str,
+        cfg: &ServerConfig,
+    ) -> Result<ChildServer, LoadgenError> {
         let dir = tempfile::tempdir().map_err(|e| LoadgenError::io("tempdir", e))?;
         let (src, dst) = (repo.join(model), dir.path().join("models").join(model));
         copy_dir(&src, &dst)?;
         let cfg_path = dst.join("config.toml");
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| LoadgenError::io(&cfg_path, e))?;
-        std::fs::write(&cfg_path, edit_config(&text, cfg)?).map_err(|e| LoadgenError::io(&cfg_path, e))?;
+        let text =
+            std::fs::read_to_string(&cfg_path).map_err(|e| LoadgenError::io(&cfg_path, e))?;
+        std::fs::write(&cfg_path, edit_config(&text, cfg)?)
+            .map_err(|e| LoadgenError::io(&cfg_path, e))?;
         let (http, metrics) = (free_port()?, free_port()?);
         let log: PathBuf = dir.path().join("serve.log");
         let log_file = std::fs::File::create(&log).map_err(|e| LoadgenError::io(&log, e))?;
         let proc = Command::new(exe)
-            .args(["serve", "--host", "127.0.0.1", "--http-port", &http.to_string()])
+            .args([
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--http-port",
+                &http.to_string(),
+            ])
             .args(["--metrics-port", &metrics.to_string(), "--model-repository"])
             .arg(dir.path().join("models"))
             .stdout(Stdio::null())
@@ -137,8 +157,11 @@ impl ChildServer {
         let start = Instant::now();
         while start.elapsed() < limit {
             if let Ok(Some(status)) = self.proc.try_wait() {
-                let log = std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default();
-                return Err(LoadgenError::Child(format!("exited with {status} before ready:\n{log}")));
+                let log =
+                    std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default();
+                return Err(LoadgenError::Child(format!(
+                    "exited with {status} before ready:\n{log}"
+                )));
             }
             if client.get_text("/v2/health/ready").await.is_ok() {
                 return Ok(());
@@ -171,25 +194,46 @@ kind = "auto"
 
     #[test]
     fn edit_config_sets_batch_and_instances_and_trims_preferred() {
-        let cfg = ServerConfig { max_batch_size: Some(16), instances: Some(1) };
+        let cfg = ServerConfig {
+            max_batch_size: Some(16),
+            instances: Some(1),
+        };
         let t: toml::Table = edit_config(CFG, &cfg).unwrap().parse().unwrap();
         assert_eq!(t["max_batch_size"].as_integer(), Some(16));
-        assert_eq!(t["dynamic_batching"]["preferred_batch_sizes"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            t["dynamic_batching"]["preferred_batch_sizes"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
         let g = &t["instance_group"].as_array().unwrap()[0];
-        assert_eq!((g["count"].as_integer(), g["kind"].as_str()), (Some(1), Some("auto")));
+        assert_eq!(
+            (g["count"].as_integer(), g["kind"].as_str()),
+            (Some(1), Some("auto"))
+        );
     }
 
     #[test]
     fn edit_config_none_keeps_values() {
-        let t: toml::Table = edit_config(CFG, &ServerConfig::default()).unwrap().parse().unwrap();
+        let t: toml::Table = edit_config(CFG, &ServerConfig::default())
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(t["max_batch_size"].as_integer(), Some(64));
-        assert_eq!(t["instance_group"].as_array().unwrap()[0]["count"].as_integer(), Some(2));
+        assert_eq!(
+            t["instance_group"].as_array().unwrap()[0]["count"].as_integer(),
+            Some(2)
+        );
     }
 
     #[test]
     fn grid_is_cartesian_product() {
         assert_eq!(grid(&[1, 8], &[1, 2]).len(), 4);
         assert_eq!(grid(&[], &[]), vec![ServerConfig::default()]);
-        assert_eq!(grid(&[4], &[])[0].to_string(), "max_batch_size 4, instances as configured");
+        assert_eq!(
+            grid(&[4], &[])[0].to_string(),
+            "max_batch_size 4, instances as configured"
+        );
     }
 }

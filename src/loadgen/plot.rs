@@ -81,7 +81,9 @@ pub fn latency_throughput_slo(
             .draw_series(LineSeries::new(p99.clone(), color.stroke_width(2)))
             .map_err(err)?
             .label(format!("{} p99", c.label))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
         chart
             .draw_series(p99.iter().map(|&p| Circle::new(p, 3, color.filled())))
             .map_err(err)?;
@@ -89,11 +91,16 @@ pub fn latency_throughput_slo(
             .draw_series(DashedLineSeries::new(p50, 6, 4, color.stroke_width(1)))
             .map_err(err)?
             .label(format!("{} p50", c.label))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1))
+            });
     }
     if let Some(slo) = slo_ms {
         chart
-            .draw_series(LineSeries::new(vec![(0.0, slo), (xmax, slo)], RED.stroke_width(1)))
+            .draw_series(LineSeries::new(
+                vec![(0.0, slo), (xmax, slo)],
+                RED.stroke_width(1),
+            ))
             .map_err(err)?
             .label(format!("SLO p99 {slo} ms"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
@@ -116,7 +123,10 @@ mod tests {
     fn latency_throughput_writes_svg_with_labels() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.svg");
-        let c = Curve { label: "digits".into(), points: vec![(100.0, 1.0, 2.0), (400.0, 2.0, 5.0)] };
+        let c = Curve {
+            label: "digits".into(),
+            points: vec![(100.0, 1.0, 2.0), (400.0, 2.0, 5.0)],
+        };
         latency_throughput_slo(&p, "t", &[c.clone()], Some(4.0)).unwrap();
         let svg = std::fs::read_to_string(&p).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("digits p99") && svg.contains("SLO"));

@@ -19,14 +19,30 @@ fn errors_text(s: &StepResult) -> String {
     if s.errors.is_empty() {
         return "0".into();
     }
-    s.errors.iter().map(|(k, v)| format!("{v}x{k}")).collect::<Vec<_>>().join(" ")
+    s.errors
+        .iter()
+        .map(|(k, v)| format!("{v}x{k}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The terminal table, one row per step (latencies in ms).
 pub fn table(steps: &[StepResult], batch: usize) -> String {
     let mut out = format!(
         "{:>18} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>7} {:>6}  errors\n",
-        "step", "infer/s", "req/s", "p50", "p90", "p95", "p99", "p99.9", "srv queue", "srv comp", "batch", "cli CPU", "stable"
+        "step",
+        "infer/s",
+        "req/s",
+        "p50",
+        "p90",
+        "p95",
+        "p99",
+        "p99.9",
+        "srv queue",
+        "srv comp",
+        "batch",
+        "cli CPU",
+        "stable"
     );
     let ms = |us: f64| format!("{:.2}", us / 1000.0);
     for s in steps {
@@ -90,9 +106,19 @@ pub const PERF_ANALYZER_COLUMNS: [&str; 15] = [
     "response wait",
 ];
 /// perf_analyzer's GPU columns (written when the server reports `nv_gpu_*`).
-pub const GPU_COLUMNS: [&str; 3] = ["Avg GPU Utilization", "Avg GPU Power Usage", "Max GPU Memory Usage"];
+pub const GPU_COLUMNS: [&str; 3] = [
+    "Avg GPU Utilization",
+    "Avg GPU Power Usage",
+    "Max GPU Memory Usage",
+];
 /// Ferrite's own columns, after perf_analyzer's.
-pub const EXTRA_COLUMNS: [&str; 5] = ["p99.9 latency", "Requests/Second", "Errors", "Client CPU", "Stable"];
+pub const EXTRA_COLUMNS: [&str; 5] = [
+    "p99.9 latency",
+    "Requests/Second",
+    "Errors",
+    "Client CPU",
+    "Stable",
+];
 
 /// CSV with perf_analyzer's header: first column `Concurrency` or `Request Rate`, latencies in µs.
 /// The client does not time send and receive apart: `Client Send`, `Client Recv` and
@@ -113,7 +139,8 @@ pub fn csv(steps: &[StepResult], batch: usize) -> Result<Vec<u8>, LoadgenError> 
     for s in steps {
         let l = &s.latency;
         let sv = s.server.unwrap_or_default();
-        let server_total = sv.queue_us + sv.compute_input_us + sv.compute_infer_us + sv.compute_output_us;
+        let server_total =
+            sv.queue_us + sv.compute_input_us + sv.compute_infer_us + sv.compute_output_us;
         let n = |x: f64| format!("{}", x.round() as i64);
         let mut row = vec![
             format!("{}", s.load.value()),
@@ -135,7 +162,11 @@ pub fn csv(steps: &[StepResult], batch: usize) -> Result<Vec<u8>, LoadgenError> 
         ];
         if gpu {
             let g = s.gpu.unwrap_or_default();
-            row.extend([format!("{:.3}", g.utilization), format!("{:.1}", g.power_w), n(g.memory_used_bytes)]);
+            row.extend([
+                format!("{:.3}", g.utilization),
+                format!("{:.1}", g.power_w),
+                n(g.memory_used_bytes),
+            ]);
         }
         row.extend([
             n(l.p999_us),
@@ -146,7 +177,8 @@ pub fn csv(steps: &[StepResult], batch: usize) -> Result<Vec<u8>, LoadgenError> 
         ]);
         w.write_record(&row).map_err(err)?;
     }
-    w.into_inner().map_err(|e| LoadgenError::Args(format!("CSV: {e}")))
+    w.into_inner()
+        .map_err(|e| LoadgenError::Args(format!("CSV: {e}")))
 }
 
 /// Everything, as pretty JSON: the target, the plan, and each step in full.
@@ -173,13 +205,28 @@ mod tests {
         StepResult {
             load: Load::Concurrency { concurrency },
             throughput: 100.0,
-            latency: Percentiles { p50_us: 9000.0, p90_us: 9500.0, p95_us: 9700.0, p99_us: 9900.0, p999_us: 9990.0, mean_us: 9100.0, max_us: 10000.0 },
+            latency: Percentiles {
+                p50_us: 9000.0,
+                p90_us: 9500.0,
+                p95_us: 9700.0,
+                p99_us: 9900.0,
+                p999_us: 9990.0,
+                mean_us: 9100.0,
+                max_us: 10000.0,
+            },
             ok: 300,
             errors: [("503".to_string(), 2)].into(),
             windows: vec![],
             stable: true,
             send_lag_p99_us: None,
-            server: Some(ServerSplit { requests: 300.0, queue_us: 1000.0, compute_input_us: 10.0, compute_infer_us: 8000.0, compute_output_us: 20.0, avg_batch: 1.0 }),
+            server: Some(ServerSplit {
+                requests: 300.0,
+                queue_us: 1000.0,
+                compute_input_us: 10.0,
+                compute_infer_us: 8000.0,
+                compute_output_us: 20.0,
+                avg_batch: 1.0,
+            }),
             gpu: None,
             client_cpu_cores: 0.05,
             warnings: vec![],
@@ -207,12 +254,22 @@ mod tests {
     #[test]
     fn csv_rate_steps_and_gpu_columns() {
         let mut s = step(1);
-        s.load = Load::Rate { rate: 50.0, arrivals: crate::loadgen::schedule::Arrivals::Poisson };
-        s.gpu = Some(crate::loadgen::scrape::GpuSample { gpus: 1, utilization: 0.5, power_w: 70.0, memory_used_bytes: 1e9 });
+        s.load = Load::Rate {
+            rate: 50.0,
+            arrivals: crate::loadgen::schedule::Arrivals::Poisson,
+        };
+        s.gpu = Some(crate::loadgen::scrape::GpuSample {
+            gpus: 1,
+            utilization: 0.5,
+            power_w: 70.0,
+            memory_used_bytes: 1e9,
+        });
         let text = String::from_utf8(csv(&[s], 1).unwrap()).unwrap();
         let header = text.lines().next().unwrap();
         assert!(header.starts_with("Request Rate,Inferences/Second,"));
-        assert!(header.contains("response wait,Avg GPU Utilization,Avg GPU Power Usage,Max GPU Memory Usage,p99.9"));
+        assert!(header.contains(
+            "response wait,Avg GPU Utilization,Avg GPU Power Usage,Max GPU Memory Usage,p99.9"
+        ));
     }
 
     #[test]

@@ -141,7 +141,8 @@ pub fn v2_path(model: &str, version: Option<&str>) -> String {
 /// A KServe v2 request for `inputs`: JSON `data`, or binary data after a JSON header with every
 /// output asked for in binary form (`binary_data_output`).
 pub fn v2_payload(path: &str, inputs: &[Tensor], binary: bool) -> Payload {
-    let specs = |t: &Tensor| json!({"name": t.name, "shape": t.shape, "datatype": t.datatype().as_str()});
+    let specs =
+        |t: &Tensor| json!({"name": t.name, "shape": t.shape, "datatype": t.datatype().as_str()});
     if !binary {
         let ins: Vec<Value> = inputs
             .iter()
@@ -152,8 +153,14 @@ pub fn v2_payload(path: &str, inputs: &[Tensor], binary: bool) -> Payload {
                 v
             })
             .collect();
-        let body = serde_json::to_vec(&json!({ "inputs": ins })).expect("JSON value. This is a bug.");
-        return Payload { path: path.into(), body: body.into(), content_type: "application/json", header_len: None };
+        let body =
+            serde_json::to_vec(&json!({ "inputs": ins })).expect("JSON value. This is a bug.");
+        return Payload {
+            path: path.into(),
+            body: body.into(),
+            content_type: "application/json",
+            header_len: None,
+        };
     }
     let mut tail = Vec::new();
     let ins: Vec<Value> = inputs
@@ -166,20 +173,36 @@ pub fn v2_payload(path: &str, inputs: &[Tensor], binary: bool) -> Payload {
             v
         })
         .collect();
-    let mut body = serde_json::to_vec(&json!({"inputs": ins, "parameters": {"binary_data_output": true}}))
-        .expect("JSON value. This is a bug.");
+    let mut body =
+        serde_json::to_vec(&json!({"inputs": ins, "parameters": {"binary_data_output": true}}))
+            .expect("JSON value. This is a bug.");
     let header_len = body.len();
     body.extend_from_slice(&tail);
-    Payload { path: path.into(), body: body.into(), content_type: "application/octet-stream", header_len: Some(header_len) }
+    Payload {
+        path: path.into(),
+        body: body.into(),
+        content_type: "application/octet-stream",
+        header_len: Some(header_len),
+    }
 }
 
 /// KServe v2 payloads from JSON lines, each a full request body (`{"inputs": [...]}`); with
 /// `binary` each line is decoded and re-encoded in the binary extension. Blank lines are skipped.
-pub fn v2_payloads_from_jsonl(text: &str, path: &str, binary: bool) -> Result<Vec<Payload>, LoadgenError> {
+pub fn v2_payloads_from_jsonl(
+    text: &str,
+    path: &str,
+    binary: bool,
+) -> Result<Vec<Payload>, LoadgenError> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let req = decode_request(line.as_bytes(), None)
-            .map_err(|e| LoadgenError::InputFile { line: i + 1, message: e.to_string() })?;
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let req = decode_request(line.as_bytes(), None).map_err(|e| LoadgenError::InputFile {
+            line: i + 1,
+            message: e.to_string(),
+        })?;
         out.push(v2_payload(path, &req.inputs, binary));
     }
     Ok(out)
@@ -200,7 +223,9 @@ pub fn random_texts(rng: &mut impl RngCore, n: usize, words: usize) -> Vec<Strin
             (0..words)
                 .map(|_| {
                     let len = rng.random_range(3..=8);
-                    (0..len).map(|_| rng.random_range(b'a'..=b'z') as char).collect::<String>()
+                    (0..len)
+                        .map(|_| rng.random_range(b'a'..=b'z') as char)
+                        .collect::<String>()
                 })
                 .collect::<Vec<_>>()
                 .join(" ")
@@ -210,19 +235,35 @@ pub fn random_texts(rng: &mut impl RngCore, n: usize, words: usize) -> Vec<Strin
 
 /// OpenAI embeddings: `POST /v1/embeddings` `{"input": [texts], "model": m}`.
 pub fn openai_payload(model: &str, texts: &[String]) -> Payload {
-    let body = serde_json::to_vec(&json!({"input": texts, "model": model})).expect("JSON value. This is a bug.");
-    Payload { path: "/v1/embeddings".into(), body: body.into(), content_type: "application/json", header_len: None }
+    let body = serde_json::to_vec(&json!({"input": texts, "model": model}))
+        .expect("JSON value. This is a bug.");
+    Payload {
+        path: "/v1/embeddings".into(),
+        body: body.into(),
+        content_type: "application/json",
+        header_len: None,
+    }
 }
 
 /// TEI: `POST /embed` `{"inputs": [texts]}`.
 pub fn tei_payload(texts: &[String]) -> Payload {
     let body = serde_json::to_vec(&json!({ "inputs": texts })).expect("JSON value. This is a bug.");
-    Payload { path: "/embed".into(), body: body.into(), content_type: "application/json", header_len: None }
+    Payload {
+        path: "/embed".into(),
+        body: body.into(),
+        content_type: "application/json",
+        header_len: None,
+    }
 }
 
 /// Groups `texts` into requests of `batch` texts (the last may be shorter), cycling if there are
 /// fewer texts than one batch.
-pub fn text_payloads(protocol: Protocol, model: &str, texts: &[String], batch: usize) -> Vec<Payload> {
+pub fn text_payloads(
+    protocol: Protocol,
+    model: &str,
+    texts: &[String],
+    batch: usize,
+) -> Vec<Payload> {
     if texts.is_empty() {
         return Vec::new();
     }
@@ -255,7 +296,10 @@ mod tests {
         let p = openai_payload("bge", &["a b".into(), "c".into()]);
         assert_eq!(p.path, "/v1/embeddings");
         assert_eq!(body(&p), json!({"input": ["a b", "c"], "model": "bge"}));
-        assert_eq!(p.headers(), vec![("content-type", "application/json".to_string())]);
+        assert_eq!(
+            p.headers(),
+            vec![("content-type", "application/json".to_string())]
+        );
     }
 
     #[test]
@@ -277,7 +321,10 @@ mod tests {
 
     #[test]
     fn texts_from_lines_unquotes_json_strings() {
-        assert_eq!(texts_from_lines("plain text\n\n\"quoted \\\"x\\\"\"\n"), vec!["plain text", "quoted \"x\""]);
+        assert_eq!(
+            texts_from_lines("plain text\n\n\"quoted \\\"x\\\"\"\n"),
+            vec!["plain text", "quoted \"x\""]
+        );
     }
 
     #[test]
@@ -285,7 +332,14 @@ mod tests {
         let meta = json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}],
                           "parameters": {"max_batch_size": 64}});
         let s = specs_from_metadata(&meta, 4, &HashMap::new()).unwrap();
-        assert_eq!(s, vec![InputSpec { name: "pixels".into(), datatype: DataType::F32, shape: vec![4, 64] }]);
+        assert_eq!(
+            s,
+            vec![InputSpec {
+                name: "pixels".into(),
+                datatype: DataType::F32,
+                shape: vec![4, 64]
+            }]
+        );
     }
 
     #[test]
@@ -295,13 +349,20 @@ mod tests {
         let err = specs_from_metadata(&meta, 1, &HashMap::new()).unwrap_err();
         assert!(err.to_string().contains("--shape ids:"), "{err}");
         let shapes = HashMap::from([("ids".to_string(), vec![1, 7])]);
-        assert_eq!(specs_from_metadata(&meta, 1, &shapes).unwrap()[0].shape, vec![1, 7]);
+        assert_eq!(
+            specs_from_metadata(&meta, 1, &shapes).unwrap()[0].shape,
+            vec![1, 7]
+        );
     }
 
     #[test]
     fn v2_payload_binary_roundtrips_through_server_decoder() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        let spec = InputSpec { name: "x".into(), datatype: DataType::F32, shape: vec![2, 4] };
+        let spec = InputSpec {
+            name: "x".into(),
+            datatype: DataType::F32,
+            shape: vec![2, 4],
+        };
         let t = random_tensor(&spec, &mut rng);
         for binary in [false, true] {
             let p = v2_payload("/v2/models/m/infer", std::slice::from_ref(&t), binary);

@@ -84,10 +84,16 @@ pub struct StepResult {
 
 type Shared = Arc<Mutex<Window>>;
 
+/// Open loop: a send-lag p99 above this (or under 95% of the rate completed) means the client
+/// could not keep its schedule. Lag is counted in the latency either way.
+const LATE_SEND_US: f64 = 5000.0;
+
 /// Records one outcome. A std Mutex: the section is a few counter and histogram updates with no
 /// `.await`, far shorter than a request; contention is negligible next to the HTTP round trip.
 fn record(shared: &Shared, out: &Outcome, latency: Duration, lag: Option<Duration>) {
-    let mut w = shared.lock().expect("no panics while recording. This is a bug.");
+    let mut w = shared
+        .lock()
+        .expect("no panics while recording. This is a bug.");
     match out.error_kind() {
         None => w.record_ok(latency),
         Some(kind) => w.record_error(&kind),
@@ -98,7 +104,11 @@ fn record(shared: &Shared, out: &Outcome, latency: Duration, lag: Option<Duratio
 }
 
 fn take(shared: &Shared) -> Window {
-    std::mem::take(&mut *shared.lock().expect("no panics while recording. This is a bug."))
+    std::mem::take(
+        &mut *shared
+            .lock()
+            .expect("no panics while recording. This is a bug."),
+    )
 }
 
 async fn closed_loop(t: Target, mut i: usize, shared: Shared, stop: Arc<AtomicBool>) {
@@ -131,7 +141,10 @@ fn open_loop(
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        let at = start + schedule.next().expect("the schedule is endless. This is a bug.");
+        let at = start
+            + schedule
+                .next()
+                .expect("the schedule is endless. This is a bug.");
         if let Some(d) = at.checked_duration_since(Instant::now()) {
             std::thread::sleep(d);
         }
@@ -254,7 +267,16 @@ pub async fn run_step(
     }
     let after = scrape_text(t).await.map(|s| scrape::counters(&s, &t.model));
     let server = before.zip(after).and_then(|(b, a)| scrape::split(&b, &a));
-    Ok(summarise(load, plan, summaries, kept, server, scrape::mean_gpu(&gpus), cpu, t.client_threads))
+    Ok(summarise(
+        load,
+        plan,
+        summaries,
+        kept,
+        server,
+        scrape::mean_gpu(&gpus),
+        cpu,
+        t.client_threads,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -295,7 +317,7 @@ fn summarise(
     }
     if let Load::Rate { rate, .. } = load {
         let sent = (all.ok + all.error_count()) as f64 / secs.max(1e-9);
-        if sent < 0.95 * rate || lag.unwrap_or(0.0) > 1000.0 {
+        if sent < 0.95 * rate || lag.unwrap_or(0.0) > LATE_SEND_US {
             warnings.push(format!(
                 "client fell behind the schedule ({sent:.0} of {rate:.0} req/s completed, send lag \
                  p99 {:.1} ms): the server is saturated or the client is the bottleneck",

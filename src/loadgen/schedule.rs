@@ -187,7 +187,11 @@ mod tests {
         let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / n as f64;
         // exponential: mean 1/rate, coefficient of variation 1
         assert!((mean * rate - 1.0).abs() < 0.01, "mean gap {mean}");
-        assert!((var.sqrt() / mean - 1.0).abs() < 0.02, "cv {}", var.sqrt() / mean);
+        assert!(
+            (var.sqrt() / mean - 1.0).abs() < 0.02,
+            "cv {}",
+            var.sqrt() / mean
+        );
         // Poisson counts: arrivals per 10 ms slot have mean = variance = 10
         let slots = (t[n] / 0.01) as usize;
         let mut counts = vec![0f64; slots];
@@ -198,13 +202,22 @@ mod tests {
         }
         let m = counts.iter().sum::<f64>() / slots as f64;
         let v = counts.iter().map(|c| (c - m).powi(2)).sum::<f64>() / slots as f64;
-        assert!((m - 10.0).abs() < 0.2 && (v / m - 1.0).abs() < 0.05, "mean {m} var {v}");
+        assert!(
+            (m - 10.0).abs() < 0.2 && (v / m - 1.0).abs() < 0.05,
+            "mean {m} var {v}"
+        );
     }
 
     #[test]
     fn schedule_same_seed_same_times() {
-        let a: Vec<_> = Schedule::new(50.0, Arrivals::Poisson, 3).unwrap().take(10).collect();
-        let b: Vec<_> = Schedule::new(50.0, Arrivals::Poisson, 3).unwrap().take(10).collect();
+        let a: Vec<_> = Schedule::new(50.0, Arrivals::Poisson, 3)
+            .unwrap()
+            .take(10)
+            .collect();
+        let b: Vec<_> = Schedule::new(50.0, Arrivals::Poisson, 3)
+            .unwrap()
+            .take(10)
+            .collect();
         assert_eq!(a, b);
     }
 }

@@ -42,15 +42,17 @@ pub struct GpuSample {
 
 /// One sample line: name, labels as written, value. Comments and malformed lines are skipped.
 fn samples(text: &str) -> impl Iterator<Item = (&str, &str, f64)> {
-    text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| {
-        let (series, value) = l.rsplit_once(' ')?;
-        let value: f64 = value.trim().parse().ok()?;
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        Some((name.trim(), labels, value))
-    })
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let value: f64 = value.trim().parse().ok()?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            Some((name.trim(), labels, value))
+        })
 }
 
 /// The value of label `key` in a `k="v",k2="v2"` list (values without escaped quotes).
@@ -192,7 +194,15 @@ nv_gpu_memory_used_bytes{gpu_uuid="GPU-a"} 1000
         assert_eq!(g.power_w, 250.5);
         assert_eq!(g.memory_used_bytes, 1000.0);
         assert_eq!(gpu(BEFORE), None);
-        let m = mean_gpu(&[g, GpuSample { utilization: 0.25, memory_used_bytes: 5.0, ..g }]).unwrap();
+        let m = mean_gpu(&[
+            g,
+            GpuSample {
+                utilization: 0.25,
+                memory_used_bytes: 5.0,
+                ..g
+            },
+        ])
+        .unwrap();
         assert_eq!((m.utilization, m.memory_used_bytes), (0.5, 1000.0));
     }
 }

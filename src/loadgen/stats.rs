@@ -138,8 +138,7 @@ pub fn is_stable(windows: &[WindowSummary], tolerance: f64) -> bool {
     }
     let within = |f: fn(&WindowSummary) -> f64| {
         let mean = last.iter().map(f).sum::<f64>() / STABLE_WINDOWS as f64;
-        last.iter()
-            .all(|w| (f(w) - mean).abs() <= tolerance * mean)
+        last.iter().all(|w| (f(w) - mean).abs() <= tolerance * mean)
     };
     within(|w| w.throughput) && within(|w| w.p99_us)
 }
@@ -159,7 +158,12 @@ mod tests {
 
     #[test]
     fn is_stable_three_close_windows_true() {
-        let ws = [w(10.0, 1.0), w(100.0, 1000.0), w(101.0, 1050.0), w(99.0, 980.0)];
+        let ws = [
+            w(10.0, 1.0),
+            w(100.0, 1000.0),
+            w(101.0, 1050.0),
+            w(99.0, 980.0),
+        ];
         assert!(is_stable(&ws, 0.10));
     }
 
@@ -171,12 +175,18 @@ mod tests {
     #[test]
     fn is_stable_throughput_outside_tolerance_false() {
         // mean 100, 85 is 15% below it
-        assert!(!is_stable(&[w(85.0, 1000.0), w(107.0, 1000.0), w(108.0, 1000.0)], 0.10));
+        assert!(!is_stable(
+            &[w(85.0, 1000.0), w(107.0, 1000.0), w(108.0, 1000.0)],
+            0.10
+        ));
     }
 
     #[test]
     fn is_stable_p99_outside_tolerance_false() {
-        assert!(!is_stable(&[w(100.0, 1000.0), w(100.0, 1000.0), w(100.0, 1400.0)], 0.10));
+        assert!(!is_stable(
+            &[w(100.0, 1000.0), w(100.0, 1000.0), w(100.0, 1400.0)],
+            0.10
+        ));
     }
 
     #[test]
