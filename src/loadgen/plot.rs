@@ -127,7 +127,7 @@ mod tests {
             label: "digits".into(),
             points: vec![(100.0, 1.0, 2.0), (400.0, 2.0, 5.0)],
         };
-        latency_throughput_slo(&p, "t", &[c.clone()], Some(4.0)).unwrap();
+        latency_throughput_slo(&p, "t", std::slice::from_ref(&c), Some(4.0)).unwrap();
         let svg = std::fs::read_to_string(&p).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("digits p99") && svg.contains("SLO"));
         assert!(latency_throughput(&dir.path().join("c.png"), "t", &[c]).is_err());
