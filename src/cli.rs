@@ -1,4 +1,5 @@
-//! The command line: `ferrite serve` and `ferrite models` (models, their placement, and the devices).
+//! The command line: `ferrite serve`, `ferrite models` (models, their placement, and the devices),
+//! `ferrite bench` and `ferrite capacity`.
 
 use std::path::PathBuf;
 
@@ -6,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{ServeArgs, Settings, DEFAULT_MODEL_REPOSITORY};
 use crate::device::{self, DeviceInfo, GpuSelection};
+use crate::loadgen::args::BenchArgs;
+use crate::loadgen::capacity::CapacityArgs;
 use crate::repository::{model_names, present_versions, ModelConfig};
 use crate::server::Server;
 use crate::telemetry::logging;
@@ -35,6 +38,12 @@ pub enum Command {
         #[arg(long, env = "FERRITE_GPUS", default_value = "all")]
         gpus: GpuSelection,
     },
+    /// Load-test a KServe v2, OpenAI embeddings or TEI server: latency percentiles, throughput,
+    /// server-side split, over a concurrency or request-rate sweep.
+    Bench(BenchArgs),
+    /// Find the max throughput under a p99 SLO (optionally across server configs) and how many
+    /// devices a target load needs; writes a Markdown report with plots.
+    Capacity(CapacityArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -44,7 +53,36 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             model_repository,
             gpus,
         } => models(&model_repository, &gpus),
+        Command::Bench(args) => bench(args),
+        Command::Capacity(args) => capacity(args),
     }
+}
+
+/// The bench's own runtime: `--client-threads` workers, so its CPU use is bounded and measurable.
+fn client_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .thread_name("ferrite-bench")
+        .build()?)
+}
+
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    client_runtime(args.client_threads())?.block_on(async {
+        let target = crate::loadgen::bench::prepare(&args).await?;
+        let steps = crate::loadgen::bench::sweep(&target, &args, args.latency_threshold_ms).await?;
+        crate::loadgen::bench::write_outputs(&args, &steps)?;
+        anyhow::Ok(())
+    })
+}
+
+fn capacity(args: CapacityArgs) -> anyhow::Result<()> {
+    client_runtime(args.bench.client_threads())?.block_on(async {
+        let md = crate::loadgen::capacity::run(&args).await?;
+        println!("{md}");
+        eprintln!("report written to {}", args.report.display());
+        anyhow::Ok(())
+    })
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

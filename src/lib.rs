@@ -6,6 +6,7 @@ pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod loadgen;
 pub mod model;
 pub mod ops;
 pub mod preprocess;
