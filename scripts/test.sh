@@ -40,5 +40,8 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; th
 fi
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
+echo "== CUDA kernels: NVRTC + ptxas compile check for sm_80 and sm_90 (no GPU needed)"
+scripts/check-kernels.sh
+
 echo "== deploy checks"
 scripts/validate-deploy.sh
