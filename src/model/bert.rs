@@ -71,6 +71,16 @@ impl LayerNorm {
     fn forward(&self, x: &CT) -> candle_core::Result<CT> {
         candle_nn::ops::layer_norm(x, &self.w, &self.b, self.eps)
     }
+
+    /// `layer_norm(x + residual)`: one fused pass on CPU (`ops::add_layer_norm`); plain candle ops
+    /// elsewhere until the op's CUDA launcher exists.
+    fn forward_residual(&self, x: &CT, residual: &CT) -> candle_core::Result<CT> {
+        if x.device().is_cpu() {
+            crate::ops::add_layer_norm(x, residual, &self.w, &self.b, self.eps)
+        } else {
+            self.forward(&(x + residual)?)
+        }
+    }
 }
 
 struct Layer {
@@ -230,11 +240,18 @@ impl Bert {
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((b * l, h))?;
-            let a = layer.ln1.forward(&(layer.attn_out.forward(&ctx)? + &x)?)?;
-            let i = layer.inter.forward(&a)?.gelu_erf()?;
-            x = layer.ln2.forward(&(layer.out.forward(&i)? + &a)?)?;
+            let a = layer.ln1.forward_residual(&layer.attn_out.forward(&ctx)?, &x)?;
+            let i = if a.device().is_cpu() {
+                crate::ops::gelu_bias(&a.matmul(&layer.inter.w_t)?, &layer.inter.b)?
+            } else {
+                layer.inter.forward(&a)?.gelu_erf()?
+            };
+            x = layer.ln2.forward_residual(&layer.out.forward(&i)?, &a)?;
         }
         let x = x.reshape((b, l, h))?;
+        if x.device().is_cpu() {
+            return crate::ops::mean_pool_l2(&x, mask, false);
+        }
         let m = mask.unsqueeze(D::Minus1)?;
         let summed = x.broadcast_mul(&m)?.sum(1)?;
         let counts = mask.sum_keepdim(1)?.clamp(1e-9, f64::MAX)?;
