@@ -240,7 +240,9 @@ impl Bert {
                 .transpose(1, 2)?
                 .contiguous()?
                 .reshape((b * l, h))?;
-            let a = layer.ln1.forward_residual(&layer.attn_out.forward(&ctx)?, &x)?;
+            let a = layer
+                .ln1
+                .forward_residual(&layer.attn_out.forward(&ctx)?, &x)?;
             let i = if a.device().is_cpu() {
                 crate::ops::gelu_bias(&a.matmul(&layer.inter.w_t)?, &layer.inter.b)?
             } else {

@@ -1,0 +1,77 @@
+//! CPU paths of the custom ops at the embedding model's shape (batch 32 x seq 128 x hidden 384,
+//! intermediate 1536), fast vs `_ref`, with throughput in bytes moved (criterion's GB/s) next to a
+//! plain memory copy of the same size as this machine's measured limit.
+
+use candle_core::{DType, Device, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use ferrite::ops;
+
+fn randn(shape: &[usize]) -> Tensor {
+    Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let (b, l, h, i) = (32usize, 128usize, 384usize, 1536usize);
+    let rows = b * l;
+    let mut g = c.benchmark_group("ops_cpu");
+    g.sample_size(20);
+
+    // The limit: reading and writing the same bytes once (memcpy).
+    let src = vec![1f32; rows * i];
+    g.throughput(Throughput::Bytes((2 * rows * i * 4) as u64));
+    g.bench_function("memcpy_limit_4096x1536", |bn| {
+        bn.iter(|| {
+            let v = src.clone();
+            criterion::black_box(v)
+        })
+    });
+
+    let (x, bias) = (randn(&[rows, i]), randn(&[i]));
+    g.throughput(Throughput::Bytes(((2 * rows * i + i) * 4) as u64));
+    g.bench_function("gelu_bias_4096x1536", |bn| {
+        bn.iter(|| ops::gelu_bias(&x, &bias).unwrap())
+    });
+    g.bench_function("gelu_bias_ref_4096x1536", |bn| {
+        bn.iter(|| ops::gelu_bias_ref(&x, &bias).unwrap())
+    });
+
+    let (x, r, gm, bt) = (
+        randn(&[rows, h]),
+        randn(&[rows, h]),
+        randn(&[h]),
+        randn(&[h]),
+    );
+    g.throughput(Throughput::Bytes(((3 * rows * h + 2 * h) * 4) as u64));
+    g.bench_function("add_layer_norm_4096x384", |bn| {
+        bn.iter(|| ops::add_layer_norm(&x, &r, &gm, &bt, 1e-12).unwrap())
+    });
+    g.bench_function("add_layer_norm_ref_4096x384", |bn| {
+        bn.iter(|| ops::add_layer_norm_ref(&x, &r, &gm, &bt, 1e-12).unwrap())
+    });
+    g.bench_function("candle_nn_layer_norm_of_sum_4096x384", |bn| {
+        bn.iter(|| candle_nn::ops::layer_norm(&(&x + &r).unwrap(), &gm, &bt, 1e-12).unwrap())
+    });
+
+    let hidden = randn(&[b, l, h]);
+    let mask = Tensor::ones((b, l), DType::F32, &Device::Cpu).unwrap();
+    g.throughput(Throughput::Bytes(((b * l * h + b * l + b * h) * 4) as u64));
+    g.bench_function("mean_pool_l2_32x128x384", |bn| {
+        bn.iter(|| ops::mean_pool_l2(&hidden, &mask, true).unwrap())
+    });
+    g.bench_function("mean_pool_l2_ref_32x128x384", |bn| {
+        bn.iter(|| ops::mean_pool_l2_ref(&hidden, &mask, true).unwrap())
+    });
+
+    let logits = randn(&[64, 1000]);
+    g.throughput(Throughput::Bytes((64 * 1000 * 4) as u64));
+    g.bench_function("softmax_topk5_64x1000", |bn| {
+        bn.iter(|| ops::softmax_topk(&logits, 5).unwrap())
+    });
+    g.bench_function("softmax_topk5_ref_64x1000", |bn| {
+        bn.iter(|| ops::softmax_topk_ref(&logits, 5).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
