@@ -22,7 +22,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("memcpy_limit_4096x1536", |bn| {
         bn.iter(|| {
             let v = src.clone();
-            criterion::black_box(v)
+            std::hint::black_box(v)
         })
     });
 

@@ -103,19 +103,12 @@ impl CustomOp3 for AddLayerNorm {
             .zip(r.chunks_exact(n))
             .zip(out.chunks_exact_mut(n))
         {
-            // Sums in f64: long rows lose precision in f32 accumulation.
-            let mut sum = 0f64;
-            for j in 0..n {
-                h[j] = xr[j] + rr[j];
-                sum += h[j] as f64;
-            }
-            let mean = (sum / n as f64) as f32;
-            let var = h
-                .iter()
-                .map(|v| ((v - mean) * (v - mean)) as f64)
-                .sum::<f64>()
-                / n as f64;
-            let inv = (1.0 / (var + self.eps as f64).sqrt()) as f32;
+            h.iter_mut()
+                .zip(xr.iter().zip(rr))
+                .for_each(|(h, (a, b))| *h = a + b);
+            let mean = lane_sum(&h, |v| v) / n as f32;
+            let var = lane_sum(&h, |v| (v - mean) * (v - mean)) / n as f32;
+            let inv = 1.0 / (var + self.eps).sqrt();
             for (((o, &hv), &g), &b) in or.iter_mut().zip(h.iter()).zip(gamma).zip(beta) {
                 *o = (hv - mean) * inv * g + b;
             }

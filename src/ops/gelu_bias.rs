@@ -70,11 +70,7 @@ impl CustomOp2 for GeluBias {
         let n = b.len();
         let mut out = Vec::with_capacity(x.len());
         for row in x.chunks_exact(n) {
-            out.extend(row.iter().zip(b.iter()).map(|(&v, &bi)| {
-                let v = v + bi;
-                0.5 * v
-                    * (1.0 + candle_core::cpu::erf::erf_f32(v * std::f32::consts::FRAC_1_SQRT_2))
-            }));
+            out.extend(row.iter().zip(b.iter()).map(|(&v, &bi)| gelu(v + bi)));
         }
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }
