@@ -289,3 +289,46 @@ async fn many_texts_in_one_request_come_back_in_order_across_batches() {
             >= 25.0
     );
 }
+
+#[test]
+fn packed_cpu_path_equals_padded_path() {
+    use candle_core::{Device, Tensor as CT};
+    let f = fixture();
+    let repo = minilm_repo(&[]);
+    let dir = repo.path().join("minilm");
+    let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
+    let bert = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &Device::Cpu).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(dir.join("1/tokenizer.json")).unwrap();
+    let seqs: Vec<Vec<u32>> = [0usize, 5, 9]
+        .iter()
+        .map(|&i| {
+            tok.encode(f.sentences[i].as_str(), true)
+                .unwrap()
+                .get_ids()
+                .to_vec()
+        })
+        .collect();
+    let l = seqs.iter().map(Vec::len).max().unwrap();
+    let mut ids = vec![0u32; 3 * l];
+    let mut mask = vec![0f32; 3 * l];
+    for (r, s) in seqs.iter().enumerate() {
+        for (j, &id) in s.iter().enumerate() {
+            ids[r * l + j] = id;
+            mask[r * l + j] = 1.0;
+        }
+    }
+    let padded = bert
+        .encode(
+            &CT::from_vec(ids, (3, l), &Device::Cpu).unwrap(),
+            &CT::from_vec(mask, (3, l), &Device::Cpu).unwrap(),
+        )
+        .unwrap();
+    let views: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let packed = bert.encode_packed(&views).unwrap();
+    let (p, q): (Vec<Vec<f32>>, Vec<Vec<f32>>) =
+        (padded.to_vec2().unwrap(), packed.to_vec2().unwrap());
+    for r in 0..3 {
+        let c = cosine(&p[r], &q[r]);
+        assert!(c >= 0.99999, "row {r}: padded vs packed cosine {c}");
+    }
+}
