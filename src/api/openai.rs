@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::{infer, read_body, text, ApiError, AppState};
+use super::{infer, text, ApiError, AppState};
 use crate::batcher::SubmitOptions;
 
 fn openai_error(e: ApiError) -> Response {
@@ -33,15 +33,12 @@ pub async fn embeddings(State(s): State<AppState>, headers: HeaderMap, body: Bod
 
 async fn handle(s: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let bytes = read_body(&headers, body, s.max_body_bytes).await?;
-    let req: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
-    let lv = text::text_model(&s, req.get("model").and_then(Value::as_str))?;
+    let text::TextRequest { req, lv, texts } =
+        text::read_request(&s, &headers, body, "input").await?;
     let tm = lv
         .text
         .as_ref()
         .expect("text_model returns text models. This is a bug.");
-    let texts = text::texts(req.get("input").unwrap_or(&Value::Null), "input")?;
     let base64 = match req.get("encoding_format").and_then(Value::as_str) {
         None | Some("float") => false,
         Some("base64") => true,
@@ -51,13 +48,7 @@ async fn handle(s: AppState, headers: HeaderMap, body: Body) -> Result<Response,
             )))
         }
     };
-    let dims =
-        match req.get("dimensions") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or_else(|| {
-                ApiError::BadRequest("'dimensions' must be a positive integer".into())
-            })? as usize),
-        };
+    let dims = text::dimensions(&req)?;
     let e = infer::embed(&lv, tm, texts, true, tm.normalize, SubmitOptions::default()).await?;
     let data: Vec<Value> = text::apply_dimensions(e.vectors.clone(), dims, tm.normalize)?
         .into_iter()

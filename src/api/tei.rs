@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{infer, read_body, text, ApiError, AppState};
+use super::{infer, text, ApiError, AppState};
 use crate::batcher::SubmitOptions;
 
 fn tei_error(e: ApiError) -> Response {
@@ -42,15 +42,12 @@ pub async fn embed(State(s): State<AppState>, headers: HeaderMap, body: Body) ->
 
 async fn handle(s: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let bytes = read_body(&headers, body, s.max_body_bytes).await?;
-    let req: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
-    let lv = text::text_model(&s, req.get("model").and_then(Value::as_str))?;
+    let text::TextRequest { req, lv, texts } =
+        text::read_request(&s, &headers, body, "inputs").await?;
     let tm = lv
         .text
         .as_ref()
         .expect("text_model returns text models. This is a bug.");
-    let texts = text::texts(req.get("inputs").unwrap_or(&Value::Null), "inputs")?;
     if texts.is_empty() {
         return Ok(ApiError::respond(
             StatusCode::BAD_REQUEST,
@@ -66,13 +63,7 @@ async fn handle(s: AppState, headers: HeaderMap, body: Body) -> Result<Response,
             )));
         }
     }
-    let dims =
-        match req.get("dimensions") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or_else(|| {
-                ApiError::BadRequest("'dimensions' must be a positive integer".into())
-            })? as usize),
-        };
+    let dims = text::dimensions(&req)?;
     let e = infer::embed(
         &lv,
         tm,

@@ -8,8 +8,41 @@ use axum::http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
 use super::infer::{l2_normalized, Embedded};
-use super::{ApiError, AppState};
+use super::{read_body, ApiError, AppState};
 use crate::repository::{LoadedVersion, ModelState, RepoError};
+
+/// An embedding request: its JSON body, the text model it names (or the default one), its texts.
+pub struct TextRequest {
+    pub req: Value,
+    pub lv: Arc<LoadedVersion>,
+    pub texts: Vec<String>,
+}
+
+/// Reads the body, picks the model (`model` field) and the texts (`field`: a string or a list).
+pub async fn read_request(
+    s: &AppState,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+    field: &str,
+) -> Result<TextRequest, ApiError> {
+    let bytes = read_body(headers, body, s.max_body_bytes).await?;
+    let req: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
+    let lv = text_model(s, req.get("model").and_then(Value::as_str))?;
+    let texts = texts(req.get(field).unwrap_or(&Value::Null), field)?;
+    Ok(TextRequest { req, lv, texts })
+}
+
+/// The optional `dimensions` field.
+pub fn dimensions(req: &Value) -> Result<Option<usize>, ApiError> {
+    match req.get("dimensions") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(|d| Some(d as usize))
+            .ok_or_else(|| ApiError::BadRequest("'dimensions' must be a positive integer".into())),
+    }
+}
 
 /// The named model (it must take text), or the first loaded text model by name.
 pub fn text_model(state: &AppState, name: Option<&str>) -> Result<Arc<LoadedVersion>, ApiError> {
