@@ -37,6 +37,14 @@ head = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "
                    "parameters": {"binary_data_output": True}}).encode()
 open(f"{tmp}/infer.bin", "wb").write(head + struct.pack("<64f", *px))
 open(f"{tmp}/infer.bin.len", "w").write(str(len(head)))
+# 64 rows per request: where the JSON encoding of tensors starts to cost.
+big = [float(random.randint(0, 16)) for _ in range(64 * 64)]
+json.dump({"inputs": [{"name": "pixels", "shape": [64, 64], "datatype": "FP32", "data": big}]}, open(f"{tmp}/infer64.json", "w"))
+head = json.dumps({"inputs": [{"name": "pixels", "shape": [64, 64], "datatype": "FP32",
+                               "parameters": {"binary_data_size": 4 * 64 * 64}}],
+                   "parameters": {"binary_data_output": True}}).encode()
+open(f"{tmp}/infer64.bin", "wb").write(head + struct.pack("<4096f", *big))
+open(f"{tmp}/infer64.bin.len", "w").write(str(len(head)))
 PY
 
 cat > "$tmp/post.lua" <<'LUA'
@@ -53,14 +61,17 @@ run() { # name url body [ctype] [header_len] -> appends "rps p50 p99 non2xx" to 
   awk '/Requests\/sec/ {r=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2} /Non-2xx/ {e=$NF}
        END {print r, p50, p99, (e == "" ? 0 : e)}' <<<"$out" >>"$tmp/$1.runs"
 }
-names=(hyper v2json v2binary v1predict)
+names=(hyper v2json v2binary v1predict v2json64 v2binary64)
 declare -A label=([hyper]="bare hyper (POST, 64-float JSON)" [v2json]="ferrite v2 infer JSON"
-                  [v2binary]="ferrite v2 infer binary" [v1predict]="ferrite v1 :predict")
+                  [v2binary]="ferrite v2 infer binary" [v1predict]="ferrite v1 :predict"
+                  [v2json64]="ferrite v2 infer JSON, 64 rows/request" [v2binary64]="ferrite v2 infer binary, 64 rows/request")
 for _ in $(seq "$ROUNDS"); do
   run hyper http://127.0.0.1:18080/ "$tmp/infer.json"
   run v2json http://127.0.0.1:18000/v2/models/digits/infer "$tmp/infer.json"
   run v2binary http://127.0.0.1:18000/v2/models/digits/infer "$tmp/infer.bin" application/octet-stream "$(cat "$tmp/infer.bin.len")"
   run v1predict "http://127.0.0.1:18000/v1/models/digits:predict" "$tmp/predict.json"
+  run v2json64 http://127.0.0.1:18000/v2/models/digits/infer "$tmp/infer64.json"
+  run v2binary64 http://127.0.0.1:18000/v2/models/digits/infer "$tmp/infer64.bin" application/octet-stream "$(cat "$tmp/infer64.bin.len")"
 done
 median() { sort -n -k1,1 "$tmp/$1.runs" | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)'; }
 base=$(median hyper | awk '{print $1}')
