@@ -11,6 +11,7 @@ pub mod model;
 pub mod ops;
 pub mod preprocess;
 pub mod protocol;
+pub mod quant;
 pub mod repository;
 pub mod server;
 pub mod shutdown;

@@ -72,8 +72,12 @@ fn check(s: &StepResult, tput: f64, latency_ms: f64) {
     );
 }
 
+/// The two tests measure time against theory: run them one at a time, not competing for 2 cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_closed_loop_known_service_time_matches_theory() {
+    let _one_at_a_time = SERIAL.lock().await;
     let server = sleepy_server().await;
     let a = args(
         &server,
@@ -97,16 +101,19 @@ async fn bench_closed_loop_known_service_time_matches_theory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_open_loop_half_load_matches_theory_and_overload_shows_queueing() {
+    let _one_at_a_time = SERIAL.lock().await;
     let server = sleepy_server().await;
     // 12 req/s, evenly spaced, at 40 ms each: utilisation 0.48 and no request ever waits
     let a = args(&server, "4", &["--request-rate-range", "12"]);
     let target = prepare(&a).await.unwrap();
     let steps = sweep(&target, &a, None).await.unwrap();
     check(&steps[0], 12.0, SERVICE_MS);
-    // late sends count in the latency above; on a busy 2-core machine a few ms is the noise floor
+    // late sends count in the latency above; on a busy 2-core machine one preempted send can be a
+    // few ms late, and p99 of ~40 sends is their maximum: bound it well under the service time
     assert!(
-        steps[0].send_lag_p99_us.unwrap() < 5000.0,
-        "sends left on time"
+        steps[0].send_lag_p99_us.unwrap() < 0.5 * SERVICE_MS * 1000.0,
+        "sends left on time: lag p99 {:?} us",
+        steps[0].send_lag_p99_us
     );
     // 50 req/s against a 25 req/s server: latency from the scheduled time grows with the backlog
     // (a closed-loop client would hide it); the bench must say it fell behind

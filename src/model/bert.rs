@@ -11,6 +11,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor as CT, D};
 
 use super::{gather_input, Model, ModelError, StageTimings};
+use crate::quant::{Embedding, Format, Linear};
 use crate::repository::config::ModelConfig;
 use crate::tensor::{Tensor, TensorData};
 
@@ -46,18 +47,6 @@ impl BertConfig {
             path: path.display().to_string(),
             message: e.to_string(),
         })
-    }
-}
-
-/// y = x W^T + b, with W stored transposed ([in, out]) for a plain matmul.
-struct Linear {
-    w_t: CT,
-    b: CT,
-}
-
-impl Linear {
-    fn forward(&self, x: &CT) -> candle_core::Result<CT> {
-        x.matmul(&self.w_t)?.broadcast_add(&self.b)
     }
 }
 
@@ -97,8 +86,8 @@ struct Layer {
 pub struct Bert {
     device: Device,
     cfg: BertConfig,
-    word: CT,
-    position: CT,
+    word: Embedding,
+    position: Embedding,
     token_type: CT,
     emb_ln: LayerNorm,
     layers: Vec<Layer>,
@@ -109,6 +98,8 @@ struct Weights {
     map: HashMap<String, CT>,
     prefix: &'static str,
     path: String,
+    device: Device,
+    quantize: Option<Format>,
 }
 
 impl Weights {
@@ -122,10 +113,20 @@ impl Weights {
     }
 
     fn linear(&mut self, name: &str) -> Result<Linear, ModelError> {
-        Ok(Linear {
-            w_t: self.get(&format!("{name}.weight"))?.t()?.contiguous()?,
-            b: self.get(&format!("{name}.bias"))?,
-        })
+        let full = format!("{}{name}", self.prefix);
+        Linear::load(&mut self.map, &full, &self.device, self.quantize).map_err(|e| self.err(e))
+    }
+
+    fn embedding(&mut self, name: &str) -> Result<Embedding, ModelError> {
+        let full = format!("{}{name}", self.prefix);
+        Embedding::load(&mut self.map, &full, &self.device, self.quantize).map_err(|e| self.err(e))
+    }
+
+    fn err(&self, e: candle_core::Error) -> ModelError {
+        ModelError::Load {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
     }
 
     fn layer_norm(&mut self, name: &str, eps: f64) -> Result<LayerNorm, ModelError> {
@@ -157,7 +158,10 @@ impl Bert {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        let prefix = if map.contains_key("bert.embeddings.word_embeddings.weight") {
+        let prefix = if map
+            .keys()
+            .any(|k| k.starts_with("bert.embeddings.word_embeddings.weight"))
+        {
             "bert."
         } else {
             ""
@@ -166,6 +170,8 @@ impl Bert {
             map,
             prefix,
             path: path.display().to_string(),
+            device: device.clone(),
+            quantize: config.quantization,
         };
         let eps = cfg.layer_norm_eps;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -193,8 +199,8 @@ impl Bert {
         };
         Ok(Bert {
             device: device.clone(),
-            word: w.get("embeddings.word_embeddings.weight")?,
-            position: w.get("embeddings.position_embeddings.weight")?,
+            word: w.embedding("embeddings.word_embeddings.weight")?,
+            position: w.embedding("embeddings.position_embeddings.weight")?,
             token_type: w.get("embeddings.token_type_embeddings.weight")?,
             emb_ln: w.layer_norm("embeddings.LayerNorm", eps)?,
             layers,
@@ -215,11 +221,9 @@ impl Bert {
         let h = self.cfg.hidden_size;
         let heads = self.cfg.num_attention_heads;
         let d = h / heads;
-        let words = self
-            .word
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, l, h))?;
-        let pos = self.position.narrow(0, 0, l)?;
+        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let words = self.word.lookup(&flat)?.reshape((b, l, h))?;
+        let pos = self.position.lookup(&(0..l as u32).collect::<Vec<_>>())?;
         let typ = self.token_type.narrow(0, 0, 1)?;
         let x = words.broadcast_add(&pos)?.broadcast_add(&typ)?;
         let mut x = self.emb_ln.forward(&x)?.reshape((b * l, h))?;
@@ -243,11 +247,7 @@ impl Bert {
             let a = layer
                 .ln1
                 .forward_residual(&layer.attn_out.forward(&ctx)?, &x)?;
-            let i = if a.device().is_cpu() {
-                crate::ops::gelu_bias(&a.matmul(&layer.inter.w_t)?, &layer.inter.b)?
-            } else {
-                layer.inter.forward(&a)?.gelu_erf()?
-            };
+            let i = gelu_bias(&layer.inter, &a)?;
             x = layer.ln2.forward_residual(&layer.out.forward(&i)?, &a)?;
         }
         let x = x.reshape((b, l, h))?;
@@ -258,6 +258,14 @@ impl Bert {
         let summed = x.broadcast_mul(&m)?.sum(1)?;
         let counts = mask.sum_keepdim(1)?.clamp(1e-9, f64::MAX)?;
         summed.broadcast_div(&counts)
+    }
+}
+
+/// `gelu(x W^T + b)`: the bias add fused into the GELU on CPU (`ops::gelu_bias`).
+fn gelu_bias(lin: &Linear, x: &CT) -> candle_core::Result<CT> {
+    match lin.bias() {
+        Some(b) if x.device().is_cpu() => crate::ops::gelu_bias(&lin.forward_no_bias(x)?, b),
+        _ => lin.forward(x)?.gelu_erf(),
     }
 }
 
@@ -288,14 +296,11 @@ impl Bert {
         let heads = self.cfg.num_attention_heads;
         let d = h / heads;
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
-        let total: usize = lens.iter().sum();
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let positions: Vec<u32> = lens.iter().flat_map(|&l| 0..l as u32).collect();
-        let ids = CT::from_vec(ids, total, &self.device)?;
-        let positions = CT::from_vec(positions, total, &self.device)?;
         let typ = self.token_type.narrow(0, 0, 1)?;
-        let x = (self.word.index_select(&ids, 0)? + self.position.index_select(&positions, 0)?)?
-            .broadcast_add(&typ)?;
+        let x =
+            (self.word.lookup(&ids)? + self.position.lookup(&positions)?)?.broadcast_add(&typ)?;
         let mut x = self.emb_ln.forward(&x)?;
         let scale = 1.0 / (d as f64).sqrt();
         for layer in &self.layers {
@@ -329,7 +334,7 @@ impl Bert {
             let a = layer
                 .ln1
                 .forward_residual(&layer.attn_out.forward(&ctx)?, &x)?;
-            let i = crate::ops::gelu_bias(&a.matmul(&layer.inter.w_t)?, &layer.inter.b)?;
+            let i = gelu_bias(&layer.inter, &a)?;
             x = layer.ln2.forward_residual(&layer.out.forward(&i)?, &a)?;
         }
         let mut off = 0;
@@ -379,16 +384,8 @@ impl Model for Bert {
         let mut ids = vec![0u32; b * l];
         let mut mask = vec![0f32; b * l];
         for (row, t) in seqs.iter().enumerate() {
-            let TensorData::I64(v) = &t.data else {
-                return Err(ModelError::Failed(format!("{INPUT_IDS} must be INT64")));
-            };
-            for (j, &id) in v.iter().enumerate() {
-                if id < 0 || id as usize >= self.cfg.vocab_size {
-                    return Err(ModelError::Failed(format!(
-                        "token id {id} is outside the vocabulary"
-                    )));
-                }
-                ids[row * l + j] = id as u32;
+            for (j, id) in self.checked_ids(t)?.into_iter().enumerate() {
+                ids[row * l + j] = id;
                 mask[row * l + j] = 1.0;
             }
         }

@@ -1,6 +1,7 @@
 //! Architecture `mlp`: input normalisation `(x - norm.mean) / norm.std`, then `layers.{i}` linear
 //! layers with ReLU between them and softmax at the end. Weights come from `model.safetensors`
-//! (names: `norm.mean`, `norm.std`, `layers.{i}.weight` [out, in], `layers.{i}.bias` [out]).
+//! (names: `norm.mean`, `norm.std`, `layers.{i}.weight` [out, in] (or quantized, see `quant`),
+//! `layers.{i}.bias` [out]).
 
 use std::path::Path;
 use std::time::Instant;
@@ -8,6 +9,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor as CT, D};
 
 use super::{gather_input, Model, ModelError, StageTimings};
+use crate::quant::Linear;
 use crate::repository::config::ModelConfig;
 use crate::tensor::Tensor;
 
@@ -17,8 +19,7 @@ pub struct Mlp {
     output: String,
     mean: CT,
     std: CT,
-    /// (weight transposed to [in, out], bias [out]).
-    layers: Vec<(CT, CT)>,
+    layers: Vec<Linear>,
 }
 
 impl Mlp {
@@ -38,9 +39,18 @@ impl Mlp {
         let mean = take("norm.mean")?;
         let std = take("norm.std")?;
         let mut layers = Vec::new();
-        while let Ok(weight) = take(&format!("layers.{}.weight", layers.len())) {
-            let bias = take(&format!("layers.{}.bias", layers.len()))?;
-            layers.push((weight.t()?.contiguous()?, bias));
+        loop {
+            let prefix = format!("layers.{}", layers.len());
+            let present = ["weight", "weight.q8", "weight.q4"]
+                .iter()
+                .any(|s| w.contains_key(&format!("{prefix}.{s}")));
+            if !present {
+                break;
+            }
+            layers.push(
+                Linear::load(&mut w, &prefix, device, config.quantization)
+                    .map_err(|e| load_err(e.to_string()))?,
+            );
         }
         if layers.is_empty() {
             return Err(load_err("no 'layers.0.weight' tensor".into()));
@@ -77,8 +87,8 @@ impl Model for Mlp {
         let t1 = Instant::now();
         let mut z = x.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
         let last = self.layers.len() - 1;
-        for (i, (w, b)) in self.layers.iter().enumerate() {
-            z = z.matmul(w)?.broadcast_add(b)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            z = layer.forward(&z)?;
             if i < last {
                 z = z.relu()?;
             }

@@ -30,6 +30,9 @@ pub struct ModelConfig {
     pub instance_group: Vec<InstanceGroup>,
     #[serde(default)]
     pub version_policy: VersionPolicy,
+    /// Quantize dense weights when loading: "q8" or "q4" (versions already quantized load as is).
+    #[serde(default)]
+    pub quantization: Option<crate::quant::Format>,
     /// Architecture-specific settings.
     #[serde(default)]
     pub parameters: toml::Table,

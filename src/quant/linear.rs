@@ -1,0 +1,254 @@
+//! `Linear` (y = x W^T + b) and `Embedding` (row lookup) over dense f32 or quantized weights. On the
+//! CPU quantized weights stay quantized in memory and are dequantized per call into a temporary f32
+//! matrix (about in x out work, small next to the matmul's rows x in x out); on other devices they are
+//! dequantized once at load until the quantized CUDA matmul exists.
+
+use std::collections::HashMap;
+
+use candle_core::{bail, DType, Device, Result, Tensor};
+
+use super::{Format, QMatrix};
+
+enum Weight {
+    /// Transposed: [in, out].
+    Dense(Tensor),
+    Quant(QMatrix),
+}
+
+pub struct Linear {
+    w: Weight,
+    b: Option<Tensor>,
+    device: Device,
+}
+
+fn f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+}
+
+enum Taken {
+    Quant(QMatrix),
+    Dense(Tensor),
+}
+
+/// Takes `name` from the weights map as a quantized matrix if it is stored quantized
+/// (`name.q8` / `name.q4` with scales), or as dense f32 (`name`), quantizing it when asked.
+fn take_matrix(
+    map: &mut HashMap<String, Tensor>,
+    name: &str,
+    quantize: Option<Format>,
+) -> Result<Taken> {
+    for format in [Format::Q8, Format::Q4] {
+        let key = format!("{name}.{}", format.suffix());
+        if let Some(q) = map.remove(&key) {
+            let scale = map
+                .remove(&format!("{key}_scale"))
+                .ok_or_else(|| candle_core::Error::Msg(format!("'{key}_scale' is missing")))?;
+            let (rows, packed) = q.dims2()?;
+            let bytes: Vec<u8> = q.flatten_all()?.to_vec1()?;
+            let scale = f32_vec(&scale)?;
+            return Ok(Taken::Quant(match format {
+                Format::Q8 => QMatrix::Q8 {
+                    q: bytes.into_iter().map(|b| b as i8).collect(),
+                    scale,
+                    rows,
+                    cols: packed,
+                },
+                Format::Q4 => QMatrix::Q4 {
+                    q: bytes,
+                    scale,
+                    rows,
+                    cols: packed * 2,
+                },
+            }));
+        }
+    }
+    let w = map
+        .remove(name)
+        .ok_or_else(|| candle_core::Error::Msg(format!("tensor '{name}' is missing")))?;
+    match quantize {
+        Some(format) => {
+            let (rows, cols) = w.dims2()?;
+            QMatrix::quantize(&f32_vec(&w)?, rows, cols, format)
+                .map(Taken::Quant)
+                .map_err(candle_core::Error::Msg)
+        }
+        None => Ok(Taken::Dense(w.to_dtype(DType::F32)?)),
+    }
+}
+
+impl Linear {
+    /// `prefix.weight` ([out, in], dense or quantized) and `prefix.bias` (optional).
+    pub fn load(
+        map: &mut HashMap<String, Tensor>,
+        prefix: &str,
+        device: &Device,
+        quantize: Option<Format>,
+    ) -> Result<Linear> {
+        let w = match take_matrix(map, &format!("{prefix}.weight"), quantize)? {
+            Taken::Quant(q) if device.is_cpu() => Weight::Quant(q),
+            Taken::Quant(q) => Weight::Dense(Tensor::from_vec(
+                q.dequantize_transposed(),
+                (q.cols(), q.rows()),
+                device,
+            )?),
+            Taken::Dense(dense) => Weight::Dense(dense.t()?.contiguous()?),
+        };
+        let b = match map.remove(&format!("{prefix}.bias")) {
+            Some(b) => Some(b.to_dtype(DType::F32)?),
+            None => None,
+        };
+        Ok(Linear {
+            w,
+            b,
+            device: device.clone(),
+        })
+    }
+
+    /// `x W^T` without the bias; `x` [rows, in].
+    pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.w {
+            Weight::Dense(w_t) => x.matmul(w_t),
+            Weight::Quant(q) => {
+                let w_t = Tensor::from_vec(
+                    q.dequantize_transposed(),
+                    (q.cols(), q.rows()),
+                    &self.device,
+                )?;
+                x.matmul(&w_t)
+            }
+        }
+    }
+
+    /// `x W^T + b`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.forward_no_bias(x)?;
+        match &self.b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.b.as_ref()
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self.w, Weight::Quant(_))
+    }
+}
+
+/// A lookup table [vocab, hidden], dense or quantized (rows dequantized on lookup).
+pub enum Embedding {
+    Dense(Tensor),
+    Quant(QMatrix, Device),
+}
+
+impl Embedding {
+    pub fn load(
+        map: &mut HashMap<String, Tensor>,
+        name: &str,
+        device: &Device,
+        quantize: Option<Format>,
+    ) -> Result<Embedding> {
+        Ok(match take_matrix(map, name, quantize)? {
+            Taken::Quant(q) if device.is_cpu() => Embedding::Quant(q, device.clone()),
+            Taken::Quant(q) => {
+                let (rows, cols) = (q.rows(), q.cols());
+                let mut out = vec![0f32; rows * cols];
+                out.chunks_exact_mut(cols)
+                    .enumerate()
+                    .for_each(|(r, o)| q.dequantize_row(r, o));
+                Embedding::Dense(Tensor::from_vec(out, (rows, cols), device)?)
+            }
+            Taken::Dense(dense) => Embedding::Dense(dense),
+        })
+    }
+
+    pub fn rows(&self) -> Result<usize> {
+        match self {
+            Embedding::Dense(t) => Ok(t.dim(0)?),
+            Embedding::Quant(q, _) => Ok(q.rows()),
+        }
+    }
+
+    /// Rows `ids` as [ids.len(), hidden] f32.
+    pub fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => {
+                let idx = Tensor::from_slice(ids, ids.len(), t.device())?;
+                t.index_select(&idx, 0)
+            }
+            Embedding::Quant(q, device) => {
+                let cols = q.cols();
+                let mut out = vec![0f32; ids.len() * cols];
+                for (o, &id) in out.chunks_exact_mut(cols).zip(ids) {
+                    if id as usize >= q.rows() {
+                        bail!("embedding row {id} is out of range ({} rows)", q.rows())
+                    }
+                    q.dequantize_row(id as usize, o);
+                }
+                Tensor::from_vec(out, (ids.len(), cols), device)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights(out: usize, inp: usize) -> HashMap<String, Tensor> {
+        let w = Tensor::randn(0f32, 0.5, (out, inp), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 0.5, out, &Device::Cpu).unwrap();
+        HashMap::from([("l.weight".to_string(), w), ("l.bias".to_string(), b)])
+    }
+
+    #[test]
+    fn quantized_linear_is_close_to_dense() {
+        let x = Tensor::randn(0f32, 1.0, (7, 64), &Device::Cpu).unwrap();
+        let w0 = weights(33, 64);
+        let dense = Linear::load(&mut w0.clone(), "l", &Device::Cpu, None).unwrap();
+        let want: Vec<f32> = dense
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (format, tol) in [(Format::Q8, 0.02), (Format::Q4, 0.2)] {
+            let q = Linear::load(&mut w0.clone(), "l", &Device::Cpu, Some(format)).unwrap();
+            assert!(q.is_quantized());
+            let got: Vec<f32> = q
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                err <= tol * scale,
+                "{format:?}: max error {err} vs output scale {scale}"
+            );
+        }
+    }
+
+    #[test]
+    fn quantized_embedding_lookup_matches_rows() {
+        let t = Tensor::randn(0f32, 1.0, (50, 32), &Device::Cpu).unwrap();
+        let mut map = HashMap::from([("e".to_string(), t.clone())]);
+        let e = Embedding::load(&mut map, "e", &Device::Cpu, Some(Format::Q8)).unwrap();
+        let got: Vec<Vec<f32>> = e.lookup(&[3, 49]).unwrap().to_vec2().unwrap();
+        let want: Vec<Vec<f32>> = t.to_vec2().unwrap();
+        for (g, w) in got.iter().zip([&want[3], &want[49]]) {
+            for (a, b) in g.iter().zip(w) {
+                assert!((a - b).abs() <= 0.02, "{a} vs {b}");
+            }
+        }
+        assert!(e.lookup(&[50]).is_err());
+    }
+}

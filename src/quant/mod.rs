@@ -1,0 +1,239 @@
+//! Quantized weight formats and the one `Linear` / `Embedding` type every architecture uses.
+//!
+//! Formats (symmetric, no zero point):
+//! - `q8`: int8 per output channel (one f32 scale per row of the [out, in] weight), stored as
+//!   `<name>.q8` (U8 holding the i8 bit patterns) + `<name>.q8_scale` (F32 [out]).
+//! - `q4`: 4-bit in groups of 32 along the input dimension (one f32 scale per group), two values per
+//!   byte (low nibble first, value + 8), stored as `<name>.q4` (U8 [out, in/2]) + `<name>.q4_scale`
+//!   (F32 [out, in/32]).
+//!
+//! No HTTP, no queues: pure tensors.
+
+pub mod convert;
+mod linear;
+
+pub use linear::{Embedding, Linear};
+
+/// A quantization format.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Q8,
+    Q4,
+}
+
+impl Format {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Format::Q8 => "q8",
+            Format::Q4 => "q4",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Format> {
+        match s {
+            "q8" => Some(Format::Q8),
+            "q4" => Some(Format::Q4),
+            _ => None,
+        }
+    }
+}
+
+/// Group size of the 4-bit format along the input dimension.
+pub const Q4_GROUP: usize = 32;
+
+/// A quantized [out, in] matrix kept on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QMatrix {
+    Q8 {
+        q: Vec<i8>,
+        scale: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
+    Q4 {
+        q: Vec<u8>,
+        scale: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl QMatrix {
+    pub fn quantize(
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        format: Format,
+    ) -> Result<QMatrix, String> {
+        if w.len() != rows * cols {
+            return Err(format!("{} values for a {rows} x {cols} matrix", w.len()));
+        }
+        match format {
+            Format::Q8 => {
+                let mut q = Vec::with_capacity(w.len());
+                let mut scale = Vec::with_capacity(rows);
+                for row in w.chunks_exact(cols) {
+                    let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+                    scale.push(s);
+                    q.extend(
+                        row.iter()
+                            .map(|v| (v / s).round().clamp(-127.0, 127.0) as i8),
+                    );
+                }
+                Ok(QMatrix::Q8 {
+                    q,
+                    scale,
+                    rows,
+                    cols,
+                })
+            }
+            Format::Q4 => {
+                if cols % Q4_GROUP != 0 {
+                    return Err(format!(
+                        "q4 needs the input dimension ({cols}) to be a multiple of {Q4_GROUP}"
+                    ));
+                }
+                let mut q = Vec::with_capacity(w.len() / 2);
+                let mut scale = Vec::with_capacity(w.len() / Q4_GROUP);
+                for group in w.chunks_exact(Q4_GROUP) {
+                    let amax = group.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let s = if amax > 0.0 { amax / 7.0 } else { 1.0 };
+                    scale.push(s);
+                    let nib = |v: f32| ((v / s).round().clamp(-8.0, 7.0) as i8 + 8) as u8;
+                    q.extend(group.chunks_exact(2).map(|p| nib(p[0]) | (nib(p[1]) << 4)));
+                }
+                Ok(QMatrix::Q4 {
+                    q,
+                    scale,
+                    rows,
+                    cols,
+                })
+            }
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        match self {
+            QMatrix::Q8 { rows, .. } | QMatrix::Q4 { rows, .. } => *rows,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        match self {
+            QMatrix::Q8 { cols, .. } | QMatrix::Q4 { cols, .. } => *cols,
+        }
+    }
+
+    /// Dequantizes row `r` into `out` (length `cols`).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        match self {
+            QMatrix::Q8 { q, scale, cols, .. } => {
+                let s = scale[r];
+                out.iter_mut()
+                    .zip(&q[r * cols..(r + 1) * cols])
+                    .for_each(|(o, &v)| *o = v as f32 * s);
+            }
+            QMatrix::Q4 { q, scale, cols, .. } => {
+                let bytes = &q[r * cols / 2..(r + 1) * cols / 2];
+                let scales = &scale[r * cols / Q4_GROUP..(r + 1) * cols / Q4_GROUP];
+                for (g, (o, b)) in out
+                    .chunks_exact_mut(Q4_GROUP)
+                    .zip(bytes.chunks_exact(Q4_GROUP / 2))
+                    .enumerate()
+                {
+                    let s = scales[g];
+                    for (pair, &byte) in o.chunks_exact_mut(2).zip(b) {
+                        pair[0] = ((byte & 0x0f) as i8 - 8) as f32 * s;
+                        pair[1] = ((byte >> 4) as i8 - 8) as f32 * s;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole matrix in f32, transposed to [cols, rows] (the layout a `x @ W^T` matmul wants).
+    pub fn dequantize_transposed(&self) -> Vec<f32> {
+        let (rows, cols) = (self.rows(), self.cols());
+        let mut row = vec![0f32; cols];
+        let mut out = vec![0f32; rows * cols];
+        for r in 0..rows {
+            self.dequantize_row(r, &mut row);
+            for (c, &v) in row.iter().enumerate() {
+                out[c * rows + r] = v;
+            }
+        }
+        out
+    }
+
+    /// Bytes the quantized data takes (values + scales).
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            QMatrix::Q8 { q, scale, .. } => q.len() + 4 * scale.len(),
+            QMatrix::Q4 { q, scale, .. } => q.len() + 4 * scale.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn random(rows: usize, cols: usize) -> Vec<f32> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        (0..rows * cols)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect()
+    }
+
+    fn max_err(w: &[f32], q: &QMatrix) -> f32 {
+        let (rows, cols) = (q.rows(), q.cols());
+        let mut row = vec![0f32; cols];
+        let mut err = 0f32;
+        for r in 0..rows {
+            q.dequantize_row(r, &mut row);
+            for c in 0..cols {
+                err = err.max((row[c] - w[r * cols + c]).abs());
+            }
+        }
+        err
+    }
+
+    #[test]
+    fn q8_round_trip_error_is_within_half_a_step() {
+        let w = random(33, 96);
+        let q = QMatrix::quantize(&w, 33, 96, Format::Q8).unwrap();
+        // |w| <= 1 so the step is <= 1/127.
+        assert!(max_err(&w, &q) <= 0.5 / 127.0 + 1e-6);
+        assert_eq!(q.size_bytes(), 33 * 96 + 33 * 4);
+    }
+
+    #[test]
+    fn q4_round_trip_error_is_within_half_a_step() {
+        let w = random(31, 64);
+        let q = QMatrix::quantize(&w, 31, 64, Format::Q4).unwrap();
+        assert!(max_err(&w, &q) <= 0.5 / 7.0 + 1e-6);
+        assert_eq!(q.size_bytes(), 31 * 32 + 31 * 2 * 4);
+    }
+
+    #[test]
+    fn q4_needs_whole_groups() {
+        assert!(QMatrix::quantize(&random(2, 33), 2, 33, Format::Q4).is_err());
+    }
+
+    #[test]
+    fn dequantize_transposed_matches_rows() {
+        let w = random(5, 32);
+        let q = QMatrix::quantize(&w, 5, 32, Format::Q8).unwrap();
+        let t = q.dequantize_transposed();
+        let mut row = vec![0f32; 32];
+        q.dequantize_row(3, &mut row);
+        for c in 0..32 {
+            assert_eq!(t[c * 5 + 3], row[c]);
+        }
+    }
+}
