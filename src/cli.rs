@@ -44,6 +44,9 @@ pub enum Command {
     /// Find the max throughput under a p99 SLO (optionally across server configs) and how many
     /// devices a target load needs; writes a Markdown report with plots.
     Capacity(CapacityArgs),
+    /// Write a quantized copy of a model version (q8 or q4) as a new version, with its measured
+    /// quality against the source in quantization.json.
+    Quantize(crate::quantize::QuantizeArgs),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => models(&model_repository, &gpus),
         Command::Bench(args) => bench(args),
         Command::Capacity(args) => capacity(args),
+        Command::Quantize(args) => crate::quantize::run(&args),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod ops;
 pub mod preprocess;
 pub mod protocol;
 pub mod quant;
+pub mod quantize;
 pub mod repository;
 pub mod server;
 pub mod shutdown;

@@ -88,7 +88,7 @@ pub struct Bert {
     cfg: BertConfig,
     word: Embedding,
     position: Embedding,
-    token_type: CT,
+    token_type: Embedding,
     emb_ln: LayerNorm,
     layers: Vec<Layer>,
     output: String,
@@ -201,7 +201,7 @@ impl Bert {
             device: device.clone(),
             word: w.embedding("embeddings.word_embeddings.weight")?,
             position: w.embedding("embeddings.position_embeddings.weight")?,
-            token_type: w.get("embeddings.token_type_embeddings.weight")?,
+            token_type: w.embedding("embeddings.token_type_embeddings.weight")?,
             emb_ln: w.layer_norm("embeddings.LayerNorm", eps)?,
             layers,
             output,
@@ -224,7 +224,7 @@ impl Bert {
         let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
         let words = self.word.lookup(&flat)?.reshape((b, l, h))?;
         let pos = self.position.lookup(&(0..l as u32).collect::<Vec<_>>())?;
-        let typ = self.token_type.narrow(0, 0, 1)?;
+        let typ = self.token_type.lookup(&[0])?;
         let x = words.broadcast_add(&pos)?.broadcast_add(&typ)?;
         let mut x = self.emb_ln.forward(&x)?.reshape((b * l, h))?;
         // 0 for real tokens, a large negative number for padding: [b, 1, 1, l].
@@ -298,7 +298,7 @@ impl Bert {
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let positions: Vec<u32> = lens.iter().flat_map(|&l| 0..l as u32).collect();
-        let typ = self.token_type.narrow(0, 0, 1)?;
+        let typ = self.token_type.lookup(&[0])?;
         let x =
             (self.word.lookup(&ids)? + self.position.lookup(&positions)?)?.broadcast_add(&typ)?;
         let mut x = self.emb_ln.forward(&x)?;

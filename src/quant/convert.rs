@@ -39,6 +39,13 @@ pub fn quantize_map(
         }
         let (rows, cols) = t.dims2()?;
         let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+        // Lookup tables feed every token straight into the network: 4 bits there cost far more
+        // accuracy than in the linear layers, so they stay at 8 bits (as llama.cpp's mixes do).
+        let format = if name.contains("embeddings") {
+            Format::Q8
+        } else {
+            format
+        };
         let q = QMatrix::quantize(&values, rows, cols, format).map_err(candle_core::Error::Msg)?;
         stats.quantized += 1;
         stats.bytes_after += q.size_bytes();
@@ -94,7 +101,7 @@ mod tests {
         let (q4, s) = quantize_map(map.clone(), Format::Q4).unwrap();
         assert_eq!((s.quantized, s.kept), (1, 2), "33 columns cannot be q4");
         assert_eq!(q4["a.weight.q4"].dims(), &[4, 32]);
-        assert_eq!(q4["a.weight.q4_scale"].dims(), &[4, 2]);
+        assert_eq!(q4["a.weight.q4_scale"].dims(), &[4, 64 / Q4_GROUP]);
         let (q8, s) = quantize_map(map, Format::Q8).unwrap();
         assert_eq!((s.quantized, s.kept), (2, 1));
         assert_eq!(q8["odd.weight.q8"].dtype(), DType::U8);

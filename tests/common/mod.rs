@@ -45,6 +45,11 @@ impl Repo {
             dst.join("1/model.safetensors"),
         )
         .unwrap();
+        std::fs::copy(
+            src.join("test-split.safetensors"),
+            dst.join("test-split.safetensors"),
+        )
+        .unwrap();
         let mut cfg = std::fs::read_to_string(src.join("config.toml")).unwrap();
         cfg = cfg.replace("name = \"digits\"\n", "");
         for (from, to) in edits {
