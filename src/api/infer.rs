@@ -201,7 +201,7 @@ pub fn invalid(lv: &LoadedVersion, e: impl Into<ApiError>) -> ApiError {
 }
 
 /// Milliseconds with microsecond precision ("1.234"), without float formatting on the hot path.
-fn ms(d: Duration) -> HeaderValue {
+pub(crate) fn ms(d: Duration) -> HeaderValue {
     let us = d.as_micros();
     HeaderValue::from_str(&format!("{}.{:03}", us / 1000, us % 1000))
         .expect("a number is a valid header value. This is a bug.")

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue};
 use serde_json::Value;
 
-use super::infer::{l2_normalized, Embedded};
+use super::infer::{l2_normalized, ms, Embedded};
 use super::{read_body, ApiError, AppState};
 use crate::repository::{LoadedVersion, ModelState, RepoError};
 
@@ -106,12 +106,6 @@ pub fn apply_dimensions(
             }
         })
         .collect())
-}
-
-fn ms(d: Duration) -> HeaderValue {
-    let us = d.as_micros();
-    HeaderValue::from_str(&format!("{}.{:03}", us / 1000, us % 1000))
-        .expect("a number is a valid header value. This is a bug.")
 }
 
 /// TEI's timing headers (milliseconds) and token count.
