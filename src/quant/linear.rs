@@ -109,12 +109,9 @@ impl Linear {
         match &self.w {
             Weight::Dense(w_t) => x.matmul(w_t),
             Weight::Quant(q) => {
-                let w_t = Tensor::from_vec(
-                    q.dequantize_transposed(),
-                    (q.cols(), q.rows()),
-                    &self.device,
-                )?;
-                x.matmul(&w_t)
+                // Row-major dequantization, then W^T as a strided view: no transposing copy.
+                let w = Tensor::from_vec(q.dequantize(), (q.rows(), q.cols()), &self.device)?;
+                x.matmul(&w.t()?)
             }
         }
     }

@@ -191,6 +191,17 @@ impl QMatrix {
         out
     }
 
+    /// The whole matrix in f32, row-major [rows, cols] (sequential writes; a matmul can take its
+    /// transpose as a strided view).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let cols = self.cols();
+        let mut out = vec![0f32; self.rows() * cols];
+        out.chunks_exact_mut(cols)
+            .enumerate()
+            .for_each(|(r, o)| self.dequantize_row(r, o));
+        out
+    }
+
     /// Bytes the quantized data takes (values + scales).
     pub fn size_bytes(&self) -> usize {
         match self {
