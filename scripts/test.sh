@@ -43,5 +43,8 @@ fi
 echo "== CUDA kernels: NVRTC + ptxas compile check for sm_80 and sm_90 (no GPU needed)"
 scripts/check-kernels.sh
 
+echo "== the cuda feature: builds without a GPU and falls back to the CPU"
+scripts/check-cuda-build.sh
+
 echo "== deploy checks"
 scripts/validate-deploy.sh
