@@ -21,7 +21,7 @@ fi
 (cd "$CU/lib" && for l in cudart nvrtc cublas cublasLt; do ln -sf "lib$l.so.13" "lib$l.so"; done && ln -sf libcurand.so.10 libcurand.so)
 
 cargo fetch -q
-CUDARC=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -maxdepth 1 -type d -name 'cudarc-0.19.*' | sort | tail -n 1)
+CUDARC=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -mindepth 2 -maxdepth 2 -type d -name 'cudarc-0.19.*' | sort | tail -n 1)
 if [[ ! -f "$CU/lib/stubs/libcuda.so.1" ]]; then
   mkdir -p "$CU/lib/stubs"
   grep -ohE 'load::<_F>\("cu[A-Za-z0-9_]+"\)' "$CUDARC/src/driver/sys/mod.rs" | sed -E 's/.*\("(.*)"\)/\1/' \
