@@ -84,15 +84,7 @@ async fn reference_embeddings_match_alone_and_in_a_mixed_batch() {
         execs >= 3.0,
         "64 sentences under a 1024-token budget need several batches, got {execs}"
     );
-    let text = s
-        .client
-        .get(&s.metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     let count = metric_value(
         &text,
         r#"ferrite_batch_padding_ratio_count{model="minilm",version="1"}"#,

@@ -558,15 +558,7 @@ async fn metrics_count_requests_with_triton_names() {
             .await,
         0.0
     );
-    let text = s
-        .client
-        .get(&s.metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     for name in [
         "nv_inference_queue_duration_us",
         "nv_inference_compute_input_duration_us",

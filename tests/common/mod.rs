@@ -171,18 +171,21 @@ impl TestServer {
             .unwrap()
     }
 
-    /// Value of one metric series, e.g. `nv_inference_count{model="digits",version="1"}`.
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = self
-            .client
+    /// The metrics port's whole Prometheus text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(&self.metrics_url)
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        metric_value(&text, series).unwrap_or(0.0)
+            .unwrap()
+    }
+
+    /// Value of one metric series, e.g. `nv_inference_count{model="digits",version="1"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics_text().await, series).unwrap_or(0.0)
     }
 }
 
