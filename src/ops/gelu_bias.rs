@@ -4,6 +4,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
+use super::simd::{self, dispatch};
 use super::{check_float, f32_view, in_f64, storage_of};
 
 /// `gelu_erf(x + bias)`; `x` [.., n], `bias` [n], same float dtype.
@@ -34,8 +35,9 @@ struct GeluBias;
 
 /// `0.5 v erfc(-v / sqrt 2)`, which equals `0.5 v (1 + erf(v / sqrt 2))`, with erfc from Numerical
 /// Recipes' Chebyshev fit (fractional error < 1.2e-7 everywhere, so the result keeps its relative
-/// accuracy also for large negative v). One `exp` and ten FMAs: about 4x faster than candle's erf here.
-#[inline]
+/// accuracy also for large negative v). One `exp` (the branch-free one in `simd`) and ten FMAs,
+/// no calls and no branches, so the loop vectorises.
+#[inline(always)]
 fn gelu(v: f32) -> f32 {
     let x = -v * std::f32::consts::FRAC_1_SQRT_2;
     let z = x.abs();
@@ -48,9 +50,18 @@ fn gelu(v: f32) -> f32 {
                         + t * (0.278_868_07
                             + t * (-1.135_204
                                 + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * (-z * z + poly).exp();
+    let r = t * simd::exp(-z * z + poly);
     let erfc = if x >= 0.0 { r } else { 2.0 - r };
     0.5 * v * erfc
+}
+
+#[inline(always)]
+fn gelu_rows(x: &[f32], b: &[f32], out: &mut [f32]) {
+    for (o, row) in out.chunks_exact_mut(b.len()).zip(x.chunks_exact(b.len())) {
+        for ((o, &v), &bi) in o.iter_mut().zip(row).zip(b) {
+            *o = gelu(v + bi);
+        }
+    }
 }
 
 impl CustomOp2 for GeluBias {
@@ -67,11 +78,8 @@ impl CustomOp2 for GeluBias {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_view(s1, l1, "gelu_bias x")?;
         let b = f32_view(s2, l2, "gelu_bias bias")?;
-        let n = b.len();
-        let mut out = Vec::with_capacity(x.len());
-        for row in x.chunks_exact(n) {
-            out.extend(row.iter().zip(b.iter()).map(|(&v, &bi)| gelu(v + bi)));
-        }
+        let mut out = vec![0f32; x.len()];
+        dispatch!(gelu_rows(&x, &b, &mut out));
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }
 }

@@ -10,6 +10,7 @@
 mod add_layer_norm;
 mod gelu_bias;
 mod mean_pool;
+pub(crate) mod simd;
 mod softmax_topk;
 
 pub use add_layer_norm::{add_layer_norm, add_layer_norm_ref};
