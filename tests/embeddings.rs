@@ -324,3 +324,31 @@ fn packed_cpu_path_equals_padded_path() {
         assert!(c >= 0.99999, "row {r}: padded vs packed cosine {c}");
     }
 }
+
+/// A packed batch longer than one packing group (256 tokens) is cut into groups of whole sequences;
+/// every row must equal that sentence encoded alone, in order.
+#[test]
+fn packed_batch_over_many_groups_equals_one_at_a_time() {
+    use candle_core::Device;
+    let f = fixture();
+    let repo = minilm_repo(&[]);
+    let dir = repo.path().join("minilm");
+    let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
+    let bert = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &Device::Cpu).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(dir.join("1/tokenizer.json")).unwrap();
+    let seqs: Vec<Vec<u32>> = f
+        .sentences
+        .iter()
+        .map(|s| tok.encode(s.as_str(), true).unwrap().get_ids().to_vec())
+        .collect();
+    let total: usize = seqs.iter().map(Vec::len).sum();
+    assert!(total > 3 * 256, "the fixture spans several groups ({total} tokens)");
+    let views: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let all: Vec<Vec<f32>> = bert.encode_packed(&views).unwrap().to_vec2().unwrap();
+    assert_eq!(all.len(), seqs.len());
+    for (i, s) in views.iter().enumerate() {
+        let alone: Vec<Vec<f32>> = bert.encode_packed(&[*s]).unwrap().to_vec2().unwrap();
+        let c = cosine(&all[i], &alone[0]);
+        assert!(c >= 0.99999, "sentence {i}: batch vs alone cosine {c}");
+    }
+}
