@@ -342,7 +342,10 @@ fn packed_batch_over_many_groups_equals_one_at_a_time() {
         .map(|s| tok.encode(s.as_str(), true).unwrap().get_ids().to_vec())
         .collect();
     let total: usize = seqs.iter().map(Vec::len).sum();
-    assert!(total > 3 * 256, "the fixture spans several groups ({total} tokens)");
+    assert!(
+        total > 3 * 256,
+        "the fixture spans several groups ({total} tokens)"
+    );
     let views: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
     let all: Vec<Vec<f32>> = bert.encode_packed(&views).unwrap().to_vec2().unwrap();
     assert_eq!(all.len(), seqs.len());

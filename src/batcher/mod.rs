@@ -337,7 +337,9 @@ impl Dispatcher {
                 oldest: self.state.oldest_enqueued(),
             };
             match policy::decide(pending, now, &self.cfg) {
-                Decision::Dispatch(max_rows) => self.dispatch(max_rows),
+                Decision::Dispatch(max_rows) => {
+                    self.dispatch(policy::fair_share(max_rows, pending.rows, self.idle.len()))
+                }
                 Decision::WaitUntil(t) => {
                     wake = Some(t);
                     break;

@@ -86,6 +86,17 @@ pub fn decide(pending: Pending, now: Instant, cfg: &BatchConfig) -> Decision {
     }
 }
 
+/// Rows for one of `idle_workers` idle workers when the policy says dispatch `max_rows`: an even
+/// share of what is queued, so that idle instances split the queue instead of one taking it all
+/// while the others wait for new arrivals (with a closed loop of clients, that ping-pongs: one
+/// instance busy at a time). On the CPU the GEMM rate is flat from ~20 rows up, so halves cost
+/// nothing; on a GPU two half batches on two instances still finish sooner than one full batch.
+pub fn fair_share(max_rows: usize, pending_rows: usize, idle_workers: usize) -> usize {
+    max_rows
+        .min(pending_rows.div_ceil(idle_workers.max(1)))
+        .max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +116,16 @@ mod tests {
             tokens: rows * 10,
             oldest,
         }
+    }
+
+    #[test]
+    fn fair_share_splits_the_queue_over_idle_workers() {
+        assert_eq!(fair_share(64, 64, 2), 32);
+        assert_eq!(fair_share(64, 63, 2), 32);
+        assert_eq!(fair_share(64, 200, 2), 64, "never above max_rows");
+        assert_eq!(fair_share(64, 10, 1), 10);
+        assert_eq!(fair_share(64, 1, 4), 1, "at least one row");
+        assert_eq!(fair_share(8, 5, 0), 5);
     }
 
     #[test]

@@ -279,3 +279,32 @@ async fn token_budget_full_dispatches_without_waiting() {
     assert_eq!(echo(q.pull().await.unwrap()), vec![0.0, 1.0]);
     assert_eq!(Instant::now(), start);
 }
+
+#[tokio::test(start_paused = true)]
+async fn idle_workers_split_the_queue_instead_of_one_taking_all() {
+    let c = BatchConfig {
+        max_batch_size: 8,
+        max_queue_size: 16,
+        ..cfg()
+    };
+    let q = Queue::spawn("m", c, metrics());
+    let (q1, q2) = (q.clone(), q.clone());
+    let w1 = tokio::spawn(async move { q1.pull().await.unwrap() });
+    settle().await;
+    let w2 = tokio::spawn(async move { q2.pull().await.unwrap() });
+    settle().await;
+    let hs: Vec<_> = (0..8)
+        .map(|i| spawn_submit(&q, i as f32, SubmitOptions::default()))
+        .collect();
+    // Checked before waiting on the second worker: without the split it would never get a batch.
+    let b1 = w1.await.unwrap();
+    assert_eq!(
+        echo(b1),
+        vec![0.0, 1.0, 2.0, 3.0],
+        "oldest half to the first idle worker"
+    );
+    assert_eq!(echo(w2.await.unwrap()), vec![4.0, 5.0, 6.0, 7.0]);
+    for h in hs {
+        assert!(h.await.unwrap().is_ok());
+    }
+}
