@@ -318,7 +318,6 @@ impl Bert {
     fn encode_packed_group(&self, seqs: &[&[u32]]) -> candle_core::Result<CT> {
         let h = self.cfg.hidden_size;
         let heads = self.cfg.num_attention_heads;
-        let d = h / heads;
         let lens: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
         let ids: Vec<u32> = seqs.iter().flat_map(|s| s.iter().copied()).collect();
         let positions: Vec<u32> = lens.iter().flat_map(|&l| 0..l as u32).collect();
@@ -326,35 +325,20 @@ impl Bert {
         let x =
             (self.word.lookup(&ids)? + self.position.lookup(&positions)?)?.broadcast_add(&typ)?;
         let mut x = self.emb_ln.forward(&x)?;
-        let scale = 1.0 / (d as f64).sqrt();
         for layer in &self.layers {
             let (q, k, v) = (
                 layer.q.forward(&x)?,
                 layer.k.forward(&x)?,
                 layer.v.forward(&x)?,
             );
-            let mut ctxs = Vec::with_capacity(lens.len());
-            let mut off = 0;
-            for &len in &lens {
-                let split = |t: &CT| -> candle_core::Result<CT> {
-                    t.narrow(0, off, len)?
-                        .reshape((len, heads, d))?
-                        .transpose(0, 1)?
-                        .contiguous()
-                };
-                let (qi, ki, vi) = (split(&q)?, split(&k)?, split(&v)?);
-                let scores = (qi.matmul(&ki.t()?.contiguous()?)? * scale)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-                ctxs.push(
-                    probs
-                        .matmul(&vi)?
-                        .transpose(0, 1)?
-                        .contiguous()?
-                        .reshape((len, h))?,
-                );
-                off += len;
-            }
-            let ctx = CT::cat(&ctxs, 0)?;
+            let ctx = with_f32(&q, |q| {
+                with_f32(&k, |k| {
+                    with_f32(&v, |v| {
+                        let c = super::attention::packed(q, k, v, &lens, h, heads);
+                        CT::from_vec(c, (q.len() / h, h), &Device::Cpu)
+                    })
+                })
+            })?;
             let a = layer
                 .ln1
                 .forward_residual(&layer.attn_out.forward(&ctx)?, &x)?;
@@ -423,5 +407,14 @@ impl Model for Bert {
         timings.infer = t2 - t1;
         timings.output = t2.elapsed();
         Ok(out.into_iter().map(|t| vec![t]).collect())
+    }
+}
+
+/// Runs `f` on the elements of a contiguous f32 CPU tensor, borrowed.
+fn with_f32<R>(t: &CT, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match (&*storage, layout.contiguous_offsets()) {
+        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => f(&v[a..b]),
+        _ => candle_core::bail!("expected a contiguous f32 CPU tensor"),
     }
 }

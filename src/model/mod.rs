@@ -1,6 +1,7 @@
 //! Models: the synchronous `Model` trait that workers call with a (ragged) batch, and `load`, which
 //! builds the architecture a config names. One file per architecture. No HTTP, no queues here.
 
+mod attention;
 pub mod bert;
 pub mod debug;
 pub mod mlp;
