@@ -8,6 +8,8 @@
 //! CPU paths compute in f32 whatever the storage dtype (f32, f16, bf16) and round once at the end.
 
 mod add_layer_norm;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod gelu_bias;
 mod mean_pool;
 mod softmax_topk;
@@ -76,6 +78,31 @@ pub(crate) mod testing {
             .unwrap()
             .to_dtype(dtype)
             .unwrap()
+    }
+
+    /// CUDA device 0, or `None` with a printed note (GPU parity tests then pass vacuously; run them
+    /// where a GPU is, see benches/gpu.sh).
+    #[cfg(feature = "cuda")]
+    pub fn cuda_device(test: &str) -> Option<Device> {
+        match Device::new_cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("{test}: SKIPPED, no CUDA device ({e})");
+                None
+            }
+        }
+    }
+
+    /// `t` copied to `dev`.
+    #[cfg(feature = "cuda")]
+    pub fn on(dev: &Device, t: &Tensor) -> Tensor {
+        t.to_device(dev).unwrap()
+    }
+
+    /// `t` copied back to the CPU.
+    #[cfg(feature = "cuda")]
+    pub fn cpu(t: Tensor) -> Tensor {
+        t.to_device(&Device::Cpu).unwrap()
     }
 
     /// Tolerance per dtype: relative, with an absolute floor for values near zero.
