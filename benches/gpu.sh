@@ -3,7 +3,8 @@
 # the digits model, and the CPU gauges it exported. GPU parts run only where nvidia-smi finds a GPU
 # (build with --features cuda, see ../shared/CUDA.md): the same load with two instances per GPU
 # (instance_group kind = "gpu", count = 2), then the NVML sample comparison: mean nv_gpu_utilization
-# over the run vs the busy fraction measured from the server's own compute time.
+# over the run vs the busy fraction measured from the server's own compute time. Before that, the
+# custom ops' GPU parity tests (src/ops, vs their CPU `_ref`) and kernel timings (examples/ops_gpu.rs).
 # Usage: benches/gpu.sh [SECONDS] [CONCURRENCY]   (defaults 5 s, 16)
 # Env: PORT (default 18300; the GPU run uses PORT+100), PROFILE=release|debug (default release), FERRITE_BIN (default $CARGO_TARGET_DIR/$PROFILE/ferrite).
 set -euo pipefail
@@ -82,6 +83,16 @@ curl -sf "localhost:$PORT/v2/devices" | python3 -c 'import json,sys; [print("  d
 load "$PORT"
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  echo "== GPU: custom ops, CUDA vs the CPU _ref (parity tests), then kernel timings vs kernels/README.md floors"
+  # nvidia-smi sees a GPU here, so a parity test that skips (no CUDA device) counts as a failure.
+  if ! cargo test --release --features cuda --lib ops:: -- --nocapture >"$tmp/ops-test.log" 2>&1 \
+    || grep -q SKIPPED "$tmp/ops-test.log"; then
+    grep -E 'SKIPPED|panicked|^test |^test result|^error' "$tmp/ops-test.log" >&2 || tail -n 40 "$tmp/ops-test.log" >&2
+    echo "GPU op parity tests failed or skipped" >&2
+    exit 1
+  fi
+  grep -E '^test .*cuda|^test result' "$tmp/ops-test.log"
+  cargo run --release --features cuda --example ops_gpu
   echo "== GPU: digits, two instances per GPU (kind = gpu, count = 2)"
   cp -r models/digits "$tmp/digits" && mkdir -p "$tmp/repo" && mv "$tmp/digits" "$tmp/repo/digits"
   sed -i 's/^count = .*/count = 2/; s/^kind = .*/kind = "gpu"/' "$tmp/repo/digits/config.toml"

@@ -27,11 +27,11 @@ extern "C" __global__ void add_layer_norm_f32(const float* x, const float* r, co
                                               unsigned n, float eps) {
     add_layer_norm(x, r, gb, y, n, eps);
 }
-extern "C" __global__ void add_layer_norm_f16(const __half* x, const __half* r, const __half* gb, __half* y,
+extern "C" __global__ void add_layer_norm_f16(const f16_t* x, const f16_t* r, const f16_t* gb, f16_t* y,
                                               unsigned n, float eps) {
     add_layer_norm(x, r, gb, y, n, eps);
 }
-extern "C" __global__ void add_layer_norm_bf16(const __nv_bfloat16* x, const __nv_bfloat16* r,
-                                               const __nv_bfloat16* gb, __nv_bfloat16* y, unsigned n, float eps) {
+extern "C" __global__ void add_layer_norm_bf16(const bf16_t* x, const bf16_t* r,
+                                               const bf16_t* gb, bf16_t* y, unsigned n, float eps) {
     add_layer_norm(x, r, gb, y, n, eps);
 }

@@ -16,10 +16,10 @@ __device__ void gelu_bias(const T* __restrict__ x, const T* __restrict__ bias, T
 extern "C" __global__ void gelu_bias_f32(const float* x, const float* b, float* y, unsigned rows, unsigned n) {
     gelu_bias(x, b, y, rows, n);
 }
-extern "C" __global__ void gelu_bias_f16(const __half* x, const __half* b, __half* y, unsigned rows, unsigned n) {
+extern "C" __global__ void gelu_bias_f16(const f16_t* x, const f16_t* b, f16_t* y, unsigned rows, unsigned n) {
     gelu_bias(x, b, y, rows, n);
 }
-extern "C" __global__ void gelu_bias_bf16(const __nv_bfloat16* x, const __nv_bfloat16* b, __nv_bfloat16* y,
+extern "C" __global__ void gelu_bias_bf16(const bf16_t* x, const bf16_t* b, bf16_t* y,
                                           unsigned rows, unsigned n) {
     gelu_bias(x, b, y, rows, n);
 }

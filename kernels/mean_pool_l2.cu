@@ -44,11 +44,11 @@ extern "C" __global__ void mean_pool_l2_f32(const float* x, const float* m, floa
                                             int normalize) {
     mean_pool_l2(x, m, y, l, h, normalize);
 }
-extern "C" __global__ void mean_pool_l2_f16(const __half* x, const __half* m, __half* y, unsigned l, unsigned h,
+extern "C" __global__ void mean_pool_l2_f16(const f16_t* x, const f16_t* m, f16_t* y, unsigned l, unsigned h,
                                             int normalize) {
     mean_pool_l2(x, m, y, l, h, normalize);
 }
-extern "C" __global__ void mean_pool_l2_bf16(const __nv_bfloat16* x, const __nv_bfloat16* m, __nv_bfloat16* y,
+extern "C" __global__ void mean_pool_l2_bf16(const bf16_t* x, const bf16_t* m, bf16_t* y,
                                              unsigned l, unsigned h, int normalize) {
     mean_pool_l2(x, m, y, l, h, normalize);
 }

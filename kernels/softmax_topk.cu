@@ -65,9 +65,9 @@ __device__ void softmax_topk(const T* __restrict__ logits, T* __restrict__ y, un
 extern "C" __global__ void softmax_topk_f32(const float* x, float* y, unsigned n, unsigned k) {
     softmax_topk(x, y, n, k);
 }
-extern "C" __global__ void softmax_topk_f16(const __half* x, __half* y, unsigned n, unsigned k) {
+extern "C" __global__ void softmax_topk_f16(const f16_t* x, f16_t* y, unsigned n, unsigned k) {
     softmax_topk(x, y, n, k);
 }
-extern "C" __global__ void softmax_topk_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, unsigned n, unsigned k) {
+extern "C" __global__ void softmax_topk_bf16(const bf16_t* x, bf16_t* y, unsigned n, unsigned k) {
     softmax_topk(x, y, n, k);
 }

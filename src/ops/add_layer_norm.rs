@@ -115,6 +115,75 @@ impl CustomOp3 for AddLayerNorm {
         }
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }
+
+    /// kernels/add_layer_norm.cu: one block of 256 threads per row.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda;
+        use candle_core::cuda_backend::cudarc::driver::{
+            CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits,
+        };
+        use candle_core::cuda_backend::{CudaDevice, Map3, WrapErr};
+        use candle_core::WithDType;
+
+        struct Launch {
+            eps: f32,
+        }
+        impl Map3 for Launch {
+            fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+                &self,
+                x: &CudaSlice<T>,
+                lx: &Layout,
+                r: &CudaSlice<T>,
+                lr: &Layout,
+                gb: &CudaSlice<T>,
+                lgb: &Layout,
+                dev: &CudaDevice,
+            ) -> Result<CudaSlice<T>> {
+                let func = cuda::func(dev, &cuda::ADD_LAYER_NORM, T::DTYPE)?;
+                let x = cuda::contiguous(x, lx, "add_layer_norm x")?;
+                let r = cuda::contiguous(r, lr, "add_layer_norm residual")?;
+                let gb = cuda::contiguous(gb, lgb, "add_layer_norm gamma/beta")?;
+                let (total, n) = (x.len(), gb.len() / 2);
+                // SAFETY: every element is written by the kernel below (or there are none).
+                let mut y = unsafe { dev.alloc::<T>(total)? };
+                if total == 0 {
+                    return Ok(y);
+                }
+                let rows = cuda::u32_arg(total / n, "add_layer_norm rows")?;
+                let n = cuda::u32_arg(n, "add_layer_norm n")?;
+                let stream = dev.cuda_stream();
+                let mut args = stream.launch_builder(&func);
+                args.arg(&x)
+                    .arg(&r)
+                    .arg(&gb)
+                    .arg(&mut y)
+                    .arg(&n)
+                    .arg(&self.eps);
+                // SAFETY: the arguments match add_layer_norm_<t>(const T* x, const T* r,
+                // const T* gamma_beta, T* y, unsigned n, float eps); x, r and y hold rows*n
+                // elements, gamma_beta 2n; one block per row.
+                unsafe { args.launch(cuda::per_row(rows)) }.w()?;
+                Ok(y)
+            }
+        }
+        let dev = s1.device();
+        let launch = Launch { eps: self.eps };
+        let slice = launch.map(&s1.slice, l1, &s2.slice, l2, &s3.slice, l3, dev)?;
+        let y = candle_core::CudaStorage {
+            slice,
+            device: dev.clone(),
+        };
+        Ok((y, l1.shape().clone()))
+    }
 }
 
 #[cfg(test)]
@@ -146,5 +215,31 @@ mod tests {
         let x = randn(1, &[2, 8], DType::F32);
         let g = randn(2, &[8], DType::F32);
         assert!(add_layer_norm(&x, &randn(3, &[2, 7], DType::F32), &g, &g, 1e-5).is_err());
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn add_layer_norm_cuda_matches_ref_on_odd_sizes_and_dtypes() {
+        let Some(dev) = cuda_device("add_layer_norm_cuda") else {
+            return;
+        };
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for (i, n) in ODD_SIZES.into_iter().enumerate() {
+                let s = 10 * i as u64;
+                let (x, r) = (randn(s, &[4, n], dtype), randn(s + 1, &[4, n], dtype));
+                let (g, b) = (randn(s + 2, &[n], dtype), randn(s + 3, &[n], dtype));
+                let got = add_layer_norm(
+                    &on(&dev, &x),
+                    &on(&dev, &r),
+                    &on(&dev, &g),
+                    &on(&dev, &b),
+                    1e-12,
+                )
+                .unwrap();
+                let want = add_layer_norm_ref(&x, &r, &g, &b, 1e-12).unwrap();
+                let what = format!("cuda add_layer_norm {dtype:?} n={n}");
+                assert_close(&cpu(got), &want, dtype, &what);
+            }
+        }
     }
 }

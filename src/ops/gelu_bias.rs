@@ -82,6 +82,66 @@ impl CustomOp2 for GeluBias {
         dispatch!(gelu_rows(&x, &b, &mut out));
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }
+
+    /// kernels/gelu_bias.cu: 1-D grid-stride, 256 threads, grid = min(ceil(rows*n / 256), 65535).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{self, BLOCK};
+        use candle_core::cuda_backend::cudarc::driver::{
+            CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+        };
+        use candle_core::cuda_backend::{CudaDevice, Map2, WrapErr};
+        use candle_core::WithDType;
+
+        struct Launch;
+        impl Map2 for Launch {
+            fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+                &self,
+                x: &CudaSlice<T>,
+                lx: &Layout,
+                b: &CudaSlice<T>,
+                lb: &Layout,
+                dev: &CudaDevice,
+            ) -> Result<CudaSlice<T>> {
+                let func = cuda::func(dev, &cuda::GELU_BIAS, T::DTYPE)?;
+                let x = cuda::contiguous(x, lx, "gelu_bias x")?;
+                let b = cuda::contiguous(b, lb, "gelu_bias bias")?;
+                let (total, n) = (x.len(), b.len());
+                // SAFETY: every element is written by the kernel below (or there are none).
+                let mut y = unsafe { dev.alloc::<T>(total)? };
+                if total == 0 {
+                    return Ok(y);
+                }
+                let rows = cuda::u32_arg(total / n, "gelu_bias rows")?;
+                let n = cuda::u32_arg(n, "gelu_bias n")?;
+                let cfg = LaunchConfig {
+                    grid_dim: (total.div_ceil(BLOCK as usize).min(65535) as u32, 1, 1),
+                    block_dim: (BLOCK, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                let stream = dev.cuda_stream();
+                let mut args = stream.launch_builder(&func);
+                args.arg(&x).arg(&b).arg(&mut y).arg(&rows).arg(&n);
+                // SAFETY: the arguments match gelu_bias_<t>(const T*, const T*, T*, unsigned,
+                // unsigned); x and y hold rows*n elements, bias n.
+                unsafe { args.launch(cfg) }.w()?;
+                Ok(y)
+            }
+        }
+        let dev = s1.device();
+        let slice = Launch.map(&s1.slice, l1, &s2.slice, l2, dev)?;
+        let y = candle_core::CudaStorage {
+            slice,
+            device: dev.clone(),
+        };
+        Ok((y, l1.shape().clone()))
+    }
 }
 
 #[cfg(test)]
@@ -111,5 +171,49 @@ mod tests {
     fn gelu_bias_wrong_bias_shape_is_error() {
         let x = randn(1, &[2, 8], DType::F32);
         assert!(gelu_bias(&x, &randn(2, &[7], DType::F32)).is_err());
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn gelu_bias_cuda_matches_ref_on_odd_sizes_and_dtypes() {
+        let Some(dev) = cuda_device("gelu_bias_cuda") else {
+            return;
+        };
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for (i, n) in ODD_SIZES.into_iter().enumerate() {
+                let x = randn(i as u64, &[3, n], dtype);
+                let b = randn(100 + i as u64, &[n], dtype);
+                let got = cpu(gelu_bias(&on(&dev, &x), &on(&dev, &b)).unwrap());
+                let want = gelu_bias_ref(&x, &b).unwrap();
+                assert_close(
+                    &got,
+                    &want,
+                    dtype,
+                    &format!("cuda gelu_bias {dtype:?} n={n}"),
+                );
+                // Rows 1..3: a view with a start offset.
+                let got =
+                    cpu(gelu_bias(&on(&dev, &x).narrow(0, 1, 2).unwrap(), &on(&dev, &b)).unwrap());
+                let want = gelu_bias_ref(&x.narrow(0, 1, 2).unwrap(), &b).unwrap();
+                assert_close(
+                    &got,
+                    &want,
+                    dtype,
+                    &format!("cuda gelu_bias offset {dtype:?} n={n}"),
+                );
+            }
+        }
+        // More elements than one grid of 65535 x 256 threads covers: the grid-stride loop.
+        let (x, b) = (
+            randn(7, &[16385, 1025], DType::F32),
+            randn(8, &[1025], DType::F32),
+        );
+        let got = cpu(gelu_bias(&on(&dev, &x), &on(&dev, &b)).unwrap());
+        assert_close(
+            &got,
+            &gelu_bias_ref(&x, &b).unwrap(),
+            DType::F32,
+            "cuda gelu_bias grid-stride",
+        );
     }
 }

@@ -80,7 +80,83 @@ impl CustomOp2 for MeanPool {
         }
         Ok((storage_of(out, s1.dtype())?, Shape::from((b, h))))
     }
+
+    /// kernels/mean_pool_l2.cu: one block of 256 threads per batch row, h <= 256 * 16.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda;
+        use candle_core::cuda_backend::cudarc::driver::{
+            CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits,
+        };
+        use candle_core::cuda_backend::{CudaDevice, Map2, WrapErr};
+        use candle_core::WithDType;
+
+        struct Launch {
+            normalize: bool,
+        }
+        impl Map2 for Launch {
+            fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+                &self,
+                x: &CudaSlice<T>,
+                lx: &Layout,
+                m: &CudaSlice<T>,
+                lm: &Layout,
+                dev: &CudaDevice,
+            ) -> Result<CudaSlice<T>> {
+                let func = cuda::func(dev, &cuda::MEAN_POOL_L2, T::DTYPE)?;
+                let (b, l, h) = lx.shape().dims3()?;
+                if h > MAX_HIDDEN_CUDA {
+                    bail!("mean_pool_l2 on CUDA: hidden size {h} exceeds {MAX_HIDDEN_CUDA}")
+                }
+                let x = cuda::contiguous(x, lx, "mean_pool_l2 hidden")?;
+                let m = cuda::contiguous(m, lm, "mean_pool_l2 mask")?;
+                // SAFETY: every element is written by the kernel below (or there are none).
+                let mut y = unsafe { dev.alloc::<T>(b * h)? };
+                if b * h == 0 {
+                    return Ok(y);
+                }
+                let rows = cuda::u32_arg(b, "mean_pool_l2 batch")?;
+                let l = cuda::u32_arg(l, "mean_pool_l2 seq len")?;
+                let h = cuda::u32_arg(h, "mean_pool_l2 hidden")?;
+                let normalize = i32::from(self.normalize);
+                let stream = dev.cuda_stream();
+                let mut args = stream.launch_builder(&func);
+                args.arg(&x)
+                    .arg(&m)
+                    .arg(&mut y)
+                    .arg(&l)
+                    .arg(&h)
+                    .arg(&normalize);
+                // SAFETY: the arguments match mean_pool_l2_<t>(const T* hidden, const T* mask,
+                // T* y, unsigned l, unsigned h, int normalize); hidden is [b, l, h], mask [b, l],
+                // y [b, h], h <= 256 * MAX_COLS_PER_THREAD (checked above); one block per row.
+                unsafe { args.launch(cuda::per_row(rows)) }.w()?;
+                Ok(y)
+            }
+        }
+        let (b, _, h) = l1.shape().dims3()?;
+        let dev = s1.device();
+        let launch = Launch {
+            normalize: self.normalize,
+        };
+        let slice = launch.map(&s1.slice, l1, &s2.slice, l2, dev)?;
+        let y = candle_core::CudaStorage {
+            slice,
+            device: dev.clone(),
+        };
+        Ok((y, Shape::from((b, h))))
+    }
 }
+
+/// The CUDA kernel keeps 16 columns per thread in registers, 256 threads per block.
+#[cfg(feature = "cuda")]
+const MAX_HIDDEN_CUDA: usize = 256 * 16;
 
 #[cfg(test)]
 mod tests {
@@ -125,5 +201,38 @@ mod tests {
     fn mean_pool_l2_wrong_mask_is_error() {
         let x = randn(1, &[2, 4, 8], DType::F32);
         assert!(mean_pool_l2(&x, &mask(2, 5, DType::F32), true).is_err());
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn mean_pool_l2_cuda_matches_ref_on_odd_sizes_and_dtypes() {
+        let Some(dev) = cuda_device("mean_pool_l2_cuda") else {
+            return;
+        };
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            // 4096: the most columns the kernel keeps in registers (256 threads x 16).
+            for (i, h) in ODD_SIZES.into_iter().chain([4096]).enumerate() {
+                for l in [1usize, 33] {
+                    let x = randn(i as u64, &[3, l, h], dtype);
+                    let m = mask(3, l, dtype);
+                    for normalize in [false, true] {
+                        let got = mean_pool_l2(&on(&dev, &x), &on(&dev, &m), normalize).unwrap();
+                        let want = mean_pool_l2_ref(&x, &m, normalize).unwrap();
+                        let what = format!("cuda mean_pool {dtype:?} l={l} h={h} norm={normalize}");
+                        assert_close(&cpu(got), &want, dtype, &what);
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn mean_pool_l2_cuda_hidden_over_4096_is_error() {
+        let Some(dev) = cuda_device("mean_pool_l2_cuda_hidden_over_4096") else {
+            return;
+        };
+        let x = on(&dev, &randn(1, &[1, 2, 4097], DType::F32));
+        assert!(mean_pool_l2(&x, &on(&dev, &mask(1, 2, DType::F32)), true).is_err());
     }
 }

@@ -1,13 +1,17 @@
 //! Custom ops, each in the candle four-part form: a public fn with shape/dtype checks, a `*_ref`
 //! built from plain candle ops, a private `CustomOpN` whose `cpu_fwd` is a real single-pass
 //! implementation (what runs on CPU), and a CUDA kernel in `kernels/<op>.cu` with entry points
-//! `<op>_f32`, `<op>_f16`, `<op>_bf16` (compile-checked for sm_80/sm_90 by scripts/check-kernels.sh;
-//! the `cuda_fwd` launchers are not wired yet, so on a CUDA device these ops return candle's
-//! "no cuda implementation" error). A leaf module: no HTTP, no queues.
+//! `<op>_f32`, `<op>_f16`, `<op>_bf16` (compile-checked for sm_80/sm_90 by scripts/check-kernels.sh).
+//! With feature `cuda`, each op's `cuda_fwd` launches that kernel; `cuda.rs` compiles the kernels at
+//! first use with the machine's NVRTC. Those launchers are compile-verified only, never run on a GPU
+//! yet: the GPU parity tests skip without a device (run them with benches/gpu.sh where one is).
+//! A leaf module: no HTTP, no queues.
 //!
 //! CPU paths compute in f32 whatever the storage dtype (f32, f16, bf16) and round once at the end.
 
 mod add_layer_norm;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod gelu_bias;
 mod mean_pool;
 pub(crate) mod simd;
@@ -77,6 +81,31 @@ pub(crate) mod testing {
             .unwrap()
             .to_dtype(dtype)
             .unwrap()
+    }
+
+    /// CUDA device 0, or `None` with a printed note (GPU parity tests then pass vacuously; run them
+    /// where a GPU is, see benches/gpu.sh).
+    #[cfg(feature = "cuda")]
+    pub fn cuda_device(test: &str) -> Option<Device> {
+        match Device::new_cuda(0) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                eprintln!("{test}: SKIPPED, no CUDA device ({e})");
+                None
+            }
+        }
+    }
+
+    /// `t` copied to `dev`.
+    #[cfg(feature = "cuda")]
+    pub fn on(dev: &Device, t: &Tensor) -> Tensor {
+        t.to_device(dev).unwrap()
+    }
+
+    /// `t` copied back to the CPU.
+    #[cfg(feature = "cuda")]
+    pub fn cpu(t: Tensor) -> Tensor {
+        t.to_device(&Device::Cpu).unwrap()
     }
 
     /// Tolerance per dtype: relative, with an absolute floor for values near zero.

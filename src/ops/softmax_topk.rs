@@ -60,7 +60,69 @@ impl CustomOp1 for SoftmaxTopk {
         }
         Ok((storage_of(out, s.dtype())?, Shape::from((b, k, 2))))
     }
+
+    /// kernels/softmax_topk.cu: one block of 256 threads per row, k <= 64.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda;
+        use candle_core::cuda_backend::cudarc::driver::{
+            CudaSlice, DeviceRepr, PushKernelArg, ValidAsZeroBits,
+        };
+        use candle_core::cuda_backend::{CudaDevice, Map1, WrapErr};
+        use candle_core::WithDType;
+
+        struct Launch {
+            k: usize,
+        }
+        impl Map1 for Launch {
+            fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+                &self,
+                x: &CudaSlice<T>,
+                dev: &CudaDevice,
+                lx: &Layout,
+            ) -> Result<CudaSlice<T>> {
+                let func = cuda::func(dev, &cuda::SOFTMAX_TOPK, T::DTYPE)?;
+                let (b, n) = lx.shape().dims2()?;
+                if self.k > MAX_K_CUDA {
+                    bail!("softmax_topk on CUDA: k = {} exceeds {MAX_K_CUDA}", self.k)
+                }
+                let x = cuda::contiguous(x, lx, "softmax_topk logits")?;
+                // SAFETY: every element is written by the kernel below (or there are none).
+                let mut y = unsafe { dev.alloc::<T>(b * self.k * 2)? };
+                if b == 0 {
+                    return Ok(y);
+                }
+                let rows = cuda::u32_arg(b, "softmax_topk batch")?;
+                let n = cuda::u32_arg(n, "softmax_topk n")?;
+                let k = cuda::u32_arg(self.k, "softmax_topk k")?;
+                let stream = dev.cuda_stream();
+                let mut args = stream.launch_builder(&func);
+                args.arg(&x).arg(&mut y).arg(&n).arg(&k);
+                // SAFETY: the arguments match softmax_topk_<t>(const T* logits, T* y, unsigned n,
+                // unsigned k); logits is [b, n], y [b, k, 2], 1 <= k <= min(n, MAX_K) (checked
+                // here and in softmax_topk); one block per row.
+                unsafe { args.launch(cuda::per_row(rows)) }.w()?;
+                Ok(y)
+            }
+        }
+        let (b, _) = l.shape().dims2()?;
+        let dev = s.device();
+        let slice = Launch { k: self.k }.map(&s.slice, dev, l)?;
+        let y = candle_core::CudaStorage {
+            slice,
+            device: dev.clone(),
+        };
+        Ok((y, Shape::from((b, self.k, 2))))
+    }
 }
+
+/// The CUDA kernel's `MAX_K` (rounds of block arg-max, indices kept in shared memory).
+#[cfg(feature = "cuda")]
+const MAX_K_CUDA: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -100,5 +162,44 @@ mod tests {
         let x = randn(1, &[2, 4], DType::F32);
         assert!(softmax_topk(&x, 0).is_err());
         assert!(softmax_topk(&x, 5).is_err());
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn softmax_topk_cuda_matches_ref_on_odd_sizes() {
+        let Some(dev) = cuda_device("softmax_topk_cuda") else {
+            return;
+        };
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for (i, n) in ODD_SIZES.into_iter().enumerate() {
+                // Distinct logits (no ties), as in the CPU test.
+                let mut v: Vec<f32> = (0..2 * n).map(|j| (j % n) as f32 * 0.01).collect();
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(i as u64);
+                use rand::seq::SliceRandom;
+                v[..n].shuffle(&mut rng);
+                v[n..].shuffle(&mut rng);
+                let x = Tensor::from_vec(v, (2, n), &candle_core::Device::Cpu)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                // k <= 64 on CUDA (the kernel's MAX_K).
+                for k in [1, n.min(5), n.min(MAX_K_CUDA)] {
+                    let got = cpu(softmax_topk(&on(&dev, &x), k).unwrap());
+                    let want = softmax_topk_ref(&x, k).unwrap();
+                    let what = format!("cuda softmax_topk {dtype:?} n={n} k={k}");
+                    assert_close(&got, &want, dtype, &what);
+                }
+            }
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn softmax_topk_cuda_k_over_64_is_error() {
+        let Some(dev) = cuda_device("softmax_topk_cuda_k_over_64") else {
+            return;
+        };
+        let x = on(&dev, &randn(1, &[2, 100], DType::F32));
+        assert!(softmax_topk(&x, MAX_K_CUDA + 1).is_err());
     }
 }
