@@ -12,6 +12,7 @@ mod gelu_bias;
 mod mean_pool;
 mod q8_gemv;
 mod q8_matmul;
+mod q8_vnni;
 pub(crate) mod simd;
 mod softmax_topk;
 

@@ -2,23 +2,32 @@
 //! x [m, k] float, q [n, k] U8 holding the i8 bit patterns, scale [n] f32, y [m, n] in x's dtype.
 //! The weights stay int8 in memory; no call dequantizes the whole matrix.
 //!
-//! CPU: few rows (m ≤ `GEMV_MAX_ROWS` = 32) take dot products straight over the int8 weights (`q8_gemv`,
-//! memory-bound, a quarter of the f32 weight bytes); more rows dequantize one panel of W at a time
-//! into an L2-sized f32 scratch and run `gemm`'s f32 kernel on it (compute-bound, so the panel
-//! conversion is a small overhead next to the matmul).
+//! CPU paths (`forward` picks): m = 1 and CPUs without AVX-512 VNNI up to `GEMV_MAX_ROWS` rows
+//! take f32 dot products straight over the int8 weights (`q8_gemv`, a quarter of the f32 weight
+//! bytes); more rows without VNNI dequantize one panel of W at a time into an L2-sized f32 scratch
+//! and run `gemm`'s f32 kernel on it. With AVX-512 VNNI, m ≥ `VNNI_MIN_ROWS` runs int8 x int8
+//! (`q8_vnni`: x quantized per row on the fly, which adds its rounding error to the weights'; MiniLM
+//! q8 mean cosine 0.9995 -> 0.9973).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::q8_gemv;
 use super::simd::dispatch;
 use super::{check_float, f32_view, in_f64, storage_of};
+use super::{q8_gemv, q8_vnni};
 
 /// Up to this many rows of x the GEMV path is used. Measured at k = 384, n = 1536, one thread, AMD
 /// EPYC (AVX-512): GEMV costs ~7 µs per row (m = 1: 15 µs, 4: 29, 16: 112, 32: 225, 64: 462), the
 /// tiled path 160 µs at m = 4, 214 at 16, 290 at 32, 383 at 48, 501 at 64: they cross at ~50 rows;
 /// 32 keeps a margin (the GEMV's x rows must also stay in cache).
 pub(crate) const GEMV_MAX_ROWS: usize = 32;
+
+/// From this many rows of x on, the int8 x int8 VNNI path (x quantized per row on the fly) runs
+/// where the CPU has AVX-512 VNNI. Measured at k = 384, n = 1536, one thread (µs, VNNI vs the f32
+/// path in use): m = 1: 17.2 vs 15.0; 4: 23 vs 33; 16: 66 vs 117; 32: 119 vs 239; 64: 233 vs 458;
+/// 512: 1851 vs 2700; 4096: 17177 vs 20362. MiniLM q8 keeps mean cosine 0.9995 with it (see
+/// benches/RESULTS.md).
+pub(crate) const VNNI_MIN_ROWS: usize = 2;
 
 /// Target size of the dequantized f32 panel of W (rows x k); the panel has at least 16 rows.
 const PANEL_BYTES: usize = 256 * 1024;
@@ -133,6 +142,24 @@ fn tiled(x: &[f32], q: &[i8], scale: &[f32], k: usize, y: &mut [f32]) {
     }
 }
 
+/// Picks the CPU path: m = 1 the f32-activation GEMV (as fast as VNNI there, and exact in x);
+/// with AVX-512 VNNI the int8 x int8 path for every larger m (1.2–2x the f32 paths, see
+/// `VNNI_MIN_ROWS`); without it the GEMV up to `GEMV_MAX_ROWS`, tiled above.
+fn forward(x: &[f32], q: &[i8], scale: &[f32], k: usize, y: &mut [f32]) {
+    let m = x.len() / k;
+    #[cfg(target_arch = "x86_64")]
+    if m >= VNNI_MIN_ROWS && q8_vnni::avx512::available() {
+        // SAFETY: the CPU has the features `matmul` is compiled for.
+        unsafe { q8_vnni::avx512::matmul(x, q, scale, k, y) };
+        return;
+    }
+    if m <= GEMV_MAX_ROWS {
+        q8_gemv::gemv(x, q, scale, k, y);
+    } else {
+        tiled(x, q, scale, k, y);
+    }
+}
+
 impl CustomOp3 for Q8Matmul {
     fn name(&self) -> &'static str {
         "q8_matmul"
@@ -160,11 +187,7 @@ impl CustomOp3 for Q8Matmul {
         let scale = &scale[s0..s1e];
         let mut y = vec![0f32; m * n];
         if k > 0 && m > 0 && n > 0 {
-            if m <= GEMV_MAX_ROWS {
-                q8_gemv::gemv(&x, q, scale, k, &mut y);
-            } else {
-                tiled(&x, q, scale, k, &mut y);
-            }
+            forward(&x, q, scale, k, &mut y);
         }
         Ok((storage_of(y, s1.dtype())?, Shape::from((m, n))))
     }
@@ -175,7 +198,7 @@ impl CustomOp3 for Q8Matmul {
     // and `quant::Linear` dequantizes q8 weights at load on CUDA devices.
 }
 
-/// Both CPU paths, for tests and benches: `gemv` forces the GEMV path, otherwise the tiled one.
+/// One CPU path forced, for the tests.
 #[cfg(test)]
 fn q8_matmul_path(x: &Tensor, q: &Tensor, scale: &Tensor, path: Path) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
@@ -189,16 +212,21 @@ fn q8_matmul_path(x: &Tensor, q: &Tensor, scale: &Tensor, path: Path) -> Result<
         Path::Gemv => q8_gemv::gemv(&xs, qs, &ss, k, &mut y),
         Path::Portable => q8_gemv::gemv_portable(&xs, qs, &ss, k, &mut y),
         Path::Tiled => tiled(&xs, qs, &ss, k, &mut y),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the tests pick this path only where `available()`.
+        Path::Vnni => unsafe { q8_vnni::avx512::matmul(&xs, qs, &ss, k, &mut y) },
     }
     Tensor::from_vec(y, (m, n), x.device())?.to_dtype(x.dtype())
 }
 
 #[cfg(test)]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Path {
     Gemv,
     Portable,
     Tiled,
+    #[cfg(target_arch = "x86_64")]
+    Vnni,
 }
 
 #[cfg(test)]
@@ -219,42 +247,68 @@ mod tests {
         )
     }
 
-    /// f32: 1e-5 relative, with an absolute floor of k·ε·Σ_c |x_c·w_c| per element: the textbook
-    /// bound (γ_k ≈ k·u) on the rounding error of an f32 dot product of length k in any order.
-    /// Without the floor, outputs near zero (cancellation) fail a pure relative test although the
-    /// sum is as exact as f32 accumulation allows. f16 / bf16: `assert_close` (1e-2).
-    fn check(got: &Tensor, x: &Tensor, q: &Tensor, scale: &Tensor, what: &str) {
-        let dtype = x.dtype();
-        let want = q8_matmul_ref(x, q, scale).unwrap();
-        if dtype != DType::F32 {
-            return assert_close(got, &want, dtype, what);
+    fn vec1(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
+    /// The path `q8_matmul` takes for m rows on this CPU.
+    fn path_for(m: usize) -> Path {
+        #[cfg(target_arch = "x86_64")]
+        if m >= VNNI_MIN_ROWS && q8_vnni::avx512::available() {
+            return Path::Vnni;
         }
-        let k = x.dim(1).unwrap();
-        let w_abs = q8_matmul_ref(&x.abs().unwrap(), &abs_q(q), scale).unwrap();
-        let (g, w, b): (Vec<f32>, Vec<f32>, Vec<f32>) = (
-            got.flatten_all().unwrap().to_vec1().unwrap(),
-            want.flatten_all().unwrap().to_vec1().unwrap(),
-            w_abs.flatten_all().unwrap().to_vec1().unwrap(),
-        );
-        assert_eq!(got.dims(), want.dims(), "{what}: shape");
-        for (i, ((a, b), bound)) in g.iter().zip(&w).zip(&b).enumerate() {
-            let tol = 1e-5 * b.abs().max(1e-1) + k as f32 * f32::EPSILON * bound;
-            assert!(
-                (a - b).abs() <= tol,
-                "{what}: element {i}: {a} vs {b} (tolerance {tol})"
-            );
+        if m <= GEMV_MAX_ROWS {
+            Path::Gemv
+        } else {
+            Path::Tiled
         }
     }
 
-    /// |q| as U8 bit patterns (|-128| = 128 is not an i8, but the ref reads bytes < 128 as
-    /// themselves; 128 would read as -128, so cap at 127: the bound stays within 1%).
-    fn abs_q(q: &Tensor) -> Tensor {
-        let v: Vec<u8> = q.flatten_all().unwrap().to_vec1().unwrap();
-        let a: Vec<u8> = v
-            .iter()
-            .map(|&b| (b as i8).unsigned_abs().min(127))
-            .collect();
-        Tensor::from_vec(a, q.dims(), &Device::Cpu).unwrap()
+    /// Tolerance per element, on top of the dtype's (`tolerance(dtype)` relative, floor 0.1):
+    /// - f32 accumulation: k·ε·Σ_c |x_c·w_c|, the textbook bound (γ_k ≈ k·u) on the rounding error
+    ///   of an f32 dot product of length k in any order. Without it, outputs near zero
+    ///   (cancellation) fail a pure 1e-5 relative test although the sum is as exact as f32 allows.
+    /// - the VNNI path also rounds x per row to 8 bits (step s_x = amax / 127): each output may move
+    ///   by up to (s_x / 2)·Σ_c |w_c|.
+    fn check(got: &Tensor, x: &Tensor, q: &Tensor, scale: &Tensor, path: Path, what: &str) {
+        let dtype = x.dtype();
+        assert_eq!(got.dtype(), dtype, "{what}: dtype");
+        let want = q8_matmul_ref(x, q, scale).unwrap();
+        assert_eq!(got.dims(), want.dims(), "{what}: shape");
+        let (m, k) = x.dims2().unwrap();
+        let n = q.dim(0).unwrap();
+        let (g, w, xs) = (vec1(got), vec1(&want), vec1(x));
+        let qs: Vec<u8> = q.flatten_all().unwrap().to_vec1().unwrap();
+        let ss: Vec<f32> = scale.to_vec1().unwrap();
+        let ss = &ss;
+        let wrow = |j: usize| {
+            qs[j * k..(j + 1) * k]
+                .iter()
+                .map(move |&b| b as i8 as f32 * ss[j])
+        };
+        let tol = tolerance(dtype);
+        for i in 0..m {
+            let xr = &xs[i * k..(i + 1) * k];
+            let sx = xr.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            for j in 0..n {
+                let abs_dot: f32 = xr.iter().zip(wrow(j)).map(|(a, b)| (a * b).abs()).sum();
+                let mut t = tol * w[i * n + j].abs().max(1e-1) + k as f32 * f32::EPSILON * abs_dot;
+                #[cfg(target_arch = "x86_64")]
+                if path == Path::Vnni {
+                    t += 0.5 * sx * wrow(j).map(f32::abs).sum::<f32>() * 1.0001;
+                }
+                let (a, b) = (g[i * n + j], w[i * n + j]);
+                assert!(
+                    (a - b).abs() <= t,
+                    "{what}: ({i}, {j}): {a} vs {b} (tolerance {t})"
+                );
+            }
+        }
     }
 
     const MS: [usize; 6] = [1, 3, 5, 32, 33, 1000];
@@ -273,13 +327,8 @@ mod tests {
                         let x = randn(seed, &[m, k], dtype);
                         let (q, s) = weights(seed + 1000, n, k);
                         let got = q8_matmul(&x, &q, &s).unwrap();
-                        check(
-                            &got,
-                            &x,
-                            &q,
-                            &s,
-                            &format!("q8_matmul {dtype:?} m={m} k={k} n={n}"),
-                        );
+                        let what = format!("q8_matmul {dtype:?} m={m} k={k} n={n}");
+                        check(&got, &x, &q, &s, path_for(m), &what);
                     }
                 }
             }
@@ -288,13 +337,22 @@ mod tests {
 
     #[test]
     fn q8_matmul_each_cpu_path_matches_ref() {
-        for path in [Path::Gemv, Path::Portable, Path::Tiled] {
+        #[allow(unused_mut)]
+        let mut paths = vec![Path::Gemv, Path::Portable, Path::Tiled];
+        #[cfg(target_arch = "x86_64")]
+        if q8_vnni::avx512::available() {
+            paths.push(Path::Vnni);
+        } else {
+            eprintln!("no AVX-512 VNNI on this CPU: the VNNI path is not tested");
+        }
+        for path in paths {
             for dtype in [DType::F32, DType::BF16] {
-                for m in [1, 2, 3, 4, 5, 31, 33] {
+                for m in [1, 2, 3, 4, 5, 31, 33, 300] {
                     for (k, n) in [
                         (1, 1),
                         (31, 33),
                         (33, 31),
+                        (64, 5),
                         (384, 33),
                         (1000, 17),
                         (17, 1000),
@@ -304,7 +362,7 @@ mod tests {
                         let (q, s) = weights(seed + 1, n, k);
                         let got = q8_matmul_path(&x, &q, &s, path).unwrap();
                         let what = format!("{path:?} {dtype:?} m={m} k={k} n={n}");
-                        check(&got, &x, &q, &s, &what);
+                        check(&got, &x, &q, &s, path, &what);
                     }
                 }
             }
@@ -317,7 +375,8 @@ mod tests {
         assert_eq!(panel_rows(384, 1000), 160);
         let x = randn(5, &[37, 384], DType::F32);
         let (q, s) = weights(6, 1000, 384);
-        check(&q8_matmul(&x, &q, &s).unwrap(), &x, &q, &s, "tiled panels");
+        let got = q8_matmul_path(&x, &q, &s, Path::Tiled).unwrap();
+        check(&got, &x, &q, &s, Path::Tiled, "tiled panels");
     }
 
     #[test]

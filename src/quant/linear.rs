@@ -1,9 +1,9 @@
 //! `Linear` (y = x W^T + b) and `Embedding` (row lookup) over dense f32 or quantized weights. On the
-//! CPU quantized weights stay quantized in memory: q8 runs through `ops::q8_matmul` (int8 dot products
-//! for few rows, panel-wise dequantization into an f32 GEMM for many; never the whole matrix per
-//! call); q4 is dequantized per call into a temporary f32 matrix (about in x out work, small next to
-//! the matmul's rows x in x out). On other devices they are dequantized once at load until the
-//! quantized CUDA matmul is wired.
+//! CPU quantized weights stay quantized in memory: q8 runs through `ops::q8_matmul` (int8 weights
+//! read directly; with AVX-512 VNNI the activations are quantized per row too; never the whole
+//! matrix dequantized per call); q4 is dequantized per call into a temporary f32 matrix (about
+//! in x out work, small next to the matmul's rows x in x out). On other devices they are
+//! dequantized once at load until the quantized CUDA matmul is wired.
 
 use std::collections::HashMap;
 
