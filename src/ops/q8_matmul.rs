@@ -2,12 +2,11 @@
 //! x [m, k] float, q [n, k] U8 holding the i8 bit patterns, scale [n] f32, y [m, n] in x's dtype.
 //! The weights stay int8 in memory; no call dequantizes the whole matrix.
 //!
-//! CPU paths (`forward` picks): m = 1 and CPUs without AVX-512 VNNI up to `GEMV_MAX_ROWS` rows
-//! take f32 dot products straight over the int8 weights (`q8_gemv`, a quarter of the f32 weight
-//! bytes); more rows without VNNI dequantize one panel of W at a time into an L2-sized f32 scratch
-//! and run `gemm`'s f32 kernel on it. With AVX-512 VNNI, m ≥ `VNNI_MIN_ROWS` runs int8 x int8
-//! (`q8_vnni`: x quantized per row on the fly, which adds its rounding error to the weights'; MiniLM
-//! q8 mean cosine 0.9995 -> 0.9973).
+//! CPU paths (`forward` picks): with AVX-512 VNNI, int8 x int8 (`q8_vnni`: x quantized per row on
+//! the fly, which adds its rounding error to the weights'; MiniLM q8 mean cosine 0.9995 -> 0.9973).
+//! Without it, up to `GEMV_MAX_ROWS` rows take f32 dot products straight over the int8 weights
+//! (`q8_gemv`, a quarter of the f32 weight bytes); more rows dequantize one panel of W at a time
+//! into an L2-sized f32 scratch and run `gemm`'s f32 kernel on it.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
@@ -21,13 +20,6 @@ use super::{q8_gemv, q8_vnni};
 /// tiled path 160 µs at m = 4, 214 at 16, 290 at 32, 383 at 48, 501 at 64: they cross at ~50 rows;
 /// 32 keeps a margin (the GEMV's x rows must also stay in cache).
 pub(crate) const GEMV_MAX_ROWS: usize = 32;
-
-/// From this many rows of x on, the int8 x int8 VNNI path (x quantized per row on the fly) runs
-/// where the CPU has AVX-512 VNNI. Measured at k = 384, n = 1536, one thread (µs, VNNI vs the f32
-/// path in use): m = 1: 17.2 vs 15.0; 4: 23 vs 33; 16: 66 vs 117; 32: 119 vs 239; 64: 233 vs 458;
-/// 512: 1851 vs 2700; 4096: 17177 vs 20362. MiniLM q8 keeps mean cosine 0.9995 with it (see
-/// benches/RESULTS.md).
-pub(crate) const VNNI_MIN_ROWS: usize = 2;
 
 /// Target size of the dequantized f32 panel of W (rows x k); the panel has at least 16 rows.
 const PANEL_BYTES: usize = 256 * 1024;
@@ -142,13 +134,16 @@ fn tiled(x: &[f32], q: &[i8], scale: &[f32], k: usize, y: &mut [f32]) {
     }
 }
 
-/// Picks the CPU path: m = 1 the f32-activation GEMV (as fast as VNNI there, and exact in x);
-/// with AVX-512 VNNI the int8 x int8 path for every larger m (1.2–2x the f32 paths, see
-/// `VNNI_MIN_ROWS`); without it the GEMV up to `GEMV_MAX_ROWS`, tiled above.
+/// Picks the CPU path. With AVX-512 VNNI: int8 x int8 for every m (x quantized per row). Measured
+/// at k = 384, n = 1536, one thread (µs, VNNI / f32-activation GEMV / tiled): m = 1: 12.3 / 14.8 /
+/// 44; 2: 14.7 / 19.6 / 142; 4: 17.4 / 28.4 / 160; 16: 44 / 116 / 218; 32: 83 / 231 / 295; 64:
+/// 158 / 458 / 448; 512 and 4096: 1.48 / - / 2.7 ms and 12.3 / - / 20.4 ms. One path for every m
+/// also keeps a row's result independent of the batch around it (the i32 sums are exact and the
+/// activation scale is per row). Without VNNI: the GEMV up to `GEMV_MAX_ROWS`, tiled above.
 fn forward(x: &[f32], q: &[i8], scale: &[f32], k: usize, y: &mut [f32]) {
     let m = x.len() / k;
     #[cfg(target_arch = "x86_64")]
-    if m >= VNNI_MIN_ROWS && q8_vnni::avx512::available() {
+    if q8_vnni::avx512::available() {
         // SAFETY: the CPU has the features `matmul` is compiled for.
         unsafe { q8_vnni::avx512::matmul(x, q, scale, k, y) };
         return;
@@ -259,7 +254,7 @@ mod tests {
     /// The path `q8_matmul` takes for m rows on this CPU.
     fn path_for(m: usize) -> Path {
         #[cfg(target_arch = "x86_64")]
-        if m >= VNNI_MIN_ROWS && q8_vnni::avx512::available() {
+        if q8_vnni::avx512::available() {
             return Path::Vnni;
         }
         if m <= GEMV_MAX_ROWS {

@@ -39,7 +39,7 @@ pub(super) mod avx512 {
     ///
     /// # Safety
     /// The CPU must support AVX-512 F, BW and VNNI ([`available`]).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
     pub(in crate::ops) unsafe fn matmul(
         x: &[f32],
         q: &[i8],
@@ -100,7 +100,7 @@ pub(super) mod avx512 {
     }
 
     /// y[ib..ie, j..j+R].
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
     fn columns<const R: usize>(a: &Operands, ib: usize, ie: usize, j: usize, y: &mut [f32]) {
         let k = a.k;
         assert!((j + R) * k <= a.q.len());
@@ -131,7 +131,7 @@ pub(super) mod avx512 {
     }
 
     /// y[i0..i0+M, j..j+R]: M x R i32 accumulators, 64 products per `vpdpbusd`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2")]
     #[inline]
     fn block<const M: usize, const R: usize>(
         a: &Operands,
@@ -164,10 +164,42 @@ pub(super) mod avx512 {
             c += 64;
         }
         for (i, ai) in acc.iter().enumerate() {
+            let (row, sx) = ((i0 + i) * n + j, a.sx[i0 + i]);
+            if let ([a0, a1, a2, a3], [c0, c1, c2, c3]) = (&ai[..], &corr[..]) {
+                // Four outputs at once: one transposing reduction instead of four horizontal ones.
+                let dot = _mm_sub_epi32(
+                    hsum4(*a0, *a1, *a2, *a3),
+                    _mm_setr_epi32(*c0, *c1, *c2, *c3),
+                );
+                let sc = &a.scale[j..j + 4];
+                let out = &mut y[row..row + 4];
+                // SAFETY: `sc` and `out` are 4 elements long.
+                unsafe {
+                    let v = _mm_mul_ps(_mm_cvtepi32_ps(dot), _mm_set1_ps(sx));
+                    _mm_storeu_ps(out.as_mut_ptr(), _mm_mul_ps(v, _mm_loadu_ps(sc.as_ptr())));
+                }
+                continue;
+            }
             for (r, s) in ai.iter().enumerate() {
                 let dot = _mm512_reduce_add_epi32(*s) - corr[r];
-                y[(i0 + i) * n + j + r] = dot as f32 * a.sx[i0 + i] * a.scale[j + r];
+                y[row + r] = dot as f32 * sx * a.scale[j + r];
             }
         }
+    }
+
+    /// Lane sums of four vectors: [Σa, Σb, Σc, Σd].
+    #[target_feature(enable = "avx512f,avx2")]
+    #[inline]
+    fn hsum4(a: __m512i, b: __m512i, c: __m512i, d: __m512i) -> __m128i {
+        let half = |v: __m512i| {
+            _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v))
+        };
+        let ab = _mm256_hadd_epi32(half(a), half(b));
+        let cd = _mm256_hadd_epi32(half(c), half(d));
+        let abcd = _mm256_hadd_epi32(ab, cd);
+        _mm_add_epi32(
+            _mm256_castsi256_si128(abcd),
+            _mm256_extracti128_si256::<1>(abcd),
+        )
     }
 }
