@@ -1,8 +1,10 @@
-//! Experimental int8 x int8 path of `q8_matmul` (AVX-512 VNNI `vpdpbusd`): each row of x is
-//! quantized on the fly to 8 bits (symmetric, scale amax / 127, stored offset by +128 as u8 because
-//! `vpdpbusd` multiplies u8 by i8), and 64 products per instruction accumulate in i32. The offset is
-//! taken back exactly with the weight row sums: Σ (x'+128)·w = Σ x'·w + 128·Σ w.
-//! Adds the activation rounding error (≤ scale_x / 2 per element) to the q8 weight error.
+//! The int8 x int8 path of `q8_matmul` (AVX-512 VNNI `vpdpbusd`; the default where the CPU has
+//! it, see `q8_matmul::forward`): each row of x is quantized on the fly to 8 bits (symmetric, scale
+//! amax / 127, stored offset by +128 as u8 because `vpdpbusd` multiplies u8 by i8), and 64 products
+//! per instruction accumulate in i32. The offset is taken back exactly with the weight row sums:
+//! Σ (x'+128)·w = Σ x'·w + 128·Σ w. Adds the activation rounding error (≤ scale_x / 2 per element)
+//! to the q8 weight error. Unlike the f32 paths, a NaN in x does not propagate (it quantizes to 0),
+//! and an infinite x makes its whole output row non-finite.
 
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx512 {
