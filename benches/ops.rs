@@ -1,6 +1,8 @@
 //! CPU paths of the custom ops at the embedding model's shape (batch 32 x seq 128 x hidden 384,
 //! intermediate 1536), fast vs `_ref`, with throughput in bytes moved (criterion's GB/s) next to a
-//! plain memory copy of the same size as this machine's measured limit.
+//! plain memory copy of the same size as this machine's measured limit. `q8_matmul` (MiniLM's FFN
+//! weight, k = 384 x n = 1536) is set next to candle's f32 matmul of the same shape, in FLOP/s
+//! (criterion's elements/s with 2·m·k·n elements), so the q8 / f32 ratio reads straight off.
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -70,6 +72,37 @@ fn bench(c: &mut Criterion) {
     g.bench_function("softmax_topk5_ref_64x1000", |bn| {
         bn.iter(|| ops::softmax_topk_ref(&logits, 5).unwrap())
     });
+    g.finish();
+
+    // q8_matmul: m = 1 takes the GEMV path; 512 and 4096 the VNNI int8 path where the CPU has
+    // AVX-512 VNNI, the tiled f32 one otherwise.
+    let mut g = c.benchmark_group("q8_matmul_cpu");
+    g.sample_size(10);
+    let (k, n) = (h, i);
+    let w = randn(&[n, k]);
+    let w_t = w.t().unwrap().contiguous().unwrap();
+    let rows: Vec<Vec<f32>> = w.to_vec2().unwrap();
+    let scales: Vec<f32> = rows
+        .iter()
+        .map(|r| r.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0)
+        .collect();
+    let bytes: Vec<u8> = rows
+        .iter()
+        .zip(&scales)
+        .flat_map(|(r, s)| r.iter().map(move |v| (v / s).round() as i8 as u8))
+        .collect();
+    let q = Tensor::from_vec(bytes, (n, k), &Device::Cpu).unwrap();
+    let scale = Tensor::from_vec(scales, n, &Device::Cpu).unwrap();
+    for m in [1usize, 512, 4096] {
+        let x = randn(&[m, k]);
+        g.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        g.bench_function(format!("q8_matmul_{m}x{k}x{n}"), |bn| {
+            bn.iter(|| ops::q8_matmul(&x, &q, &scale).unwrap())
+        });
+        g.bench_function(format!("f32_matmul_{m}x{k}x{n}"), |bn| {
+            bn.iter(|| x.matmul(&w_t).unwrap())
+        });
+    }
     g.finish();
 }
 

@@ -14,12 +14,16 @@ mod add_layer_norm;
 mod cuda;
 mod gelu_bias;
 mod mean_pool;
+mod q8_gemv;
+mod q8_matmul;
+mod q8_vnni;
 pub(crate) mod simd;
 mod softmax_topk;
 
 pub use add_layer_norm::{add_layer_norm, add_layer_norm_ref};
 pub use gelu_bias::{gelu_bias, gelu_bias_ref};
 pub use mean_pool::{mean_pool_l2, mean_pool_l2_ref};
+pub use q8_matmul::{q8_matmul, q8_matmul_ref};
 pub use softmax_topk::{softmax_topk, softmax_topk_ref};
 
 use std::borrow::Cow;

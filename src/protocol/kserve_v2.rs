@@ -210,7 +210,7 @@ pub fn data_from_bytes(dt: DataType, b: &[u8]) -> Result<TensorData, String> {
         }
         return Ok(TensorData::Bytes(out));
     };
-    if b.len() % size != 0 {
+    if !b.len().is_multiple_of(size) {
         return Err(format!(
             "{} bytes of binary data is not a whole number of {dt} elements ({size} bytes each)",
             b.len()

@@ -1,7 +1,9 @@
 //! `Linear` (y = x W^T + b) and `Embedding` (row lookup) over dense f32 or quantized weights. On the
-//! CPU quantized weights stay quantized in memory and are dequantized per call into a temporary f32
-//! matrix (about in x out work, small next to the matmul's rows x in x out); on other devices they are
-//! dequantized once at load until the quantized CUDA matmul exists.
+//! CPU quantized weights stay quantized in memory: q8 runs through `ops::q8_matmul` (int8 weights
+//! read directly; with AVX-512 VNNI the activations are quantized per row too; never the whole
+//! matrix dequantized per call); q4 is dequantized per call into a temporary f32 matrix (about
+//! in x out work, small next to the matmul's rows x in x out). On other devices they are
+//! dequantized once at load until the quantized CUDA matmul is wired.
 
 use std::collections::HashMap;
 
@@ -12,6 +14,9 @@ use super::{Format, QMatrix};
 enum Weight {
     /// Transposed: [in, out].
     Dense(Tensor),
+    /// q8 on the CPU: `q` [out, in] U8 (i8 bit patterns), `scale` [out] F32, for `ops::q8_matmul`.
+    Q8 { q: Tensor, scale: Tensor },
+    /// q4 on the CPU (dequantized per call).
     Quant(QMatrix),
 }
 
@@ -85,6 +90,19 @@ impl Linear {
         quantize: Option<Format>,
     ) -> Result<Linear> {
         let w = match take_matrix(map, &format!("{prefix}.weight"), quantize)? {
+            Taken::Quant(QMatrix::Q8 {
+                q,
+                scale,
+                rows,
+                cols,
+            }) if device.is_cpu() => Weight::Q8 {
+                q: Tensor::from_vec(
+                    q.into_iter().map(|v| v as u8).collect::<Vec<u8>>(),
+                    (rows, cols),
+                    device,
+                )?,
+                scale: Tensor::from_vec(scale, rows, device)?,
+            },
             Taken::Quant(q) if device.is_cpu() => Weight::Quant(q),
             Taken::Quant(q) => Weight::Dense(Tensor::from_vec(
                 q.dequantize_transposed(),
@@ -108,6 +126,7 @@ impl Linear {
     pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
         match &self.w {
             Weight::Dense(w_t) => x.matmul(w_t),
+            Weight::Q8 { q, scale } => crate::ops::q8_matmul(x, q, scale),
             Weight::Quant(q) => {
                 // Row-major dequantization, then W^T as a strided view: no transposing copy.
                 let w = Tensor::from_vec(q.dequantize(), (q.rows(), q.cols()), &self.device)?;
@@ -130,7 +149,7 @@ impl Linear {
     }
 
     pub fn is_quantized(&self) -> bool {
-        matches!(self.w, Weight::Quant(_))
+        matches!(self.w, Weight::Quant(_) | Weight::Q8 { .. })
     }
 }
 

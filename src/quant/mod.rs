@@ -115,7 +115,7 @@ impl QMatrix {
                 })
             }
             Format::Q4 => {
-                if cols % Q4_GROUP != 0 {
+                if !cols.is_multiple_of(Q4_GROUP) {
                     return Err(format!(
                         "q4 needs the input dimension ({cols}) to be a multiple of {Q4_GROUP}"
                     ));
