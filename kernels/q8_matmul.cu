@@ -132,8 +132,8 @@ __device__ void q8_gemv(const T* __restrict__ x, const signed char* __restrict__
     extern "C" __global__ void NAME(const T* x, const signed char* q, const float* scale, T* y,      \
                                     unsigned m, unsigned n, unsigned k)
 Q8_ENTRY(q8_matmul_f32, float) { q8_matmul(x, q, scale, y, m, n, k); }
-Q8_ENTRY(q8_matmul_f16, __half) { q8_matmul(x, q, scale, y, m, n, k); }
-Q8_ENTRY(q8_matmul_bf16, __nv_bfloat16) { q8_matmul(x, q, scale, y, m, n, k); }
+Q8_ENTRY(q8_matmul_f16, f16_t) { q8_matmul(x, q, scale, y, m, n, k); }
+Q8_ENTRY(q8_matmul_bf16, bf16_t) { q8_matmul(x, q, scale, y, m, n, k); }
 Q8_ENTRY(q8_gemv_f32, float) { q8_gemv(x, q, scale, y, m, n, k); }
-Q8_ENTRY(q8_gemv_f16, __half) { q8_gemv(x, q, scale, y, m, n, k); }
-Q8_ENTRY(q8_gemv_bf16, __nv_bfloat16) { q8_gemv(x, q, scale, y, m, n, k); }
+Q8_ENTRY(q8_gemv_f16, f16_t) { q8_gemv(x, q, scale, y, m, n, k); }
+Q8_ENTRY(q8_gemv_bf16, bf16_t) { q8_gemv(x, q, scale, y, m, n, k); }

@@ -17,7 +17,7 @@ pub fn packed(
 ) -> Vec<f32> {
     let tokens: usize = lens.iter().sum();
     assert!(q.len() == tokens * hidden && k.len() == q.len() && v.len() == q.len());
-    assert!(heads > 0 && hidden % heads == 0);
+    assert!(heads > 0 && hidden.is_multiple_of(heads));
     let d = hidden / heads;
     let scale = 1.0 / (d as f32).sqrt();
     let mut ctx = vec![0f32; tokens * hidden];

@@ -38,8 +38,18 @@ pub(crate) const SOFTMAX_TOPK: Module = Module {
     name: "softmax_topk",
     src: include_str!("../../kernels/softmax_topk.cu"),
 };
+pub(crate) const Q8_MATMUL: Module = Module {
+    name: "q8_matmul",
+    src: include_str!("../../kernels/q8_matmul.cu"),
+};
 #[cfg(test)]
-pub(crate) const ALL: [&Module; 4] = [&GELU_BIAS, &ADD_LAYER_NORM, &MEAN_POOL_L2, &SOFTMAX_TOPK];
+pub(crate) const ALL: [&Module; 5] = [
+    &GELU_BIAS,
+    &ADD_LAYER_NORM,
+    &MEAN_POOL_L2,
+    &SOFTMAX_TOPK,
+    &Q8_MATMUL,
+];
 
 const COMMON: &str = include_str!("../../kernels/common.cuh");
 const INCLUDE_COMMON: &str = "#include \"common.cuh\"";
@@ -100,6 +110,16 @@ fn ptx_for(dev: &CudaDevice, m: &Module) -> Result<Arc<str>> {
 /// The entry point `<module>_<dtype>` on `dev`, compiling and loading the module at first use.
 /// Launch it on the device's stream: `dev.cuda_stream().launch_builder(&func)`.
 pub(crate) fn func(dev: &CudaDevice, m: &Module, dtype: DType) -> Result<CudaFunction> {
+    func_named(dev, m, m.name, dtype)
+}
+
+/// Entry point `<entry>_<dtype>` of module `m` (a module may hold more than its namesake kernel).
+pub(crate) fn func_named(
+    dev: &CudaDevice,
+    m: &Module,
+    entry: &str,
+    dtype: DType,
+) -> Result<CudaFunction> {
     let suffix = match dtype {
         DType::F32 => "f32",
         DType::F16 => "f16",
@@ -111,7 +131,7 @@ pub(crate) fn func(dev: &CudaDevice, m: &Module, dtype: DType) -> Result<CudaFun
     };
     let ptx = ptx_for(dev, m)?;
     let func = dev.get_or_load_custom_func(
-        &format!("{}_{suffix}", m.name),
+        &format!("{entry}_{suffix}"),
         &format!("ferrite_{}", m.name),
         &ptx,
     )?;

@@ -187,10 +187,113 @@ impl CustomOp3 for Q8Matmul {
         Ok((storage_of(y, s1.dtype())?, Shape::from((m, n))))
     }
 
-    // cuda_fwd: not yet. The launcher needs the NVRTC/cudarc loader another engineer is writing in
-    // src/ops/cuda.rs (another branch); the kernels are in kernels/q8_matmul.cu (q8_gemv_* for
-    // m <= 4, q8_matmul_* otherwise; the GPU threshold is its own, to be measured there). Until then candle reports "no cuda implementation"
-    // and `quant::Linear` dequantizes q8 weights at load on CUDA devices.
+    /// kernels/q8_matmul.cu: `q8_gemv_<t>` for m <= 4 (one warp per output column, 8 warps per
+    /// block, grid ceil(n / 8)), `q8_matmul_<t>` otherwise (64 x 64 output tiles, 256 threads,
+    /// grid (ceil(n / 64), ceil(m / 64)), static shared memory). Compile-checked, not yet run on
+    /// a GPU (benches/gpu.sh runs the parity test when one is lent).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{self, BLOCK};
+        use candle_core::cuda_backend::cudarc::driver::{
+            CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
+        };
+        use candle_core::cuda_backend::{CudaDevice, Map1, WrapErr};
+        use candle_core::WithDType;
+
+        const GEMV_MAX_M: usize = 4;
+        struct Launch<'a> {
+            q: &'a CudaSlice<u8>,
+            lq: &'a Layout,
+            scale: &'a CudaSlice<f32>,
+            ls: &'a Layout,
+        }
+        impl Map1 for Launch<'_> {
+            fn f<T: DeviceRepr + WithDType + ValidAsZeroBits>(
+                &self,
+                x: &CudaSlice<T>,
+                dev: &CudaDevice,
+                lx: &Layout,
+            ) -> Result<CudaSlice<T>> {
+                let (m, k) = lx.shape().dims2()?;
+                let n = self.lq.shape().dims()[0];
+                let x = cuda::contiguous(x, lx, "q8_matmul x")?;
+                let q = cuda::contiguous(self.q, self.lq, "q8_matmul q")?;
+                let scale = cuda::contiguous(self.scale, self.ls, "q8_matmul scale")?;
+                // SAFETY: every element is written by the kernel below (or there are none).
+                let mut y = unsafe { dev.alloc::<T>(m * n)? };
+                if m == 0 || n == 0 {
+                    return Ok(y);
+                }
+                let (name, cfg) = if m <= GEMV_MAX_M {
+                    (
+                        "q8_gemv",
+                        LaunchConfig {
+                            grid_dim: (cuda::u32_arg(n.div_ceil(8), "q8_matmul n / 8")?, 1, 1),
+                            block_dim: (BLOCK, 1, 1),
+                            shared_mem_bytes: 0,
+                        },
+                    )
+                } else {
+                    (
+                        "q8_matmul",
+                        LaunchConfig {
+                            grid_dim: (
+                                cuda::u32_arg(n.div_ceil(64), "q8_matmul n / 64")?,
+                                cuda::u32_arg(m.div_ceil(64), "q8_matmul m / 64")?,
+                                1,
+                            ),
+                            block_dim: (BLOCK, 1, 1),
+                            shared_mem_bytes: 0,
+                        },
+                    )
+                };
+                let func = cuda::func_named(dev, &cuda::Q8_MATMUL, name, T::DTYPE)?;
+                let (m, n, k) = (
+                    cuda::u32_arg(m, "q8_matmul m")?,
+                    cuda::u32_arg(n, "q8_matmul n")?,
+                    cuda::u32_arg(k, "q8_matmul k")?,
+                );
+                let stream = dev.cuda_stream();
+                let mut args = stream.launch_builder(&func);
+                args.arg(&x)
+                    .arg(&q)
+                    .arg(&scale)
+                    .arg(&mut y)
+                    .arg(&m)
+                    .arg(&n)
+                    .arg(&k);
+                // SAFETY: the arguments match q8_{matmul,gemv}_<t>(const T* x, const signed char*
+                // q, const float* scale, T* y, unsigned m, unsigned n, unsigned k); x holds m*k
+                // elements, q n*k bytes, scale n, y m*n.
+                unsafe { args.launch(cfg) }.w()?;
+                Ok(y)
+            }
+        }
+        let dev = s1.device();
+        let launch = Launch {
+            q: s2.as_cuda_slice::<u8>()?,
+            lq: l2,
+            scale: s3.as_cuda_slice::<f32>()?,
+            ls: l3,
+        };
+        let slice = launch.map(&s1.slice, dev, l1)?;
+        let (m, n) = (l1.shape().dims2()?.0, l2.shape().dims()[0]);
+        Ok((
+            candle_core::CudaStorage {
+                slice,
+                device: dev.clone(),
+            },
+            Shape::from((m, n)),
+        ))
+    }
 }
 
 /// One CPU path forced, for the tests.
@@ -308,6 +411,31 @@ mod tests {
 
     const MS: [usize; 6] = [1, 3, 5, 32, 33, 1000];
     const KN: [usize; 4] = [1, 31, 33, 384];
+
+    /// The CUDA launcher (GEMV kernel for m <= 4, tiled above) against the reference, with the
+    /// f32-accumulation tolerance of the CPU paths (the kernels do not quantize x).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn q8_matmul_cuda_matches_ref_on_odd_sizes_and_dtypes() {
+        let Some(dev) = cuda_device("q8_matmul_cuda") else {
+            return;
+        };
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
+            for (a, m) in [1usize, 3, 4, 5, 33, 1000].into_iter().enumerate() {
+                for (b, k) in KN.into_iter().enumerate() {
+                    for (c, n) in KN.into_iter().enumerate() {
+                        let seed = (100 * a + 10 * b + c) as u64;
+                        let x = randn(seed, &[m, k], dtype);
+                        let (q, s) = weights(seed + 1000, n, k);
+                        let got =
+                            cpu(q8_matmul(&on(&dev, &x), &on(&dev, &q), &on(&dev, &s)).unwrap());
+                        let what = format!("cuda q8_matmul {dtype:?} m={m} k={k} n={n}");
+                        check(&got, &x, &q, &s, Path::Tiled, &what);
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn q8_matmul_matches_ref_on_odd_sizes_and_dtypes() {
