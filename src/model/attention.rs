@@ -164,14 +164,16 @@ mod tests {
             let mut gen =
                 || -> Vec<f32> { (0..t * h).map(|_| rng.random_range(-2.0f32..2.0)).collect() };
             let (q, k, v) = (gen(), gen(), gen());
-            let got = super::packed(&q, &k, &v, &lens, h, heads);
             let want = reference(&q, &k, &v, &lens, h, heads);
-            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (a - b).abs() <= 1e-5 * b.abs().max(0.1),
-                    "lens {lens:?} h {h}: element {i}: {a} vs {b}"
-                );
-            }
+            crate::ops::simd::for_each_level(|level| {
+                let got = super::packed(&q, &k, &v, &lens, h, heads);
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * b.abs().max(0.1),
+                        "{level}: lens {lens:?} h {h}: element {i}: {a} vs {b}"
+                    );
+                }
+            });
         }
     }
 }

@@ -152,19 +152,21 @@ mod tests {
 
     #[test]
     fn gelu_bias_matches_ref_on_odd_sizes_and_dtypes() {
-        for dtype in [DType::F32, DType::F16, DType::BF16] {
-            for (i, n) in ODD_SIZES.into_iter().enumerate() {
-                let x = randn(i as u64, &[3, n], dtype);
-                let b = randn(100 + i as u64, &[n], dtype);
-                let got = gelu_bias(&x, &b).unwrap();
-                assert_close(
-                    &got,
-                    &gelu_bias_ref(&x, &b).unwrap(),
-                    dtype,
-                    &format!("gelu_bias {dtype:?} n={n}"),
-                );
+        crate::ops::simd::for_each_level(|level| {
+            for dtype in [DType::F32, DType::F16, DType::BF16] {
+                for (i, n) in ODD_SIZES.into_iter().enumerate() {
+                    let x = randn(i as u64, &[3, n], dtype);
+                    let b = randn(100 + i as u64, &[n], dtype);
+                    let got = gelu_bias(&x, &b).unwrap();
+                    assert_close(
+                        &got,
+                        &gelu_bias_ref(&x, &b).unwrap(),
+                        dtype,
+                        &format!("gelu_bias {level} {dtype:?} n={n}"),
+                    );
+                }
             }
-        }
+        });
     }
 
     #[test]

@@ -32,10 +32,12 @@ macro_rules! dispatch {
             unsafe fn avx512<T>(g: impl FnOnce() -> T) -> T { g() }
             #[target_feature(enable = "avx2,fma")]
             unsafe fn avx2<T>(g: impl FnOnce() -> T) -> T { g() }
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            let cap = $crate::ops::simd::level_cap();
+            if cap >= 2 && std::arch::is_x86_feature_detected!("avx512f") {
                 // SAFETY: the CPU supports the features the copy was compiled for.
                 unsafe { avx512(|| $f($($arg),*)) }
-            } else if std::arch::is_x86_feature_detected!("avx2")
+            } else if cap >= 1
+                && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 // SAFETY: as above.
@@ -51,6 +53,31 @@ macro_rules! dispatch {
     }};
 }
 pub(crate) use dispatch;
+
+#[cfg(test)]
+thread_local! {
+    static LEVEL_CAP: std::cell::Cell<u8> = const { std::cell::Cell::new(2) };
+}
+
+/// Highest copy `dispatch!` may pick on this thread: 2 = AVX-512, 1 = AVX2+FMA, 0 = baseline.
+/// Always 2 outside tests; tests lower it to check every copy against the reference.
+#[inline(always)]
+pub(crate) fn level_cap() -> u8 {
+    #[cfg(test)]
+    return LEVEL_CAP.with(|c| c.get());
+    #[cfg(not(test))]
+    2
+}
+
+/// Runs `f` once per copy `dispatch!` can pick (AVX-512, AVX2+FMA, baseline), on this thread.
+#[cfg(test)]
+pub(crate) fn for_each_level(mut f: impl FnMut(&str)) {
+    for (cap, name) in [(2u8, "avx512"), (1, "avx2"), (0, "baseline")] {
+        LEVEL_CAP.with(|c| c.set(cap));
+        f(name);
+    }
+    LEVEL_CAP.with(|c| c.set(2));
+}
 
 #[cfg(test)]
 mod tests {
