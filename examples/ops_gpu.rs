@@ -101,6 +101,24 @@ fn main() -> Result<()> {
             let what = format!("softmax_topk {rows}x{n} k={k}");
             report(&what, dtype, (rows * n + 2 * rows * k) * s, t);
         }
+
+        // MiniLM's FFN weight as int8 [n, k] + f32 scales: m = 1 (GEMV kernel, memory-bound: the
+        // floor is the bytes) and m = 4096 (tiled kernel, compute-bound: also printed in TFLOP/s).
+        let (k, n) = (h, i);
+        let q = Tensor::rand(0f32, 255.0, (n, k), &dev)?.to_dtype(DType::U8)?;
+        let scale = Tensor::rand(0.001f32, 0.02, n, &dev)?;
+        for m in [1usize, 4096] {
+            let x = randn(&[m, k], dtype, &dev)?;
+            let t = time(&dev, &|| ops::q8_matmul(&x, &q, &scale))?;
+            let what = format!("q8_matmul m={m} k={k} n={n}");
+            report(&what, dtype, n * k + 4 * n + (m * k + m * n) * s, t);
+            println!(
+                "{:<34} {:<5} {:>8.2} TFLOP/s",
+                "",
+                "",
+                2.0 * (m * k * n) as f64 / t / 1e12
+            );
+        }
     }
     Ok(())
 }
