@@ -21,6 +21,9 @@ use super::{q8_gemv, q8_vnni};
 /// 32 keeps a margin (the GEMV's x rows must also stay in cache).
 pub(crate) const GEMV_MAX_ROWS: usize = 32;
 
+/// Longest row the VNNI path takes (its i32 accumulators must not overflow).
+const VNNI_MAX_K: usize = 65_536;
+
 /// Target size of the dequantized f32 panel of W (rows x k); the panel has at least 16 rows.
 const PANEL_BYTES: usize = 256 * 1024;
 
@@ -143,7 +146,8 @@ fn tiled(x: &[f32], q: &[i8], scale: &[f32], k: usize, y: &mut [f32]) {
 fn forward(x: &[f32], q: &[i8], scale: &[f32], k: usize, y: &mut [f32]) {
     let m = x.len() / k;
     #[cfg(target_arch = "x86_64")]
-    if q8_vnni::avx512::available() {
+    // The i32 sums hold 255 * 128 * k exactly only up to k = 65 793; longer rows take the f32 paths.
+    if k <= VNNI_MAX_K && q8_vnni::avx512::available() {
         // SAFETY: the CPU has the features `matmul` is compiled for.
         unsafe { q8_vnni::avx512::matmul(x, q, scale, k, y) };
         return;
