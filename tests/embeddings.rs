@@ -282,15 +282,22 @@ async fn many_texts_in_one_request_come_back_in_order_across_batches() {
     );
 }
 
+/// The bundled MiniLM loaded straight into a `Bert` on the CPU, with its tokenizer.
+fn bert_on_cpu() -> (ferrite::model::bert::Bert, tokenizers::Tokenizer) {
+    let repo = minilm_repo(&[]);
+    let dir = repo.path().join("minilm");
+    let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
+    let device = candle_core::Device::Cpu;
+    let bert = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &device).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(dir.join("1/tokenizer.json")).unwrap();
+    (bert, tok)
+}
+
 #[test]
 fn packed_cpu_path_equals_padded_path() {
     use candle_core::{Device, Tensor as CT};
     let f = fixture();
-    let repo = minilm_repo(&[]);
-    let dir = repo.path().join("minilm");
-    let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
-    let bert = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &Device::Cpu).unwrap();
-    let tok = tokenizers::Tokenizer::from_file(dir.join("1/tokenizer.json")).unwrap();
+    let (bert, tok) = bert_on_cpu();
     let seqs: Vec<Vec<u32>> = [0usize, 5, 9]
         .iter()
         .map(|&i| {
@@ -329,13 +336,8 @@ fn packed_cpu_path_equals_padded_path() {
 /// every row must equal that sentence encoded alone, in order.
 #[test]
 fn packed_batch_over_many_groups_equals_one_at_a_time() {
-    use candle_core::Device;
     let f = fixture();
-    let repo = minilm_repo(&[]);
-    let dir = repo.path().join("minilm");
-    let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
-    let bert = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &Device::Cpu).unwrap();
-    let tok = tokenizers::Tokenizer::from_file(dir.join("1/tokenizer.json")).unwrap();
+    let (bert, tok) = bert_on_cpu();
     let seqs: Vec<Vec<u32>> = f
         .sentences
         .iter()

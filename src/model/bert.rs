@@ -410,11 +410,11 @@ impl Model for Bert {
     }
 }
 
-/// Runs `f` on the elements of a contiguous f32 CPU tensor, borrowed.
+/// Runs `f` on the elements of a contiguous CPU tensor as f32 (borrowed when f32).
 fn with_f32<R>(t: &CT, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> candle_core::Result<R> {
     let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) => f(&v[a..b]),
-        _ => candle_core::bail!("expected a contiguous f32 CPU tensor"),
+    match &*storage {
+        candle_core::Storage::Cpu(s) => f(&crate::ops::f32_view(s, layout, "attention input")?),
+        _ => candle_core::bail!("expected a CPU tensor"),
     }
 }

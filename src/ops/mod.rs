@@ -120,23 +120,20 @@ pub(crate) mod testing {
         }
     }
 
+    /// All elements as f32.
+    pub fn vec1(t: &Tensor) -> Vec<f32> {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     pub fn assert_close(got: &Tensor, want: &Tensor, dtype: DType, what: &str) {
         assert_eq!(got.dims(), want.dims(), "{what}: shape");
         assert_eq!(got.dtype(), want.dtype(), "{what}: dtype");
-        let g: Vec<f32> = got
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let w: Vec<f32> = want
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let (g, w) = (vec1(got), vec1(want));
         let tol = tolerance(dtype);
         for (i, (a, b)) in g.iter().zip(&w).enumerate() {
             let err = (a - b).abs();

@@ -349,15 +349,6 @@ mod tests {
         )
     }
 
-    fn vec1(t: &Tensor) -> Vec<f32> {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    }
-
     /// The path `q8_matmul` takes for m rows on this CPU.
     fn path_for(m: usize) -> Path {
         #[cfg(target_arch = "x86_64")]

@@ -53,7 +53,7 @@ fn take_matrix(
             let scale = f32_vec(&scale)?;
             return Ok(Taken::Quant(match format {
                 Format::Q8 => QMatrix::Q8 {
-                    q: bytes.into_iter().map(|b| b as i8).collect(),
+                    q: bytemuck::cast_vec(bytes),
                     scale,
                     rows,
                     cols: packed,
@@ -96,11 +96,7 @@ impl Linear {
                 rows,
                 cols,
             }) if device.is_cpu() => Weight::Q8 {
-                q: Tensor::from_vec(
-                    q.into_iter().map(|v| v as u8).collect::<Vec<u8>>(),
-                    (rows, cols),
-                    device,
-                )?,
+                q: Tensor::from_vec(bytemuck::cast_vec::<i8, u8>(q), (rows, cols), device)?,
                 scale: Tensor::from_vec(scale, rows, device)?,
             },
             Taken::Quant(q) if device.is_cpu() => Weight::Quant(q),
