@@ -15,6 +15,18 @@ pub fn packed(
     hidden: usize,
     heads: usize,
 ) -> Vec<f32> {
+    dispatch!(packed_all(q, k, v, lens, hidden, heads))
+}
+
+#[inline(always)]
+fn packed_all(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    lens: &[usize],
+    hidden: usize,
+    heads: usize,
+) -> Vec<f32> {
     let tokens: usize = lens.iter().sum();
     assert!(q.len() == tokens * hidden && k.len() == q.len() && v.len() == q.len());
     assert!(heads > 0 && hidden.is_multiple_of(heads));
@@ -55,7 +67,7 @@ pub fn packed(
                     gemm::Parallelism::None,
                 );
             }
-            dispatch!(softmax_rows(s, len));
+            softmax_rows(s, len);
             unsafe {
                 // ctx_h (len x d) = P (len x len) . V_h (len x d)
                 gemm::gemm(
