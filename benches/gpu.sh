@@ -4,11 +4,16 @@
 # (build with --features cuda, see ../shared/CUDA.md): the same load with two instances per GPU
 # (instance_group kind = "gpu", count = 2), then the NVML sample comparison: mean nv_gpu_utilization
 # over the run vs the busy fraction measured from the server's own compute time. Before that, the
-# custom ops' GPU parity tests (src/ops, vs their CPU `_ref`) and kernel timings (examples/ops_gpu.rs).
+# custom ops' GPU parity tests (src/ops, vs their CPU `_ref`; pinned-buffer transfers) and kernel
+# timings (examples/ops_gpu.rs). Last, the embeddings load (MiniLM, `ferrite bench --protocol tei`,
+# 64 connections, random 20-word texts) on the CPU and on GPU 0 with prefetch off and on (a
+# staging thread uploading batch N+1 through pinned buffers while N computes), as a markdown table
+# printed at the end and written to $TABLE (default target/gpu-table.md).
 # Usage: benches/gpu.sh [SECONDS] [CONCURRENCY]   (defaults 5 s, 16)
 # Env: PORT (default 18300; the GPU run uses PORT+100), PROFILE=release|debug (default release), FERRITE_BIN (default $CARGO_TARGET_DIR/$PROFILE/ferrite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+TABLE=${TABLE:-target/gpu-table.md}
 DUR=${1:-5}
 CONC=${2:-16}
 PROFILE=${PROFILE:-release}
@@ -77,6 +82,37 @@ if gpus:
 PY
 }
 
+# embed NAME REPO PORT: MiniLM under `ferrite bench` (TEI /embed, 64 connections); appends a row to $TABLE
+embed() {
+  "$BIN" bench -u "http://127.0.0.1:$3" --metrics-url "http://127.0.0.1:$(($3 + 2))/metrics" -m minilm \
+    --protocol tei --text-words 20 --concurrency-range 64:64 --warmup-ms 2000 --max-windows 5 \
+    --json "$tmp/$1.json" >&2
+  python3 - "$1" "$tmp/$1.json" >>"$TABLE" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[2]))["steps"][0]
+srv, lat = s.get("server") or {}, s["latency"]
+print(f"| {sys.argv[1]} | {s['throughput']:.0f} | {lat['p50_us'] / 1e3:.1f} | {lat['p99_us'] / 1e3:.1f} | "
+      f"{srv.get('avg_batch', float('nan')):.1f} | {srv.get('compute_input_us', float('nan')):.0f} | "
+      f"{srv.get('compute_infer_us', float('nan')):.0f} | {sum(s['errors'].values())} |")
+PY
+}
+
+# minilm_repo DIR KIND PREFETCH: MiniLM (weights symlinked) with instance kind and prefetch set
+minilm_repo() {
+  mkdir -p "$1/minilm/1"
+  for f in models/minilm/1/*; do ln -sf "$(realpath "$f")" "$1/minilm/1/"; done
+  sed -e "s/^kind = .*/kind = \"$2\"/" -e "s/^architecture = .*/&\nprefetch = $3/" \
+    models/minilm/config.toml >"$1/minilm/config.toml"
+}
+
+mkdir -p "$(dirname "$TABLE")"
+{
+  echo "benches/gpu.sh on $(hostname), $(date -u +%F), $(nvidia-smi -L 2>/dev/null | head -n 1 || echo 'no GPU')"
+  echo
+  echo "| MiniLM /embed, 64 connections | req/s | p50 ms | p99 ms | mean batch | input us/req | infer us/req | errors |"
+  echo "|---|---|---|---|---|---|---|---|"
+} >"$TABLE"
+
 echo "== CPU: digits (kind = auto, as committed)"
 start models "$PORT"
 curl -sf "localhost:$PORT/v2/devices" | python3 -c 'import json,sys; [print("  device", d["id"], d["kind"], d["name"], "instances:", [(i["model"], i["version"], i["count"]) for i in d["instances"]]) for d in json.load(sys.stdin)["devices"]]'
@@ -85,7 +121,7 @@ load "$PORT"
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   echo "== GPU: custom ops, CUDA vs the CPU _ref (parity tests), then kernel timings vs kernels/README.md floors"
   # nvidia-smi sees a GPU here, so a parity test that skips (no CUDA device) counts as a failure.
-  if ! cargo test --release --features cuda --lib ops:: -- --nocapture >"$tmp/ops-test.log" 2>&1 \
+  if ! cargo test --release --features cuda --lib -- ops:: device::transfer --nocapture >"$tmp/ops-test.log" 2>&1 \
     || grep -q SKIPPED "$tmp/ops-test.log"; then
     grep -E 'SKIPPED|panicked|^test |^test result|^error' "$tmp/ops-test.log" >&2 || tail -n 40 "$tmp/ops-test.log" >&2
     echo "GPU op parity tests failed or skipped" >&2
@@ -100,6 +136,26 @@ if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   curl -sf "localhost:$((PORT + 100))/v2/devices" | python3 -m json.tool | head -60
   load $((PORT + 100))
   nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used,power.draw --format=csv
+  kill %% 2>/dev/null || true
+fi
+
+[[ -f models/minilm/1/model.safetensors ]] || scripts/fetch-models.sh >&2
+echo "== Embeddings: MiniLM on the CPU (kind = cpu)"
+minilm_repo "$tmp/emb-cpu" cpu false
+start "$tmp/emb-cpu" $((PORT + 200))
+embed "minilm cpu" $((PORT + 200))
+kill %% 2>/dev/null || true
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  for pf in false true; do
+    echo "== Embeddings: MiniLM on GPU (kind = gpu), prefetch = $pf"
+    minilm_repo "$tmp/emb-gpu-$pf" gpu $pf
+    port=$((PORT + 300 + ${#pf}))
+    start "$tmp/emb-gpu-$pf" $port
+    embed "minilm gpu, prefetch $pf" $port
+    kill %% 2>/dev/null || true
+  done
 else
   echo "== GPU parts skipped: no GPU (nvidia-smi missing or lists none)"
 fi
+echo
+cat "$TABLE"

@@ -1,5 +1,6 @@
 //! The bundled digits model through the real server: accuracy on the committed held-out split is
-//! the one its metadata states (>= 0.95).
+//! the one its metadata states (>= 0.95), with the worker staging inline (the CPU default) and with
+//! prefetch (a staging thread, as on GPUs).
 
 mod common;
 
@@ -8,6 +9,19 @@ use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn digits_held_out_accuracy_matches_metadata() {
+    held_out_accuracy(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn digits_held_out_accuracy_matches_metadata_with_prefetch() {
+    held_out_accuracy(&[(
+        "architecture = \"mlp\"",
+        "architecture = \"mlp\"\nprefetch = true",
+    )])
+    .await;
+}
+
+async fn held_out_accuracy(edits: &[(&str, &str)]) {
     let split = candle_core::safetensors::load(
         repo_root().join("models/digits/test-split.safetensors"),
         &candle_core::Device::Cpu,
@@ -23,7 +37,7 @@ async fn digits_held_out_accuracy_matches_metadata() {
         "raw 0..16 intensities"
     );
 
-    let s = TestServer::start(Repo::new().with_digits(&[])).await;
+    let s = TestServer::start(Repo::new().with_digits(edits)).await;
     let mut correct = 0;
     for (chunk, labels) in pixels.chunks(60 * 64).zip(labels.chunks(60)) {
         let rows = labels.len();

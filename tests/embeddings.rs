@@ -260,12 +260,25 @@ async fn kserve_bytes_input_matches_tei_and_rejects_bad_utf8() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn many_texts_in_one_request_come_back_in_order_across_batches() {
-    let f = fixture();
-    let s = TestServer::start(minilm_repo(&[(
-        "max_batch_size = 64",
-        "max_batch_size = 4",
-    )]))
+    many_texts_in_order(&[]).await;
+}
+
+/// The same through a staging thread (prefetch depth 1): 25 queued batches, each staged while the
+/// one before computes.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_texts_in_order_across_batches_with_prefetch() {
+    many_texts_in_order(&[(
+        "architecture = \"bert\"",
+        "architecture = \"bert\"\nprefetch = true",
+    )])
     .await;
+}
+
+async fn many_texts_in_order(edits: &[(&str, &str)]) {
+    let f = fixture();
+    let mut edits = edits.to_vec();
+    edits.push(("max_batch_size = 64", "max_batch_size = 4"));
+    let s = TestServer::start(minilm_repo(&edits)).await;
     let texts: Vec<&String> = f.sentences.iter().cycle().take(100).collect();
     let all = embed(&s, json!({"inputs": texts})).await;
     assert_eq!(all.len(), 100);

@@ -4,6 +4,10 @@
 //! there is only the CPU, and one log line says so. Also the placement of a model's instance groups
 //! onto devices.
 
+mod transfer;
+
+pub use transfer::{Transfer, Upload};
+
 use crate::repository::config::{InstanceGroup, InstanceKind};
 
 /// Where a model instance runs.

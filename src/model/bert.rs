@@ -10,13 +10,14 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor as CT, D};
 
-use super::{gather_input, Model, ModelError, StageTimings};
-
-/// Tokens per group in the packed CPU path (see `Bert::encode_packed`).
-const PACK_TOKENS: usize = 256;
+use super::{gather_input, Model, ModelError, StageTimings, Staged};
+use crate::device::Transfer;
 use crate::quant::{Embedding, Format, Linear};
 use crate::repository::config::ModelConfig;
 use crate::tensor::{Tensor, TensorData};
+
+/// Tokens per group in the packed CPU path (see `Bert::encode_packed`).
+const PACK_TOKENS: usize = 256;
 
 /// The input name jobs carry after tokenization.
 pub const INPUT_IDS: &str = "input_ids";
@@ -358,13 +359,19 @@ impl Bert {
     }
 }
 
+/// A BERT batch ready to run: on the CPU the checked ids of each sequence (run packed, no padding);
+/// on a GPU the padded ids and mask, already on the device.
+enum BertStaged {
+    Packed(Vec<Vec<u32>>),
+    Padded { ids: CT, mask: CT },
+}
+
 impl Model for Bert {
-    fn forward(
-        &self,
-        batch: &[&[Tensor]],
-        timings: &mut StageTimings,
-    ) -> Result<Vec<Vec<Tensor>>, ModelError> {
-        let t0 = Instant::now();
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn stage(&self, batch: &[&[Tensor]], xfer: &mut Transfer) -> Result<Staged, ModelError> {
         let seqs = gather_input(batch, INPUT_IDS)?;
         let longest = seqs.iter().map(|t| t.data.len()).max().unwrap_or(0).max(1);
         if longest > self.cfg.max_position_embeddings {
@@ -373,22 +380,14 @@ impl Model for Bert {
                 self.cfg.max_position_embeddings
             )));
         }
-        let (b, l) = (seqs.len(), longest);
         if self.device.is_cpu() {
-            let mut packed: Vec<Vec<u32>> = Vec::with_capacity(b);
-            for t in &seqs {
-                packed.push(self.checked_ids(t)?);
-            }
-            let views: Vec<&[u32]> = packed.iter().map(Vec::as_slice).collect();
-            let t1 = Instant::now();
-            let pooled = self.encode_packed(&views)?;
-            let t2 = Instant::now();
-            let out = Tensor::from_candle(&self.output, &pooled)?.split_rows(&vec![1; b])?;
-            timings.input = t1 - t0;
-            timings.infer = t2 - t1;
-            timings.output = t2.elapsed();
-            return Ok(out.into_iter().map(|t| vec![t]).collect());
+            let packed = seqs
+                .iter()
+                .map(|t| self.checked_ids(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Staged::new(BertStaged::Packed(packed)));
         }
+        let (b, l) = (seqs.len(), longest);
         let mut ids = vec![0u32; b * l];
         let mut mask = vec![0f32; b * l];
         for (row, t) in seqs.iter().enumerate() {
@@ -397,13 +396,30 @@ impl Model for Bert {
                 mask[row * l + j] = 1.0;
             }
         }
-        let ids = CT::from_vec(ids, (b, l), &self.device)?;
-        let mask = CT::from_vec(mask, (b, l), &self.device)?;
+        let ids = xfer.upload(ids, (b, l))?;
+        let mask = xfer.upload(mask, (b, l))?;
+        Ok(Staged::new(BertStaged::Padded { ids, mask }))
+    }
+
+    fn compute(
+        &self,
+        staged: Staged,
+        xfer: &mut Transfer,
+        timings: &mut StageTimings,
+    ) -> Result<Vec<Vec<Tensor>>, ModelError> {
         let t1 = Instant::now();
-        let pooled = self.encode(&ids, &mask)?;
+        let pooled = match staged.take()? {
+            BertStaged::Packed(packed) => {
+                let views: Vec<&[u32]> = packed.iter().map(Vec::as_slice).collect();
+                self.encode_packed(&views)?
+            }
+            BertStaged::Padded { ids, mask } => self.encode(&ids, &mask)?,
+        };
         let t2 = Instant::now();
-        let out = Tensor::from_candle(&self.output, &pooled)?.split_rows(&vec![1; b])?;
-        timings.input = t1 - t0;
+        let b = pooled.dim(0)?;
+        let out = xfer
+            .download(&self.output, &pooled)?
+            .split_rows(&vec![1; b])?;
         timings.infer = t2 - t1;
         timings.output = t2.elapsed();
         Ok(out.into_iter().map(|t| vec![t]).collect())

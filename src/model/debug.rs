@@ -1,10 +1,12 @@
 //! Architecture `debug`: a test and benchmark model. It echoes its one input as its one output and
-//! can be told (config `[parameters]`) to sleep per batch (`sleep_us`, a known service time), to panic
-//! (`panic_on`) or fail (`fail_on`) when any input element equals a value.
+//! can be told (config `[parameters]`) to sleep per batch in `compute` (`sleep_us`, a known service
+//! time) and in `stage` (`stage_sleep_us`, a known input time), to panic (`panic_on`) or fail
+//! (`fail_on`) when any input element equals a value.
 
 use std::time::{Duration, Instant};
 
-use super::{gather_input, param, Model, ModelError, StageTimings};
+use super::{gather_input, param, Model, ModelError, StageTimings, Staged};
+use crate::device::Transfer;
 use crate::repository::config::ModelConfig;
 use crate::tensor::{Tensor, TensorData};
 
@@ -12,6 +14,7 @@ pub struct DebugModel {
     input: String,
     output: String,
     sleep: Duration,
+    stage_sleep: Duration,
     panic_on: Option<f64>,
     fail_on: Option<f64>,
 }
@@ -31,6 +34,9 @@ impl DebugModel {
             input,
             output,
             sleep: Duration::from_micros(param::<u64>(config, "sleep_us")?.unwrap_or(0)),
+            stage_sleep: Duration::from_micros(
+                param::<u64>(config, "stage_sleep_us")?.unwrap_or(0),
+            ),
             panic_on: param(config, "panic_on")?,
             fail_on: param(config, "fail_on")?,
         })
@@ -48,13 +54,29 @@ fn contains(t: &Tensor, value: f64) -> bool {
 }
 
 impl Model for DebugModel {
-    fn forward(
+    fn device(&self) -> &candle_core::Device {
+        &candle_core::Device::Cpu
+    }
+
+    fn stage(&self, batch: &[&[Tensor]], _xfer: &mut Transfer) -> Result<Staged, ModelError> {
+        let inputs: Vec<Tensor> = gather_input(batch, &self.input)?
+            .into_iter()
+            .cloned()
+            .collect();
+        if !self.stage_sleep.is_zero() {
+            std::thread::sleep(self.stage_sleep);
+        }
+        Ok(Staged::new(inputs))
+    }
+
+    fn compute(
         &self,
-        batch: &[&[Tensor]],
+        staged: Staged,
+        _xfer: &mut Transfer,
         timings: &mut StageTimings,
     ) -> Result<Vec<Vec<Tensor>>, ModelError> {
         let start = Instant::now();
-        let inputs = gather_input(batch, &self.input)?;
+        let inputs: Vec<Tensor> = staged.take()?;
         if let Some(v) = self.panic_on {
             if inputs.iter().any(|t| contains(t, v)) {
                 panic!("debug model asked to panic on {v}");
@@ -73,8 +95,7 @@ impl Model for DebugModel {
         timings.infer = start.elapsed();
         Ok(inputs
             .into_iter()
-            .map(|t| {
-                let mut out = t.clone();
+            .map(|mut out| {
                 out.name = self.output.clone();
                 vec![out]
             })

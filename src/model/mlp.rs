@@ -8,10 +8,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor as CT, D};
 
-use super::{gather_input, Model, ModelError, StageTimings};
+use super::{gather_input, Model, ModelError, StageTimings, Staged};
+use crate::device::Transfer;
 use crate::quant::Linear;
 use crate::repository::config::ModelConfig;
-use crate::tensor::Tensor;
+use crate::tensor::{Tensor, TensorData};
 
 pub struct Mlp {
     device: Device,
@@ -74,16 +75,35 @@ impl Mlp {
     }
 }
 
+/// An MLP batch on the device: the rows of every request, and how many each brought.
+struct MlpStaged {
+    x: CT,
+    rows: Vec<usize>,
+}
+
 impl Model for Mlp {
-    fn forward(
-        &self,
-        batch: &[&[Tensor]],
-        timings: &mut StageTimings,
-    ) -> Result<Vec<Vec<Tensor>>, ModelError> {
-        let t0 = Instant::now();
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn stage(&self, batch: &[&[Tensor]], xfer: &mut Transfer) -> Result<Staged, ModelError> {
         let parts = gather_input(batch, &self.input)?;
         let rows: Vec<usize> = parts.iter().map(|t| t.rows()).collect();
-        let x = Tensor::concat_rows(&parts)?.to_candle(&self.device)?;
+        let x = Tensor::concat_rows(&parts)?;
+        let x = match x.data {
+            TensorData::F32(v) => xfer.upload(v, x.shape.as_slice())?,
+            _ => x.to_candle(&self.device)?,
+        };
+        Ok(Staged::new(MlpStaged { x, rows }))
+    }
+
+    fn compute(
+        &self,
+        staged: Staged,
+        xfer: &mut Transfer,
+        timings: &mut StageTimings,
+    ) -> Result<Vec<Vec<Tensor>>, ModelError> {
+        let MlpStaged { x, rows } = staged.take()?;
         let t1 = Instant::now();
         let mut z = x.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
         let last = self.layers.len() - 1;
@@ -97,8 +117,7 @@ impl Model for Mlp {
         let e = z.broadcast_sub(&max)?.exp()?;
         let probs = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
         let t2 = Instant::now();
-        let out = Tensor::from_candle(&self.output, &probs)?.split_rows(&rows)?;
-        timings.input = t1 - t0;
+        let out = xfer.download(&self.output, &probs)?.split_rows(&rows)?;
         timings.infer = t2 - t1;
         timings.output = t2.elapsed();
         Ok(out.into_iter().map(|t| vec![t]).collect())

@@ -1,15 +1,19 @@
-//! Models: the synchronous `Model` trait that workers call with a (ragged) batch, and `load`, which
-//! builds the architecture a config names. One file per architecture. No HTTP, no queues here.
+//! Models: the synchronous `Model` trait that workers call with a (ragged) batch, in two halves
+//! (`stage`: check, gather and copy the inputs to the device; `compute`: run and copy the outputs
+//! back) so that a worker can stage batch N+1 while batch N computes; and `load`, which builds the
+//! architecture a config names. One file per architecture. No HTTP, no queues here.
 
 mod attention;
 pub mod bert;
 pub mod debug;
 pub mod mlp;
 
+use std::any::Any;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::device::Transfer;
 use crate::repository::config::ModelConfig;
 use crate::tensor::{Tensor, TensorError};
 
@@ -40,15 +44,57 @@ pub enum ModelError {
     Failed(String),
 }
 
-/// A loaded model version on one device. Instances on the same device share one `Arc<dyn Model>`.
+/// A batch's inputs as `Model::stage` left them (on the model's device), for `Model::compute`.
+/// Each architecture stages its own type.
+pub struct Staged(Box<dyn Any + Send>);
+
+impl Staged {
+    pub fn new<T: Send + 'static>(inputs: T) -> Staged {
+        Staged(Box::new(inputs))
+    }
+
+    /// The staged value, if it is a `T`.
+    pub fn take<T: 'static>(self) -> Result<T, ModelError> {
+        self.0.downcast().map(|b| *b).map_err(|_| {
+            ModelError::Failed("internal error: inputs staged by another model".into())
+        })
+    }
+}
+
+/// A loaded model version on one device. Instances on the same device share one `Arc<dyn Model>`;
+/// each worker brings its own `Transfer` (pinned host buffers on a GPU).
 pub trait Model: Send + Sync {
-    /// Runs one batch: `batch[i]` holds request i's validated inputs; the result holds request i's
-    /// outputs at index i (every declared output, in config order).
+    /// The device the weights live on.
+    fn device(&self) -> &candle_core::Device;
+
+    /// First half of a batch: checks the requests' inputs (`batch[i]` holds request i's validated
+    /// inputs), gathers them and copies them to the device through `xfer`. A worker with prefetch
+    /// runs this on its staging thread for batch N+1 while batch N computes, so it must not touch
+    /// anything `compute` of another batch mutates.
+    fn stage(&self, batch: &[&[Tensor]], xfer: &mut Transfer) -> Result<Staged, ModelError>;
+
+    /// Second half: runs a staged batch and copies the outputs back to the host. Result i holds
+    /// request i's outputs (every declared output, in config order). Sets `timings.infer` and
+    /// `timings.output`.
+    fn compute(
+        &self,
+        staged: Staged,
+        xfer: &mut Transfer,
+        timings: &mut StageTimings,
+    ) -> Result<Vec<Vec<Tensor>>, ModelError>;
+
+    /// Both halves on the calling thread, with a fresh `Transfer` (tests, tools; workers keep theirs).
     fn forward(
         &self,
         batch: &[&[Tensor]],
         timings: &mut StageTimings,
-    ) -> Result<Vec<Vec<Tensor>>, ModelError>;
+    ) -> Result<Vec<Vec<Tensor>>, ModelError> {
+        let mut xfer = Transfer::new(self.device());
+        let t0 = Instant::now();
+        let staged = self.stage(batch, &mut xfer)?;
+        timings.input = t0.elapsed();
+        self.compute(staged, &mut xfer, timings)
+    }
 }
 
 /// Builds the model a config describes from the files in `version_dir`, on `device`.

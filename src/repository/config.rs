@@ -33,6 +33,11 @@ pub struct ModelConfig {
     /// Quantize dense weights when loading: "q8" or "q4" (versions already quantized load as is).
     #[serde(default)]
     pub quantization: Option<crate::quant::Format>,
+    /// Stage batch N+1 (gather inputs, copy them to the device through pinned buffers) on a second
+    /// thread while batch N computes, one batch deep. Default: on for GPU instances, off on the CPU
+    /// (there staging is a few microseconds and the compute owns the cores).
+    #[serde(default)]
+    pub prefetch: Option<bool>,
     /// Architecture-specific settings.
     #[serde(default)]
     pub parameters: toml::Table,
@@ -270,6 +275,12 @@ impl ModelConfig {
             ),
             _ => Ok(()),
         }
+    }
+
+    /// Whether instances on `device` prefetch (see `prefetch`).
+    pub fn prefetch_on(&self, device: crate::device::DeviceId) -> bool {
+        self.prefetch
+            .unwrap_or(matches!(device, crate::device::DeviceId::Gpu(_)))
     }
 
     /// The batcher's view of this config.

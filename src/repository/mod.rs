@@ -388,7 +388,8 @@ impl Repository {
                     device: dev,
                     index,
                 };
-                let h = worker::spawn(spec, m.clone(), queue.clone(), metrics.clone())
+                let prefetch = config.prefetch_on(dev);
+                let h = worker::spawn(spec, m.clone(), queue.clone(), metrics.clone(), prefetch)
                     .map_err(|e| load_err(format!("cannot start worker thread: {e}")))?;
                 lv.workers
                     .lock()

@@ -1,15 +1,27 @@
 //! Device workers: one named OS thread per model instance per device. Each pulls its next batch from
 //! the model version's queue when free, runs the model, and answers every request of the batch. A
 //! panic in a forward pass fails that batch's requests and the worker keeps serving. Never sees HTTP.
+//!
+//! With prefetch (`ModelConfig::prefetch_on`, the default on GPUs) an instance is two threads: a
+//! stager (`ferrite-s..`) pulls batch N+1 and runs `Model::stage` (gather, pinned upload) while the
+//! compute thread (`ferrite-w..`) runs batch N. They meet on a rendezvous channel, so the stager
+//! holds at most one staged batch: depth 1. A staged batch whose clients have all left is dropped
+//! before it is computed.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::batcher::{Batch, JobError, JobOutput, Queue, Timings};
-use crate::device::DeviceId;
-use crate::model::{Model, StageTimings};
+use crate::device::{DeviceId, Transfer};
+use crate::model::{Model, StageTimings, Staged};
 use crate::telemetry::ModelMetrics;
+
+#[cfg(test)]
+mod tests;
 
 /// Identity of one worker thread.
 #[derive(Debug, Clone)]
@@ -25,74 +37,183 @@ impl WorkerSpec {
     pub fn thread_name(&self) -> String {
         format!("ferrite-w{}-{}-{}", self.model, self.device, self.index)
     }
+
+    /// The prefetching stager's thread name `ferrite-s{model}-{dev}-{i}`.
+    pub fn stager_name(&self) -> String {
+        format!("ferrite-s{}-{}-{}", self.model, self.device, self.index)
+    }
+
+    fn failure(&self, message: String) -> JobError {
+        JobError::Model {
+            model: self.model.clone(),
+            message,
+        }
+    }
 }
 
-/// Starts one worker thread; it exits when the queue is closed and drained.
+/// A pulled batch with its staged inputs.
+struct StagedBatch {
+    batch: Batch,
+    inputs: Result<Staged, JobError>,
+    pulled: Instant,
+    /// How long `stage` took.
+    input: Duration,
+    /// When staging finished (the batch then waits for the compute thread).
+    ready: Instant,
+}
+
+/// Starts one worker (and its stager when `prefetch`); the returned thread exits, after its stager,
+/// when the queue is closed and drained.
 pub fn spawn(
     spec: WorkerSpec,
     model: Arc<dyn Model>,
     queue: Queue,
     metrics: ModelMetrics,
+    prefetch: bool,
 ) -> std::io::Result<JoinHandle<()>> {
+    let seqs = queue.config().max_batch_tokens.is_some();
+    if !prefetch {
+        return std::thread::Builder::new()
+            .name(spec.thread_name())
+            .spawn(move || {
+                tracing::debug!(worker = %spec.thread_name(), "worker started");
+                let mut xfer = Transfer::new(model.device());
+                while let Some(batch) = queue.pull_blocking() {
+                    let staged = stage(&spec, model.as_ref(), &mut xfer, batch, seqs, &metrics);
+                    compute(&spec, model.as_ref(), &mut xfer, staged, &metrics);
+                }
+                tracing::debug!(worker = %spec.thread_name(), "worker stopped");
+            });
+    }
+    // Rendezvous: `send` returns only when the compute thread takes the batch, so the stager never
+    // runs more than one batch ahead.
+    let (tx, rx) = flume::bounded::<StagedBatch>(0);
+    let stager = {
+        let (spec, model, metrics) = (spec.clone(), model.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name(spec.stager_name())
+            .spawn(move || {
+                let mut xfer = Transfer::new(model.device());
+                while let Some(batch) = queue.pull_blocking() {
+                    let staged = stage(&spec, model.as_ref(), &mut xfer, batch, seqs, &metrics);
+                    if tx.send(staged).is_err() {
+                        break; // compute thread gone: dropping the batch answers its clients
+                    }
+                }
+            })?
+    };
     std::thread::Builder::new()
         .name(spec.thread_name())
         .spawn(move || {
-            tracing::debug!(worker = %spec.thread_name(), "worker started");
-            let sequences = queue.config().max_batch_tokens.is_some();
-            while let Some(batch) = queue.pull_blocking() {
-                if sequences && batch.counted_rows() > 0 {
-                    metrics.record_padding(batch.padding_efficiency());
-                }
-                run_batch(&spec, model.as_ref(), batch, &metrics);
+            tracing::debug!(worker = %spec.thread_name(), "worker started (prefetch depth 1)");
+            let mut xfer = Transfer::new(model.device());
+            for staged in rx.iter() {
+                compute(&spec, model.as_ref(), &mut xfer, staged, &metrics);
+            }
+            if stager.join().is_err() {
+                tracing::error!(worker = %spec.thread_name(), "stager thread panicked");
             }
             tracing::debug!(worker = %spec.thread_name(), "worker stopped");
         })
 }
 
-/// Runs one batch and answers each of its requests.
-pub fn run_batch(spec: &WorkerSpec, model: &dyn Model, batch: Batch, metrics: &ModelMetrics) {
-    let started = tokio::time::Instant::now();
-    let rows = batch.rows();
+/// Runs `Model::stage` on a pulled batch; a panic or error there fails only this batch.
+fn stage(
+    spec: &WorkerSpec,
+    model: &dyn Model,
+    xfer: &mut Transfer,
+    batch: Batch,
+    queue_has_token_budget: bool,
+    metrics: &ModelMetrics,
+) -> StagedBatch {
+    let pulled = Instant::now();
+    // Padding is reported for token-budget (sequence) batches.
+    if queue_has_token_budget && batch.counted_rows() > 0 {
+        metrics.record_padding(batch.padding_efficiency());
+    }
     let inputs: Vec<&[crate::tensor::Tensor]> =
         batch.jobs.iter().map(|j| j.inputs.as_slice()).collect();
-    let mut stages = StageTimings::default();
-    let result = catch_unwind(AssertUnwindSafe(|| model.forward(&inputs, &mut stages)));
-    let failure = |message: String| JobError::Model {
-        model: spec.model.clone(),
-        message,
-    };
-    let outputs = match result {
-        Ok(Ok(outs)) if outs.len() == batch.jobs.len() => {
-            if batch.counted_rows() > 0 {
-                metrics.record_execution(batch.counted_rows());
-            }
-            Ok(outs)
-        }
-        Ok(Ok(outs)) => {
-            tracing::error!(model = %spec.model, got = outs.len(), want = batch.jobs.len(),
-                "model returned the wrong number of results. This is a bug.");
-            Err(failure("internal error: wrong number of results".into()))
-        }
+    let result = catch_unwind(AssertUnwindSafe(|| model.stage(&inputs, xfer)));
+    let inputs = match result {
+        Ok(Ok(s)) => Ok(s),
         Ok(Err(e)) => {
-            tracing::warn!(model = %spec.model, error = %e, "forward pass failed");
-            Err(failure(e.to_string()))
+            tracing::warn!(model = %spec.model, error = %e, "staging inputs failed");
+            Err(spec.failure(e.to_string()))
         }
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
-            tracing::error!(worker = %spec.thread_name(), panic = msg,
-                "forward pass panicked; failing this batch, worker keeps serving");
-            Err(failure("internal error: the forward pass panicked".into()))
+            tracing::error!(worker = %spec.thread_name(), panic = panic_message(&*panic),
+                "staging panicked; failing this batch, worker keeps serving");
+            Err(spec.failure("internal error: staging the inputs panicked".into()))
         }
     };
+    let ready = Instant::now();
+    StagedBatch {
+        batch,
+        inputs,
+        pulled,
+        input: ready - pulled,
+        ready,
+    }
+}
+
+/// Runs `Model::compute` on a staged batch and answers each of its requests.
+fn compute(
+    spec: &WorkerSpec,
+    model: &dyn Model,
+    xfer: &mut Transfer,
+    staged: StagedBatch,
+    metrics: &ModelMetrics,
+) {
+    let started = Instant::now();
+    let StagedBatch {
+        batch,
+        inputs,
+        pulled,
+        input,
+        ready,
+    } = staged;
+    if batch.jobs.iter().all(|j| j.reply.is_closed()) {
+        tracing::debug!(model = %spec.model, jobs = batch.jobs.len(),
+            "every client of a staged batch left; dropped before compute");
+        return;
+    }
+    let rows = batch.rows();
+    let mut stages = StageTimings {
+        input,
+        ..StageTimings::default()
+    };
+    let outputs = inputs.and_then(|s| {
+        let result = catch_unwind(AssertUnwindSafe(|| model.compute(s, xfer, &mut stages)));
+        match result {
+            Ok(Ok(outs)) if outs.len() == batch.jobs.len() => {
+                if batch.counted_rows() > 0 {
+                    metrics.record_execution(batch.counted_rows());
+                }
+                Ok(outs)
+            }
+            Ok(Ok(outs)) => {
+                tracing::error!(model = %spec.model, got = outs.len(), want = batch.jobs.len(),
+                    "model returned the wrong number of results. This is a bug.");
+                Err(spec.failure("internal error: wrong number of results".into()))
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(model = %spec.model, error = %e, "forward pass failed");
+                Err(spec.failure(e.to_string()))
+            }
+            Err(panic) => {
+                tracing::error!(worker = %spec.thread_name(), panic = panic_message(&*panic),
+                    "forward pass panicked; failing this batch, worker keeps serving");
+                Err(spec.failure("internal error: the forward pass panicked".into()))
+            }
+        }
+    });
+    // Time spent staged, waiting for this thread, counts as queueing (as Triton counts it).
+    let waited = started.saturating_duration_since(ready);
     match outputs {
         Ok(outs) => {
             for (job, outputs) in batch.jobs.into_iter().zip(outs) {
                 let timings = Timings {
-                    queue: started.saturating_duration_since(job.enqueued_at),
+                    queue: pulled.saturating_duration_since(job.enqueued_at) + waited,
                     compute_input: stages.input,
                     compute_infer: stages.infer,
                     compute_output: stages.output,
@@ -107,4 +228,12 @@ pub fn run_batch(spec: &WorkerSpec, model: &dyn Model, batch: Batch, metrics: &M
             }
         }
     }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
 }

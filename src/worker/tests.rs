@@ -1,0 +1,265 @@
+//! Workers on real threads with a probe model that logs when and where each batch is staged and
+//! computed. Assertions are on the order of events that the channels force, not on durations; the
+//! probe's compute sleep only makes the overlap window wide.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::*;
+use crate::batcher::{BatchConfig, QueueMetrics, SubmitOptions};
+use crate::model::ModelError;
+use crate::tensor::{Tensor, TensorData};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum What {
+    StageStart,
+    StageEnd,
+    ComputeStart,
+    ComputeEnd,
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    what: What,
+    value: f32,
+    at: std::time::Instant,
+    thread: String,
+}
+
+/// Echo model: batch identity = its first input value. Stage panics on 13; compute fails on 7.
+struct Probe {
+    log: Mutex<Vec<Event>>,
+    compute_sleep: Duration,
+}
+
+impl Probe {
+    fn new(compute_sleep: Duration) -> Arc<Probe> {
+        Arc::new(Probe {
+            log: Mutex::new(Vec::new()),
+            compute_sleep,
+        })
+    }
+
+    fn note(&self, what: What, value: f32) {
+        self.log.lock().unwrap().push(Event {
+            what,
+            value,
+            at: std::time::Instant::now(),
+            thread: std::thread::current().name().unwrap_or("").to_string(),
+        });
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn at(&self, what: What, value: f32) -> Option<std::time::Instant> {
+        self.events()
+            .iter()
+            .find(|e| e.what == what && e.value == value)
+            .map(|e| e.at)
+    }
+}
+
+fn first(t: &Tensor) -> f32 {
+    match &t.data {
+        TensorData::F32(v) => v[0],
+        _ => f32::NAN,
+    }
+}
+
+impl Model for Probe {
+    fn device(&self) -> &candle_core::Device {
+        &candle_core::Device::Cpu
+    }
+
+    fn stage(
+        &self,
+        batch: &[&[Tensor]],
+        _xfer: &mut Transfer,
+    ) -> Result<Staged, crate::model::ModelError> {
+        let inputs: Vec<Tensor> = batch.iter().map(|r| r[0].clone()).collect();
+        let v = first(&inputs[0]);
+        self.note(What::StageStart, v);
+        if v == 13.0 {
+            panic!("probe asked to panic in stage");
+        }
+        self.note(What::StageEnd, v);
+        Ok(Staged::new(inputs))
+    }
+
+    fn compute(
+        &self,
+        staged: Staged,
+        _xfer: &mut Transfer,
+        _timings: &mut StageTimings,
+    ) -> Result<Vec<Vec<Tensor>>, ModelError> {
+        let inputs: Vec<Tensor> = staged.take()?;
+        let v = first(&inputs[0]);
+        self.note(What::ComputeStart, v);
+        std::thread::sleep(self.compute_sleep);
+        self.note(What::ComputeEnd, v);
+        if v == 7.0 {
+            return Err(ModelError::Failed("probe asked to fail".into()));
+        }
+        Ok(inputs.into_iter().map(|t| vec![t]).collect())
+    }
+}
+
+fn queue() -> Queue {
+    let metrics = QueueMetrics {
+        pending: prometheus::IntGauge::new("p", "p").unwrap(),
+        canceled: prometheus::IntCounter::new("c", "c").unwrap(),
+    };
+    let cfg = BatchConfig {
+        max_batch_size: 1,
+        max_queue_size: 64,
+        ..BatchConfig::default()
+    };
+    Queue::spawn("probe", cfg, metrics)
+}
+
+fn start(probe: &Arc<Probe>, queue: &Queue, prefetch: bool) -> JoinHandle<()> {
+    let spec = WorkerSpec {
+        model: "probe".into(),
+        version: 1,
+        device: DeviceId::Cpu,
+        index: 0,
+    };
+    let metrics = crate::telemetry::Metrics::new().for_model("probe", 1);
+    spawn(spec, probe.clone(), queue.clone(), metrics, prefetch).unwrap()
+}
+
+fn row(v: f32) -> Vec<Tensor> {
+    vec![Tensor::new("x", vec![1, 1], TensorData::F32(vec![v]))]
+}
+
+/// Submits `values` in order (each its own batch), returns each request's first output or error.
+async fn run_all(queue: &Queue, values: &[f32]) -> Vec<Result<f32, JobError>> {
+    let mut handles = Vec::new();
+    for &v in values {
+        let q = queue.clone();
+        handles.push(tokio::spawn(async move {
+            q.submit(row(v), 1, SubmitOptions::default()).await
+        }));
+        tokio::task::yield_now().await;
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap().map(|o| first(&o.outputs[0])));
+    }
+    out
+}
+
+async fn stop(queue: Queue, handle: JoinHandle<()>) {
+    queue.close();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .expect("worker thread panicked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_on_stages_next_batch_during_compute_one_batch_deep() {
+    let probe = Probe::new(Duration::from_millis(40));
+    let q = queue();
+    let h = start(&probe, &q, true);
+    let values = [1.0, 2.0, 3.0, 4.0, 5.0];
+    let got = run_all(&q, &values).await;
+    assert_eq!(
+        got.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+        values
+    );
+    stop(q, h).await;
+    let ev = probe.events();
+    for e in &ev {
+        let want = match e.what {
+            What::StageStart | What::StageEnd => "ferrite-sprobe-cpu-0",
+            _ => "ferrite-wprobe-cpu-0",
+        };
+        assert_eq!(e.thread, want, "{e:?}");
+    }
+    let overlapped = values
+        .windows(2)
+        .filter(|w| probe.at(What::StageEnd, w[1]) < probe.at(What::ComputeEnd, w[0]))
+        .count();
+    assert!(
+        overlapped >= 1,
+        "no batch was staged while another computed: {ev:?}"
+    );
+    for w in values.windows(3) {
+        // Depth 1: batch i+2 is staged only after batch i has finished computing.
+        assert!(
+            probe.at(What::StageStart, w[2]) > probe.at(What::ComputeEnd, w[0]),
+            "staged two batches ahead: {ev:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_off_stages_and_computes_in_turn_on_one_thread() {
+    let probe = Probe::new(Duration::from_millis(5));
+    let q = queue();
+    let h = start(&probe, &q, false);
+    let values = [1.0, 2.0, 3.0];
+    assert!(run_all(&q, &values).await.iter().all(Result::is_ok));
+    stop(q, h).await;
+    let ev = probe.events();
+    assert!(
+        ev.iter().all(|e| e.thread == "ferrite-wprobe-cpu-0"),
+        "{ev:?}"
+    );
+    for w in values.windows(2) {
+        assert!(probe.at(What::StageStart, w[1]) > probe.at(What::ComputeEnd, w[0]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_stage_panic_or_compute_error_fails_only_that_batch() {
+    let probe = Probe::new(Duration::from_millis(5));
+    let q = queue();
+    let h = start(&probe, &q, true);
+    let got = run_all(&q, &[1.0, 13.0, 7.0, 4.0]).await;
+    assert_eq!(got[0].as_ref().unwrap(), &1.0);
+    let msg = got[1].as_ref().unwrap_err().to_string();
+    assert!(msg.contains("staging the inputs panicked"), "{msg}");
+    let msg = got[2].as_ref().unwrap_err().to_string();
+    assert!(msg.contains("probe asked to fail"), "{msg}");
+    assert_eq!(got[3].as_ref().unwrap(), &4.0);
+    assert!(probe.at(What::ComputeStart, 13.0).is_none());
+    stop(q, h).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_staged_batch_whose_client_left_is_not_computed() {
+    let probe = Probe::new(Duration::from_millis(300));
+    let q = queue();
+    let h = start(&probe, &q, true);
+    let submit = |v: f32| {
+        let q = q.clone();
+        tokio::spawn(async move { q.submit(row(v), 1, SubmitOptions::default()).await })
+    };
+    let a = submit(1.0);
+    // Wait until 1 computes, then queue 2 and wait until it is staged behind 1.
+    while probe.at(What::ComputeStart, 1.0).is_none() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let b = submit(2.0);
+    while probe.at(What::StageEnd, 2.0).is_none() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        probe.at(What::ComputeEnd, 1.0).is_none(),
+        "2 must be staged while 1 computes"
+    );
+    b.abort(); // the client of 2 leaves while 2 sits staged
+    let _ = b.await;
+    assert!(a.await.unwrap().is_ok());
+    assert_eq!(run_all(&q, &[3.0]).await[0].as_ref().unwrap(), &3.0);
+    assert!(
+        probe.at(What::ComputeStart, 2.0).is_none(),
+        "computed a batch nobody waits for: {:?}",
+        probe.events()
+    );
+    stop(q, h).await;
+}
