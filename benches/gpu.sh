@@ -82,9 +82,9 @@ if gpus:
 PY
 }
 
-# embed NAME REPO PORT: MiniLM under `ferrite bench` (TEI /embed, 64 connections); appends a row to $TABLE
+# embed NAME PORT: MiniLM under `ferrite bench` (TEI /embed, 64 connections); appends a row to $TABLE
 embed() {
-  "$BIN" bench -u "http://127.0.0.1:$3" --metrics-url "http://127.0.0.1:$(($3 + 2))/metrics" -m minilm \
+  "$BIN" bench -u "http://127.0.0.1:$2" --metrics-url "http://127.0.0.1:$(($2 + 2))/metrics" -m minilm \
     --protocol tei --text-words 20 --concurrency-range 64:64 --warmup-ms 2000 --max-windows 5 \
     --json "$tmp/$1.json" >&2
   python3 - "$1" "$tmp/$1.json" >>"$TABLE" <<'PY'
@@ -117,6 +117,7 @@ echo "== CPU: digits (kind = auto, as committed)"
 start models "$PORT"
 curl -sf "localhost:$PORT/v2/devices" | python3 -c 'import json,sys; [print("  device", d["id"], d["kind"], d["name"], "instances:", [(i["model"], i["version"], i["count"]) for i in d["instances"]]) for d in json.load(sys.stdin)["devices"]]'
 load "$PORT"
+kill %% 2>/dev/null || true
 
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   echo "== GPU: custom ops, CUDA vs the CPU _ref (parity tests), then kernel timings vs kernels/README.md floors"
