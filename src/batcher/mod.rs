@@ -128,7 +128,8 @@ const PRECISE_BELOW: Duration = Duration::from_millis(2);
 
 enum Command {
     Submit(Job),
-    Pull(oneshot::Sender<Batch>),
+    /// A worker asks for its next batch; one batch is sent on this (capacity-1) channel.
+    Pull(flume::Sender<Batch>),
     Close,
 }
 
@@ -211,16 +212,33 @@ impl Queue {
     /// Worker side: blocks until the dispatcher hands this worker a batch; `None` once the queue is
     /// closed and drained. Call from a plain OS thread, never from async code.
     pub fn pull_blocking(&self) -> Option<Batch> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = flume::bounded(1);
         self.tx.send(Command::Pull(tx)).ok()?;
-        rx.blocking_recv().ok()
+        rx.recv().ok()
+    }
+
+    /// `pull_blocking` that runs `on_idle` once if no batch has come after `idle_after`, then keeps
+    /// waiting (its place among the idle workers is kept: nothing is re-registered or lost).
+    pub fn pull_blocking_or_idle(
+        &self,
+        idle_after: Duration,
+        on_idle: impl FnOnce(),
+    ) -> Option<Batch> {
+        let (tx, rx) = flume::bounded(1);
+        self.tx.send(Command::Pull(tx)).ok()?;
+        match rx.recv_timeout(idle_after) {
+            Ok(batch) => return Some(batch),
+            Err(flume::RecvTimeoutError::Disconnected) => return None,
+            Err(flume::RecvTimeoutError::Timeout) => on_idle(),
+        }
+        rx.recv().ok()
     }
 
     /// Async twin of `pull_blocking`, for tests and benchmarks.
     pub async fn pull(&self) -> Option<Batch> {
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = flume::bounded(1);
         self.tx.send_async(Command::Pull(tx)).await.ok()?;
-        rx.await.ok()
+        rx.recv_async().await.ok()
     }
 
     /// Stops accepting; queued requests are still served, then workers see `None`.
@@ -238,7 +256,7 @@ impl Queue {
 
 struct Dispatcher {
     state: QueueState,
-    idle: VecDeque<oneshot::Sender<Batch>>,
+    idle: VecDeque<flume::Sender<Batch>>,
     cfg: Arc<BatchConfig>,
     model: Arc<str>,
     metrics: QueueMetrics,
@@ -364,7 +382,10 @@ impl Dispatcher {
             .idle
             .pop_front()
             .expect("dispatch is only called with an idle worker. This is a bug.");
-        if let Err(batch) = worker.send(Batch { jobs }) {
+        // Capacity 1 and one batch per request: only a departed worker makes this fail.
+        if let Err(flume::TrySendError::Disconnected(batch) | flume::TrySendError::Full(batch)) =
+            worker.try_send(Batch { jobs })
+        {
             // That worker has gone away: keep its jobs for the next one.
             self.metrics.pending.add(batch.jobs.len() as i64);
             self.state.requeue_front(batch.jobs);

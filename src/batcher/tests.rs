@@ -308,3 +308,64 @@ async fn idle_workers_split_the_queue_instead_of_one_taking_all() {
         assert!(h.await.unwrap().is_ok());
     }
 }
+
+/// Real threads and time: the worker side blocks in `pull_blocking_or_idle` on an OS thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_or_idle_runs_on_idle_once_then_still_gets_the_batch() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let q = Queue::spawn("m", BatchConfig::default(), metrics());
+    let idled = Arc::new(AtomicUsize::new(0));
+    let (q2, idled2) = (q.clone(), idled.clone());
+    let worker = std::thread::spawn(move || {
+        let b = q2.pull_blocking_or_idle(Duration::from_millis(30), || {
+            idled2.fetch_add(1, Ordering::SeqCst);
+        });
+        echo(b.expect("a batch, not None"))
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while idled.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("on_idle never ran");
+    // Well past the idle point: the same registration must still receive the batch.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let h = spawn_submit(&q, 5.0, SubmitOptions::default());
+    assert!(h.await.unwrap().is_ok());
+    let seen = tokio::task::spawn_blocking(move || worker.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(seen, vec![5.0]);
+    assert_eq!(idled.load(Ordering::SeqCst), 1, "on_idle runs once per wait");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_or_idle_with_work_waiting_does_not_idle_and_closed_queue_gives_none() {
+    let m = metrics();
+    let pending = m.pending.clone();
+    let q = Queue::spawn("m", BatchConfig::default(), m);
+    let h = spawn_submit(&q, 3.0, SubmitOptions::default());
+    while pending.get() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let q2 = q.clone();
+    let (seen, idled) = tokio::task::spawn_blocking(move || {
+        let mut idled = false;
+        let b = q2.pull_blocking_or_idle(Duration::from_secs(5), || idled = true);
+        (echo(b.unwrap()), idled)
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, vec![3.0]);
+    assert!(!idled);
+    assert!(h.await.unwrap().is_ok());
+    q.close();
+    let q3 = q.clone();
+    let none = tokio::task::spawn_blocking(move || {
+        q3.pull_blocking_or_idle(Duration::from_secs(5), || {}).is_none()
+    })
+    .await
+    .unwrap();
+    assert!(none);
+}

@@ -7,6 +7,9 @@
 //! compute thread (`ferrite-w..`) runs batch N. They meet on a rendezvous channel, so the stager
 //! holds at most one staged batch: depth 1. A staged batch whose clients have all left is dropped
 //! before it is computed.
+//!
+//! A worker thread idle for `RELEASE_AFTER_IDLE` hands its allocator's freed pages back to the OS
+//! (`release_thread_memory`), so that after a burst the server's RSS returns to what it holds.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -22,6 +25,25 @@ use crate::telemetry::ModelMetrics;
 
 #[cfg(test)]
 mod tests;
+
+/// How long a worker thread waits with nothing to do before it releases its freed memory. Releasing
+/// under load instead (after every batch, or every 100 ms) cost 6-10% throughput: the pages are
+/// faulted back in by the next batch (benches/RESULTS.md, issue 4 RSS).
+pub const RELEASE_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Hands the pages this thread's allocator heap holds free back to the OS. mimalloc keeps a thread's
+/// freed pages for its next allocations and only looks at them again when that thread allocates, so
+/// an idle thread would sit on the working memory of its last batches. Harmless when mimalloc is not
+/// the global allocator (its heap on this thread is then empty).
+pub fn release_thread_memory() {
+    // SAFETY: mi_collect has no preconditions; it only walks the calling thread's mimalloc heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+/// The next batch for a worker-side thread, releasing its memory if it waits long.
+fn next_batch(queue: &Queue) -> Option<Batch> {
+    queue.pull_blocking_or_idle(RELEASE_AFTER_IDLE, release_thread_memory)
+}
 
 /// Identity of one worker thread.
 #[derive(Debug, Clone)]
@@ -78,7 +100,7 @@ pub fn spawn(
             .spawn(move || {
                 tracing::debug!(worker = %spec.thread_name(), "worker started");
                 let mut xfer = Transfer::new(model.device());
-                while let Some(batch) = queue.pull_blocking() {
+                while let Some(batch) = next_batch(&queue) {
                     let staged = stage(&spec, model.as_ref(), &mut xfer, batch, seqs, &metrics);
                     compute(&spec, model.as_ref(), &mut xfer, staged, &metrics);
                 }
@@ -94,7 +116,7 @@ pub fn spawn(
             .name(spec.stager_name())
             .spawn(move || {
                 let mut xfer = Transfer::new(model.device());
-                while let Some(batch) = queue.pull_blocking() {
+                while let Some(batch) = next_batch(&queue) {
                     let staged = stage(&spec, model.as_ref(), &mut xfer, batch, seqs, &metrics);
                     if tx.send(staged).is_err() {
                         break; // compute thread gone: dropping the batch answers its clients
@@ -107,7 +129,18 @@ pub fn spawn(
         .spawn(move || {
             tracing::debug!(worker = %spec.thread_name(), "worker started (prefetch depth 1)");
             let mut xfer = Transfer::new(model.device());
-            for staged in rx.iter() {
+            loop {
+                let staged = match rx.recv_timeout(RELEASE_AFTER_IDLE) {
+                    Ok(staged) => staged,
+                    Err(flume::RecvTimeoutError::Timeout) => {
+                        release_thread_memory();
+                        match rx.recv() {
+                            Ok(staged) => staged,
+                            Err(_) => break,
+                        }
+                    }
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                };
                 compute(&spec, model.as_ref(), &mut xfer, staged, &metrics);
             }
             if stager.join().is_err() {
