@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 4: MiniLM served end to end, f32 vs q8 (made here with `ferrite quantize`), one server at a
 # time, taking turns for ROUNDS rounds: wrk -t2 -c64 for DUR seconds on /embed (one sentence per
-# request, benches/embed/rotate.lua over the 400 bench sentences), then VmRSS when ready and after.
+# request, benches/embed/rotate.lua over the 400 bench sentences); VmRSS when ready, at its peak
+# during the load, right after it and 2 s after it.
 # Usage: benches/q8_vs_f32.sh [DUR=10] [ROUNDS=2]
 # Env: FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), MODELS (default models).
 set -euo pipefail
@@ -26,8 +27,8 @@ cp "$MODELS/minilm/config.toml" "$tmp/q8/minilm/"
 rm -rf "$tmp/f32/minilm/2"
 
 rss() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
-echo "| weights | round | req/s | VmRSS ready (MB) | VmRSS after load (MB) |"
-echo "|---|---|---|---|---|"
+echo "| weights | round | req/s | VmRSS ready (MB) | peak during load | right after | 2 s after |"
+echo "|---|---|---|---|---|---|---|"
 for round in $(seq "$ROUNDS"); do
   for w in f32 q8; do
     log="$tmp/$w.log"
@@ -39,10 +40,17 @@ for round in $(seq "$ROUNDS"); do
       [[ -n "$addr" ]] && curl -sf "http://$addr/v2/health/ready" >/dev/null && break
       sleep 0.3
     done
+    sleep 0.5
     ready=$(rss $pid)
+    # peak: the highest of 4 samples a second while wrk runs
+    (peak=0; for _ in $(seq $((DUR * 4))); do sleep 0.25; v=$(rss $pid); ((v > peak)) && peak=$v; done; echo "$peak" >"$tmp/peak") &
+    sampler=$!
     out=$(BODIES="$tmp/sent/tei.jsonl" wrk -t2 -c64 -d"${DUR}s" --timeout 30s -s benches/embed/rotate.lua "http://$addr/embed")
+    wait $sampler
+    after=$(rss $pid)
+    sleep 2 # workers idle for 1 s release their freed memory (worker::RELEASE_AFTER_IDLE)
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-    echo "| $w | $round | $rps | $ready | $(rss $pid) |"
+    echo "| $w | $round | $rps | $ready | $(cat "$tmp/peak") | $after | $(rss $pid) |"
     kill $pid
     wait $pid 2>/dev/null || true
   done
