@@ -337,7 +337,11 @@ async fn pull_or_idle_runs_on_idle_once_then_still_gets_the_batch() {
         .await
         .unwrap();
     assert_eq!(seen, vec![5.0]);
-    assert_eq!(idled.load(Ordering::SeqCst), 1, "on_idle runs once per wait");
+    assert_eq!(
+        idled.load(Ordering::SeqCst),
+        1,
+        "on_idle runs once per wait"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +367,8 @@ async fn pull_or_idle_with_work_waiting_does_not_idle_and_closed_queue_gives_non
     q.close();
     let q3 = q.clone();
     let none = tokio::task::spawn_blocking(move || {
-        q3.pull_blocking_or_idle(Duration::from_secs(5), || {}).is_none()
+        q3.pull_blocking_or_idle(Duration::from_secs(5), || {})
+            .is_none()
     })
     .await
     .unwrap();
