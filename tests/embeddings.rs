@@ -331,7 +331,8 @@ fn packed_cpu_path_equals_padded_path() {
     }
     let padded = bert
         .encode(
-            &CT::from_vec(ids, (3, l), &Device::Cpu).unwrap(),
+            &CT::from_vec(ids.clone(), (3, l), &Device::Cpu).unwrap(),
+            &ids,
             &CT::from_vec(mask, (3, l), &Device::Cpu).unwrap(),
         )
         .unwrap();

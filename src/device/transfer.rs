@@ -66,6 +66,14 @@ impl Transfer {
         }
     }
 
+    /// Frees the pinned buffers (an idle worker calls this; the next copy allocates again).
+    pub fn release(&mut self) {
+        #[cfg(feature = "cuda")]
+        {
+            self.pinned = cuda::Buffers::default();
+        }
+    }
+
     /// Bytes of pinned host memory this transfer holds (0 on the CPU).
     pub fn pinned_bytes(&self) -> usize {
         #[cfg(feature = "cuda")]
@@ -289,5 +297,11 @@ mod tests {
         let mut x = Transfer::new(&dev);
         x.upload(vec![1.0f32; 3000], 3000).unwrap();
         assert!(x.pinned_bytes() >= 3000 * 4, "pinned {}", x.pinned_bytes());
+        x.release();
+        assert_eq!(x.pinned_bytes(), 0);
+        let data = random_f32(77, 5); // the same transfer allocates again after a release
+        let t = x.upload(data.clone(), 77).unwrap();
+        assert_eq!(t.to_vec1::<f32>().unwrap(), data);
+        assert!(x.pinned_bytes() > 0);
     }
 }

@@ -218,17 +218,24 @@ impl Bert {
         self.cfg.max_position_embeddings
     }
 
-    /// Encodes a padded batch: `ids` [b, l] (u32), `mask` [b, l] (f32, 1 = real token).
-    /// Returns mean-pooled embeddings [b, hidden].
-    pub fn encode(&self, ids: &CT, mask: &CT) -> candle_core::Result<CT> {
+    /// Encodes a padded batch: `ids` [b, l] (u32) and `mask` [b, l] (f32, 1 = real token) on the
+    /// model's device, and `host_ids`, the same ids row-major on the host (read only by a quantized
+    /// embedding table, which stays on the host; a dense table gathers from `ids` on the device, so
+    /// a GPU batch's ids cross the bus once, in `stage`). Returns mean-pooled embeddings [b, hidden].
+    pub fn encode(&self, ids: &CT, host_ids: &[u32], mask: &CT) -> candle_core::Result<CT> {
         let (b, l) = ids.dims2()?;
+        if host_ids.len() != b * l {
+            candle_core::bail!("encode: {} host ids for a [{b}, {l}] batch", host_ids.len());
+        }
         let h = self.cfg.hidden_size;
         let heads = self.cfg.num_attention_heads;
         let d = h / heads;
-        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
-        let words = self.word.lookup(&flat)?.reshape((b, l, h))?;
-        let pos = self.position.lookup(&(0..l as u32).collect::<Vec<_>>())?;
-        let typ = self.token_type.lookup(&[0])?;
+        let words = self
+            .word
+            .lookup_staged(&ids.flatten_all()?, host_ids)?
+            .reshape((b, l, h))?;
+        let pos = self.position.first_rows(l)?;
+        let typ = self.token_type.first_rows(1)?;
         let x = words.broadcast_add(&pos)?.broadcast_add(&typ)?;
         let mut x = self.emb_ln.forward(&x)?.reshape((b * l, h))?;
         // 0 for real tokens, a large negative number for padding: [b, 1, 1, l].
@@ -360,10 +367,14 @@ impl Bert {
 }
 
 /// A BERT batch ready to run: on the CPU the checked ids of each sequence (run packed, no padding);
-/// on a GPU the padded ids and mask, already on the device.
+/// on a GPU the padded ids and mask, already on the device (and the ids on the host, see `encode`).
 enum BertStaged {
     Packed(Vec<Vec<u32>>),
-    Padded { ids: CT, mask: CT },
+    Padded {
+        ids: CT,
+        host_ids: Vec<u32>,
+        mask: CT,
+    },
 }
 
 impl Model for Bert {
@@ -396,9 +407,14 @@ impl Model for Bert {
                 mask[row * l + j] = 1.0;
             }
         }
+        let host_ids = ids.clone();
         let ids = xfer.upload(ids, (b, l))?;
         let mask = xfer.upload(mask, (b, l))?;
-        Ok(Staged::new(BertStaged::Padded { ids, mask }))
+        Ok(Staged::new(BertStaged::Padded {
+            ids,
+            host_ids,
+            mask,
+        }))
     }
 
     fn compute(
@@ -413,8 +429,14 @@ impl Model for Bert {
                 let views: Vec<&[u32]> = packed.iter().map(Vec::as_slice).collect();
                 self.encode_packed(&views)?
             }
-            BertStaged::Padded { ids, mask } => self.encode(&ids, &mask)?,
+            BertStaged::Padded {
+                ids,
+                host_ids,
+                mask,
+            } => self.encode(&ids, &host_ids, &mask)?,
         };
+        // GPU kernels run asynchronously: wait for them so that infer and output time split here.
+        self.device.synchronize()?;
         let t2 = Instant::now();
         let b = pooled.dim(0)?;
         let out = xfer

@@ -12,7 +12,7 @@ use super::{gather_input, Model, ModelError, StageTimings, Staged};
 use crate::device::Transfer;
 use crate::quant::Linear;
 use crate::repository::config::ModelConfig;
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{DataType, Tensor, TensorData};
 
 pub struct Mlp {
     device: Device,
@@ -57,7 +57,14 @@ impl Mlp {
             return Err(load_err("no 'layers.0.weight' tensor".into()));
         }
         let (input, output) = match (config.inputs.as_slice(), config.outputs.as_slice()) {
-            ([i], [o]) => (i.name.clone(), o.name.clone()),
+            ([i], [o]) if i.datatype == DataType::F32 => (i.name.clone(), o.name.clone()),
+            ([i], [_]) => {
+                return Err(load_err(format!(
+                    "mlp input '{}' must be FP32, not {}",
+                    i.name,
+                    i.datatype.as_str()
+                )))
+            }
             _ => {
                 return Err(load_err(
                     "mlp takes exactly one input and one output".into(),
@@ -90,10 +97,13 @@ impl Model for Mlp {
         let parts = gather_input(batch, &self.input)?;
         let rows: Vec<usize> = parts.iter().map(|t| t.rows()).collect();
         let x = Tensor::concat_rows(&parts)?;
-        let x = match x.data {
-            TensorData::F32(v) => xfer.upload(v, x.shape.as_slice())?,
-            _ => x.to_candle(&self.device)?,
+        let TensorData::F32(v) = x.data else {
+            return Err(ModelError::Failed(format!(
+                "input '{}' must be FP32",
+                self.input
+            )));
         };
+        let x = xfer.upload(v, x.shape.as_slice())?;
         Ok(Staged::new(MlpStaged { x, rows }))
     }
 
@@ -116,10 +126,47 @@ impl Model for Mlp {
         let max = z.max_keepdim(D::Minus1)?;
         let e = z.broadcast_sub(&max)?.exp()?;
         let probs = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        // GPU kernels run asynchronously: wait for them so that infer and output time split here.
+        self.device.synchronize()?;
         let t2 = Instant::now();
         let out = xfer.download(&self.output, &probs)?.split_rows(&rows)?;
         timings.infer = t2 - t1;
         timings.output = t2.elapsed();
         Ok(out.into_iter().map(|t| vec![t]).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digits_config(input_datatype: &str) -> ModelConfig {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
+        let text = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+        let text = text.replacen(
+            "datatype = \"FP32\"",
+            &format!("datatype = \"{input_datatype}\""),
+            1,
+        );
+        ModelConfig::parse(&text, "digits").unwrap()
+    }
+
+    /// The bundled digits weights load and run with an FP32 input; an mlp declared with another
+    /// input datatype fails to load with a message naming the input and datatype.
+    #[test]
+    fn mlp_input_must_be_fp32() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/1");
+        let m = Mlp::load(&digits_config("FP32"), &dir, &Device::Cpu).unwrap();
+        let x = Tensor::new("pixels", vec![1, 64], TensorData::F32(vec![3.0; 64]));
+        let out = m.forward(&[&[x]], &mut StageTimings::default()).unwrap();
+        assert_eq!(out[0][0].shape, vec![1, 10]);
+        let err = Mlp::load(&digits_config("FP16"), &dir, &Device::Cpu)
+            .err()
+            .expect("FP16 input must not load")
+            .to_string();
+        assert!(err.contains("'pixels' must be FP32, not FP16"), "{err}");
+        let x = Tensor::new("pixels", vec![1, 64], TensorData::I32(vec![3; 64]));
+        let err = m.stage(&[&[x]], &mut Transfer::new(&Device::Cpu));
+        assert!(err.is_err(), "a non-FP32 input must be refused in stage");
     }
 }

@@ -183,6 +183,24 @@ impl Embedding {
         }
     }
 
+    /// Rows `ids` as [n, hidden] f32, where `ids` is a u32 vector of n ids already on the table's
+    /// device and `host` the same ids on the host. A dense table gathers on its device from `ids`
+    /// (no copy); a quantized one, which lives on the host, reads `host`.
+    pub fn lookup_staged(&self, ids: &Tensor, host: &[u32]) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => t.index_select(ids, 0),
+            Embedding::Quant(..) => self.lookup(host),
+        }
+    }
+
+    /// Rows `0..n` as [n, hidden] f32 (position ids of a padded batch): a view of a dense table.
+    pub fn first_rows(&self, n: usize) -> Result<Tensor> {
+        match self {
+            Embedding::Dense(t) => t.narrow(0, 0, n),
+            Embedding::Quant(..) => self.lookup(&(0..n as u32).collect::<Vec<_>>()),
+        }
+    }
+
     /// Rows `ids` as [ids.len(), hidden] f32.
     pub fn lookup(&self, ids: &[u32]) -> Result<Tensor> {
         match self {
@@ -262,5 +280,24 @@ mod tests {
             }
         }
         assert!(e.lookup(&[50]).is_err());
+    }
+
+    /// The padded path's lookups (ids already on the device, position rows `0..n`) give the rows
+    /// `lookup` gives, for a dense and a quantized table.
+    #[test]
+    fn staged_lookup_and_first_rows_equal_lookup() {
+        let t = Tensor::randn(0f32, 1.0, (40, 24), &Device::Cpu).unwrap();
+        for quantize in [None, Some(Format::Q8)] {
+            let mut map = HashMap::from([("e".to_string(), t.clone())]);
+            let e = Embedding::load(&mut map, "e", &Device::Cpu, quantize).unwrap();
+            let host = [7u32, 0, 39, 7, 12];
+            let ids = Tensor::new(&host[..], &Device::Cpu).unwrap();
+            let want: Vec<Vec<f32>> = e.lookup(&host).unwrap().to_vec2().unwrap();
+            let got: Vec<Vec<f32>> = e.lookup_staged(&ids, &host).unwrap().to_vec2().unwrap();
+            assert_eq!(got, want, "{quantize:?}");
+            let first: Vec<Vec<f32>> = e.first_rows(5).unwrap().to_vec2().unwrap();
+            let want: Vec<Vec<f32>> = e.lookup(&[0, 1, 2, 3, 4]).unwrap().to_vec2().unwrap();
+            assert_eq!(first, want, "{quantize:?}");
+        }
     }
 }

@@ -5,11 +5,16 @@
 //! With prefetch (`ModelConfig::prefetch_on`, the default on GPUs) an instance is two threads: a
 //! stager (`ferrite-s..`) pulls batch N+1 and runs `Model::stage` (gather, pinned upload) while the
 //! compute thread (`ferrite-w..`) runs batch N. They meet on a rendezvous channel, so the stager
-//! holds at most one staged batch: depth 1. A staged batch whose clients have all left is dropped
-//! before it is computed.
+//! holds at most one staged batch: depth 1. A staged batch whose clients have all left or timed out
+//! while it waited is dropped before it is computed.
 //!
-//! A worker thread idle for `RELEASE_AFTER_IDLE` hands its allocator's freed pages back to the OS
-//! (`release_thread_memory`), so that after a burst the server's RSS returns to what it holds.
+//! Trade-off of prefetch: the stager pulls as soon as the compute thread takes a batch, so under
+//! moderate load it takes what is queued at that moment, and a GPU batch may be smaller than one
+//! pulled a compute time later. `benches/gpu.sh` measures prefetch off vs on on a GPU.
+//!
+//! A worker thread idle for `RELEASE_AFTER_IDLE` hands its allocator's freed pages and its pinned
+//! buffers back (`release_thread_memory`, `Transfer::release`), so that after a burst the server's
+//! RSS returns to what it holds.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -21,7 +26,7 @@ use tokio::time::Instant;
 use crate::batcher::{Batch, JobError, JobOutput, Queue, Timings};
 use crate::device::{DeviceId, Transfer};
 use crate::model::{Model, StageTimings, Staged};
-use crate::telemetry::ModelMetrics;
+use crate::telemetry::{FailureReason, ModelMetrics};
 
 #[cfg(test)]
 mod tests;
@@ -40,9 +45,15 @@ pub fn release_thread_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// What an idle worker-side thread gives back: its allocator's freed pages and its pinned buffers.
+fn release_idle(xfer: &mut Transfer) {
+    release_thread_memory();
+    xfer.release();
+}
+
 /// The next batch for a worker-side thread, releasing its memory if it waits long.
-fn next_batch(queue: &Queue) -> Option<Batch> {
-    queue.pull_blocking_or_idle(RELEASE_AFTER_IDLE, release_thread_memory)
+fn next_batch(queue: &Queue, xfer: &mut Transfer) -> Option<Batch> {
+    queue.pull_blocking_or_idle(RELEASE_AFTER_IDLE, || release_idle(xfer))
 }
 
 /// Identity of one worker thread.
@@ -100,9 +111,9 @@ pub fn spawn(
             .spawn(move || {
                 tracing::debug!(worker = %spec.thread_name(), "worker started");
                 let mut xfer = Transfer::new(model.device());
-                while let Some(batch) = next_batch(&queue) {
-                    let staged = stage(&spec, model.as_ref(), &mut xfer, batch, seqs, &metrics);
-                    compute(&spec, model.as_ref(), &mut xfer, staged, &metrics);
+                while let Some(batch) = next_batch(&queue, &mut xfer) {
+                    let staged = stage(&spec, model.as_ref(), &mut xfer, batch);
+                    compute(&spec, model.as_ref(), &mut xfer, staged, seqs, &metrics);
                 }
                 tracing::debug!(worker = %spec.thread_name(), "worker stopped");
             });
@@ -111,13 +122,13 @@ pub fn spawn(
     // runs more than one batch ahead.
     let (tx, rx) = flume::bounded::<StagedBatch>(0);
     let stager = {
-        let (spec, model, metrics) = (spec.clone(), model.clone(), metrics.clone());
+        let (spec, model) = (spec.clone(), model.clone());
         std::thread::Builder::new()
             .name(spec.stager_name())
             .spawn(move || {
                 let mut xfer = Transfer::new(model.device());
-                while let Some(batch) = next_batch(&queue) {
-                    let staged = stage(&spec, model.as_ref(), &mut xfer, batch, seqs, &metrics);
+                while let Some(batch) = next_batch(&queue, &mut xfer) {
+                    let staged = stage(&spec, model.as_ref(), &mut xfer, batch);
                     if tx.send(staged).is_err() {
                         break; // compute thread gone: dropping the batch answers its clients
                     }
@@ -133,7 +144,7 @@ pub fn spawn(
                 let staged = match rx.recv_timeout(RELEASE_AFTER_IDLE) {
                     Ok(staged) => staged,
                     Err(flume::RecvTimeoutError::Timeout) => {
-                        release_thread_memory();
+                        release_idle(&mut xfer);
                         match rx.recv() {
                             Ok(staged) => staged,
                             Err(_) => break,
@@ -141,7 +152,7 @@ pub fn spawn(
                     }
                     Err(flume::RecvTimeoutError::Disconnected) => break,
                 };
-                compute(&spec, model.as_ref(), &mut xfer, staged, &metrics);
+                compute(&spec, model.as_ref(), &mut xfer, staged, seqs, &metrics);
             }
             if stager.join().is_err() {
                 tracing::error!(worker = %spec.thread_name(), "stager thread panicked");
@@ -151,19 +162,8 @@ pub fn spawn(
 }
 
 /// Runs `Model::stage` on a pulled batch; a panic or error there fails only this batch.
-fn stage(
-    spec: &WorkerSpec,
-    model: &dyn Model,
-    xfer: &mut Transfer,
-    batch: Batch,
-    queue_has_token_budget: bool,
-    metrics: &ModelMetrics,
-) -> StagedBatch {
+fn stage(spec: &WorkerSpec, model: &dyn Model, xfer: &mut Transfer, batch: Batch) -> StagedBatch {
     let pulled = Instant::now();
-    // Padding is reported for token-budget (sequence) batches.
-    if queue_has_token_budget && batch.counted_rows() > 0 {
-        metrics.record_padding(batch.padding_efficiency());
-    }
     let inputs: Vec<&[crate::tensor::Tensor]> =
         batch.jobs.iter().map(|j| j.inputs.as_slice()).collect();
     let result = catch_unwind(AssertUnwindSafe(|| model.stage(&inputs, xfer)));
@@ -189,26 +189,56 @@ fn stage(
     }
 }
 
+/// Answers a staged batch that nobody can use any more without computing it: true when every one
+/// of its clients has left (counted as canceled) or has run past its queue deadline while the
+/// batch waited staged (answered with a timeout, as the batcher does for queued requests). Only a
+/// prefetching worker holds batches long enough for this to happen.
+fn drop_if_unwanted(spec: &WorkerSpec, batch: &mut Batch, metrics: &ModelMetrics) -> bool {
+    let now = Instant::now();
+    let expired = |j: &crate::batcher::Job| j.deadline.is_some_and(|d| d <= now);
+    if !batch.jobs.iter().all(|j| j.reply.is_closed() || expired(j)) {
+        return false;
+    }
+    tracing::debug!(model = %spec.model, jobs = batch.jobs.len(),
+        "every client of a staged batch left or timed out; dropped before compute");
+    for job in batch.jobs.drain(..) {
+        if job.reply.is_closed() {
+            if !job.warmup {
+                metrics.record_failure(FailureReason::Canceled);
+            }
+        } else {
+            let _ = job.reply.send(Err(JobError::Timeout {
+                model: spec.model.clone(),
+                timeout_us: job.timeout_us,
+            }));
+        }
+    }
+    true
+}
+
 /// Runs `Model::compute` on a staged batch and answers each of its requests.
 fn compute(
     spec: &WorkerSpec,
     model: &dyn Model,
     xfer: &mut Transfer,
     staged: StagedBatch,
+    queue_has_token_budget: bool,
     metrics: &ModelMetrics,
 ) {
     let started = Instant::now();
     let StagedBatch {
-        batch,
+        mut batch,
         inputs,
         pulled,
         input,
         ready,
     } = staged;
-    if batch.jobs.iter().all(|j| j.reply.is_closed()) {
-        tracing::debug!(model = %spec.model, jobs = batch.jobs.len(),
-            "every client of a staged batch left; dropped before compute");
+    if drop_if_unwanted(spec, &mut batch, metrics) {
         return;
+    }
+    // Padding is reported for the token-budget (sequence) batches that run.
+    if queue_has_token_budget && batch.counted_rows() > 0 {
+        metrics.record_padding(batch.padding_efficiency());
     }
     let rows = batch.rows();
     let mut stages = StageTimings {

@@ -53,6 +53,16 @@ impl Probe {
         self.log.lock().unwrap().clone()
     }
 
+    /// Batch values in the order their compute started (the queue's order; spawned clients may
+    /// enqueue in any order).
+    fn compute_order(&self) -> Vec<f32> {
+        self.events()
+            .iter()
+            .filter(|e| e.what == What::ComputeStart)
+            .map(|e| e.value)
+            .collect()
+    }
+
     fn at(&self, what: What, value: f32) -> Option<std::time::Instant> {
         self.events()
             .iter()
@@ -120,14 +130,59 @@ fn queue() -> Queue {
 }
 
 fn start(probe: &Arc<Probe>, queue: &Queue, prefetch: bool) -> JoinHandle<()> {
+    start_with_metrics(probe, queue, prefetch, &crate::telemetry::Metrics::new())
+}
+
+fn start_with_metrics(
+    probe: &Arc<Probe>,
+    queue: &Queue,
+    prefetch: bool,
+    metrics: &crate::telemetry::Metrics,
+) -> JoinHandle<()> {
     let spec = WorkerSpec {
         model: "probe".into(),
         version: 1,
         device: DeviceId::Cpu,
         index: 0,
     };
-    let metrics = crate::telemetry::Metrics::new().for_model("probe", 1);
+    let metrics = metrics.for_model("probe", 1);
     spawn(spec, probe.clone(), queue.clone(), metrics, prefetch).unwrap()
+}
+
+/// The value of `nv_inference_request_failure` for the probe with `reason`.
+fn failures(metrics: &crate::telemetry::Metrics, reason: &str) -> f64 {
+    let text = metrics.encode();
+    text.lines()
+        .find(|l| {
+            l.starts_with("nv_inference_request_failure{")
+                && l.contains(r#"model="probe""#)
+                && l.contains(&format!(r#"reason="{reason}""#))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// Submits `v` and returns once the probe has it staged while batch `busy` computes.
+async fn staged_behind(
+    probe: &Probe,
+    queue: &Queue,
+    busy: f32,
+    v: f32,
+    opts: SubmitOptions,
+) -> tokio::task::JoinHandle<Result<JobOutput, JobError>> {
+    while probe.at(What::ComputeStart, busy).is_none() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let q = queue.clone();
+    let h = tokio::spawn(async move { q.submit(row(v), 1, opts).await });
+    while probe.at(What::StageEnd, v).is_none() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(
+        probe.at(What::ComputeEnd, busy).is_none(),
+        "{v} must be staged while {busy} computes"
+    );
+    h
 }
 
 fn row(v: f32) -> Vec<Tensor> {
@@ -179,7 +234,9 @@ async fn prefetch_on_stages_next_batch_during_compute_one_batch_deep() {
         };
         assert_eq!(e.thread, want, "{e:?}");
     }
-    let overlapped = values
+    let order = probe.compute_order();
+    assert_eq!(order.len(), values.len(), "{ev:?}");
+    let overlapped = order
         .windows(2)
         .filter(|w| probe.at(What::StageEnd, w[1]) < probe.at(What::ComputeEnd, w[0]))
         .count();
@@ -187,7 +244,7 @@ async fn prefetch_on_stages_next_batch_during_compute_one_batch_deep() {
         overlapped >= 1,
         "no batch was staged while another computed: {ev:?}"
     );
-    for w in values.windows(3) {
+    for w in order.windows(3) {
         // Depth 1: batch i+2 is staged only after batch i has finished computing.
         assert!(
             probe.at(What::StageStart, w[2]) > probe.at(What::ComputeEnd, w[0]),
@@ -209,8 +266,13 @@ async fn prefetch_off_stages_and_computes_in_turn_on_one_thread() {
         ev.iter().all(|e| e.thread == "ferrite-wprobe-cpu-0"),
         "{ev:?}"
     );
-    for w in values.windows(2) {
-        assert!(probe.at(What::StageStart, w[1]) > probe.at(What::ComputeEnd, w[0]));
+    let order = probe.compute_order();
+    assert_eq!(order.len(), values.len(), "{ev:?}");
+    for w in order.windows(2) {
+        assert!(
+            probe.at(What::StageStart, w[1]) > probe.at(What::ComputeEnd, w[0]),
+            "{ev:?}"
+        );
     }
 }
 
@@ -234,24 +296,11 @@ async fn prefetch_stage_panic_or_compute_error_fails_only_that_batch() {
 async fn prefetch_staged_batch_whose_client_left_is_not_computed() {
     let probe = Probe::new(Duration::from_millis(300));
     let q = queue();
-    let h = start(&probe, &q, true);
-    let submit = |v: f32| {
-        let q = q.clone();
-        tokio::spawn(async move { q.submit(row(v), 1, SubmitOptions::default()).await })
-    };
-    let a = submit(1.0);
-    // Wait until 1 computes, then queue 2 and wait until it is staged behind 1.
-    while probe.at(What::ComputeStart, 1.0).is_none() {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    let b = submit(2.0);
-    while probe.at(What::StageEnd, 2.0).is_none() {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    assert!(
-        probe.at(What::ComputeEnd, 1.0).is_none(),
-        "2 must be staged while 1 computes"
-    );
+    let metrics = crate::telemetry::Metrics::new();
+    let h = start_with_metrics(&probe, &q, true, &metrics);
+    let q1 = q.clone();
+    let a = tokio::spawn(async move { q1.submit(row(1.0), 1, SubmitOptions::default()).await });
+    let b = staged_behind(&probe, &q, 1.0, 2.0, SubmitOptions::default()).await;
     b.abort(); // the client of 2 leaves while 2 sits staged
     let _ = b.await;
     assert!(a.await.unwrap().is_ok());
@@ -259,6 +308,42 @@ async fn prefetch_staged_batch_whose_client_left_is_not_computed() {
     assert!(
         probe.at(What::ComputeStart, 2.0).is_none(),
         "computed a batch nobody waits for: {:?}",
+        probe.events()
+    );
+    assert_eq!(failures(&metrics, "CANCELED"), 1.0, "{}", metrics.encode());
+    stop(q, h).await;
+}
+
+/// A request whose queue timeout passes while its batch waits staged is answered with the
+/// timeout error (as if it had expired in the queue), and its batch is not computed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_staged_batch_past_its_deadline_times_out_without_compute() {
+    let probe = Probe::new(Duration::from_millis(300));
+    let q = queue();
+    let h = start(&probe, &q, true);
+    let q1 = q.clone();
+    let a = tokio::spawn(async move { q1.submit(row(1.0), 1, SubmitOptions::default()).await });
+    let opts = SubmitOptions {
+        timeout: Some(Duration::from_millis(100)),
+        ..SubmitOptions::default()
+    };
+    let b = staged_behind(&probe, &q, 1.0, 2.0, opts).await;
+    let err = b.await.unwrap().expect_err("2 timed out while staged");
+    assert!(
+        matches!(
+            err,
+            JobError::Timeout {
+                timeout_us: 100_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(a.await.unwrap().is_ok());
+    assert_eq!(run_all(&q, &[3.0]).await[0].as_ref().unwrap(), &3.0);
+    assert!(
+        probe.at(What::ComputeStart, 2.0).is_none(),
+        "computed a batch past its deadline: {:?}",
         probe.events()
     );
     stop(q, h).await;
