@@ -331,8 +331,7 @@ fn packed_cpu_path_equals_padded_path() {
     }
     let padded = bert
         .encode(
-            &CT::from_vec(ids.clone(), (3, l), &Device::Cpu).unwrap(),
-            &ids,
+            &CT::from_vec(ids, (3, l), &Device::Cpu).unwrap(),
             &CT::from_vec(mask, (3, l), &Device::Cpu).unwrap(),
         )
         .unwrap();
@@ -370,4 +369,40 @@ fn packed_batch_over_many_groups_equals_one_at_a_time() {
         let c = cosine(&all[i], &alone[0]);
         assert!(c >= 0.99999, "sentence {i}: batch vs alone cosine {c}");
     }
+}
+
+/// A checkpoint whose config.json claims more token ids or positions than its embedding tables hold
+/// fails to load (ids are checked against config.json, and a GPU gather has no bounds check).
+#[test]
+fn config_larger_than_the_embedding_tables_fails_to_load() {
+    let repo = minilm_repo(&[]);
+    let dir = repo.path().join("minilm");
+    let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
+    let json = std::fs::read_to_string(dir.join("1/config.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&json).unwrap();
+    let vocab = v["vocab_size"].as_u64().unwrap();
+    let positions = v["max_position_embeddings"].as_u64().unwrap();
+    for (key, value, want) in [
+        ("vocab_size", vocab + 1, "word embedding table has"),
+        (
+            "max_position_embeddings",
+            positions + 1,
+            "position embedding table has",
+        ),
+    ] {
+        let mut bad = v.clone();
+        bad[key] = json!(value);
+        std::fs::remove_file(dir.join("1/config.json")).unwrap();
+        std::fs::write(dir.join("1/config.json"), bad.to_string()).unwrap();
+        let err = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &candle_core::Device::Cpu)
+            .err()
+            .unwrap_or_else(|| panic!("{key} = {value} must not load"))
+            .to_string();
+        assert!(err.contains(want), "{key}: {err}");
+    }
+    v["vocab_size"] = json!(vocab);
+    std::fs::write(dir.join("1/config.json"), v.to_string()).unwrap();
+    assert!(
+        ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &candle_core::Device::Cpu).is_ok()
+    );
 }

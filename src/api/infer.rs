@@ -148,14 +148,23 @@ pub async fn embed(
         })?;
     let tokenize = start.elapsed();
     let tokens = ids.iter().map(Vec::len).sum();
-    let jobs = ids.into_iter().map(|ids| {
+    let jobs = ids.into_iter().enumerate().map(|(i, ids)| {
         let cost = ids.len();
         let t = Tensor::new(
             INPUT_IDS,
             vec![1, cost],
             TensorData::I64(ids.into_iter().map(i64::from).collect()),
         );
-        lv.queue.submit(vec![t], 1, SubmitOptions { cost, ..opts })
+        let extra_part = i > 0;
+        lv.queue.submit(
+            vec![t],
+            1,
+            SubmitOptions {
+                cost,
+                extra_part,
+                ..opts
+            },
+        )
     });
     let mut vectors = Vec::new();
     let mut timings = Timings::default();

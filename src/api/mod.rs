@@ -89,14 +89,16 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<Body>| {
-                let id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-");
-                tracing::info_span!("request", id, method = %req.method(), uri = %req.uri())
-            }),
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<Body>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", id, method = %req.method(), uri = %req.uri())
+                })
+                .on_failure(log_failure),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
@@ -149,4 +151,21 @@ pub(crate) async fn read_body(
             ApiError::BadRequest(format!("cannot read request body: {inner}"))
         }
     })
+}
+
+/// tower-http's failure hook: a 503 (queue timeout, overload, not ready) is expected under load and
+/// counted in the metrics, so it is logged at debug, not once per request at error; any other server
+/// error or a failed connection is an error.
+fn log_failure(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass as C;
+    match class {
+        C::StatusCode(code) if code == axum::http::StatusCode::SERVICE_UNAVAILABLE => {
+            tracing::debug!(status = %code, ?latency, "request failed (unavailable)")
+        }
+        _ => tracing::error!(classification = %class, ?latency, "request failed"),
+    }
 }

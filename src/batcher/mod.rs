@@ -75,6 +75,9 @@ pub struct Job {
     pub timeout_us: u64,
     /// Warm-up jobs run the model but are not counted in metrics.
     pub warmup: bool,
+    /// This job stands for its client request in the per-request counters (canceled): false for
+    /// warm-up jobs and for all but the first job of a request split into several (texts).
+    pub counts_request: bool,
     pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
 }
 
@@ -114,6 +117,9 @@ pub struct SubmitOptions {
     pub warmup: bool,
     /// Batching cost (tokens for sequence models); 0 = the job's rows.
     pub cost: usize,
+    /// Not the first job of its client request (a request of several texts submits one job per
+    /// text): the request is counted once, by its first job.
+    pub extra_part: bool,
 }
 
 /// Counters the dispatcher keeps up to date.
@@ -200,6 +206,7 @@ impl Queue {
             deadline: timeout.map(|t| now + t),
             timeout_us: timeout.map_or(0, |t| t.as_micros() as u64),
             warmup: opts.warmup,
+            counts_request: !opts.warmup && !opts.extra_part,
             reply,
         };
         if self.tx.send_async(Command::Submit(job)).await.is_err() {
@@ -329,6 +336,16 @@ impl Dispatcher {
                 }));
             }
         }
+        // A full level first drops the jobs whose clients have gone.
+        self.settle_canceled();
+    }
+
+    /// Takes the queue's count of dropped canceled jobs into the metrics: the pending gauge counts
+    /// jobs, the canceled counter requests.
+    fn settle_canceled(&mut self) {
+        let gone = self.state.take_canceled();
+        self.metrics.pending.sub(gone.jobs as i64);
+        self.metrics.canceled.inc_by(gone.requests as u64);
     }
 
     fn reject(&self, job: Job, why: &str) {
@@ -372,9 +389,9 @@ impl Dispatcher {
     }
 
     fn dispatch(&mut self, max_rows: usize) {
-        let (jobs, canceled) = self.state.take_batch(max_rows, self.cfg.max_batch_tokens);
-        self.metrics.pending.sub((jobs.len() + canceled) as i64);
-        self.metrics.canceled.inc_by(canceled as u64);
+        let jobs = self.state.take_batch(max_rows, self.cfg.max_batch_tokens);
+        self.metrics.pending.sub(jobs.len() as i64);
+        self.settle_canceled();
         if jobs.is_empty() {
             return;
         }

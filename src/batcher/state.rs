@@ -6,6 +6,14 @@ use tokio::time::Instant;
 
 use super::Job;
 
+/// Jobs dropped because their client had gone, since the last `QueueState::take_canceled`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Canceled {
+    pub jobs: usize,
+    /// Of those, the jobs that stand for a client request (`Job::counts_request`).
+    pub requests: usize,
+}
+
 /// Why a job could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueFull {
@@ -20,6 +28,7 @@ pub struct QueueState {
     tokens: usize,
     /// Lower bound on the earliest deadline queued (exact after `take_expired`).
     next_deadline: Option<Instant>,
+    canceled: Canceled,
 }
 
 impl QueueState {
@@ -31,7 +40,22 @@ impl QueueState {
             rows: 0,
             tokens: 0,
             next_deadline: None,
+            canceled: Canceled::default(),
         }
+    }
+
+    /// The canceled jobs dropped since the last call.
+    pub fn take_canceled(&mut self) -> Canceled {
+        std::mem::take(&mut self.canceled)
+    }
+
+    fn drop_gone(&mut self, gone: Vec<Job>) -> usize {
+        for j in &gone {
+            self.removed(j);
+            self.canceled.jobs += 1;
+            self.canceled.requests += usize::from(j.counts_request);
+        }
+        gone.len()
     }
 
     /// Queued rows (requests may hold several).
@@ -139,18 +163,17 @@ impl QueueState {
             *level = keep;
             gone.extend(drop);
         }
-        gone.iter().for_each(|j| self.removed(j));
-        gone.len()
+        self.drop_gone(gone)
     }
 
     /// Takes up to `max_rows` rows of jobs, highest priority first and FIFO within a level, never
     /// jumping over a job that does not fit (a lone job larger than `max_rows` is still taken).
-    /// With a token budget, see `take_by_length`. Jobs whose client has gone are dropped on the way;
-    /// their count is returned.
-    pub fn take_batch(&mut self, max_rows: usize, max_tokens: Option<usize>) -> (Vec<Job>, usize) {
-        let mut canceled = self.drop_canceled_fronts();
+    /// With a token budget, see `take_by_length`. Jobs whose client has gone are dropped on the way
+    /// (counted for `take_canceled`).
+    pub fn take_batch(&mut self, max_rows: usize, max_tokens: Option<usize>) -> Vec<Job> {
+        self.drop_canceled_fronts();
         if let Some(budget) = max_tokens {
-            return (self.take_by_length(max_rows, budget), canceled);
+            return self.take_by_length(max_rows, budget);
         }
         let mut batch = Vec::new();
         let mut gone = Vec::new();
@@ -172,9 +195,9 @@ impl QueueState {
                 }
             }
         }
-        batch.iter().chain(&gone).for_each(|j| self.removed(j));
-        canceled += gone.len();
-        (batch, canceled)
+        batch.iter().for_each(|j| self.removed(j));
+        self.drop_gone(gone);
+        batch
     }
 
     /// Drops canceled jobs at the front of every level (so that each front is live).
@@ -185,8 +208,7 @@ impl QueueState {
                 gone.extend(level.pop_front());
             }
         }
-        gone.iter().for_each(|j| self.removed(j));
-        gone.len()
+        self.drop_gone(gone)
     }
 
     /// Token-budget batching for sequence jobs (`cost` = padded length). The oldest job of the first

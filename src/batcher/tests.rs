@@ -374,3 +374,53 @@ async fn pull_or_idle_with_work_waiting_does_not_idle_and_closed_queue_gives_non
     .unwrap();
     assert!(none);
 }
+
+/// A request split into several jobs (texts) counts once as canceled when its client leaves; the
+/// pending gauge counts jobs.
+#[tokio::test(start_paused = true)]
+async fn canceled_request_of_several_jobs_counts_once() {
+    let m = metrics();
+    let q = Queue::spawn("m", cfg(), m.clone());
+    let parts: Vec<_> = [false, true, true]
+        .into_iter()
+        .enumerate()
+        .map(|(i, extra_part)| {
+            let opts = SubmitOptions {
+                extra_part,
+                ..SubmitOptions::default()
+            };
+            spawn_submit(&q, i as f32, opts)
+        })
+        .collect();
+    settle().await;
+    assert_eq!(m.pending.get(), 3);
+    parts.iter().for_each(|h| h.abort());
+    settle().await;
+    let stays = spawn_submit(&q, 9.0, SubmitOptions::default());
+    settle().await;
+    assert_eq!(echo(q.pull().await.unwrap()), vec![9.0]);
+    assert_eq!(m.canceled.get(), 1, "one request, three jobs");
+    assert_eq!(m.pending.get(), 0);
+    assert!(stays.await.unwrap().is_ok());
+}
+
+/// A full level drops its canceled jobs to admit a new one; the gauge and counter follow.
+#[tokio::test(start_paused = true)]
+async fn full_level_prunes_canceled_jobs_and_keeps_metrics_exact() {
+    let m = metrics();
+    let q = Queue::spawn("m", cfg(), m.clone());
+    let gone: Vec<_> = (0..8)
+        .map(|i| spawn_submit(&q, i as f32, SubmitOptions::default()))
+        .collect();
+    settle().await;
+    assert_eq!(m.pending.get(), 8, "the level is full");
+    gone.iter().for_each(|h| h.abort());
+    settle().await;
+    let stays = spawn_submit(&q, 9.0, SubmitOptions::default());
+    settle().await;
+    assert_eq!(m.canceled.get(), 8);
+    assert_eq!(m.pending.get(), 1);
+    assert_eq!(echo(q.pull().await.unwrap()), vec![9.0]);
+    assert_eq!(m.pending.get(), 0);
+    assert!(stays.await.unwrap().is_ok());
+}

@@ -15,6 +15,11 @@ pub trait Upload: WithDType + sealed::Pinned {}
 impl Upload for f32 {}
 impl Upload for u32 {}
 
+/// Pinned buffers up to this size survive `Transfer::release` (a MiniLM batch of 64 x 512 token ids
+/// is 128 KiB).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub const KEEP_PINNED_BYTES: usize = 1 << 20;
+
 /// One thread's copy engine for one device.
 pub struct Transfer {
     device: Device,
@@ -66,12 +71,12 @@ impl Transfer {
         }
     }
 
-    /// Frees the pinned buffers (an idle worker calls this; the next copy allocates again).
+    /// Frees the pinned buffers larger than `KEEP_PINNED_BYTES` (an idle worker calls this; the
+    /// next copy that needs more allocates again). Small ones stay: they cost little, and
+    /// re-allocating pinned memory is slow and may synchronise the device.
     pub fn release(&mut self) {
         #[cfg(feature = "cuda")]
-        {
-            self.pinned = cuda::Buffers::default();
-        }
+        self.pinned.release_above(KEEP_PINNED_BYTES);
     }
 
     /// Bytes of pinned host memory this transfer holds (0 on the CPU).
@@ -165,6 +170,12 @@ mod cuda {
         fn bytes(&self) -> usize {
             self.slice.as_ref().map_or(0, |s| s.num_bytes())
         }
+
+        fn release_above(&mut self, max_bytes: usize) {
+            if self.bytes() > max_bytes {
+                self.slice = None;
+            }
+        }
     }
 
     #[derive(Default)]
@@ -176,6 +187,11 @@ mod cuda {
     impl Buffers {
         pub fn bytes(&self) -> usize {
             self.f32.bytes() + self.u32.bytes()
+        }
+
+        pub fn release_above(&mut self, max_bytes: usize) {
+            self.f32.release_above(max_bytes);
+            self.u32.release_above(max_bytes);
         }
     }
 
@@ -297,7 +313,12 @@ mod tests {
         let mut x = Transfer::new(&dev);
         x.upload(vec![1.0f32; 3000], 3000).unwrap();
         assert!(x.pinned_bytes() >= 3000 * 4, "pinned {}", x.pinned_bytes());
-        x.release();
+        x.release(); // small: kept
+        assert!(x.pinned_bytes() >= 3000 * 4, "pinned {}", x.pinned_bytes());
+        let big = KEEP_PINNED_BYTES / 4 + 1;
+        x.upload(vec![1.0f32; big], big).unwrap();
+        assert!(x.pinned_bytes() > KEEP_PINNED_BYTES);
+        x.release(); // large: freed
         assert_eq!(x.pinned_bytes(), 0);
         let data = random_f32(77, 5); // the same transfer allocates again after a release
         let t = x.upload(data.clone(), 77).unwrap();

@@ -201,10 +201,28 @@ impl Bert {
                 })
             }
         };
+        let word = w.embedding("embeddings.word_embeddings.weight")?;
+        let position = w.embedding("embeddings.position_embeddings.weight")?;
+        // Ids are checked against config.json's sizes, and a GPU gather does not bounds-check: the
+        // tables must hold at least that many rows.
+        for (what, table, want) in [
+            ("word", &word, cfg.vocab_size),
+            ("position", &position, cfg.max_position_embeddings),
+        ] {
+            let rows = table.rows()?;
+            if rows < want {
+                return Err(ModelError::Load {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "the {what} embedding table has {rows} rows, config.json says {want}"
+                    ),
+                });
+            }
+        }
         Ok(Bert {
             device: device.clone(),
-            word: w.embedding("embeddings.word_embeddings.weight")?,
-            position: w.embedding("embeddings.position_embeddings.weight")?,
+            word,
+            position,
             token_type: w.embedding("embeddings.token_type_embeddings.weight")?,
             emb_ln: w.layer_norm("embeddings.LayerNorm", eps)?,
             layers,
@@ -219,20 +237,16 @@ impl Bert {
     }
 
     /// Encodes a padded batch: `ids` [b, l] (u32) and `mask` [b, l] (f32, 1 = real token) on the
-    /// model's device, and `host_ids`, the same ids row-major on the host (read only by a quantized
-    /// embedding table, which stays on the host; a dense table gathers from `ids` on the device, so
-    /// a GPU batch's ids cross the bus once, in `stage`). Returns mean-pooled embeddings [b, hidden].
-    pub fn encode(&self, ids: &CT, host_ids: &[u32], mask: &CT) -> candle_core::Result<CT> {
+    /// model's device. The word embeddings are gathered on the device from `ids`, so a GPU batch's
+    /// ids cross the bus once, in `stage`. Returns mean-pooled embeddings [b, hidden].
+    pub fn encode(&self, ids: &CT, mask: &CT) -> candle_core::Result<CT> {
         let (b, l) = ids.dims2()?;
-        if host_ids.len() != b * l {
-            candle_core::bail!("encode: {} host ids for a [{b}, {l}] batch", host_ids.len());
-        }
         let h = self.cfg.hidden_size;
         let heads = self.cfg.num_attention_heads;
         let d = h / heads;
         let words = self
             .word
-            .lookup_staged(&ids.flatten_all()?, host_ids)?
+            .lookup_staged(&ids.flatten_all()?)?
             .reshape((b, l, h))?;
         let pos = self.position.first_rows(l)?;
         let typ = self.token_type.first_rows(1)?;
@@ -367,14 +381,10 @@ impl Bert {
 }
 
 /// A BERT batch ready to run: on the CPU the checked ids of each sequence (run packed, no padding);
-/// on a GPU the padded ids and mask, already on the device (and the ids on the host, see `encode`).
+/// on a GPU the padded ids and mask, already on the device.
 enum BertStaged {
     Packed(Vec<Vec<u32>>),
-    Padded {
-        ids: CT,
-        host_ids: Vec<u32>,
-        mask: CT,
-    },
+    Padded { ids: CT, mask: CT },
 }
 
 impl Model for Bert {
@@ -407,14 +417,9 @@ impl Model for Bert {
                 mask[row * l + j] = 1.0;
             }
         }
-        let host_ids = ids.clone();
         let ids = xfer.upload(ids, (b, l))?;
         let mask = xfer.upload(mask, (b, l))?;
-        Ok(Staged::new(BertStaged::Padded {
-            ids,
-            host_ids,
-            mask,
-        }))
+        Ok(Staged::new(BertStaged::Padded { ids, mask }))
     }
 
     fn compute(
@@ -429,11 +434,7 @@ impl Model for Bert {
                 let views: Vec<&[u32]> = packed.iter().map(Vec::as_slice).collect();
                 self.encode_packed(&views)?
             }
-            BertStaged::Padded {
-                ids,
-                host_ids,
-                mask,
-            } => self.encode(&ids, &host_ids, &mask)?,
+            BertStaged::Padded { ids, mask } => self.encode(&ids, &mask)?,
         };
         // GPU kernels run asynchronously: wait for them so that infer and output time split here.
         self.device.synchronize()?;

@@ -184,12 +184,12 @@ impl Embedding {
     }
 
     /// Rows `ids` as [n, hidden] f32, where `ids` is a u32 vector of n ids already on the table's
-    /// device and `host` the same ids on the host. A dense table gathers on its device from `ids`
-    /// (no copy); a quantized one, which lives on the host, reads `host`.
-    pub fn lookup_staged(&self, ids: &Tensor, host: &[u32]) -> Result<Tensor> {
+    /// device: a dense table gathers there (no copy); a quantized one lives on the host (`load`
+    /// dequantizes for a GPU), where reading `ids` costs nothing.
+    pub fn lookup_staged(&self, ids: &Tensor) -> Result<Tensor> {
         match self {
             Embedding::Dense(t) => t.index_select(ids, 0),
-            Embedding::Quant(..) => self.lookup(host),
+            Embedding::Quant(..) => self.lookup(&ids.to_vec1::<u32>()?),
         }
     }
 
@@ -293,7 +293,7 @@ mod tests {
             let host = [7u32, 0, 39, 7, 12];
             let ids = Tensor::new(&host[..], &Device::Cpu).unwrap();
             let want: Vec<Vec<f32>> = e.lookup(&host).unwrap().to_vec2().unwrap();
-            let got: Vec<Vec<f32>> = e.lookup_staged(&ids, &host).unwrap().to_vec2().unwrap();
+            let got: Vec<Vec<f32>> = e.lookup_staged(&ids).unwrap().to_vec2().unwrap();
             assert_eq!(got, want, "{quantize:?}");
             let first: Vec<Vec<f32>> = e.first_rows(5).unwrap().to_vec2().unwrap();
             let want: Vec<Vec<f32>> = e.lookup(&[0, 1, 2, 3, 4]).unwrap().to_vec2().unwrap();

@@ -113,7 +113,15 @@ pub fn spawn(
                 let mut xfer = Transfer::new(model.device());
                 while let Some(batch) = next_batch(&queue, &mut xfer) {
                     let staged = stage(&spec, model.as_ref(), &mut xfer, batch);
-                    compute(&spec, model.as_ref(), &mut xfer, staged, seqs, &metrics);
+                    compute(
+                        &spec,
+                        model.as_ref(),
+                        &mut xfer,
+                        staged,
+                        false,
+                        seqs,
+                        &metrics,
+                    );
                 }
                 tracing::debug!(worker = %spec.thread_name(), "worker stopped");
             });
@@ -152,7 +160,15 @@ pub fn spawn(
                     }
                     Err(flume::RecvTimeoutError::Disconnected) => break,
                 };
-                compute(&spec, model.as_ref(), &mut xfer, staged, seqs, &metrics);
+                compute(
+                    &spec,
+                    model.as_ref(),
+                    &mut xfer,
+                    staged,
+                    true,
+                    seqs,
+                    &metrics,
+                );
             }
             if stager.join().is_err() {
                 tracing::error!(worker = %spec.thread_name(), "stager thread panicked");
@@ -189,13 +205,18 @@ fn stage(spec: &WorkerSpec, model: &dyn Model, xfer: &mut Transfer, batch: Batch
     }
 }
 
-/// Answers a staged batch that nobody can use any more without computing it: true when every one
-/// of its clients has left (counted as canceled) or has run past its queue deadline while the
-/// batch waited staged (answered with a timeout, as the batcher does for queued requests). Only a
-/// prefetching worker holds batches long enough for this to happen.
-fn drop_if_unwanted(spec: &WorkerSpec, batch: &mut Batch, metrics: &ModelMetrics) -> bool {
+/// Answers a batch that nobody can use any more without computing it: true when every one of its
+/// clients has left (counted as canceled, once per request) or, for a batch that waited staged behind
+/// another (`prefetched`), has run past its queue deadline meanwhile (answered with a timeout, as
+/// the batcher does for queued requests; that wait counts as queueing).
+fn drop_if_unwanted(
+    spec: &WorkerSpec,
+    batch: &mut Batch,
+    prefetched: bool,
+    metrics: &ModelMetrics,
+) -> bool {
     let now = Instant::now();
-    let expired = |j: &crate::batcher::Job| j.deadline.is_some_and(|d| d <= now);
+    let expired = |j: &crate::batcher::Job| prefetched && j.deadline.is_some_and(|d| d <= now);
     if !batch.jobs.iter().all(|j| j.reply.is_closed() || expired(j)) {
         return false;
     }
@@ -203,7 +224,7 @@ fn drop_if_unwanted(spec: &WorkerSpec, batch: &mut Batch, metrics: &ModelMetrics
         "every client of a staged batch left or timed out; dropped before compute");
     for job in batch.jobs.drain(..) {
         if job.reply.is_closed() {
-            if !job.warmup {
+            if job.counts_request {
                 metrics.record_failure(FailureReason::Canceled);
             }
         } else {
@@ -216,12 +237,14 @@ fn drop_if_unwanted(spec: &WorkerSpec, batch: &mut Batch, metrics: &ModelMetrics
     true
 }
 
-/// Runs `Model::compute` on a staged batch and answers each of its requests.
+/// Runs `Model::compute` on a staged batch and answers each of its requests. `prefetched`: the
+/// batch was staged on the stager thread and may have waited there.
 fn compute(
     spec: &WorkerSpec,
     model: &dyn Model,
     xfer: &mut Transfer,
     staged: StagedBatch,
+    prefetched: bool,
     queue_has_token_budget: bool,
     metrics: &ModelMetrics,
 ) {
@@ -233,12 +256,8 @@ fn compute(
         input,
         ready,
     } = staged;
-    if drop_if_unwanted(spec, &mut batch, metrics) {
+    if drop_if_unwanted(spec, &mut batch, prefetched, metrics) {
         return;
-    }
-    // Padding is reported for the token-budget (sequence) batches that run.
-    if queue_has_token_budget && batch.counted_rows() > 0 {
-        metrics.record_padding(batch.padding_efficiency());
     }
     let rows = batch.rows();
     let mut stages = StageTimings {
@@ -251,6 +270,10 @@ fn compute(
             Ok(Ok(outs)) if outs.len() == batch.jobs.len() => {
                 if batch.counted_rows() > 0 {
                     metrics.record_execution(batch.counted_rows());
+                    // Padding is reported for the token-budget (sequence) batches that ran.
+                    if queue_has_token_budget {
+                        metrics.record_padding(batch.padding_efficiency());
+                    }
                 }
                 Ok(outs)
             }

@@ -26,18 +26,55 @@ struct Event {
     thread: String,
 }
 
-/// Echo model: batch identity = its first input value. Stage panics on 13; compute fails on 7.
+/// Echo model: batch identity = its first input value. Stage panics on 13; compute fails on 7; a
+/// gated probe's compute of 1 waits until the test opens the gate (at most `WAIT`).
 struct Probe {
     log: Mutex<Vec<Event>>,
     compute_sleep: Duration,
+    gate: Option<(flume::Sender<()>, flume::Receiver<()>)>,
 }
+
+/// Longest a test waits for an event before failing.
+const WAIT: Duration = Duration::from_secs(20);
 
 impl Probe {
     fn new(compute_sleep: Duration) -> Arc<Probe> {
         Arc::new(Probe {
             log: Mutex::new(Vec::new()),
             compute_sleep,
+            gate: None,
         })
+    }
+
+    fn gated() -> Arc<Probe> {
+        Arc::new(Probe {
+            log: Mutex::new(Vec::new()),
+            compute_sleep: Duration::ZERO,
+            gate: Some(flume::bounded(1)),
+        })
+    }
+
+    /// Lets the gated compute of 1 finish.
+    fn open(&self) {
+        self.gate
+            .as_ref()
+            .expect("a gated probe")
+            .0
+            .send(())
+            .unwrap();
+    }
+
+    /// Waits (polling, at most `WAIT`) until `what` happened to batch `value`.
+    async fn wait_for(&self, what: What, value: f32) {
+        let start = std::time::Instant::now();
+        while self.at(what, value).is_none() {
+            assert!(
+                start.elapsed() < WAIT,
+                "{what:?} of {value} never happened: {:?}",
+                self.events()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     fn note(&self, what: What, value: f32) {
@@ -108,6 +145,9 @@ impl Model for Probe {
         let v = first(&inputs[0]);
         self.note(What::ComputeStart, v);
         std::thread::sleep(self.compute_sleep);
+        if let Some((_, open)) = self.gate.as_ref().filter(|_| v == 1.0) {
+            open.recv_timeout(WAIT).expect("the test opens the gate");
+        }
         self.note(What::ComputeEnd, v);
         if v == 7.0 {
             return Err(ModelError::Failed("probe asked to fail".into()));
@@ -162,25 +202,20 @@ fn failures(metrics: &crate::telemetry::Metrics, reason: &str) -> f64 {
         .map_or(0.0, |v| v.parse().unwrap())
 }
 
-/// Submits `v` and returns once the probe has it staged while batch `busy` computes.
-async fn staged_behind(
+/// With a gated probe computing 1: submits `v` and returns once the probe has it staged.
+async fn staged_behind_1(
     probe: &Probe,
     queue: &Queue,
-    busy: f32,
     v: f32,
     opts: SubmitOptions,
 ) -> tokio::task::JoinHandle<Result<JobOutput, JobError>> {
-    while probe.at(What::ComputeStart, busy).is_none() {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    probe.wait_for(What::ComputeStart, 1.0).await;
     let q = queue.clone();
     let h = tokio::spawn(async move { q.submit(row(v), 1, opts).await });
-    while probe.at(What::StageEnd, v).is_none() {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    probe.wait_for(What::StageEnd, v).await;
     assert!(
-        probe.at(What::ComputeEnd, busy).is_none(),
-        "{v} must be staged while {busy} computes"
+        probe.at(What::ComputeEnd, 1.0).is_none(),
+        "{v} must be staged while 1 computes"
     );
     h
 }
@@ -294,15 +329,16 @@ async fn prefetch_stage_panic_or_compute_error_fails_only_that_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_staged_batch_whose_client_left_is_not_computed() {
-    let probe = Probe::new(Duration::from_millis(300));
+    let probe = Probe::gated();
     let q = queue();
     let metrics = crate::telemetry::Metrics::new();
     let h = start_with_metrics(&probe, &q, true, &metrics);
     let q1 = q.clone();
     let a = tokio::spawn(async move { q1.submit(row(1.0), 1, SubmitOptions::default()).await });
-    let b = staged_behind(&probe, &q, 1.0, 2.0, SubmitOptions::default()).await;
+    let b = staged_behind_1(&probe, &q, 2.0, SubmitOptions::default()).await;
     b.abort(); // the client of 2 leaves while 2 sits staged
     let _ = b.await;
+    probe.open();
     assert!(a.await.unwrap().is_ok());
     assert_eq!(run_all(&q, &[3.0]).await[0].as_ref().unwrap(), &3.0);
     assert!(
@@ -318,22 +354,24 @@ async fn prefetch_staged_batch_whose_client_left_is_not_computed() {
 /// timeout error (as if it had expired in the queue), and its batch is not computed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prefetch_staged_batch_past_its_deadline_times_out_without_compute() {
-    let probe = Probe::new(Duration::from_millis(300));
+    let probe = Probe::gated();
     let q = queue();
     let h = start(&probe, &q, true);
     let q1 = q.clone();
     let a = tokio::spawn(async move { q1.submit(row(1.0), 1, SubmitOptions::default()).await });
     let opts = SubmitOptions {
-        timeout: Some(Duration::from_millis(100)),
+        timeout: Some(Duration::from_millis(300)),
         ..SubmitOptions::default()
     };
-    let b = staged_behind(&probe, &q, 1.0, 2.0, opts).await;
+    let b = staged_behind_1(&probe, &q, 2.0, opts).await;
+    tokio::time::sleep(Duration::from_millis(350)).await; // 2's deadline passes while staged
+    probe.open();
     let err = b.await.unwrap().expect_err("2 timed out while staged");
     assert!(
         matches!(
             err,
             JobError::Timeout {
-                timeout_us: 100_000,
+                timeout_us: 300_000,
                 ..
             }
         ),
