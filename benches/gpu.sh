@@ -122,7 +122,9 @@ kill %% 2>/dev/null || true
 if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
   echo "== GPU: custom ops, CUDA vs the CPU _ref (parity tests), then kernel timings vs kernels/README.md floors"
   # nvidia-smi sees a GPU here, so a parity test that skips (no CUDA device) counts as a failure.
-  if ! cargo test --release --features cuda --lib -- ops:: device::transfer --nocapture >"$tmp/ops-test.log" 2>&1 \
+  # Then MiniLM's GPU path (pinned staging, device gather) against the CPU packed path.
+  if ! { cargo test --release --features cuda --lib -- ops:: device::transfer --nocapture \
+      && cargo test --release --features cuda --test embeddings -- cuda_ --nocapture; } >"$tmp/ops-test.log" 2>&1 \
     || grep -q SKIPPED "$tmp/ops-test.log"; then
     grep -E 'SKIPPED|panicked|^test |^test result|^error' "$tmp/ops-test.log" >&2 || tail -n 40 "$tmp/ops-test.log" >&2
     echo "GPU op parity tests failed or skipped" >&2

@@ -406,3 +406,59 @@ fn config_larger_than_the_embedding_tables_fails_to_load() {
         ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &candle_core::Device::Cpu).is_ok()
     );
 }
+
+/// On a GPU, MiniLM runs the padded path (ids and mask staged through pinned buffers, embeddings
+/// gathered on the device); each row must match the CPU's packed path (cosine >= 0.9999), alone and
+/// in a mixed-length batch. Skips (and says so) without a CUDA device; benches/gpu.sh fails on a skip.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_padded_path_matches_cpu_packed_path() {
+    use ferrite::model::Model;
+    use ferrite::tensor::{Tensor, TensorData};
+    let device = match candle_core::Device::new_cuda(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("cuda_padded_path_matches_cpu_packed_path: SKIPPED, no CUDA device ({e})");
+            return;
+        }
+    };
+    let f = fixture();
+    let (cpu, tok) = bert_on_cpu();
+    let repo = minilm_repo(&[]);
+    let dir = repo.path().join("minilm");
+    let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
+    let gpu = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &device).unwrap();
+    let seqs: Vec<Vec<u32>> = f
+        .sentences
+        .iter()
+        .take(9)
+        .map(|s| tok.encode(s.as_str(), true).unwrap().get_ids().to_vec())
+        .collect();
+    let job = |s: &Vec<u32>| {
+        let ids = s.iter().map(|&v| i64::from(v)).collect();
+        vec![Tensor::new(
+            "input_ids",
+            vec![1, s.len()],
+            TensorData::I64(ids),
+        )]
+    };
+    let jobs: Vec<Vec<Tensor>> = seqs.iter().map(job).collect();
+    let views: Vec<&[Tensor]> = jobs.iter().map(Vec::as_slice).collect();
+    let mut t = ferrite::model::StageTimings::default();
+    let batch = gpu.forward(&views, &mut t).unwrap();
+    for (i, s) in seqs.iter().enumerate() {
+        let want: Vec<Vec<f32>> = cpu
+            .encode_packed(&[s.as_slice()])
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let alone = gpu.forward(&views[i..i + 1], &mut t).unwrap();
+        for (what, got) in [("batch", &batch[i][0]), ("alone", &alone[0][0])] {
+            let TensorData::F32(v) = &got.data else {
+                panic!("FP32 output")
+            };
+            let c = cosine(v, &want[0]);
+            assert!(c >= 0.9999, "sentence {i} {what}: GPU vs CPU cosine {c}");
+        }
+    }
+}
