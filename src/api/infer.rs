@@ -1,6 +1,8 @@
 //! The inference core every front door shares: validate, submit to the model version's queue,
 //! record metrics, and build the TEI-style timing headers.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderName, HeaderValue};
@@ -148,21 +150,22 @@ pub async fn embed(
         })?;
     let tokenize = start.elapsed();
     let tokens = ids.iter().map(Vec::len).sum();
-    let jobs = ids.into_iter().enumerate().map(|(i, ids)| {
+    // A request of several texts is several jobs; they share one flag so that it counts once.
+    let parts = (ids.len() > 1).then(|| Arc::new(AtomicBool::new(false)));
+    let jobs = ids.into_iter().map(|ids| {
         let cost = ids.len();
         let t = Tensor::new(
             INPUT_IDS,
             vec![1, cost],
             TensorData::I64(ids.into_iter().map(i64::from).collect()),
         );
-        let extra_part = i > 0;
         lv.queue.submit(
             vec![t],
             1,
             SubmitOptions {
                 cost,
-                extra_part,
-                ..opts
+                parts: parts.clone(),
+                ..opts.clone()
             },
         )
     });

@@ -7,6 +7,7 @@ pub mod policy;
 pub mod state;
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,9 +76,9 @@ pub struct Job {
     pub timeout_us: u64,
     /// Warm-up jobs run the model but are not counted in metrics.
     pub warmup: bool,
-    /// This job stands for its client request in the per-request counters (canceled): false for
-    /// warm-up jobs and for all but the first job of a request split into several (texts).
-    pub counts_request: bool,
+    /// Shared by all jobs of a client request submitted as several (`SubmitOptions::parts`); set
+    /// once the request has been counted as canceled.
+    pub parts: Option<Arc<AtomicBool>>,
     pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
 }
 
@@ -108,7 +109,7 @@ impl Batch {
 }
 
 /// Per-request options from the protocol (`parameters.priority`, `parameters.timeout`).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SubmitOptions {
     /// 0 = the model's default level.
     pub priority: u32,
@@ -117,9 +118,21 @@ pub struct SubmitOptions {
     pub warmup: bool,
     /// Batching cost (tokens for sequence models); 0 = the job's rows.
     pub cost: usize,
-    /// Not the first job of its client request (a request of several texts submits one job per
-    /// text): the request is counted once, by its first job.
-    pub extra_part: bool,
+    /// Set when a client request is submitted as several jobs (one per text): every job of the
+    /// request carries the same flag, so that the request counts once as canceled.
+    pub parts: Option<Arc<AtomicBool>>,
+}
+
+impl Job {
+    /// Whether dropping this job (its client has gone) adds one to the canceled requests: true for
+    /// a whole request, and for the first dropped part of a split one; never for warm-up.
+    pub fn count_canceled(&self) -> bool {
+        match &self.parts {
+            _ if self.warmup => false,
+            None => true,
+            Some(counted) => !counted.swap(true, Ordering::Relaxed),
+        }
+    }
 }
 
 /// Counters the dispatcher keeps up to date.
@@ -206,7 +219,7 @@ impl Queue {
             deadline: timeout.map(|t| now + t),
             timeout_us: timeout.map_or(0, |t| t.as_micros() as u64),
             warmup: opts.warmup,
-            counts_request: !opts.warmup && !opts.extra_part,
+            parts: opts.parts,
             reply,
         };
         if self.tx.send_async(Command::Submit(job)).await.is_err() {

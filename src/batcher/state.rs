@@ -10,7 +10,7 @@ use super::Job;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Canceled {
     pub jobs: usize,
-    /// Of those, the jobs that stand for a client request (`Job::counts_request`).
+    /// The client requests they make up (`Job::count_canceled`).
     pub requests: usize,
 }
 
@@ -53,7 +53,7 @@ impl QueueState {
         for j in &gone {
             self.removed(j);
             self.canceled.jobs += 1;
-            self.canceled.requests += usize::from(j.counts_request);
+            self.canceled.requests += usize::from(j.count_canceled());
         }
         gone.len()
     }

@@ -381,12 +381,11 @@ async fn pull_or_idle_with_work_waiting_does_not_idle_and_closed_queue_gives_non
 async fn canceled_request_of_several_jobs_counts_once() {
     let m = metrics();
     let q = Queue::spawn("m", cfg(), m.clone());
-    let parts: Vec<_> = [false, true, true]
-        .into_iter()
-        .enumerate()
-        .map(|(i, extra_part)| {
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let parts: Vec<_> = (0..3)
+        .map(|i| {
             let opts = SubmitOptions {
-                extra_part,
+                parts: Some(flag.clone()),
                 ..SubmitOptions::default()
             };
             spawn_submit(&q, i as f32, opts)

@@ -559,7 +559,14 @@ async fn warm_up(lv: &LoadedVersion) -> Result<(), String> {
                     vec![1, cost],
                     TensorData::I64(ids.into_iter().map(i64::from).collect()),
                 );
-                queue.submit(vec![t], 1, SubmitOptions { cost, ..opts })
+                queue.submit(
+                    vec![t],
+                    1,
+                    SubmitOptions {
+                        cost,
+                        ..opts.clone()
+                    },
+                )
             });
             for r in futures::future::join_all(jobs).await {
                 r.map_err(|e| e.to_string())?;
@@ -583,7 +590,7 @@ async fn warm_up(lv: &LoadedVersion) -> Result<(), String> {
             })
             .collect();
         queue
-            .submit(inputs, rows, opts)
+            .submit(inputs, rows, opts.clone())
             .await
             .map_err(|e| e.to_string())?;
     }

@@ -224,7 +224,7 @@ fn drop_if_unwanted(
         "every client of a staged batch left or timed out; dropped before compute");
     for job in batch.jobs.drain(..) {
         if job.reply.is_closed() {
-            if job.counts_request {
+            if job.count_canceled() {
                 metrics.record_failure(FailureReason::Canceled);
             }
         } else {
