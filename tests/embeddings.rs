@@ -209,9 +209,22 @@ async fn tei_embed_normalize_truncate_and_limits() {
         .post_json("/embed", &json!({"inputs": ["a", "b", "c", "d", "e"]}))
         .await;
     assert_eq!(r.status(), 413, "more than max_client_batch_size");
+    let invalid = r#"nv_inference_request_failure{model="minilm",reason="INVALID",version="1"}"#;
+    let before = s.metric(invalid).await;
     let r = s.post_json("/embed", &json!({"inputs": []})).await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error_type"], "Empty");
+    let r = s
+        .post_json("/embed", &json!({"inputs": "a", "normalize": "yes"}))
+        .await;
+    assert_eq!(r.status(), 422);
+    let e: Value = r.json().await.unwrap();
+    assert!(e["error"].as_str().unwrap().contains("'normalize'"), "{e}");
+    assert_eq!(
+        s.metric(invalid).await,
+        before + 2.0,
+        "empty inputs and a bad option count as INVALID"
+    );
     let r = s
         .client
         .post(format!("{}/embed", s.url))

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::{infer, text, ApiError, AppState};
 use crate::batcher::SubmitOptions;
+use crate::telemetry::FailureReason;
 
 fn tei_error(e: ApiError) -> Response {
     let (status, kind) = match &e {
@@ -49,21 +50,26 @@ async fn handle(s: AppState, headers: HeaderMap, body: Body) -> Result<Response,
         .as_ref()
         .expect("text_model returns text models. This is a bug.");
     if texts.is_empty() {
+        lv.metrics.record_failure(FailureReason::Invalid);
         return Ok(ApiError::respond(
             StatusCode::BAD_REQUEST,
             json!({"error": "`inputs` cannot be empty", "error_type": "Empty"}),
         ));
     }
-    let normalize = flag(&req, "normalize", true)?;
-    let truncate = flag(&req, "truncate", false)?;
-    if let Some(dir) = req.get("truncation_direction").and_then(Value::as_str) {
-        if !dir.eq_ignore_ascii_case("right") {
-            return Err(ApiError::BadRequest(format!(
-                "truncation_direction '{dir}' is not supported (only Right)"
-            )));
+    // The request's own options; a bad one counts against the model as INVALID.
+    let options = || -> Result<(bool, bool, Option<usize>), ApiError> {
+        let normalize = flag(&req, "normalize", true)?;
+        let truncate = flag(&req, "truncate", false)?;
+        if let Some(dir) = req.get("truncation_direction").and_then(Value::as_str) {
+            if !dir.eq_ignore_ascii_case("right") {
+                return Err(ApiError::BadRequest(format!(
+                    "truncation_direction '{dir}' is not supported (only Right)"
+                )));
+            }
         }
-    }
-    let dims = text::dimensions(&req)?;
+        Ok((normalize, truncate, text::dimensions(&req)?))
+    };
+    let (normalize, truncate, dims) = options().map_err(|e| infer::invalid(&lv, e))?;
     let e = infer::embed(
         &lv,
         tm,
