@@ -49,13 +49,13 @@ impl QueueState {
         std::mem::take(&mut self.canceled)
     }
 
-    fn drop_gone(&mut self, gone: Vec<Job>) -> usize {
+    /// Removes jobs whose client has gone, counting them for `take_canceled`.
+    fn drop_gone(&mut self, gone: Vec<Job>) {
         for j in &gone {
             self.removed(j);
             self.canceled.jobs += 1;
             self.canceled.requests += usize::from(j.count_canceled());
         }
-        gone.len()
     }
 
     /// Queued rows (requests may hold several).
@@ -154,8 +154,8 @@ impl QueueState {
         expired
     }
 
-    /// Drops jobs whose client has gone; returns how many.
-    pub fn prune_canceled(&mut self) -> usize {
+    /// Drops jobs whose client has gone (counted for `take_canceled`).
+    pub fn prune_canceled(&mut self) {
         let mut gone = Vec::new();
         for level in &mut self.levels {
             let (keep, drop): (VecDeque<Job>, VecDeque<Job>) =
@@ -201,7 +201,7 @@ impl QueueState {
     }
 
     /// Drops canceled jobs at the front of every level (so that each front is live).
-    fn drop_canceled_fronts(&mut self) -> usize {
+    fn drop_canceled_fronts(&mut self) {
         let mut gone = Vec::new();
         for level in &mut self.levels {
             while level.front().is_some_and(|j| j.reply.is_closed()) {

@@ -202,22 +202,38 @@ fn failures(metrics: &crate::telemetry::Metrics, reason: &str) -> f64 {
         .map_or(0.0, |v| v.parse().unwrap())
 }
 
-/// With a gated probe computing 1: submits `v` and returns once the probe has it staged.
+type Reply = tokio::task::JoinHandle<Result<JobOutput, JobError>>;
+
+/// With a gated probe: submits 1 and, once 1 computes, `v`; returns both clients once `v` is
+/// staged behind 1.
 async fn staged_behind_1(
     probe: &Probe,
     queue: &Queue,
     v: f32,
     opts: SubmitOptions,
-) -> tokio::task::JoinHandle<Result<JobOutput, JobError>> {
+) -> (Reply, Reply) {
+    let q = queue.clone();
+    let a = tokio::spawn(async move { q.submit(row(1.0), 1, SubmitOptions::default()).await });
     probe.wait_for(What::ComputeStart, 1.0).await;
     let q = queue.clone();
-    let h = tokio::spawn(async move { q.submit(row(v), 1, opts).await });
+    let b = tokio::spawn(async move { q.submit(row(v), 1, opts).await });
     probe.wait_for(What::StageEnd, v).await;
     assert!(
         probe.at(What::ComputeEnd, 1.0).is_none(),
         "{v} must be staged while 1 computes"
     );
-    h
+    (a, b)
+}
+
+/// After the gate opens: 1 succeeds, a later 3 is served, and `v` was never computed.
+async fn served_but_not(probe: &Probe, queue: &Queue, a: Reply, v: f32, why: &str) {
+    assert!(a.await.unwrap().is_ok());
+    assert_eq!(run_all(queue, &[3.0]).await[0].as_ref().unwrap(), &3.0);
+    assert!(
+        probe.at(What::ComputeStart, v).is_none(),
+        "computed a batch {why}: {:?}",
+        probe.events()
+    );
 }
 
 fn row(v: f32) -> Vec<Tensor> {
@@ -333,19 +349,11 @@ async fn prefetch_staged_batch_whose_client_left_is_not_computed() {
     let q = queue();
     let metrics = crate::telemetry::Metrics::new();
     let h = start_with_metrics(&probe, &q, true, &metrics);
-    let q1 = q.clone();
-    let a = tokio::spawn(async move { q1.submit(row(1.0), 1, SubmitOptions::default()).await });
-    let b = staged_behind_1(&probe, &q, 2.0, SubmitOptions::default()).await;
+    let (a, b) = staged_behind_1(&probe, &q, 2.0, SubmitOptions::default()).await;
     b.abort(); // the client of 2 leaves while 2 sits staged
     let _ = b.await;
     probe.open();
-    assert!(a.await.unwrap().is_ok());
-    assert_eq!(run_all(&q, &[3.0]).await[0].as_ref().unwrap(), &3.0);
-    assert!(
-        probe.at(What::ComputeStart, 2.0).is_none(),
-        "computed a batch nobody waits for: {:?}",
-        probe.events()
-    );
+    served_but_not(&probe, &q, a, 2.0, "nobody waits for").await;
     assert_eq!(failures(&metrics, "CANCELED"), 1.0, "{}", metrics.encode());
     stop(q, h).await;
 }
@@ -357,13 +365,11 @@ async fn prefetch_staged_batch_past_its_deadline_times_out_without_compute() {
     let probe = Probe::gated();
     let q = queue();
     let h = start(&probe, &q, true);
-    let q1 = q.clone();
-    let a = tokio::spawn(async move { q1.submit(row(1.0), 1, SubmitOptions::default()).await });
     let opts = SubmitOptions {
         timeout: Some(Duration::from_millis(300)),
         ..SubmitOptions::default()
     };
-    let b = staged_behind_1(&probe, &q, 2.0, opts).await;
+    let (a, b) = staged_behind_1(&probe, &q, 2.0, opts).await;
     tokio::time::sleep(Duration::from_millis(350)).await; // 2's deadline passes while staged
     probe.open();
     let err = b.await.unwrap().expect_err("2 timed out while staged");
@@ -377,12 +383,6 @@ async fn prefetch_staged_batch_past_its_deadline_times_out_without_compute() {
         ),
         "{err}"
     );
-    assert!(a.await.unwrap().is_ok());
-    assert_eq!(run_all(&q, &[3.0]).await[0].as_ref().unwrap(), &3.0);
-    assert!(
-        probe.at(What::ComputeStart, 2.0).is_none(),
-        "computed a batch past its deadline: {:?}",
-        probe.events()
-    );
+    served_but_not(&probe, &q, a, 2.0, "past its deadline").await;
     stop(q, h).await;
 }
