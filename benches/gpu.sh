@@ -11,18 +11,54 @@
 # printed at the end and written to $TABLE (default target/gpu-table.md).
 # Usage: benches/gpu.sh [SECONDS] [CONCURRENCY]   (defaults 5 s, 16)
 # Env: PORT (default 18300; the GPU run uses PORT+100), PROFILE=release|debug (default release), FERRITE_BIN (default $CARGO_TARGET_DIR/$PROFILE/ferrite).
+# FERRITE_BUNDLE=DIR: run from prebuilt binaries and models (benches/gpu-bundle.sh) on a machine with no
+# Rust toolchain, such as the lent GPU machine: `FERRITE_BUNDLE=.gpu benches/gpu.sh 2>&1 | tee $OUT/gpu.log`
+# with carry [".gpu"]; the table then goes to $OUT/gpu-table.md too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TABLE=${TABLE:-target/gpu-table.md}
 DUR=${1:-5}
 CONC=${2:-16}
 PROFILE=${PROFILE:-release}
 PORT=${PORT:-18300}
-BIN=${FERRITE_BIN:-${CARGO_TARGET_DIR:-target}/$PROFILE/ferrite}
-if [[ ! -x "$BIN" ]]; then
-  flag=(); [[ $PROFILE == release ]] && flag=(--release)
-  cargo build "${flag[@]}" --bin ferrite >&2
+MODELS=models
+BUNDLE=${FERRITE_BUNDLE:-}
+if [[ -n "$BUNDLE" ]]; then
+  [[ -f "$BUNDLE/bin.tar.xz" ]] || { echo "no $BUNDLE/bin.tar.xz: run benches/gpu-bundle.sh first" >&2; exit 1; }
+  BUNDLE=$(realpath "$BUNDLE")
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))' \
+    "$BUNDLE/bin.tar.xz" "$BUNDLE"
+  BIN=$BUNDLE/bin/ferrite
+  MODELS=$BUNDLE/root/models
+  export FERRITE_REPO_ROOT=$BUNDLE/root
+  # The binaries NEED libcuda.so.1 (the driver's) and CUDA 13's cuBLAS, cuRAND and NVRTC: from the
+  # toolkit if it has them, else from the pip wheels (torch's) that python3 sees.
+  libs=$(python3 - <<'PY'
+import glob, os, site
+dirs = []
+roots = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"] + site.getsitepackages()
+for name in ("libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libnvrtc.so.13"):
+    for root in roots:
+        hits = glob.glob(os.path.join(root, name)) or glob.glob(os.path.join(root, "nvidia", "**", name), recursive=True)
+        if hits:
+            d = os.path.dirname(hits[0])
+            if d not in dirs:
+                dirs.append(d)
+            break
+print(":".join(dirs))
+PY
+)
+  export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "bundle $BUNDLE; CUDA libraries from: ${libs:-none found}"
+  nvidia-smi -L 2>/dev/null || echo "nvidia-smi lists no GPU"
+  if ldd "$BIN" | grep 'not found'; then echo "the bundled binaries cannot start here (libraries above not found)" >&2; exit 1; fi
+else
+  BIN=${FERRITE_BIN:-${CARGO_TARGET_DIR:-target}/$PROFILE/ferrite}
+  if [[ ! -x "$BIN" ]]; then
+    flag=(); [[ $PROFILE == release ]] && flag=(--release)
+    cargo build "${flag[@]}" --bin ferrite >&2
+  fi
 fi
+TABLE=${TABLE:-${OUT:-target}/gpu-table.md}
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
@@ -52,11 +88,15 @@ def scrape():
             k, v = l.rsplit(" ", 1)
             out[k] = float(v)
     return out
-done, n, util = time.time() + dur, [0], []
+done, n, errors, util = time.time() + dur, [0], {}, []
 def worker():
     while time.time() < done:
-        urllib.request.urlopen(urllib.request.Request(url, body, {"content-type": "application/json"})).read()
-        n[0] += 1
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, body, {"content-type": "application/json"})).read()
+            n[0] += 1
+        except Exception as e:
+            key = getattr(e, "code", type(e).__name__)
+            errors[key] = errors.get(key, 0) + 1
 def sampler():
     while time.time() < done:
         m = scrape()
@@ -69,7 +109,8 @@ wall, after = time.time() - t0, scrape()
 d = lambda k: after.get(k, 0) - before.get(k, 0)
 mv = '{model="digits",version="1"}'
 execs, rows, infer_us = d("nv_inference_exec_count" + mv), d("nv_inference_count" + mv), d("nv_inference_compute_infer_duration_us" + mv)
-print(f"  {n[0] / wall:9.1f} req/s   {execs:.0f} executions, mean batch {rows / max(execs, 1):.1f}")
+print(f"  {n[0] / wall:9.1f} req/s   {execs:.0f} executions, mean batch {rows / max(execs, 1):.1f}"
+      + (f"   errors {errors}" if errors else ""))
 print(f"  nv_cpu_utilization {after.get('nv_cpu_utilization', float('nan')):.2f}   "
       f"rss {after.get('ferrite_process_resident_memory_bytes', 0) / 2**20:.0f} MiB")
 gpus = max((len(u) for u in util), default=0)
@@ -79,6 +120,7 @@ if gpus:
     # forward time, so batch time ~ infer_us / mean batch. Instances on one GPU can overlap: an estimate.
     busy = min(1.0, infer_us / max(rows / max(execs, 1), 1) / 1e6 / wall / gpus)
     print(f"  NVML mean nv_gpu_utilization {reported:.2f} vs busy fraction measured {busy:.2f} ({gpus} GPU(s))")
+sys.exit(1 if errors or not n[0] else 0)
 PY
 }
 
@@ -94,15 +136,16 @@ srv, lat = s.get("server") or {}, s["latency"]
 print(f"| {sys.argv[1]} | {s['throughput']:.0f} | {lat['p50_us'] / 1e3:.1f} | {lat['p99_us'] / 1e3:.1f} | "
       f"{srv.get('avg_batch', float('nan')):.1f} | {srv.get('compute_input_us', float('nan')):.0f} | "
       f"{srv.get('compute_infer_us', float('nan')):.0f} | {sum(s['errors'].values())} |")
+sys.exit(1 if s["errors"] or not s["throughput"] else 0)
 PY
 }
 
 # minilm_repo DIR KIND PREFETCH: MiniLM (weights symlinked) with instance kind and prefetch set
 minilm_repo() {
   mkdir -p "$1/minilm/1"
-  for f in models/minilm/1/*; do ln -sf "$(realpath "$f")" "$1/minilm/1/"; done
+  for f in "$MODELS"/minilm/1/*; do ln -sf "$(realpath "$f")" "$1/minilm/1/"; done
   sed -e "s/^kind = .*/kind = \"$2\"/" -e "s/^architecture = .*/&\nprefetch = $3/" \
-    models/minilm/config.toml >"$1/minilm/config.toml"
+    "$MODELS/minilm/config.toml" >"$1/minilm/config.toml"
 }
 
 mkdir -p "$(dirname "$TABLE")"
@@ -114,51 +157,96 @@ mkdir -p "$(dirname "$TABLE")"
 } >"$TABLE"
 
 echo "== CPU: digits (kind = auto, as committed)"
-start models "$PORT"
+start "$MODELS" "$PORT"
 curl -sf "localhost:$PORT/v2/devices" | python3 -c 'import json,sys; [print("  device", d["id"], d["kind"], d["name"], "instances:", [(i["model"], i["version"], i["count"]) for i in d["instances"]]) for d in json.load(sys.stdin)["devices"]]'
 load "$PORT"
 kill %% 2>/dev/null || true
 
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-  echo "== GPU: custom ops, CUDA vs the CPU _ref (parity tests), then kernel timings vs kernels/README.md floors"
-  # nvidia-smi sees a GPU here, so a parity test that skips (no CUDA device) counts as a failure.
-  # Then MiniLM's GPU path (pinned staging, device gather) against the CPU packed path.
-  if ! { cargo test --release --features cuda --lib -- ops:: device::transfer --nocapture \
-      && cargo test --release --features cuda --test embeddings -- cuda_ --nocapture; } >"$tmp/ops-test.log" 2>&1 \
-    || grep -q SKIPPED "$tmp/ops-test.log"; then
+has_gpu() { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }
+# step NAME CMD...: runs CMD in a subshell that stops at its first error and stops the servers it
+# started; a failed step is reported and the script goes on, since a lent GPU is scarce and one run
+# should measure all it can. The script fails at the end if any step did.
+failed=()
+step() {
+  local name=$1 rc
+  shift
+  set +e
+  (
+    set -e
+    trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+    "$@"
+  )
+  rc=$?
+  set -e
+  if [[ $rc != 0 ]]; then
+    failed+=("$name")
+    echo "!! step failed: $name (exit $rc)" >&2
+  fi
+}
+
+# A parity test that skips (no CUDA device) counts as a failure: nvidia-smi sees a GPU here.
+# The ops (CUDA vs the CPU _ref), pinned transfers, then MiniLM's GPU path (pinned staging, device
+# gather) against the CPU packed path.
+gpu_parity() {
+  if [[ -n "$BUNDLE" ]]; then
+    parity() { "$BUNDLE/bin/lib-tests" ops:: device::transfer --nocapture && "$BUNDLE/bin/embeddings-tests" cuda_ --nocapture; }
+  else
+    parity() {
+      cargo test --release --features cuda --lib -- ops:: device::transfer --nocapture \
+        && cargo test --release --features cuda --test embeddings -- cuda_ --nocapture
+    }
+  fi
+  if ! parity >"$tmp/ops-test.log" 2>&1 || grep -q SKIPPED "$tmp/ops-test.log"; then
     grep -E 'SKIPPED|panicked|^test |^test result|^error' "$tmp/ops-test.log" >&2 || tail -n 40 "$tmp/ops-test.log" >&2
     echo "GPU op parity tests failed or skipped" >&2
-    exit 1
+    return 1
   fi
   grep -E '^test .*cuda|^test result' "$tmp/ops-test.log"
-  cargo run --release --features cuda --example ops_gpu
-  echo "== GPU: digits, two instances per GPU (kind = gpu, count = 2)"
-  cp -r models/digits "$tmp/digits" && mkdir -p "$tmp/repo" && mv "$tmp/digits" "$tmp/repo/digits"
+}
+
+gpu_timings() {
+  if [[ -n "$BUNDLE" ]]; then "$BUNDLE/bin/ops_gpu"; else cargo run --release --features cuda --example ops_gpu; fi
+}
+
+gpu_digits() {
+  rm -rf "$tmp/repo" && mkdir -p "$tmp/repo" && cp -r "$MODELS/digits" "$tmp/repo/digits"
   sed -i 's/^count = .*/count = 2/; s/^kind = .*/kind = "gpu"/' "$tmp/repo/digits/config.toml"
   start "$tmp/repo" $((PORT + 100))
   curl -sf "localhost:$((PORT + 100))/v2/devices" | python3 -m json.tool | head -60
   load $((PORT + 100))
   nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used,power.draw --format=csv
-  kill %% 2>/dev/null || true
+}
+
+# embed_on KIND PREFETCH PORT: MiniLM with that instance kind and prefetch, one row of $TABLE
+embed_on() {
+  minilm_repo "$tmp/emb-$1-$2" "$1" "$2"
+  start "$tmp/emb-$1-$2" "$3"
+  if [[ $1 == cpu ]]; then embed "minilm cpu" "$3"; else embed "minilm gpu, prefetch $2" "$3"; fi
+}
+
+if has_gpu; then
+  echo "== GPU: custom ops, CUDA vs the CPU _ref (parity tests)"
+  step "GPU parity tests" gpu_parity
+  echo "== GPU: kernel timings vs kernels/README.md floors"
+  step "kernel timings" gpu_timings
+  echo "== GPU: digits, two instances per GPU (kind = gpu, count = 2)"
+  step "digits on GPU" gpu_digits
 fi
 
-[[ -f models/minilm/1/model.safetensors ]] || scripts/fetch-models.sh >&2
+[[ -f "$MODELS/minilm/1/model.safetensors" ]] || scripts/fetch-models.sh >&2
 echo "== Embeddings: MiniLM on the CPU (kind = cpu)"
-minilm_repo "$tmp/emb-cpu" cpu false
-start "$tmp/emb-cpu" $((PORT + 200))
-embed "minilm cpu" $((PORT + 200))
-kill %% 2>/dev/null || true
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+step "MiniLM on the CPU" embed_on cpu false $((PORT + 200))
+if has_gpu; then
   for pf in false true; do
     echo "== Embeddings: MiniLM on GPU (kind = gpu), prefetch = $pf"
-    minilm_repo "$tmp/emb-gpu-$pf" gpu $pf
-    port=$((PORT + 300 + ${#pf}))
-    start "$tmp/emb-gpu-$pf" $port
-    embed "minilm gpu, prefetch $pf" $port
-    kill %% 2>/dev/null || true
+    step "MiniLM on GPU, prefetch $pf" embed_on gpu $pf $((PORT + 300 + ${#pf}))
   done
 else
   echo "== GPU parts skipped: no GPU (nvidia-smi missing or lists none)"
 fi
 echo
 cat "$TABLE"
+if ((${#failed[@]})); then
+  printf '!! failed: %s\n' "${failed[@]}" >&2
+  exit 1
+fi

@@ -6,33 +6,11 @@
 # and serves an inference. Ends with `cuda build check: N passed, M failed`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ferrite"
-WHEELS="$CACHE/cuda13full"
-CU="$WHEELS/nvidia/cu13"
-TARGET="${CUDA_TARGET_DIR:-${CARGO_TARGET_DIR:-$PWD/target}-cuda}"
-if [[ ! -x "$CU/bin/nvcc" || ! -f "$CU/lib/libcublas.so.13" || ! -f "$CU/lib/libcurand.so.10" ]]; then
-  rm -rf "$WHEELS"
-  # One pip command: a second install into the same --target silently skips files.
-  python3 -m pip install --disable-pip-version-check -q --no-cache-dir --target "$WHEELS" \
-    nvidia-cuda-nvcc==13.0.88 nvidia-cuda-runtime==13.0.96 nvidia-cuda-crt==13.0.88 \
-    nvidia-nvvm==13.0.88 nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-cccl==13.0.85 \
-    "nvidia-cublas<13.1" "nvidia-curand<10.4.1"
-fi
-(cd "$CU/lib" && for l in cudart nvrtc cublas cublasLt; do ln -sf "lib$l.so.13" "lib$l.so"; done && ln -sf libcurand.so.10 libcurand.so)
-
-cargo fetch -q
-CUDARC=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/src" -mindepth 2 -maxdepth 2 -type d -name 'cudarc-0.19.*' | sort | tail -n 1)
-if [[ ! -f "$CU/lib/stubs/libcuda.so.1" ]]; then
-  mkdir -p "$CU/lib/stubs"
-  grep -ohE 'load::<_F>\("cu[A-Za-z0-9_]+"\)' "$CUDARC/src/driver/sys/mod.rs" | sed -E 's/.*\("(.*)"\)/\1/' \
-    | sort -u | sed 's/.*/int &(void){return 34;}/' >"$CU/lib/stubs/libcuda_stub.c"
-  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$CU/lib/stubs/libcuda.so.1" "$CU/lib/stubs/libcuda_stub.c"
-  ln -sf libcuda.so.1 "$CU/lib/stubs/libcuda.so"
-fi
+source scripts/cuda-toolchain.sh
+TARGET="$CUDA_TARGET"
 
 echo "building with --features cuda (CUDA 13.0 wheels, sm_${CUDA_COMPUTE_CAP:-90}) into $TARGET"
-CUDA_HOME="$CU" PATH="$CU/bin:$PATH" CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}" \
-  LIBRARY_PATH="$CU/lib/stubs:$CU/lib" CARGO_TARGET_DIR="$TARGET" cargo build --features cuda
+"${cuda_env[@]}" cargo build --features cuda
 
 log=$(mktemp)
 LD_LIBRARY_PATH="$CU/lib/stubs:$CU/lib" "$TARGET/debug/ferrite" serve --model-repository models \

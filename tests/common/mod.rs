@@ -11,8 +11,15 @@ use ferrite::telemetry::gpu::{GpuError, GpuSource};
 use ferrite::telemetry::logging::LogFormat;
 use serde_json::{json, Value};
 
+/// The checkout the tests read models and fixtures (`../shared`) from: the one they were built in,
+/// or `FERRITE_REPO_ROOT` where prebuilt test binaries run elsewhere (benches/gpu-bundle.sh).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    match std::env::var_os("FERRITE_REPO_ROOT") {
+        // Absolute: tests symlink model files from here into temporary repositories.
+        Some(dir) => std::fs::canonicalize(&dir)
+            .unwrap_or_else(|e| panic!("FERRITE_REPO_ROOT {}: {e}", Path::new(&dir).display())),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    }
 }
 
 /// A temporary model repository.
