@@ -30,13 +30,13 @@ if [[ -n "$BUNDLE" ]]; then
   BIN=$BUNDLE/bin/ferrite
   MODELS=$BUNDLE/root/models
   export FERRITE_REPO_ROOT=$BUNDLE/root
-  # The binaries NEED libcuda.so.1 (the driver's) and CUDA 13's cuBLAS, cuRAND and NVRTC: from the
+  # The binaries NEED libcuda.so.1 (the driver's) and CUDA 13's runtime, cuBLAS, cuRAND and NVRTC: from the
   # toolkit if it has them, else from the pip wheels (torch's) that python3 sees.
   libs=$(python3 - <<'PY'
 import glob, os, site
 dirs = []
 roots = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"] + site.getsitepackages()
-for name in ("libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libnvrtc.so.13"):
+for name in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libnvrtc.so.13"):
     for root in roots:
         hits = glob.glob(os.path.join(root, name)) or glob.glob(os.path.join(root, "nvidia", "**", name), recursive=True)
         if hits:
