@@ -73,6 +73,15 @@ start() {
   echo "server on $2 did not become ready:" >&2; cat "$tmp/server-$2.log" >&2; return 1
 }
 
+# model_ready MODEL PORT: fails, with the server's log, unless MODEL is ready (a model whose instances
+# could not be placed, e.g. kind = "gpu" where CUDA fails, leaves the server up without it)
+model_ready() {
+  curl -sf "localhost:$2/v2/models/$1/ready" >/dev/null && return 0
+  echo "model $1 is not ready on port $2; server log:" >&2
+  tail -n 30 "$tmp/server-$2.log" >&2
+  return 1
+}
+
 # load PORT: DUR seconds of CONC concurrent digits requests; prints req/s and the metric deltas
 load() {
   python3 - "$1" "$DUR" "$CONC" <<'PY'
@@ -81,7 +90,7 @@ port, dur, conc = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 url = f"http://127.0.0.1:{port}/v2/models/digits/infer"
 body = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64}]}).encode()
 def scrape():
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port + 2}/metrics").read().decode()
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port + 2}/metrics", timeout=10).read().decode()
     out = {}
     for l in text.splitlines():
         if l and not l.startswith("#"):
@@ -92,7 +101,7 @@ done, n, errors, util = time.time() + dur, [0], {}, []
 def worker():
     while time.time() < done:
         try:
-            urllib.request.urlopen(urllib.request.Request(url, body, {"content-type": "application/json"})).read()
+            urllib.request.urlopen(urllib.request.Request(url, body, {"content-type": "application/json"}), timeout=30).read()
             n[0] += 1
         except Exception as e:
             key = getattr(e, "code", type(e).__name__)
@@ -126,7 +135,7 @@ PY
 
 # embed NAME PORT: MiniLM under `ferrite bench` (TEI /embed, 64 connections); appends a row to $TABLE
 embed() {
-  "$BIN" bench -u "http://127.0.0.1:$2" --metrics-url "http://127.0.0.1:$(($2 + 2))/metrics" -m minilm \
+  timeout 180 "$BIN" bench -u "http://127.0.0.1:$2" --metrics-url "http://127.0.0.1:$(($2 + 2))/metrics" -m minilm \
     --protocol tei --text-words 20 --concurrency-range 64:64 --warmup-ms 2000 --max-windows 5 \
     --json "$tmp/$1.json" >&2
   python3 - "$1" "$tmp/$1.json" >>"$TABLE" <<'PY'
@@ -165,7 +174,8 @@ kill %% 2>/dev/null || true
 has_gpu() { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }
 # step NAME CMD...: runs CMD in a subshell that stops at its first error and stops the servers it
 # started; a failed step is reported and the script goes on, since a lent GPU is scarce and one run
-# should measure all it can. The script fails at the end if any step did.
+# should measure all it can. The script fails at the end if any step did. Every program a step runs
+# has a time bound (a hung kernel must not eat the lease).
 failed=()
 step() {
   local name=$1 rc
@@ -189,7 +199,10 @@ step() {
 # gather) against the CPU packed path.
 gpu_parity() {
   if [[ -n "$BUNDLE" ]]; then
-    parity() { "$BUNDLE/bin/lib-tests" ops:: device::transfer --nocapture && "$BUNDLE/bin/embeddings-tests" cuda_ --nocapture; }
+    parity() {
+      timeout 300 "$BUNDLE/bin/lib-tests" ops:: device::transfer --nocapture \
+        && timeout 120 "$BUNDLE/bin/embeddings-tests" cuda_ --nocapture
+    }
   else
     parity() {
       cargo test --release --features cuda --lib -- ops:: device::transfer --nocapture \
@@ -205,13 +218,14 @@ gpu_parity() {
 }
 
 gpu_timings() {
-  if [[ -n "$BUNDLE" ]]; then "$BUNDLE/bin/ops_gpu"; else cargo run --release --features cuda --example ops_gpu; fi
+  if [[ -n "$BUNDLE" ]]; then timeout 180 "$BUNDLE/bin/ops_gpu"; else cargo run --release --features cuda --example ops_gpu; fi
 }
 
 gpu_digits() {
   rm -rf "$tmp/repo" && mkdir -p "$tmp/repo" && cp -r "$MODELS/digits" "$tmp/repo/digits"
   sed -i 's/^count = .*/count = 2/; s/^kind = .*/kind = "gpu"/' "$tmp/repo/digits/config.toml"
   start "$tmp/repo" $((PORT + 100))
+  model_ready digits $((PORT + 100))
   curl -sf "localhost:$((PORT + 100))/v2/devices" | python3 -m json.tool | head -60
   load $((PORT + 100))
   nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used,power.draw --format=csv
@@ -221,6 +235,7 @@ gpu_digits() {
 embed_on() {
   minilm_repo "$tmp/emb-$1-$2" "$1" "$2"
   start "$tmp/emb-$1-$2" "$3"
+  model_ready minilm "$3"
   if [[ $1 == cpu ]]; then embed "minilm cpu" "$3"; else embed "minilm gpu, prefetch $2" "$3"; fi
 }
 
