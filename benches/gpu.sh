@@ -149,12 +149,16 @@ sys.exit(1 if s["errors"] or not s["throughput"] else 0)
 PY
 }
 
-# minilm_repo DIR KIND PREFETCH: MiniLM (weights symlinked) with instance kind and prefetch set
+# minilm_repo DIR KIND PREFETCH [TOP]: MiniLM (weights symlinked) with instance kind and prefetch set,
+# and TOP (more top-level config lines, e.g. cuda_fused_ops = true) added
 minilm_repo() {
   mkdir -p "$1/minilm/1"
   for f in "$MODELS"/minilm/1/*; do ln -sf "$(realpath "$f")" "$1/minilm/1/"; done
   sed -e "s/^kind = .*/kind = \"$2\"/" -e "s/^architecture = .*/&\nprefetch = $3/" \
     "$MODELS/minilm/config.toml" >"$1/minilm/config.toml"
+  if [[ -n "${4:-}" ]]; then
+    printf '%s\n' "$4" | cat - "$1/minilm/config.toml" >"$1/config.tmp" && mv "$1/config.tmp" "$1/minilm/config.toml"
+  fi
 }
 
 mkdir -p "$(dirname "$TABLE")"
@@ -231,12 +235,14 @@ gpu_digits() {
   nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used,power.draw --format=csv
 }
 
-# embed_on KIND PREFETCH PORT: MiniLM with that instance kind and prefetch, one row of $TABLE
+# embed_on LABEL KIND PREFETCH PORT [TOP]: MiniLM with that instance kind, prefetch and extra config
+# lines (see minilm_repo), one row of $TABLE
 embed_on() {
-  minilm_repo "$tmp/emb-$1-$2" "$1" "$2"
-  start "$tmp/emb-$1-$2" "$3"
-  model_ready minilm "$3"
-  if [[ $1 == cpu ]]; then embed "minilm cpu" "$3"; else embed "minilm gpu, prefetch $2" "$3"; fi
+  local dir="$tmp/emb-$4"
+  minilm_repo "$dir" "$2" "$3" "${5:-}"
+  start "$dir" "$4"
+  model_ready minilm "$4"
+  embed "$1" "$4"
 }
 
 if has_gpu; then
@@ -250,12 +256,20 @@ fi
 
 [[ -f "$MODELS/minilm/1/model.safetensors" ]] || scripts/fetch-models.sh >&2
 echo "== Embeddings: MiniLM on the CPU (kind = cpu)"
-step "MiniLM on the CPU" embed_on cpu false $((PORT + 200))
+step "MiniLM on the CPU" embed_on "minilm cpu" cpu false $((PORT + 200))
 if has_gpu; then
-  for pf in false true; do
-    echo "== Embeddings: MiniLM on GPU (kind = gpu), prefetch = $pf"
-    step "MiniLM on GPU, prefetch $pf" embed_on gpu $pf $((PORT + 300 + ${#pf}))
-  done
+  # Rows: plain candle ops with prefetch off / on, then the custom kernels (cuda_fused_ops), f32 and
+  # q8 (int8 weights on the device), prefetch on (the GPU default).
+  echo "== Embeddings: MiniLM on GPU (kind = gpu), prefetch = false"
+  step "MiniLM on GPU, prefetch false" embed_on "minilm gpu, prefetch false" gpu false $((PORT + 300))
+  echo "== Embeddings: MiniLM on GPU (kind = gpu), prefetch = true"
+  step "MiniLM on GPU, prefetch true" embed_on "minilm gpu, prefetch true" gpu true $((PORT + 304))
+  echo "== Embeddings: MiniLM on GPU, custom kernels (cuda_fused_ops = true)"
+  step "MiniLM on GPU, fused ops" embed_on "minilm gpu, fused ops" gpu true $((PORT + 308)) \
+    "cuda_fused_ops = true"
+  echo "== Embeddings: MiniLM q8 on GPU, int8 kernel (quantization = q8, cuda_fused_ops = true)"
+  step "MiniLM q8 on GPU, fused ops" embed_on "minilm gpu, q8, fused ops" gpu true $((PORT + 312)) \
+    "$(printf 'cuda_fused_ops = true\nquantization = "q8"')"
 else
   echo "== GPU parts skipped: no GPU (nvidia-smi missing or lists none)"
 fi

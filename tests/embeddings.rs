@@ -422,7 +422,9 @@ fn config_larger_than_the_embedding_tables_fails_to_load() {
 
 /// On a GPU, MiniLM runs the padded path (ids and mask staged through pinned buffers, embeddings
 /// gathered on the device); each row must match the CPU's packed path (cosine >= 0.9999), alone and
-/// in a mixed-length batch. Skips (and says so) without a CUDA device; benches/gpu.sh fails on a skip.
+/// in a mixed-length batch, with plain candle ops and with the custom kernels (`cuda_fused_ops`).
+/// q8 on the GPU: the int8 kernel (weights int8 on the device) against the weights dequantized at
+/// load, same bar. Skips (and says so) without a CUDA device; benches/gpu.sh fails on a skip.
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_padded_path_matches_cpu_packed_path() {
@@ -437,41 +439,71 @@ fn cuda_padded_path_matches_cpu_packed_path() {
     };
     let f = fixture();
     let (cpu, tok) = bert_on_cpu();
-    let repo = minilm_repo(&[]);
-    let dir = repo.path().join("minilm");
-    let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
-    let gpu = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &device).unwrap();
     let seqs: Vec<Vec<u32>> = f
         .sentences
         .iter()
         .take(9)
         .map(|s| tok.encode(s.as_str(), true).unwrap().get_ids().to_vec())
         .collect();
-    let job = |s: &Vec<u32>| {
-        let ids = s.iter().map(|&v| i64::from(v)).collect();
-        vec![Tensor::new(
-            "input_ids",
-            vec![1, s.len()],
-            TensorData::I64(ids),
-        )]
-    };
-    let jobs: Vec<Vec<Tensor>> = seqs.iter().map(job).collect();
+    let jobs: Vec<Vec<Tensor>> = seqs
+        .iter()
+        .map(|s| {
+            let ids = s.iter().map(|&v| i64::from(v)).collect();
+            vec![Tensor::new(
+                "input_ids",
+                vec![1, s.len()],
+                TensorData::I64(ids),
+            )]
+        })
+        .collect();
     let views: Vec<&[Tensor]> = jobs.iter().map(Vec::as_slice).collect();
-    let mut t = ferrite::model::StageTimings::default();
-    let batch = gpu.forward(&views, &mut t).unwrap();
-    for (i, s) in seqs.iter().enumerate() {
-        let want: Vec<Vec<f32>> = cpu
-            .encode_packed(&[s.as_slice()])
+    // Each sentence's embedding on the GPU, (in the batch, alone), for a config edit.
+    let on_gpu = |top: &str| -> Vec<(Vec<f32>, Vec<f32>)> {
+        let edit = format!("architecture = \"bert\"\n{top}");
+        let repo = minilm_repo(&[("architecture = \"bert\"", edit.as_str())]);
+        let dir = repo.path().join("minilm");
+        let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
+        let gpu = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &device).unwrap();
+        let mut t = ferrite::model::StageTimings::default();
+        let f32s = |out: &Tensor| match &out.data {
+            TensorData::F32(v) => v.clone(),
+            _ => panic!("FP32 output"),
+        };
+        let batch = gpu.forward(&views, &mut t).unwrap();
+        (0..views.len())
+            .map(|i| {
+                let alone = gpu.forward(&views[i..i + 1], &mut t).unwrap();
+                (f32s(&batch[i][0]), f32s(&alone[0][0]))
+            })
+            .collect()
+    };
+    let check = |what: &str, got: &[(Vec<f32>, Vec<f32>)], want: &dyn Fn(usize) -> Vec<f32>| {
+        for (i, (in_batch, alone)) in got.iter().enumerate() {
+            let w = want(i);
+            for (how, v) in [("batch", in_batch), ("alone", alone)] {
+                let c = cosine(v, &w);
+                assert!(c >= 0.9999, "{what}: sentence {i} {how}: cosine {c}");
+            }
+        }
+    };
+    let cpu_row = |i: usize| -> Vec<f32> {
+        let rows: Vec<Vec<f32>> = cpu
+            .encode_packed(&[seqs[i].as_slice()])
             .unwrap()
             .to_vec2()
             .unwrap();
-        let alone = gpu.forward(&views[i..i + 1], &mut t).unwrap();
-        for (what, got) in [("batch", &batch[i][0]), ("alone", &alone[0][0])] {
-            let TensorData::F32(v) = &got.data else {
-                panic!("FP32 output")
-            };
-            let c = cosine(v, &want[0]);
-            assert!(c >= 0.9999, "sentence {i} {what}: GPU vs CPU cosine {c}");
-        }
-    }
+        rows[0].clone()
+    };
+    check("GPU candle ops vs CPU", &on_gpu(""), &cpu_row);
+    check(
+        "GPU fused ops vs CPU",
+        &on_gpu("cuda_fused_ops = true"),
+        &cpu_row,
+    );
+    let q8_dense = on_gpu("quantization = \"q8\"");
+    check(
+        "GPU q8 kernel vs GPU q8 dequantized at load",
+        &on_gpu("quantization = \"q8\"\ncuda_fused_ops = true"),
+        &|i| q8_dense[i].1.clone(),
+    );
 }

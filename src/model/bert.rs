@@ -65,10 +65,10 @@ impl LayerNorm {
         candle_nn::ops::layer_norm(x, &self.w, &self.b, self.eps)
     }
 
-    /// `layer_norm(x + residual)`: one fused pass on CPU (`ops::add_layer_norm`); plain candle ops
-    /// elsewhere until the op's CUDA launcher exists.
-    fn forward_residual(&self, x: &CT, residual: &CT) -> candle_core::Result<CT> {
-        if x.device().is_cpu() {
+    /// `layer_norm(x + residual)`: one fused pass (`ops::add_layer_norm`) when `fused` (always on
+    /// the CPU), else plain candle ops.
+    fn forward_residual(&self, x: &CT, residual: &CT, fused: bool) -> candle_core::Result<CT> {
+        if fused {
             crate::ops::add_layer_norm(x, residual, &self.w, &self.b, self.eps)
         } else {
             self.forward(&(x + residual)?)
@@ -89,6 +89,8 @@ struct Layer {
 
 pub struct Bert {
     device: Device,
+    /// Run the custom ops (`ops::*`): always on the CPU, on CUDA with `cuda_fused_ops`.
+    fused: bool,
     cfg: BertConfig,
     word: Embedding,
     position: Embedding,
@@ -104,6 +106,7 @@ struct Weights {
     path: String,
     device: Device,
     quantize: Option<Format>,
+    q8_kernel: bool,
 }
 
 impl Weights {
@@ -118,7 +121,14 @@ impl Weights {
 
     fn linear(&mut self, name: &str) -> Result<Linear, ModelError> {
         let full = format!("{}{name}", self.prefix);
-        Linear::load(&mut self.map, &full, &self.device, self.quantize).map_err(|e| self.err(e))
+        Linear::load(
+            &mut self.map,
+            &full,
+            &self.device,
+            self.quantize,
+            self.q8_kernel,
+        )
+        .map_err(|e| self.err(e))
     }
 
     fn embedding(&mut self, name: &str) -> Result<Embedding, ModelError> {
@@ -176,6 +186,7 @@ impl Bert {
             path: path.display().to_string(),
             device: device.clone(),
             quantize: config.quantization,
+            q8_kernel: config.cuda_fused_ops,
         };
         let eps = cfg.layer_norm_eps;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -221,6 +232,7 @@ impl Bert {
         }
         Ok(Bert {
             device: device.clone(),
+            fused: device.is_cpu() || config.cuda_fused_ops,
             word,
             position,
             token_type: w.embedding("embeddings.token_type_embeddings.weight")?,
@@ -271,12 +283,14 @@ impl Bert {
                 .reshape((b * l, h))?;
             let a = layer
                 .ln1
-                .forward_residual(&layer.attn_out.forward(&ctx)?, &x)?;
-            let i = gelu_bias(&layer.inter, &a)?;
-            x = layer.ln2.forward_residual(&layer.out.forward(&i)?, &a)?;
+                .forward_residual(&layer.attn_out.forward(&ctx)?, &x, self.fused)?;
+            let i = gelu_bias(&layer.inter, &a, self.fused)?;
+            x = layer
+                .ln2
+                .forward_residual(&layer.out.forward(&i)?, &a, self.fused)?;
         }
         let x = x.reshape((b, l, h))?;
-        if x.device().is_cpu() {
+        if self.fused {
             return crate::ops::mean_pool_l2(&x, mask, false);
         }
         let m = mask.unsqueeze(D::Minus1)?;
@@ -286,10 +300,10 @@ impl Bert {
     }
 }
 
-/// `gelu(x W^T + b)`: the bias add fused into the GELU on CPU (`ops::gelu_bias`).
-fn gelu_bias(lin: &Linear, x: &CT) -> candle_core::Result<CT> {
+/// `gelu(x W^T + b)`: the bias add fused into the GELU (`ops::gelu_bias`) when `fused`.
+fn gelu_bias(lin: &Linear, x: &CT, fused: bool) -> candle_core::Result<CT> {
     match lin.bias() {
-        Some(b) if x.device().is_cpu() => crate::ops::gelu_bias(&lin.forward_no_bias(x)?, b),
+        Some(b) if fused => crate::ops::gelu_bias(&lin.forward_no_bias(x)?, b),
         _ => lin.forward(x)?.gelu_erf(),
     }
 }
@@ -361,11 +375,14 @@ impl Bert {
                     })
                 })
             })?;
+            // The packed path runs on the CPU only, where the ops are always fused.
             let a = layer
                 .ln1
-                .forward_residual(&layer.attn_out.forward(&ctx)?, &x)?;
-            let i = gelu_bias(&layer.inter, &a)?;
-            x = layer.ln2.forward_residual(&layer.out.forward(&i)?, &a)?;
+                .forward_residual(&layer.attn_out.forward(&ctx)?, &x, true)?;
+            let i = gelu_bias(&layer.inter, &a, true)?;
+            x = layer
+                .ln2
+                .forward_residual(&layer.out.forward(&i)?, &a, true)?;
         }
         let mut off = 0;
         let pooled = lens
@@ -455,5 +472,122 @@ fn with_f32<R>(t: &CT, f: impl FnOnce(&[f32]) -> candle_core::Result<R>) -> cand
     match &*storage {
         candle_core::Storage::Cpu(s) => f(&crate::ops::f32_view(s, layout, "attention input")?),
         _ => candle_core::bail!("expected a CPU tensor"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{Device, Tensor as CT};
+    use rand::{Rng, SeedableRng};
+
+    use super::Bert;
+    use crate::repository::config::ModelConfig;
+
+    /// A small BERT with random weights (hidden 32, 4 heads, 2 layers, vocab 50) in a temporary
+    /// folder, loaded on the CPU.
+    fn tiny_bert(seed: u64) -> (tempfile::TempDir, Bert) {
+        let (vocab, h, inter, pos) = (50, 32, 64, 16);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            format!(
+                r#"{{"vocab_size": {vocab}, "hidden_size": {h}, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "intermediate_size": {inter},
+                "max_position_embeddings": {pos}, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}}"#
+            ),
+        )
+        .unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut w = HashMap::new();
+        let mut add = |name: String, shape: &[usize], around: f32| {
+            let n = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| around + rng.random_range(-0.5f32..0.5))
+                .collect();
+            w.insert(name, CT::from_vec(v, shape, &Device::Cpu).unwrap());
+        };
+        add("embeddings.word_embeddings.weight".into(), &[vocab, h], 0.0);
+        add(
+            "embeddings.position_embeddings.weight".into(),
+            &[pos, h],
+            0.0,
+        );
+        add(
+            "embeddings.token_type_embeddings.weight".into(),
+            &[2, h],
+            0.0,
+        );
+        add("embeddings.LayerNorm.weight".into(), &[h], 1.0);
+        add("embeddings.LayerNorm.bias".into(), &[h], 0.0);
+        for i in 0..2 {
+            let p = format!("encoder.layer.{i}");
+            for (name, out, inp) in [
+                ("attention.self.query", h, h),
+                ("attention.self.key", h, h),
+                ("attention.self.value", h, h),
+                ("attention.output.dense", h, h),
+                ("intermediate.dense", inter, h),
+                ("output.dense", h, inter),
+            ] {
+                add(format!("{p}.{name}.weight"), &[out, inp], 0.0);
+                add(format!("{p}.{name}.bias"), &[out], 0.0);
+            }
+            for ln in ["attention.output.LayerNorm", "output.LayerNorm"] {
+                add(format!("{p}.{ln}.weight"), &[h], 1.0);
+                add(format!("{p}.{ln}.bias"), &[h], 0.0);
+            }
+        }
+        candle_core::safetensors::save(&w, dir.path().join("model.safetensors")).unwrap();
+        let cfg = ModelConfig::parse(
+            "architecture = \"bert\"\nmax_batch_size = 8\n\
+             [[input]]\nname = \"text\"\ndatatype = \"BYTES\"\ndims = [-1]\n\
+             [[output]]\nname = \"embedding\"\ndatatype = \"FP32\"\ndims = [-1, 32]\n",
+            "tiny",
+        )
+        .unwrap();
+        let bert = Bert::load(&cfg, dir.path(), &Device::Cpu).unwrap();
+        (dir, bert)
+    }
+
+    /// `cuda_fused_ops` switches the padded path between the custom ops and plain candle ops; the
+    /// two must agree (checked here on the CPU, where the switch can be forced; benches/gpu.sh runs
+    /// the same comparison on a GPU): random ids, mixed lengths with padding, 1e-5 relative.
+    #[test]
+    fn padded_path_same_with_and_without_fused_ops() {
+        let (_dir, mut bert) = tiny_bert(7);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+        let (b, l) = (5, 13);
+        let lens = [13usize, 1, 7, 12, 4];
+        let mut ids = vec![0u32; b * l];
+        let mut mask = vec![0f32; b * l];
+        for (row, &len) in lens.iter().enumerate() {
+            for j in 0..len {
+                ids[row * l + j] = rng.random_range(0..50);
+                mask[row * l + j] = 1.0;
+            }
+        }
+        let ids = CT::from_vec(ids, (b, l), &Device::Cpu).unwrap();
+        let mask = CT::from_vec(mask, (b, l), &Device::Cpu).unwrap();
+        assert!(bert.fused, "the CPU always runs the fused ops");
+        let fused: Vec<Vec<f32>> = bert.encode(&ids, &mask).unwrap().to_vec2().unwrap();
+        bert.fused = false;
+        let plain: Vec<Vec<f32>> = bert.encode(&ids, &mask).unwrap().to_vec2().unwrap();
+        assert_eq!(fused.len(), b);
+        for (row, (f, p)) in fused.iter().zip(&plain).enumerate() {
+            assert_eq!(f.len(), 32);
+            for (i, (a, c)) in f.iter().zip(p).enumerate() {
+                assert!(
+                    (a - c).abs() <= 1e-5 * c.abs().max(0.1),
+                    "row {row} element {i}: fused {a} vs plain {c}"
+                );
+            }
+        }
+        // Not trivially equal: the rows differ from one another.
+        assert!(fused[0]
+            .iter()
+            .zip(&fused[1])
+            .any(|(a, c)| (a - c).abs() > 1e-3));
     }
 }

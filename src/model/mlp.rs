@@ -49,8 +49,14 @@ impl Mlp {
                 break;
             }
             layers.push(
-                Linear::load(&mut w, &prefix, device, config.quantization)
-                    .map_err(|e| load_err(e.to_string()))?,
+                Linear::load(
+                    &mut w,
+                    &prefix,
+                    device,
+                    config.quantization,
+                    config.cuda_fused_ops,
+                )
+                .map_err(|e| load_err(e.to_string()))?,
             );
         }
         if layers.is_empty() {

@@ -2,8 +2,9 @@
 //! CPU quantized weights stay quantized in memory: q8 runs through `ops::q8_matmul` (int8 weights
 //! read directly; with AVX-512 VNNI the activations are quantized per row too; never the whole
 //! matrix dequantized per call); q4 is dequantized per call into a temporary f32 matrix (about
-//! in x out work, small next to the matmul's rows x in x out). On other devices they are
-//! dequantized once at load until the quantized CUDA matmul is wired.
+//! in x out work, small next to the matmul's rows x in x out). On a GPU, q8 weights stay int8 on
+//! the device and run through the same op's CUDA kernel when the model asks for it
+//! (`cuda_fused_ops`); otherwise, and for q4, they are dequantized once at load.
 
 use std::collections::HashMap;
 
@@ -14,7 +15,8 @@ use super::{Format, QMatrix};
 enum Weight {
     /// Transposed: [in, out].
     Dense(Tensor),
-    /// q8 on the CPU: `q` [out, in] U8 (i8 bit patterns), `scale` [out] F32, for `ops::q8_matmul`.
+    /// q8 for `ops::q8_matmul` (CPU, or CUDA with `q8_kernel`): `q` [out, in] U8 (i8 bit patterns),
+    /// `scale` [out] F32, on the layer's device.
     Q8 { q: Tensor, scale: Tensor },
     /// q4 on the CPU (dequantized per call).
     Quant(QMatrix),
@@ -83,11 +85,14 @@ fn take_matrix(
 
 impl Linear {
     /// `prefix.weight` ([out, in], dense or quantized) and `prefix.bias` (optional).
+    /// Loads `prefix.weight` (dense, or `.q8` / `.q4` with scales) and `prefix.bias`. q8 weights stay
+    /// int8 for `ops::q8_matmul` on the CPU, and on other devices when `q8_kernel` is set.
     pub fn load(
         map: &mut HashMap<String, Tensor>,
         prefix: &str,
         device: &Device,
         quantize: Option<Format>,
+        q8_kernel: bool,
     ) -> Result<Linear> {
         let w = match take_matrix(map, &format!("{prefix}.weight"), quantize)? {
             Taken::Quant(QMatrix::Q8 {
@@ -95,7 +100,7 @@ impl Linear {
                 scale,
                 rows,
                 cols,
-            }) if device.is_cpu() => Weight::Q8 {
+            }) if device.is_cpu() || q8_kernel => Weight::Q8 {
                 q: Tensor::from_vec(bytemuck::cast_vec::<i8, u8>(q), (rows, cols), device)?,
                 scale: Tensor::from_vec(scale, rows, device)?,
             },
@@ -237,7 +242,7 @@ mod tests {
     fn quantized_linear_is_close_to_dense() {
         let x = Tensor::randn(0f32, 1.0, (7, 64), &Device::Cpu).unwrap();
         let w0 = weights(33, 64);
-        let dense = Linear::load(&mut w0.clone(), "l", &Device::Cpu, None).unwrap();
+        let dense = Linear::load(&mut w0.clone(), "l", &Device::Cpu, None, false).unwrap();
         let want: Vec<f32> = dense
             .forward(&x)
             .unwrap()
@@ -247,7 +252,7 @@ mod tests {
             .unwrap();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (format, tol) in [(Format::Q8, 0.02), (Format::Q4, 0.2)] {
-            let q = Linear::load(&mut w0.clone(), "l", &Device::Cpu, Some(format)).unwrap();
+            let q = Linear::load(&mut w0.clone(), "l", &Device::Cpu, Some(format), false).unwrap();
             assert!(q.is_quantized());
             let got: Vec<f32> = q
                 .forward(&x)

@@ -38,6 +38,12 @@ pub struct ModelConfig {
     /// (there staging is a few microseconds and the compute owns the cores).
     #[serde(default)]
     pub prefetch: Option<bool>,
+    /// On CUDA instances, run the models through the custom kernels (`kernels/*.cu`: fused bias +
+    /// GELU, residual add + LayerNorm, masked mean pooling, and the int8 matmul, which keeps q8
+    /// weights int8 on the device) instead of plain candle ops. Off by default until a GPU run has
+    /// validated them (`benches/gpu.sh` runs MiniLM on the GPU both ways). The CPU always runs them.
+    #[serde(default)]
+    pub cuda_fused_ops: bool,
     /// Architecture-specific settings.
     #[serde(default)]
     pub parameters: toml::Table,
