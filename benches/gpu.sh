@@ -150,15 +150,23 @@ PY
 }
 
 # minilm_repo DIR KIND PREFETCH [TOP]: MiniLM (weights symlinked) with instance kind and prefetch set,
-# and TOP (more top-level config lines, e.g. cuda_fused_ops = true) added
+# and TOP's lines (top-level `key = value`, e.g. cuda_fused_ops = true) replacing the config's line
+# for that key, or added at the top
 minilm_repo() {
+  local cfg="$1/minilm/config.toml" line key
   mkdir -p "$1/minilm/1"
   for f in "$MODELS"/minilm/1/*; do ln -sf "$(realpath "$f")" "$1/minilm/1/"; done
   sed -e "s/^kind = .*/kind = \"$2\"/" -e "s/^architecture = .*/&\nprefetch = $3/" \
-    "$MODELS/minilm/config.toml" >"$1/minilm/config.toml"
-  if [[ -n "${4:-}" ]]; then
-    printf '%s\n' "$4" | cat - "$1/minilm/config.toml" >"$1/config.tmp" && mv "$1/config.tmp" "$1/minilm/config.toml"
-  fi
+    "$MODELS/minilm/config.toml" >"$cfg"
+  while IFS= read -r line; do
+    [[ -n "$line" ]] || continue
+    key=${line%% =*}
+    if grep -q "^$key = " "$cfg"; then
+      sed -i "s|^$key = .*|$line|" "$cfg"
+    else
+      printf '%s\n' "$line" | cat - "$cfg" >"$cfg.tmp" && mv "$cfg.tmp" "$cfg"
+    fi
+  done <<<"${4:-}"
 }
 
 mkdir -p "$(dirname "$TABLE")"
@@ -258,12 +266,16 @@ fi
 echo "== Embeddings: MiniLM on the CPU (kind = cpu)"
 step "MiniLM on the CPU" embed_on "minilm cpu" cpu false $((PORT + 200))
 if has_gpu; then
-  # Rows: plain candle ops with prefetch off / on, then the custom kernels (cuda_fused_ops), f32 and
-  # q8 (int8 weights on the device), prefetch on (the GPU default).
+  # Rows: plain candle ops with prefetch off / on, without batching (issue 3's batching-on vs
+  # max_batch_size = 1 ratio on a GPU), then the custom kernels (cuda_fused_ops), f32 and q8 (int8
+  # weights on the device); prefetch on (the GPU default) but in the first row.
   echo "== Embeddings: MiniLM on GPU (kind = gpu), prefetch = false"
   step "MiniLM on GPU, prefetch false" embed_on "minilm gpu, prefetch false" gpu false $((PORT + 300))
   echo "== Embeddings: MiniLM on GPU (kind = gpu), prefetch = true"
   step "MiniLM on GPU, prefetch true" embed_on "minilm gpu, prefetch true" gpu true $((PORT + 304))
+  echo "== Embeddings: MiniLM on GPU, no batching (max_batch_size = 1), prefetch = true"
+  step "MiniLM on GPU, max_batch_size 1" embed_on "minilm gpu, max_batch_size 1" gpu true $((PORT + 316)) \
+    "max_batch_size = 1"
   echo "== Embeddings: MiniLM on GPU, custom kernels (cuda_fused_ops = true)"
   step "MiniLM on GPU, fused ops" embed_on "minilm gpu, fused ops" gpu true $((PORT + 308)) \
     "cuda_fused_ops = true"
