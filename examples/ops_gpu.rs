@@ -1,12 +1,12 @@
 //! Times the custom ops' CUDA kernels (feature `cuda`) at the shapes of kernels/README.md and prints
 //! achieved DRAM bandwidth next to the README's floor (minimum bytes / 3.35 TB/s, H100 SXM HBM3).
-//! Each figure is the median over 31 samples of 20 back-to-back calls then one synchronize, after a
-//! warm-up (which also compiles the kernels with NVRTC). A call is the whole public op: output
-//! allocation and, for add_layer_norm, stacking gamma and beta (one small extra kernel).
+//! Each figure is the median over 31 samples, each the device time of 20 back-to-back calls between
+//! two CUDA events on the device's stream, divided by 20, after a warm-up (which also compiles the
+//! kernels with NVRTC). A call is the whole public op: output allocation and, for add_layer_norm,
+//! stacking gamma and beta (one small extra kernel).
 //! Usage: `cargo run --release --features cuda --example ops_gpu [DEVICE_ORDINAL]`.
 
-use std::time::Instant;
-
+use candle_core::cuda_backend::cudarc::driver::sys::CUevent_flags;
 use candle_core::{DType, Device, Result, Tensor};
 use ferrite::ops;
 
@@ -14,20 +14,27 @@ const HBM_BYTES_PER_S: f64 = 3.35e12;
 const SAMPLES: usize = 31;
 const CALLS: usize = 20;
 
-/// Median seconds per call of `f` on `dev`.
+/// Median seconds per call of `f` on `dev`, timed with CUDA events.
 fn time(dev: &Device, f: &dyn Fn() -> Result<Tensor>) -> Result<f64> {
     for _ in 0..10 {
         f()?;
     }
     dev.synchronize()?;
+    let stream = dev.as_cuda_device()?.cuda_stream();
+    let event = || {
+        stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(candle_core::Error::wrap)
+    };
     let mut per_call = Vec::with_capacity(SAMPLES);
     for _ in 0..SAMPLES {
-        let t = Instant::now();
+        let start = event()?;
         for _ in 0..CALLS {
             std::hint::black_box(f()?);
         }
-        dev.synchronize()?;
-        per_call.push(t.elapsed().as_secs_f64() / CALLS as f64);
+        let end = event()?;
+        let ms = start.elapsed_ms(&end).map_err(candle_core::Error::wrap)?;
+        per_call.push(f64::from(ms) / 1e3 / CALLS as f64);
     }
     per_call.sort_by(f64::total_cmp);
     Ok(per_call[SAMPLES / 2])
