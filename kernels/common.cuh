@@ -52,7 +52,9 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result: each
+// warp reduces the per-warp partials indexed by its own lane (not by threadIdx.x, which would leave
+// warps 1.. with nothing), so all warps end with the same total.
 __device__ __forceinline__ float block_sum(float v) {
     __shared__ float partial[32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -60,7 +62,7 @@ __device__ __forceinline__ float block_sum(float v) {
     __syncthreads();
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    v = (threadIdx.x < (blockDim.x >> 5)) ? partial[lane] : 0.0f;
+    v = (lane < (blockDim.x >> 5)) ? partial[lane] : 0.0f;
     return warp_sum(v);
 }
 
@@ -71,6 +73,6 @@ __device__ __forceinline__ float block_max(float v) {
     __syncthreads();
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    v = (threadIdx.x < (blockDim.x >> 5)) ? partial[lane] : -INFINITY;
+    v = (lane < (blockDim.x >> 5)) ? partial[lane] : -INFINITY;
     return warp_max(v);
 }

@@ -4,13 +4,14 @@
 //
 // q8_matmul_*: the tiled path (m > 4). 64x64 output tile per block, 256 threads, each thread a 4x4
 //   micro-tile (rows ty + 16i, columns tx + 16j). Per 32-wide k step the block stages x [64 x 32]
-//   (as f32) and Q [64 x 32] (int8 -> f32, char4 loads when k % 4 == 0) in shared memory, both
-//   transposed to [k][row] with one column of padding (conflict-free stores and reads).
-//   Grid: (ceil(n / 64), ceil(m / 64)).
-// q8_gemv_*: the GEMV path (1 <= m <= 4 per launch; the launcher splits larger m). One warp per
-//   output column j (row j of Q), 8 warps per block, grid ceil(n / 8). Each lane reads 16 weight bytes
-//   per step as one int4 load when k % 16 == 0 (a warp streams 512 contiguous bytes), byte loads
-//   otherwise; x rows are re-read from L1/L2. Warp-shuffle reduction, lane 0 writes y[i, j].
+//   (as f32) and Q [64 x 32] (int8 -> f32; char4 loads when k % 4 == 0 and Q is 4-byte aligned) in
+//   shared memory, both transposed to [k][row] with one column of padding (conflict-free stores and
+//   reads). Grid: (ceil(n / 64), ceil(m / 64)).
+// q8_gemv_*: the GEMV path (1 <= m <= 4; larger m takes the tiled path). One warp per output column
+//   j (row j of Q), 8 warps per block, grid ceil(n / 8). Each lane reads 16 weight bytes per step as
+//   one int4 load when k % 16 == 0 and Q is 16-byte aligned (a warp streams 512 contiguous bytes),
+//   byte loads otherwise; x rows are re-read from L1/L2. Warp-shuffle reduction, lane 0 writes
+//   y[i, j].
 #include "common.cuh"
 
 #define TILE_M 64
@@ -32,7 +33,8 @@ __device__ void q8_matmul(const T* __restrict__ x, const signed char* __restrict
     __shared__ float ws[TILE_K][TILE_N + 1];
     const unsigned t = threadIdx.x, tx = t & 15, ty = t >> 4;
     const unsigned m0 = blockIdx.y * TILE_M, n0 = blockIdx.x * TILE_N;
-    const bool vec = (k & 3) == 0;
+    // 4-byte loads only where every row start is 4-byte aligned (q may be a view at any offset).
+    const bool vec = (k & 3) == 0 && ((size_t)q & 3) == 0;
     float acc[4][4] = {};
     for (unsigned k0 = 0; k0 < k; k0 += TILE_K) {
         // x tile: 64 x 32 values, 8 per thread; consecutive threads read consecutive k (coalesced).
@@ -95,7 +97,7 @@ __device__ void q8_gemv(const T* __restrict__ x, const signed char* __restrict__
     const signed char* row = q + (size_t)j * k;
     float acc[GEMV_MAX_M] = {};
     unsigned c0 = 0;
-    if ((k & 15) == 0) {
+    if ((k & 15) == 0 && ((size_t)q & 15) == 0) {  // int4 loads need 16-byte aligned rows
         for (; c0 < k; c0 += 512) {
             const unsigned c = c0 + lane * 16;
             if (c >= k) break;  // the last step may cover fewer than 32 lanes

@@ -188,14 +188,22 @@ mod tests {
     }
 
     /// Needs libnvrtc only (the `cuda` build links it), no GPU or driver: the loader's own compile
-    /// path gives PTX with the three entry points for sm_80 and sm_90.
+    /// path gives PTX with the three entry points (per kernel the launchers use) for sm_80 and sm_90.
     #[test]
     fn kernels_compile_with_nvrtc_for_sm80_and_sm90() {
         for m in ALL {
+            // q8_matmul.cu also holds the GEMV kernel (launched by name from ops::q8_matmul).
+            let kernels: &[&str] = match m.name {
+                "q8_matmul" => &["q8_matmul", "q8_gemv"],
+                name => &[name],
+            };
             for cc in [(8, 0), (9, 0)] {
                 let ptx = compile(m, cc).unwrap_or_else(|e| panic!("{e}"));
-                for t in ["f32", "f16", "bf16"] {
-                    let entry = format!(".entry {}_{t}(", m.name);
+                for t in kernels
+                    .iter()
+                    .flat_map(|k| ["f32", "f16", "bf16"].map(|t| format!("{k}_{t}")))
+                {
+                    let entry = format!(".entry {t}(");
                     assert!(
                         ptx.contains(&entry),
                         "{} sm_{}{}: no {entry}",

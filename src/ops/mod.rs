@@ -101,13 +101,11 @@ pub(crate) mod testing {
     }
 
     /// `t` copied to `dev`.
-    #[cfg(feature = "cuda")]
     pub fn on(dev: &Device, t: &Tensor) -> Tensor {
         t.to_device(dev).unwrap()
     }
 
     /// `t` copied back to the CPU.
-    #[cfg(feature = "cuda")]
     pub fn cpu(t: Tensor) -> Tensor {
         t.to_device(&Device::Cpu).unwrap()
     }

@@ -404,6 +404,45 @@ mod tests {
         }
     }
 
+    /// `q` [n, k] as a contiguous view that starts `off` bytes into its storage (a misaligned start
+    /// for the kernels' 4- and 16-byte weight loads).
+    fn offset_view(q: &Tensor, off: usize) -> Tensor {
+        let (n, k) = q.dims2().unwrap();
+        let pad = Tensor::zeros(off, DType::U8, q.device()).unwrap();
+        let v = Tensor::cat(&[&pad, &q.flatten_all().unwrap()], 0)
+            .unwrap()
+            .narrow(0, off, n * k)
+            .unwrap()
+            .reshape((n, k))
+            .unwrap();
+        assert_eq!(v.layout().start_offset(), off);
+        assert!(v.is_contiguous());
+        v
+    }
+
+    /// Weights that start at any byte of their storage, m = 1, 2 (GEMV) and 5 (tiled); k = 32 and 384
+    /// (16-byte loads where aligned), 36 (4-byte loads where aligned).
+    fn unaligned_cases(dev: &Device, what: &str, path: impl Fn(usize) -> Path) {
+        for off in [1usize, 4, 8] {
+            for k in [32usize, 36, 384] {
+                for m in [1usize, 2, 5] {
+                    let seed = (1000 * off + 10 * k + m) as u64;
+                    let x = randn(seed, &[m, k], DType::F32);
+                    let (q, s) = weights(seed + 1, 33, k);
+                    let qv = offset_view(&on(dev, &q), off);
+                    let got = cpu(q8_matmul(&on(dev, &x), &qv, &on(dev, &s)).unwrap());
+                    let what = format!("{what} q at byte {off}, m={m} k={k} n=33");
+                    check(&got, &x, &q, &s, path(m), &what);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_matmul_on_weights_at_unaligned_offsets() {
+        unaligned_cases(&Device::Cpu, "q8_matmul", path_for);
+    }
+
     const MS: [usize; 6] = [1, 3, 5, 32, 33, 1000];
     const KN: [usize; 4] = [1, 31, 33, 384];
 
@@ -416,7 +455,7 @@ mod tests {
             return;
         };
         for dtype in [DType::F32, DType::F16, DType::BF16] {
-            for (a, m) in [1usize, 3, 4, 5, 33, 1000].into_iter().enumerate() {
+            for (a, m) in [1usize, 2, 3, 4, 5, 33, 1000].into_iter().enumerate() {
                 for (b, k) in KN.into_iter().enumerate() {
                     for (c, n) in KN.into_iter().enumerate() {
                         let seed = (100 * a + 10 * b + c) as u64;
@@ -430,6 +469,7 @@ mod tests {
                 }
             }
         }
+        unaligned_cases(&dev, "cuda q8_matmul", |_| Path::Tiled);
     }
 
     #[test]
