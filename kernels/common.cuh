@@ -19,9 +19,13 @@ struct alignas(2) bf16_t { unsigned short bits; };
 template <typename T> __device__ __forceinline__ float to_f(T v);
 template <> __device__ __forceinline__ float to_f<float>(float v) { return v; }
 template <> __device__ __forceinline__ float to_f<f16_t>(f16_t v) {
+#ifdef FERRITE_CPU_EMU  // kernels/emu: the CPU emulator has no PTX
+    return ferrite_emu_f16_to_f32(v.bits);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.bits));
     return f;
+#endif
 }
 // bf16 is the top half of an f32.
 template <> __device__ __forceinline__ float to_f<bf16_t>(bf16_t v) { return __uint_as_float((unsigned)v.bits << 16); }
@@ -30,9 +34,13 @@ template <typename T> __device__ __forceinline__ T from_f(float v);
 template <> __device__ __forceinline__ float from_f<float>(float v) { return v; }
 // Round to nearest even, as __float2half and half::f16::from_f32 do.
 template <> __device__ __forceinline__ f16_t from_f<f16_t>(float v) {
+#ifdef FERRITE_CPU_EMU
+    return f16_t{ferrite_emu_f32_to_f16(v)};
+#else
     f16_t r;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r.bits) : "f"(v));
     return r;
+#endif
 }
 // Round to nearest even in integer arithmetic (any arch; cvt.rn.bf16.f32 needs sm_80); NaN stays a
 // quiet NaN. Same results as __float2bfloat16 and half::bf16::from_f32.
@@ -62,7 +70,7 @@ __device__ __forceinline__ float block_sum(float v) {
     __syncthreads();
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    v = (lane < (blockDim.x >> 5)) ? partial[lane] : 0.0f;
+    v = ((unsigned)lane < (blockDim.x >> 5)) ? partial[lane] : 0.0f;
     return warp_sum(v);
 }
 
@@ -73,6 +81,6 @@ __device__ __forceinline__ float block_max(float v) {
     __syncthreads();
     if (lane == 0) partial[warp] = v;
     __syncthreads();
-    v = (lane < (blockDim.x >> 5)) ? partial[lane] : -INFINITY;
+    v = ((unsigned)lane < (blockDim.x >> 5)) ? partial[lane] : -INFINITY;
     return warp_max(v);
 }

@@ -26,7 +26,7 @@ __device__ Best block_argmax(Best me) {
     __syncthreads();
     if (lane == 0) { sv[warp] = me.v; si[warp] = me.i; }
     __syncthreads();
-    me = (lane < (blockDim.x >> 5)) ? Best{sv[lane], si[lane]} : Best{-INFINITY, -1};
+    me = ((unsigned)lane < (blockDim.x >> 5)) ? Best{sv[lane], si[lane]} : Best{-INFINITY, -1};
     for (int o = 16; o > 0; o >>= 1) {
         Best other = {__shfl_xor_sync(0xffffffffu, me.v, o), __shfl_xor_sync(0xffffffffu, me.i, o)};
         me = better(me, other);

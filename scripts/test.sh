@@ -43,6 +43,9 @@ fi
 echo "== CUDA kernels: NVRTC + ptxas compile check for sm_80 and sm_90 (no GPU needed)"
 scripts/check-kernels.sh
 
+echo "== CUDA kernels run on the CPU: CUDA emulator vs a double reference (ASan, UBSan)"
+scripts/check-kernels-emu.sh
+
 echo "== the cuda feature: builds without a GPU and falls back to the CPU"
 scripts/check-cuda-build.sh
 

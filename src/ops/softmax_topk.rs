@@ -1,6 +1,7 @@
 //! Softmax + top-k for classifier outputs, so that only k values leave the device: `logits` [b, n]
-//! -> [b, k, 2] pairs of (probability, class index as a float; exact below 2^24 classes), sorted by
-//! probability, highest first.
+//! -> [b, k, 2] pairs of (probability, class index as a float in the logits' dtype), sorted by
+//! probability, highest first. The index must be exact in that dtype: up to 2^24 classes in f32,
+//! 2048 in f16, 256 in bf16 (more is an error: pass f32 logits).
 
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
@@ -14,7 +15,24 @@ pub fn softmax_topk(logits: &Tensor, k: usize) -> Result<Tensor> {
     if k == 0 || k > n {
         bail!("softmax_topk: k must be within 1..={n}, got {k}")
     }
+    let exact = max_classes(logits.dtype());
+    if n > exact {
+        bail!(
+            "softmax_topk: {n} classes, but {:?} holds class indices exactly only up to {exact} \
+             classes; pass F32 logits",
+            logits.dtype()
+        )
+    }
     logits.contiguous()?.apply_op1_no_bwd(&SoftmaxTopk { k })
+}
+
+/// Most classes whose indices (0..n) the dtype represents exactly (consecutive integers).
+pub fn max_classes(dtype: DType) -> usize {
+    match dtype {
+        DType::F16 => 2049,
+        DType::BF16 => 257,
+        _ => 1 << 24,
+    }
 }
 
 /// Reference: plain candle ops (softmax, arg-sort, gather), in f64.
@@ -143,18 +161,38 @@ mod tests {
                     .unwrap()
                     .to_dtype(dtype)
                     .unwrap();
+                if n > max_classes(dtype) {
+                    assert!(
+                        softmax_topk(&x, 1).is_err(),
+                        "{dtype:?} n={n}: not an error"
+                    );
+                    continue;
+                }
                 for k in [1, n.min(5), n] {
                     let got = softmax_topk(&x, k).unwrap();
                     let want = softmax_topk_ref(&x, k).unwrap();
-                    assert_close(
-                        &got,
-                        &want,
-                        dtype,
-                        &format!("softmax_topk {dtype:?} n={n} k={k}"),
-                    );
+                    let what = format!("softmax_topk {dtype:?} n={n} k={k}");
+                    assert_close(&got, &want, dtype, &what);
+                    assert_same_indices(&got, &want, &what);
                 }
             }
         }
+    }
+
+    /// The class indices ([.., .., 1]) equal, exactly (assert_close's relative tolerance would let
+    /// 678 pass for 680).
+    fn assert_same_indices(got: &Tensor, want: &Tensor, what: &str) {
+        let idx = |t: &Tensor| -> Vec<f32> {
+            t.narrow(2, 1, 1)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        assert_eq!(idx(got), idx(want), "{what}: class indices");
     }
 
     #[test]
@@ -182,12 +220,16 @@ mod tests {
                     .unwrap()
                     .to_dtype(dtype)
                     .unwrap();
+                if n > max_classes(dtype) {
+                    continue;
+                }
                 // k <= 64 on CUDA (the kernel's MAX_K).
                 for k in [1, n.min(5), n.min(MAX_K_CUDA)] {
                     let got = cpu(softmax_topk(&on(&dev, &x), k).unwrap());
                     let want = softmax_topk_ref(&x, k).unwrap();
                     let what = format!("cuda softmax_topk {dtype:?} n={n} k={k}");
                     assert_close(&got, &want, dtype, &what);
+                    assert_same_indices(&got, &want, &what);
                 }
             }
         }
