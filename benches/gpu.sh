@@ -128,7 +128,9 @@ if gpus:
     # compute_infer_us is per request (Triton's convention): every row of a batch carries the batch's
     # forward time, so batch time ~ infer_us / mean batch. Instances on one GPU can overlap: an estimate.
     busy = min(1.0, infer_us / max(rows / max(execs, 1), 1) / 1e6 / wall / gpus)
-    print(f"  NVML mean nv_gpu_utilization {reported:.2f} vs busy fraction measured {busy:.2f} ({gpus} GPU(s))")
+    # Indicative only: NVML counts time a kernel runs; "busy" is wall time in compute (launch
+    # overhead and synchronize included, overlapping instances counted twice, capped at 1).
+    print(f"  NVML mean nv_gpu_utilization {reported:.2f} vs busy fraction measured {busy:.2f} ({gpus} GPU(s); indicative)")
 sys.exit(1 if errors or not n[0] else 0)
 PY
 }
@@ -234,13 +236,69 @@ gpu_timings() {
 }
 
 gpu_digits() {
-  rm -rf "$tmp/repo" && mkdir -p "$tmp/repo" && cp -r "$MODELS/digits" "$tmp/repo/digits"
+  rm -rf "$tmp/repo" "$tmp/repo-cpu" && mkdir -p "$tmp/repo" "$tmp/repo-cpu"
+  cp -r "$MODELS/digits" "$tmp/repo/digits" && cp -r "$MODELS/digits" "$tmp/repo-cpu/digits"
   sed -i 's/^count = .*/count = 2/; s/^kind = .*/kind = "gpu"/' "$tmp/repo/digits/config.toml"
+  sed -i 's/^kind = .*/kind = "cpu"/' "$tmp/repo-cpu/digits/config.toml"
   start "$tmp/repo" $((PORT + 100))
   model_ready digits $((PORT + 100))
+  start "$tmp/repo-cpu" $((PORT + 110))
+  model_ready digits $((PORT + 110))
   curl -sf "localhost:$((PORT + 100))/v2/devices" | python3 -m json.tool | head -60
+  # The same 16 random inputs through the GPU and the CPU servers: probabilities within 1e-4.
+  python3 - $((PORT + 100)) $((PORT + 110)) <<'PY'
+import json, random, sys, urllib.request
+rows = [[random.uniform(0, 16) for _ in range(64)] for _ in range(16)]
+body = json.dumps({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [16, 64], "data": sum(rows, [])}]}).encode()
+def infer(port):
+    r = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/digits/infer", body, {"content-type": "application/json"})
+    out = json.loads(urllib.request.urlopen(r, timeout=30).read())["outputs"]
+    return {o["name"]: o["data"] for o in out}
+gpu, cpu = infer(int(sys.argv[1])), infer(int(sys.argv[2]))
+worst = max(abs(a - b) for k in gpu for a, b in zip(gpu[k], cpu[k]) if isinstance(a, float))
+print(f"  digits GPU vs CPU, 16 random rows: largest difference {worst:.2e}")
+sys.exit(0 if worst <= 1e-4 else 1)
+PY
+  # nvidia-smi while the load runs (after it the GPU is idle)
+  (sleep 2; nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used,memory.total,power.draw --format=csv) &
   load $((PORT + 100))
-  nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used,power.draw --format=csv
+  wait $!
+  nvml_check $((PORT + 100))
+}
+
+# nvml_check PORT: the server's NVML export agrees with nvidia-smi for GPU 0: a series labelled with
+# its UUID, memory total within 1%, and /v2/devices showing its telemetry (the UUID join worked).
+nvml_check() {
+  local smi
+  smi=$(nvidia-smi --query-gpu=uuid,memory.total,power.draw --format=csv,noheader,nounits -i 0)
+  python3 - "$1" "$smi" <<'PY'
+import json, sys, urllib.request
+port, (uuid, mem_mib, power) = int(sys.argv[1]), [v.strip() for v in sys.argv[2].split(",")]
+text = urllib.request.urlopen(f"http://127.0.0.1:{port + 2}/metrics", timeout=10).read().decode()
+def val(metric):
+    for l in text.splitlines():
+        if l.startswith(f'{metric}{{gpu_uuid="{uuid}"}} '):
+            return float(l.rsplit(" ", 1)[1])
+problems = []
+for m in ("nv_gpu_utilization", "nv_gpu_memory_total_bytes", "nv_gpu_memory_used_bytes", "nv_gpu_power_usage", "nv_energy_consumption"):
+    if val(m) is None:
+        problems.append(f"no {m} series for {uuid}")
+total = val("nv_gpu_memory_total_bytes")
+if total is not None and abs(total / 2**20 - float(mem_mib)) > 0.01 * float(mem_mib):
+    problems.append(f"memory total {total / 2**20:.0f} MiB vs nvidia-smi {mem_mib} MiB")
+util = val("nv_gpu_utilization")
+if util is not None and not 0 <= util <= 1:
+    problems.append(f"nv_gpu_utilization {util} is not a fraction")
+print(f"  NVML export for {uuid}: utilization {util}, memory total {total}, power {val('nv_gpu_power_usage')} W "
+      f"(nvidia-smi {power} W), energy {val('nv_energy_consumption')} J")
+devs = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/devices", timeout=10).read())["devices"]
+gpus = [d for d in devs if d["kind"] == "gpu"]
+if not gpus or gpus[0].get("telemetry") is None:
+    problems.append("/v2/devices: GPU 0 has no telemetry (UUID join failed?)")
+for p in problems:
+    print("  NVML check:", p, file=sys.stderr)
+sys.exit(1 if problems else 0)
+PY
 }
 
 # embed_on LABEL KIND PREFETCH PORT [TOP]: MiniLM with that instance kind, prefetch and extra config

@@ -369,6 +369,13 @@ impl Repository {
             let loaded = tokio::task::spawn_blocking(move || {
                 let device = device::candle_device(dev).map_err(ModelError::from)?;
                 let m = model::load(&cfg, &vdir, &device);
+                // On a GPU the uploads and load-time conversions run asynchronously on this
+                // thread's stream, and the workers read the weights from their own streams: wait
+                // for them here (a no-op on the CPU).
+                let m = m.and_then(|m| {
+                    device.synchronize().map_err(ModelError::from)?;
+                    Ok(m)
+                });
                 // Loading reads the whole checkpoint and converts it, freeing about as much as it
                 // keeps (f32 MiniLM: 215 -> 125 MB RSS when ready once released).
                 worker::release_thread_memory();
@@ -382,6 +389,12 @@ impl Repository {
                     stop_all(vec![lv]).await;
                     return Err(e);
                 }
+            };
+            // Instances on one GPU share its cuBLAS handle: their computes take turns.
+            let m = if matches!(dev, crate::device::DeviceId::Gpu(_)) && count > 1 {
+                Arc::new(model::SerialCompute::new(m)) as Arc<dyn model::Model>
+            } else {
+                m
             };
             for index in 0..count {
                 let spec = WorkerSpec {

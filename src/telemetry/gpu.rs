@@ -107,8 +107,14 @@ impl NvmlSource {
         let count = nvml.device_count().map_err(query)?;
         let mut all = Vec::new();
         for i in 0..count {
+            // A device NVML cannot read keeps its place (CUDA ordinals follow the order) under a
+            // name no CUDA_VISIBLE_DEVICES entry matches; `sample` then leaves it out.
             let uuid = nvml.device_by_index(i).and_then(|d| d.uuid());
-            all.push((i, uuid.map_err(query)?));
+            let uuid = uuid.unwrap_or_else(|e| {
+                tracing::warn!(nvml_index = i, error = %e, "NVML cannot read this GPU's UUID");
+                format!("unreadable-nvml-device-{i}")
+            });
+            all.push((i, uuid));
         }
         let var = std::env::var("CUDA_VISIBLE_DEVICES").ok();
         let visible = parse_visible(var.as_deref());
@@ -121,11 +127,19 @@ impl GpuSource for NvmlSource {
     fn sample(&mut self) -> Result<Vec<GpuSample>, GpuError> {
         let mut out = Vec::with_capacity(self.indices.len());
         for (ordinal, &i) in self.indices.iter().enumerate() {
-            let d = self.nvml.device_by_index(i).map_err(query)?;
+            // One GPU that stops answering (fallen off the bus, ...) is left out of this sample;
+            // the others are still read (the exporter drops the missing one's series).
+            let Ok((d, uuid)) = self
+                .nvml
+                .device_by_index(i)
+                .and_then(|d| d.uuid().map(|u| (d, u)))
+            else {
+                continue;
+            };
             let mem = d.memory_info().ok();
             out.push(GpuSample {
                 ordinal,
-                uuid: d.uuid().map_err(query)?,
+                uuid,
                 name: d.name().unwrap_or_default(),
                 utilization: d.utilization_rates().ok().map(|u| f64::from(u.gpu) / 100.0),
                 memory_total_bytes: mem.as_ref().map(|m| m.total),

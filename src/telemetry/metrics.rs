@@ -94,9 +94,10 @@ struct HostGauges {
     cpu_memory_total: Gauge,
     cpu_memory_used: Gauge,
     process_resident: Gauge,
-    /// Last NVML energy reading per GPU: the counter counts from server start, like Triton's.
-    /// Only the sampler thread takes it, once per sample.
-    last_energy: Mutex<HashMap<String, f64>>,
+    /// The GPUs of the last reading, each with its last NVML energy reading if it has one (the
+    /// counter counts from server start, like Triton's). Only the sampler thread takes it, once per
+    /// sample.
+    last_gpus: Mutex<HashMap<String, Option<f64>>>,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(reg: &Registry, c: C) -> C {
@@ -168,7 +169,7 @@ impl HostGauges {
                 "ferrite_process_resident_memory_bytes",
                 "Resident set size of the server process in bytes",
             ),
-            last_energy: Mutex::new(HashMap::new()),
+            last_gpus: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -331,9 +332,32 @@ impl Metrics {
     pub fn record_gpus(&self, samples: &[GpuSample]) {
         let h = &self.host;
         let mut last = h
-            .last_energy
+            .last_gpus
             .lock()
-            .expect("energy table lock poisoned. This is a bug.");
+            .expect("GPU table lock poisoned. This is a bug.");
+        // A GPU missing from this reading (NVML stopped answering for it): drop its series rather
+        // than export its last values forever.
+        let gone: Vec<String> = last
+            .keys()
+            .filter(|u| !samples.iter().any(|s| &s.uuid == *u))
+            .cloned()
+            .collect();
+        for uuid in &gone {
+            let l = [uuid.as_str()];
+            for g in [
+                &h.gpu_utilization,
+                &h.gpu_memory_total,
+                &h.gpu_memory_used,
+                &h.gpu_power_usage,
+                &h.gpu_power_limit,
+                &h.gpu_temperature,
+                &h.gpu_sm_clock,
+            ] {
+                let _ = g.remove_label_values(&l);
+            }
+            let _ = h.gpu_energy.remove_label_values(&l);
+            last.remove(uuid);
+        }
         for s in samples {
             let l = [s.uuid.as_str()];
             let set = |g: &GaugeVec, v: Option<f64>| {
@@ -348,11 +372,16 @@ impl Metrics {
             set(&h.gpu_power_limit, s.power_limit_watts);
             set(&h.gpu_temperature, s.temperature_celsius);
             set(&h.gpu_sm_clock, s.sm_clock_hz);
-            if let Some(e) = s.energy_joules {
-                let energy = h.gpu_energy.with_label_values(&l);
-                if let Some(prev) = last.insert(s.uuid.clone(), e) {
-                    // A driver reload resets NVML's counter: count nothing for that interval.
-                    energy.inc_by((e - prev).max(0.0));
+            match s.energy_joules {
+                Some(e) => {
+                    let energy = h.gpu_energy.with_label_values(&l);
+                    if let Some(Some(prev)) = last.insert(s.uuid.clone(), Some(e)) {
+                        // A driver reload resets NVML's counter: count nothing for that interval.
+                        energy.inc_by((e - prev).max(0.0));
+                    }
+                }
+                None => {
+                    last.entry(s.uuid.clone()).or_insert(None);
                 }
             }
         }
@@ -474,5 +503,71 @@ impl ModelMetrics {
         self.exec_count.inc();
         self.inference_count.inc_by(rows as u64);
         self.batch_size.observe(rows as f64);
+    }
+}
+
+#[cfg(test)]
+mod gpu_series_tests {
+    use super::Metrics;
+    use crate::telemetry::gpu::GpuSample;
+
+    fn sample(ordinal: usize, uuid: &str, util: f64, energy: f64) -> GpuSample {
+        GpuSample {
+            ordinal,
+            uuid: uuid.into(),
+            name: "test".into(),
+            utilization: Some(util),
+            memory_total_bytes: Some(80 << 30),
+            memory_used_bytes: Some(1 << 30),
+            power_usage_watts: Some(100.0),
+            power_limit_watts: Some(700.0),
+            energy_joules: Some(energy),
+            temperature_celsius: Some(40.0),
+            sm_clock_hz: Some(1.98e9),
+        }
+    }
+
+    fn value(text: &str, metric: &str, uuid: &str) -> Option<f64> {
+        let prefix = format!("{metric}{{gpu_uuid=\"{uuid}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(|v| v.parse().unwrap())
+    }
+
+    /// A GPU that drops out of a reading (NVML stopped answering for it) loses its series; the
+    /// others keep updating, and their energy counters keep counting from their first reading.
+    #[test]
+    fn a_gpu_missing_from_a_reading_loses_its_series_and_the_others_update() {
+        let m = Metrics::new();
+        m.record_gpus(&[
+            sample(0, "GPU-a", 0.25, 1000.0),
+            sample(1, "GPU-b", 0.5, 50.0),
+        ]);
+        m.record_gpus(&[
+            sample(0, "GPU-a", 0.75, 1010.0),
+            sample(1, "GPU-b", 0.5, 55.0),
+        ]);
+        let text = m.encode();
+        assert_eq!(value(&text, "nv_gpu_utilization", "GPU-b"), Some(0.5));
+        assert_eq!(value(&text, "nv_energy_consumption", "GPU-b"), Some(5.0));
+        m.record_gpus(&[sample(0, "GPU-a", 0.125, 1030.0)]);
+        let text = m.encode();
+        assert_eq!(value(&text, "nv_gpu_utilization", "GPU-a"), Some(0.125));
+        assert_eq!(value(&text, "nv_energy_consumption", "GPU-a"), Some(30.0));
+        for metric in [
+            "nv_gpu_utilization",
+            "nv_gpu_memory_total_bytes",
+            "nv_gpu_power_usage",
+            "nv_energy_consumption",
+        ] {
+            assert_eq!(value(&text, metric, "GPU-b"), None, "{metric} of GPU-b");
+        }
+        // Back again: its energy counts from its new first reading, not across the gap.
+        m.record_gpus(&[
+            sample(0, "GPU-a", 0.125, 1030.0),
+            sample(1, "GPU-b", 0.5, 90.0),
+        ]);
+        let text = m.encode();
+        assert_eq!(value(&text, "nv_energy_consumption", "GPU-b"), Some(0.0));
     }
 }
