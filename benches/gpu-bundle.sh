@@ -81,6 +81,6 @@ with open(dst, "wb") as f:
 PY
 mv "$B.tmp" "$B"
 total=$(du -sb "$B" | cut -f1)
-tree=$(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1)
+tree=$(git ls-files -z | du -cb --files0-from=- | tail -n 1 | cut -f1)
 echo "$B: $((total / 1024 / 1024)) MiB + working tree $((tree / 1024 / 1024)) MiB (the device tool carries at most 64 MiB)" >&2
 (( total + tree < 64 * 1024 * 1024 )) || { echo "$B is too large to carry" >&2; exit 1; }

@@ -20,37 +20,62 @@ DUR=${1:-5}
 CONC=${2:-16}
 PROFILE=${PROFILE:-release}
 PORT=${PORT:-18300}
+# Steps that would start after DEADLINE seconds are skipped (and reported), so that the table and the
+# summary still print inside the device tool's time limit.
+DEADLINE=${DEADLINE:-380}
 MODELS=models
+tmp=$(mktemp -d)
+# On exit: stop the servers; with $OUT set, keep every server and test log there (logs.tgz).
+trap 'kill $(jobs -p) 2>/dev/null || true; [[ -n "${OUT:-}" ]] && tar czf "$OUT/logs.tgz" -C "$tmp" --exclude=./bin . 2>/dev/null; rm -rf "$tmp"' EXIT
+# Some CUDA images ship without curl: the same GET through python3 (exit 1 on an HTTP error).
+if ! command -v curl >/dev/null; then
+  curl() {
+    python3 -c 'import sys, urllib.request as u
+url = sys.argv[1] if "://" in sys.argv[1] else "http://" + sys.argv[1]
+sys.stdout.write(u.urlopen(url, timeout=5).read().decode())' "${@: -1}" 2>/dev/null
+  }
+fi
 BUNDLE=${FERRITE_BUNDLE:-}
 if [[ -n "$BUNDLE" ]]; then
   [[ -f "$BUNDLE/bin.tar.xz" ]] || { echo "no $BUNDLE/bin.tar.xz: run benches/gpu-bundle.sh first" >&2; exit 1; }
   BUNDLE=$(realpath "$BUNDLE")
+  # Unpacked outside the bundle (it must stay small enough to carry).
   python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))' \
-    "$BUNDLE/bin.tar.xz" "$BUNDLE"
-  BIN=$BUNDLE/bin/ferrite
+    "$BUNDLE/bin.tar.xz" "$tmp"
+  BINDIR=$tmp/bin
+  BIN=$BINDIR/ferrite
   MODELS=$BUNDLE/root/models
   export FERRITE_REPO_ROOT=$BUNDLE/root
-  # The binaries NEED libcuda.so.1 (the driver's) and CUDA 13's runtime, cuBLAS, cuRAND and NVRTC: from the
-  # toolkit if it has them, else from the pip wheels (torch's) that python3 sees.
-  libs=$(python3 - <<'PY'
-import glob, os, site
+  # The binaries NEED libcuda.so.1 (the driver's) and CUDA 13's runtime, cuBLAS, cuRAND and NVRTC:
+  # from the toolkit (next to nvcc, or /usr/local/cuda) if it has them, whose NVRTC matches the
+  # driver, else from the pip wheels (torch's) that python3 sees; the driver's own folder last.
+  nvcc_lib=$(dirname "$(readlink -f "$(command -v nvcc || echo /nonexistent/bin/nvcc)")")/..
+  libs=$(python3 - "$nvcc_lib" <<'PY'
+import glob, os, site, sys
 dirs = []
-roots = ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"] + site.getsitepackages()
+roots = [os.path.join(sys.argv[1], "lib64"), os.path.join(sys.argv[1], "targets/x86_64-linux/lib"),
+         "/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"] + site.getsitepackages()
 for name in ("libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10", "libnvrtc.so.13"):
     for root in roots:
         hits = glob.glob(os.path.join(root, name)) or glob.glob(os.path.join(root, "nvidia", "**", name), recursive=True)
         if hits:
-            d = os.path.dirname(hits[0])
+            d = os.path.realpath(os.path.dirname(hits[0]))
             if d not in dirs:
                 dirs.append(d)
             break
+if os.path.isdir("/usr/local/nvidia/lib64"):
+    dirs.append("/usr/local/nvidia/lib64")
 print(":".join(dirs))
 PY
 )
-  export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  [[ -n "$libs" ]] && export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "bundle $BUNDLE; CUDA libraries from: ${libs:-none found}"
-  nvidia-smi -L 2>/dev/null || echo "nvidia-smi lists no GPU"
-  if ldd "$BIN" | grep 'not found'; then echo "the bundled binaries cannot start here (libraries above not found)" >&2; exit 1; fi
+  # Which NVRTC the kernels will be compiled with, against the driver's CUDA version.
+  python3 -c 'import ctypes
+n = ctypes.CDLL("libnvrtc.so.13"); a, b = ctypes.c_int(), ctypes.c_int(); n.nvrtcVersion(ctypes.byref(a), ctypes.byref(b))
+print(f"NVRTC {a.value}.{b.value}")' 2>/dev/null || echo "NVRTC: libnvrtc.so.13 not loadable"
+  { timeout 20 nvidia-smi -L && timeout 20 nvidia-smi | sed -n 3p; } 2>/dev/null || echo "nvidia-smi lists no GPU"
+  if timeout 20 ldd "$BIN" | grep 'not found'; then echo "the bundled binaries cannot start here (libraries above not found)" >&2; exit 1; fi
 else
   BIN=${FERRITE_BIN:-${CARGO_TARGET_DIR:-target}/$PROFILE/ferrite}
   if [[ ! -x "$BIN" ]]; then
@@ -59,24 +84,23 @@ else
   fi
 fi
 TABLE=${TABLE:-${OUT:-target}/gpu-table.md}
-tmp=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
-# start REPO PORT: a server on 127.0.0.1:PORT (metrics on PORT+2), sampling every 200 ms
+# start REPO PORT: a server on 127.0.0.1:PORT (metrics on PORT+2), sampling every 200 ms; its output
+# goes to its log only (a slow-stopping server must not hold the caller's pipe open)
 start() {
   for port in "$2" $(($2 + 2)); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "port $port is already in use (set PORT=...)" >&2; return 1; fi
   done
   "$BIN" serve --model-repository "$1" --host 127.0.0.1 --http-port "$2" --metrics-port $(($2 + 2)) \
-    --metrics-interval-ms 200 2>"$tmp/server-$2.log" &
-  for _ in $(seq 300); do curl -sf "localhost:$2/v2/health/ready" >/dev/null && return 0; sleep 0.2; done
-  echo "server on $2 did not become ready:" >&2; cat "$tmp/server-$2.log" >&2; return 1
+    --metrics-interval-ms 200 >>"$tmp/server-$2.log" 2>&1 </dev/null &
+  for _ in $(seq 300); do curl -sf -m 5 "localhost:$2/v2/health/ready" >/dev/null && return 0; sleep 0.2; done
+  echo "server on $2 did not become ready:" >&2; tail -n 40 "$tmp/server-$2.log" >&2; return 1
 }
 
 # model_ready MODEL PORT: fails, with the server's log, unless MODEL is ready (a model whose instances
 # could not be placed, e.g. kind = "gpu" where CUDA fails, leaves the server up without it)
 model_ready() {
-  curl -sf "localhost:$2/v2/models/$1/ready" >/dev/null && return 0
+  curl -sf -m 5 "localhost:$2/v2/models/$1/ready" >/dev/null && return 0
   echo "model $1 is not ready on port $2; server log:" >&2
   tail -n 30 "$tmp/server-$2.log" >&2
   return 1
@@ -137,7 +161,7 @@ PY
 
 # embed NAME PORT: MiniLM under `ferrite bench` (TEI /embed, 64 connections); appends a row to $TABLE
 embed() {
-  timeout 180 "$BIN" bench -u "http://127.0.0.1:$2" --metrics-url "http://127.0.0.1:$(($2 + 2))/metrics" -m minilm \
+  timeout -k 5 90 "$BIN" bench -u "http://127.0.0.1:$2" --metrics-url "http://127.0.0.1:$(($2 + 2))/metrics" -m minilm \
     --protocol tei --text-words 20 --concurrency-range 64:64 --warmup-ms 2000 --max-windows 5 \
     --json "$tmp/$1.json" >&2
   python3 - "$1" "$tmp/$1.json" >>"$TABLE" <<'PY'
@@ -173,27 +197,29 @@ minilm_repo() {
 
 mkdir -p "$(dirname "$TABLE")"
 {
-  echo "benches/gpu.sh on $(hostname), $(date -u +%F), $(nvidia-smi -L 2>/dev/null | head -n 1 || echo 'no GPU')"
+  gpu0=$(timeout 20 nvidia-smi -L 2>/dev/null | sed -n 1p || true)
+  echo "benches/gpu.sh on $(hostname), $(date -u +%F), ${gpu0:-no GPU}"
   echo
   echo "| MiniLM /embed, 64 connections | req/s | p50 ms | p99 ms | mean batch | input us/req | infer us/req | errors |"
   echo "|---|---|---|---|---|---|---|---|"
 } >"$TABLE"
 
-echo "== CPU: digits (kind = auto, as committed)"
-start "$MODELS" "$PORT"
-curl -sf "localhost:$PORT/v2/devices" | python3 -c 'import json,sys; [print("  device", d["id"], d["kind"], d["name"], "instances:", [(i["model"], i["version"], i["count"]) for i in d["instances"]]) for d in json.load(sys.stdin)["devices"]]'
-load "$PORT"
-kill %% 2>/dev/null || true
-
-has_gpu() { command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; }
+has_gpu() { command -v nvidia-smi >/dev/null && timeout 20 nvidia-smi -L >/dev/null 2>&1; }
 # step NAME CMD...: runs CMD in a subshell that stops at its first error and stops the servers it
 # started; a failed step is reported and the script goes on, since a lent GPU is scarce and one run
 # should measure all it can. The script fails at the end if any step did. Every program a step runs
 # has a time bound (a hung kernel must not eat the lease).
 failed=()
+summary=()
 step() {
   local name=$1 rc
   shift
+  if ((SECONDS > DEADLINE)); then
+    failed+=("$name (skipped: past the ${DEADLINE} s deadline)")
+    summary+=("skipped  $name")
+    echo "!! step skipped: $name (past the ${DEADLINE} s deadline)" >&2
+    return 0
+  fi
   set +e
   (
     set -e
@@ -204,7 +230,10 @@ step() {
   set -e
   if [[ $rc != 0 ]]; then
     failed+=("$name")
+    summary+=("FAILED   $name (exit $rc, at ${SECONDS} s)")
     echo "!! step failed: $name (exit $rc)" >&2
+  else
+    summary+=("ok       $name (at ${SECONDS} s)")
   fi
 }
 
@@ -214,8 +243,8 @@ step() {
 gpu_parity() {
   if [[ -n "$BUNDLE" ]]; then
     parity() {
-      timeout 300 "$BUNDLE/bin/lib-tests" ops:: device::transfer --nocapture \
-        && timeout 120 "$BUNDLE/bin/embeddings-tests" cuda_ --nocapture
+      timeout -k 5 120 "$BINDIR/lib-tests" ops:: device::transfer --nocapture \
+        && timeout -k 5 90 "$BINDIR/embeddings-tests" cuda_ --nocapture
     }
   else
     parity() {
@@ -232,7 +261,7 @@ gpu_parity() {
 }
 
 gpu_timings() {
-  if [[ -n "$BUNDLE" ]]; then timeout 180 "$BUNDLE/bin/ops_gpu"; else cargo run --release --features cuda --example ops_gpu; fi
+  if [[ -n "$BUNDLE" ]]; then timeout -k 5 60 "$BINDIR/ops_gpu"; else cargo run --release --features cuda --example ops_gpu; fi
 }
 
 gpu_digits() {
@@ -244,7 +273,7 @@ gpu_digits() {
   model_ready digits $((PORT + 100))
   start "$tmp/repo-cpu" $((PORT + 110))
   model_ready digits $((PORT + 110))
-  curl -sf "localhost:$((PORT + 100))/v2/devices" | python3 -m json.tool | head -60
+  show_devices $((PORT + 100))
   # The same 16 random inputs through the GPU and the CPU servers: probabilities within 1e-4.
   python3 - $((PORT + 100)) $((PORT + 110)) <<'PY'
 import json, random, sys, urllib.request
@@ -260,7 +289,7 @@ print(f"  digits GPU vs CPU, 16 random rows: largest difference {worst:.2e}")
 sys.exit(0 if worst <= 1e-4 else 1)
 PY
   # nvidia-smi while the load runs (after it the GPU is idle)
-  (sleep 2; nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used,memory.total,power.draw --format=csv) &
+  (sleep 2; timeout 20 nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used,memory.total,power.draw --format=csv) &
   load $((PORT + 100))
   wait $!
   nvml_check $((PORT + 100))
@@ -270,7 +299,7 @@ PY
 # its UUID, memory total within 1%, and /v2/devices showing its telemetry (the UUID join worked).
 nvml_check() {
   local smi
-  smi=$(nvidia-smi --query-gpu=uuid,memory.total,power.draw --format=csv,noheader,nounits -i 0)
+  smi=$(timeout 20 nvidia-smi --query-gpu=uuid,memory.total,power.draw --format=csv,noheader,nounits -i 0)
   python3 - "$1" "$smi" <<'PY'
 import json, sys, urllib.request
 port, (uuid, mem_mib, power) = int(sys.argv[1]), [v.strip() for v in sys.argv[2].split(",")]
@@ -311,6 +340,28 @@ embed_on() {
   embed "$1" "$4"
 }
 
+# show_devices PORT: /v2/devices, one line per device (placement and whether telemetry is there)
+show_devices() {
+  curl -sf -m 5 "localhost:$1/v2/devices" | python3 -c 'import json, sys
+for d in json.load(sys.stdin)["devices"]:
+    t = d.get("telemetry")
+    print("  device", d["id"], d["kind"], d["name"], "instances:", [(i["model"], i["version"], i["count"]) for i in d["instances"]],
+          "telemetry:", "none" if t is None else json.dumps(t, separators=(",", ":"))[:300])'
+}
+
+# cpu_digits: digits alone on the CPU, DUR seconds of CONC clients
+cpu_digits() {
+  rm -rf "$tmp/repo-cpu0" && mkdir -p "$tmp/repo-cpu0" && cp -r "$MODELS/digits" "$tmp/repo-cpu0/digits"
+  sed -i 's/^kind = .*/kind = "cpu"/' "$tmp/repo-cpu0/digits/config.toml"
+  start "$tmp/repo-cpu0" "$PORT"
+  model_ready digits "$PORT"
+  show_devices "$PORT"
+  load "$PORT"
+}
+
+echo "== CPU: digits (kind = cpu)"
+step "digits on the CPU" cpu_digits
+
 if has_gpu; then
   echo "== GPU: custom ops, CUDA vs the CPU _ref (parity tests)"
   step "GPU parity tests" gpu_parity
@@ -342,6 +393,12 @@ if has_gpu; then
     "$(printf 'cuda_fused_ops = true\nquantization = "q8"')"
 else
   echo "== GPU parts skipped: no GPU (nvidia-smi missing or lists none)"
+fi
+echo
+echo "== Summary (${SECONDS} s)"
+printf '  %s\n' "${summary[@]}"
+if [[ -f "$tmp/ops-test.log" ]]; then
+  echo "  parity tests: $(grep -c '^test .* ok$' "$tmp/ops-test.log") ok, $(grep -c 'FAILED\|panicked' "$tmp/ops-test.log") failed or panicked, $(grep -c SKIPPED "$tmp/ops-test.log") skipped"
 fi
 echo
 cat "$TABLE"
