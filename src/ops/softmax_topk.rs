@@ -27,7 +27,7 @@ pub fn softmax_topk(logits: &Tensor, k: usize) -> Result<Tensor> {
 }
 
 /// Most classes whose indices (0..n) the dtype represents exactly (consecutive integers).
-pub fn max_classes(dtype: DType) -> usize {
+fn max_classes(dtype: DType) -> usize {
     match dtype {
         DType::F16 => 2049,
         DType::BF16 => 257,

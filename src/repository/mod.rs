@@ -368,12 +368,11 @@ impl Repository {
             let (cfg, vdir) = (config.clone(), dir.join(version.to_string()));
             let loaded = tokio::task::spawn_blocking(move || {
                 let device = device::candle_device(dev).map_err(ModelError::from)?;
-                let m = model::load(&cfg, &vdir, &device);
                 // On a GPU the uploads and load-time conversions run asynchronously on this
                 // thread's stream, and the workers read the weights from their own streams: wait
                 // for them here (a no-op on the CPU).
-                let m = m.and_then(|m| {
-                    device.synchronize().map_err(ModelError::from)?;
+                let m = model::load(&cfg, &vdir, &device).and_then(|m| {
+                    device.synchronize()?;
                     Ok(m)
                 });
                 // Loading reads the whole checkpoint and converts it, freeing about as much as it
