@@ -9,8 +9,9 @@ use crate::config::{ServeArgs, Settings, DEFAULT_MODEL_REPOSITORY};
 use crate::device::{self, DeviceInfo, GpuSelection};
 use crate::loadgen::args::BenchArgs;
 use crate::loadgen::capacity::CapacityArgs;
-use crate::repository::{model_names, present_versions, ModelConfig};
+use crate::repository::{model_names, placement, present_versions};
 use crate::server::Server;
+use crate::spec::ModelConfig;
 use crate::telemetry::logging;
 
 #[derive(Debug, Parser)]
@@ -133,7 +134,7 @@ fn print_devices(devices: &[DeviceInfo]) {
 
 /// `gpu0×2,cpu×1`, or why the model cannot be placed here.
 fn placement_text(config: &ModelConfig, devices: &[DeviceInfo]) -> String {
-    match device::place(&config.instance_group, devices) {
+    match placement::place(&config.instance_group, devices) {
         Ok(p) => p
             .iter()
             .map(|(d, n)| format!("{d}x{n}"))

@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::device::GpuSelection;
-use crate::telemetry::logging::LogFormat;
-
 pub const DEFAULT_MODEL_REPOSITORY: &str = "models";
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 pub const DEFAULT_HTTP_PORT: u16 = 8000;
@@ -203,6 +200,43 @@ impl Settings {
     }
 }
 
+/// Log format: human-readable text or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Which GPUs the operator allows (`--gpus`): all visible ones, none, or a list of ordinals.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GpuSelection {
+    #[default]
+    All,
+    None,
+    List(Vec<usize>),
+}
+
+impl std::str::FromStr for GpuSelection {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "all" | "" => Ok(GpuSelection::All),
+            "none" => Ok(GpuSelection::None),
+            list => list
+                .split(',')
+                .map(|p| {
+                    p.trim().parse::<usize>().map_err(|_| {
+                        format!("'{p}' is not a GPU ordinal (expected all, none or e.g. 0,1)")
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(GpuSelection::List),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +285,12 @@ mod tests {
         };
         let e = Settings::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("model_repository"), "{e}");
+    }
+
+    #[test]
+    fn gpu_selection_parses_lists() {
+        assert_eq!("0,2".parse(), Ok(GpuSelection::List(vec![0, 2])));
+        assert_eq!("none".parse(), Ok(GpuSelection::None));
+        assert!("x".parse::<GpuSelection>().is_err());
     }
 }

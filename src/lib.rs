@@ -16,6 +16,7 @@ pub mod quantize;
 pub mod repository;
 pub mod server;
 pub mod shutdown;
+pub mod spec;
 pub mod telemetry;
 pub mod tensor;
 pub mod worker;

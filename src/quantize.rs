@@ -9,9 +9,11 @@ use anyhow::{bail, Context};
 use candle_core::Device;
 use serde_json::{json, Value};
 
-use crate::model::{self, bert::INPUT_IDS, StageTimings};
+use crate::model::{self, LoadOptions, StageTimings};
+use crate::preprocess;
 use crate::quant::{convert, Format};
-use crate::repository::{present_versions, ModelConfig};
+use crate::repository::present_versions;
+use crate::spec::ModelConfig;
 use crate::tensor::{Tensor, TensorData};
 
 #[derive(Debug, clap::Args)]
@@ -151,10 +153,14 @@ fn evaluate(
     dst: &Path,
     reference: &Path,
 ) -> anyhow::Result<Quality> {
-    let load = |p: &Path| model::load(cfg, p, &Device::Cpu).map_err(|e| anyhow::anyhow!("{e}"));
+    let options = LoadOptions::from_config(cfg);
+    let load = |p: &Path| {
+        model::load(cfg.architecture, &options, p, &Device::Cpu).map_err(|e| anyhow::anyhow!("{e}"))
+    };
     let (a, b) = (load(src)?, load(dst)?);
-    match cfg.architecture.as_str() {
-        "mlp" => {
+    // Text models are measured on reference embeddings; others on the held-out split.
+    match a.text_input() {
+        None => {
             let split = dir.join("test-split.safetensors");
             let t = candle_core::safetensors::load(&split, &Device::Cpu)
                 .with_context(|| format!("reading {}", split.display()))?;
@@ -170,7 +176,7 @@ fn evaluate(
                     .forward(&[&input], &mut StageTimings::default())
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 let TensorData::F32(p) = &out[0][0].data else {
-                    bail!("mlp output is not FP32")
+                    bail!("the model's output is not FP32")
                 };
                 let classes = p.len() / labels.len();
                 let correct = p
@@ -193,42 +199,32 @@ fn evaluate(
                 quantized_min: None,
             })
         }
-        "bert" => {
+        Some(text) => {
             let refs: Value = serde_json::from_str(
                 &std::fs::read_to_string(reference)
                     .with_context(|| format!("reading {}", reference.display()))?,
             )?;
             let sentences: Vec<String> = serde_json::from_value(refs["sentences"].clone())?;
             let want: Vec<Vec<f32>> = serde_json::from_value(refs["embeddings"].clone())?;
-            let max_len = model::param::<i64>(cfg, "max_seq_length")
+            let max_len = model::param::<i64>(&options, "max_seq_length")
                 .ok()
                 .flatten()
-                .unwrap_or(512) as usize;
-            let mut tok = tokenizers::Tokenizer::from_file(src.join("tokenizer.json"))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            // tokenizer.json pads to 128 by default; embed each sentence unpadded, as the server does.
-            tok.with_padding(None);
-            tok.with_truncation(None)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                .map_or(text.max_positions, |v| v.max(2) as usize)
+                .min(text.max_positions);
+            // Tokenized and cut exactly as the server does (unpadded, right-truncated keeping [SEP]).
+            let tok = preprocess::load_tokenizer(&text.tokenizer)?;
             let jobs: Vec<Vec<Tensor>> = sentences
                 .iter()
-                .map(|s| {
-                    let mut ids: Vec<i64> = tok
-                        .encode(s.as_str(), true)
-                        .map(|e| e.get_ids().iter().map(|&i| i as i64).collect())
-                        .unwrap_or_default();
-                    if ids.len() > max_len {
-                        let last = ids[ids.len() - 1];
-                        ids.truncate(max_len - 1);
-                        ids.push(last);
-                    }
-                    vec![Tensor::new(
-                        INPUT_IDS,
+                .enumerate()
+                .map(|(i, s)| {
+                    let ids = preprocess::encode_text(&tok, i, s, true, max_len)?;
+                    Ok(vec![Tensor::new(
+                        text.input.clone(),
                         vec![1, ids.len()],
-                        TensorData::I64(ids),
-                    )]
+                        TensorData::I64(ids.into_iter().map(i64::from).collect()),
+                    )])
                 })
-                .collect();
+                .collect::<anyhow::Result<_>>()?;
             let views: Vec<&[Tensor]> = jobs.iter().map(Vec::as_slice).collect();
             let cosines = |m: &dyn model::Model| -> anyhow::Result<Vec<f64>> {
                 let out = m
@@ -252,7 +248,6 @@ fn evaluate(
                 quantized_min: cq.iter().copied().reduce(f64::min),
             })
         }
-        other => bail!("no reference data to evaluate architecture '{other}'"),
     }
 }
 

@@ -312,9 +312,14 @@ async fn many_texts_in_order(edits: &[(&str, &str)]) {
 fn bert_on_cpu() -> (ferrite::model::bert::Bert, tokenizers::Tokenizer) {
     let repo = minilm_repo(&[]);
     let dir = repo.path().join("minilm");
-    let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
+    let cfg = ferrite::spec::ModelConfig::load(&dir).unwrap();
     let device = candle_core::Device::Cpu;
-    let bert = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &device).unwrap();
+    let bert = ferrite::model::bert::Bert::load(
+        &ferrite::model::LoadOptions::from_config(&cfg),
+        &dir.join("1"),
+        &device,
+    )
+    .unwrap();
     let tok = tokenizers::Tokenizer::from_file(dir.join("1/tokenizer.json")).unwrap();
     (bert, tok)
 }
@@ -390,7 +395,7 @@ fn packed_batch_over_many_groups_equals_one_at_a_time() {
 fn config_larger_than_the_embedding_tables_fails_to_load() {
     let repo = minilm_repo(&[]);
     let dir = repo.path().join("minilm");
-    let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
+    let cfg = ferrite::spec::ModelConfig::load(&dir).unwrap();
     let json = std::fs::read_to_string(dir.join("1/config.json")).unwrap();
     let mut v: Value = serde_json::from_str(&json).unwrap();
     let vocab = v["vocab_size"].as_u64().unwrap();
@@ -407,17 +412,24 @@ fn config_larger_than_the_embedding_tables_fails_to_load() {
         bad[key] = json!(value);
         std::fs::remove_file(dir.join("1/config.json")).unwrap();
         std::fs::write(dir.join("1/config.json"), bad.to_string()).unwrap();
-        let err = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &candle_core::Device::Cpu)
-            .err()
-            .unwrap_or_else(|| panic!("{key} = {value} must not load"))
-            .to_string();
+        let err = ferrite::model::bert::Bert::load(
+            &ferrite::model::LoadOptions::from_config(&cfg),
+            &dir.join("1"),
+            &candle_core::Device::Cpu,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{key} = {value} must not load"))
+        .to_string();
         assert!(err.contains(want), "{key}: {err}");
     }
     v["vocab_size"] = json!(vocab);
     std::fs::write(dir.join("1/config.json"), v.to_string()).unwrap();
-    assert!(
-        ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &candle_core::Device::Cpu).is_ok()
-    );
+    assert!(ferrite::model::bert::Bert::load(
+        &ferrite::model::LoadOptions::from_config(&cfg),
+        &dir.join("1"),
+        &candle_core::Device::Cpu
+    )
+    .is_ok());
 }
 
 /// On a GPU, MiniLM runs the padded path (ids and mask staged through pinned buffers, embeddings
@@ -462,8 +474,13 @@ fn cuda_padded_path_matches_cpu_packed_path() {
         let edit = format!("architecture = \"bert\"\n{top}");
         let repo = minilm_repo(&[("architecture = \"bert\"", edit.as_str())]);
         let dir = repo.path().join("minilm");
-        let cfg = ferrite::repository::ModelConfig::load(&dir).unwrap();
-        let gpu = ferrite::model::bert::Bert::load(&cfg, &dir.join("1"), &device).unwrap();
+        let cfg = ferrite::spec::ModelConfig::load(&dir).unwrap();
+        let gpu = ferrite::model::bert::Bert::load(
+            &ferrite::model::LoadOptions::from_config(&cfg),
+            &dir.join("1"),
+            &device,
+        )
+        .unwrap();
         let mut t = ferrite::model::StageTimings::default();
         let f32s = |out: &Tensor| match &out.data {
             TensorData::F32(v) => v.clone(),

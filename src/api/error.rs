@@ -6,8 +6,8 @@ use axum::response::{IntoResponse, Response};
 use crate::batcher::JobError;
 use crate::protocol::ProtocolError;
 use crate::repository::{ModelState, RepoError};
+use crate::spec::ValidationError;
 use crate::telemetry::FailureReason;
-use crate::tensor::ValidationError;
 
 /// Seconds a client is told to wait after an overload answer.
 const RETRY_AFTER_SECS: u64 = 1;
@@ -48,7 +48,7 @@ impl ApiError {
 
 impl ApiError {
     /// A response with this status and JSON body, plus `Retry-After` on 429/503.
-    pub fn respond(status: StatusCode, body: serde_json::Value) -> Response {
+    pub fn respond(status: StatusCode, body: impl serde::Serialize) -> Response {
         let mut resp = (status, axum::Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut()

@@ -1,8 +1,6 @@
 //! The inference core every front door shares: validate, submit to the model version's queue,
 //! record metrics, and build the TEI-style timing headers.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderName, HeaderValue};
@@ -10,11 +8,11 @@ use axum::http::{HeaderName, HeaderValue};
 use super::error::job_error;
 use super::{ApiError, AppState};
 use crate::batcher::{JobOutput, SubmitOptions, Timings};
-use crate::model::bert::INPUT_IDS;
 use crate::preprocess::PreprocessError;
-use crate::repository::{LoadedVersion, TextModel};
+use crate::repository::{LoadedVersion, TextError, TextModel};
+use crate::spec::validate_inputs;
 use crate::telemetry::FailureReason;
-use crate::tensor::{validate_inputs, Tensor, TensorData};
+use crate::tensor::{Tensor, TensorData};
 
 /// A finished inference with its end-to-end time.
 pub struct Inferred {
@@ -104,8 +102,8 @@ pub struct Embedded {
     pub tokenize: Duration,
 }
 
-/// Tokenizes (off the device threads), submits one job per text so that a request's texts can
-/// spread over batches, and reassembles the embeddings in order. Records the request's metrics.
+/// Embeds texts through the version's text path (`TextModel::run`: tokenize off the device
+/// threads, one job per text), normalising on request. Records the request's metrics.
 pub async fn embed(
     lv: &LoadedVersion,
     text: &TextModel,
@@ -135,52 +133,27 @@ pub async fn embed(
             )),
         ));
     }
-    let ids = text
-        .pool
-        .encode(texts, truncate)
+    let run = text
+        .run(&lv.queue, texts, truncate, opts)
         .await
         .map_err(|e| match e {
-            PreprocessError::TooLong { .. } => {
+            TextError::Preprocess(e @ PreprocessError::TooLong { .. }) => {
                 fail(FailureReason::Invalid, ApiError::TooLarge(e.to_string()))
             }
-            PreprocessError::Closed => {
+            TextError::Preprocess(e @ PreprocessError::Closed) => {
                 fail(FailureReason::Other, ApiError::Unavailable(e.to_string()))
             }
-            _ => fail(FailureReason::Invalid, ApiError::BadRequest(e.to_string())),
+            TextError::Preprocess(e) => {
+                fail(FailureReason::Invalid, ApiError::BadRequest(e.to_string()))
+            }
+            TextError::Job(e) => {
+                let (err, reason) = job_error(e);
+                fail(reason, err)
+            }
         })?;
-    let tokenize = start.elapsed();
-    let tokens = ids.iter().map(Vec::len).sum();
-    // A request of several texts is several jobs; they share one flag so that it counts once.
-    let parts = (ids.len() > 1).then(|| Arc::new(AtomicBool::new(false)));
-    let jobs = ids.into_iter().map(|ids| {
-        let cost = ids.len();
-        let t = Tensor::new(
-            INPUT_IDS,
-            vec![1, cost],
-            TensorData::I64(ids.into_iter().map(i64::from).collect()),
-        );
-        lv.queue.submit(
-            vec![t],
-            1,
-            SubmitOptions {
-                cost,
-                parts: parts.clone(),
-                ..opts.clone()
-            },
-        )
-    });
-    let mut vectors = Vec::new();
-    let mut timings = Timings::default();
-    for r in futures::future::join_all(jobs).await {
-        let out = r.map_err(|e| {
-            let (err, reason) = job_error(e);
-            fail(reason, err)
-        })?;
-        timings.queue = timings.queue.max(out.timings.queue);
-        timings.compute_input = timings.compute_input.max(out.timings.compute_input);
-        timings.compute_infer = timings.compute_infer.max(out.timings.compute_infer);
-        timings.compute_output = timings.compute_output.max(out.timings.compute_output);
-        let Some(TensorData::F32(v)) = out.outputs.into_iter().next().map(|t| t.data) else {
+    let mut vectors = Vec::with_capacity(run.outputs.len());
+    for out in run.outputs {
+        let Some(TensorData::F32(v)) = out.into_iter().next().map(|t| t.data) else {
             return Err(fail(
                 FailureReason::Backend,
                 ApiError::Internal("model returned no FP32 embedding".into()),
@@ -188,12 +161,12 @@ pub async fn embed(
         };
         vectors.push(if normalize { l2_normalized(v) } else { v });
     }
-    lv.metrics.record_success(start.elapsed(), &timings);
+    lv.metrics.record_success(start.elapsed(), &run.timings);
     Ok(Embedded {
         vectors,
-        tokens,
-        timings,
-        tokenize,
+        tokens: run.tokens,
+        timings: run.timings,
+        tokenize: run.tokenize,
     })
 }
 

@@ -43,7 +43,7 @@ pub async fn ready(State(s): State<AppState>) -> Response {
 
 fn metadata(lv: &LoadedVersion, versions: Vec<String>) -> Json<Value> {
     let c = &lv.config;
-    let specs = |v: &[crate::tensor::TensorSpec]| -> Vec<Value> {
+    let specs = |v: &[crate::spec::TensorSpec]| -> Vec<Value> {
         v.iter()
             .map(|s| json!({"name": s.name, "datatype": s.datatype.as_str(), "shape": s.dims}))
             .collect()

@@ -1,6 +1,5 @@
-//! Text Embeddings Inference compatible routes: `POST /embed` (`inputs`, `normalize`, `truncate`,
-//! `dimensions`) -> `[[f32]]`, and `GET /info`. Errors in TEI's shape:
-//! `{"error": "...", "error_type": "Validation|Overloaded|Backend|Unhealthy|Empty"}`.
+//! Text Embeddings Inference compatible routes (wire format in `protocol::tei`): `POST /embed` and
+//! `GET /info`; errors in TEI's shape.
 
 use std::time::Instant;
 
@@ -9,32 +8,22 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
 
 use super::{infer, text, ApiError, AppState};
 use crate::batcher::SubmitOptions;
+use crate::protocol::tei::{self, ErrorType};
 use crate::telemetry::FailureReason;
 
 fn tei_error(e: ApiError) -> Response {
     let (status, kind) = match &e {
-        ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "Validation"),
-        ApiError::BadRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Validation"),
-        ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "Validation"),
-        ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, "Overloaded"),
-        ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Unhealthy"),
-        ApiError::Internal(_) => (StatusCode::FAILED_DEPENDENCY, "Backend"),
+        ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorType::Validation),
+        ApiError::BadRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorType::Validation),
+        ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorType::Validation),
+        ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorType::Overloaded),
+        ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorType::Unhealthy),
+        ApiError::Internal(_) => (StatusCode::FAILED_DEPENDENCY, ErrorType::Backend),
     };
-    ApiError::respond(status, json!({"error": e.message(), "error_type": kind}))
-}
-
-fn flag(req: &Value, key: &str, default: bool) -> Result<bool, ApiError> {
-    match req.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(v) => Err(ApiError::BadRequest(format!(
-            "'{key}' must be true or false, got {v}"
-        ))),
-    }
+    ApiError::respond(status, tei::encode_error(e.message(), kind))
 }
 
 pub async fn embed(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -43,44 +32,24 @@ pub async fn embed(State(s): State<AppState>, headers: HeaderMap, body: Body) ->
 
 async fn handle(s: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let text::TextRequest { req, lv, texts } =
-        text::read_request(&s, &headers, body, "inputs").await?;
+    let (req, lv) = text::read_request(&s, &headers, body, tei::decode_request, |r| {
+        r.model.as_deref()
+    })
+    .await?;
     let tm = lv
         .text
         .as_ref()
         .expect("text_model returns text models. This is a bug.");
-    if texts.is_empty() {
+    if req.inputs.is_empty() {
         lv.metrics.record_failure(FailureReason::Invalid);
-        return Ok(ApiError::respond(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "`inputs` cannot be empty", "error_type": "Empty"}),
-        ));
+        let body = tei::encode_error("`inputs` cannot be empty", ErrorType::Empty);
+        return Ok(ApiError::respond(StatusCode::BAD_REQUEST, body));
     }
-    // The request's own options; a bad one counts against the model as INVALID.
-    let options = || -> Result<(bool, bool, Option<usize>), ApiError> {
-        let normalize = flag(&req, "normalize", true)?;
-        let truncate = flag(&req, "truncate", false)?;
-        if let Some(dir) = req.get("truncation_direction").and_then(Value::as_str) {
-            if !dir.eq_ignore_ascii_case("right") {
-                return Err(ApiError::BadRequest(format!(
-                    "truncation_direction '{dir}' is not supported (only Right)"
-                )));
-            }
-        }
-        Ok((normalize, truncate, text::dimensions(&req)?))
-    };
-    let (normalize, truncate, dims) = options().map_err(|e| infer::invalid(&lv, e))?;
-    let e = infer::embed(
-        &lv,
-        tm,
-        texts,
-        truncate,
-        normalize,
-        SubmitOptions::default(),
-    )
-    .await?;
-    let vectors = text::apply_dimensions(e.vectors.clone(), dims, normalize)?;
-    Ok((text::headers(&e, start.elapsed()), Json(vectors)).into_response())
+    let opts = SubmitOptions::default();
+    let e = infer::embed(&lv, tm, req.inputs, req.truncate, req.normalize, opts).await?;
+    let headers = text::headers(&e, start.elapsed());
+    let vectors = text::apply_dimensions(e.vectors, req.dimensions, req.normalize)?;
+    Ok((headers, Json(vectors)).into_response())
 }
 
 pub async fn info(State(s): State<AppState>) -> Response {
@@ -90,14 +59,16 @@ pub async fn info(State(s): State<AppState>) -> Response {
                 .text
                 .as_ref()
                 .expect("text_model returns text models. This is a bug.");
-            Json(json!({
-                "model_id": lv.name,
-                "model_type": {"embedding": {"pooling": "mean"}},
-                "max_input_length": tm.pool.max_len(),
-                "max_client_batch_size": tm.max_client_batch_size,
-                "max_batch_tokens": lv.config.dynamic_batching.max_batch_tokens,
-                "version": env!("CARGO_PKG_VERSION"),
-            }))
+            Json(tei::Info {
+                model_id: lv.name.clone(),
+                model_type: tei::ModelType {
+                    embedding: tei::Pooling { pooling: "mean" },
+                },
+                max_input_length: tm.pool.max_len(),
+                max_client_batch_size: tm.max_client_batch_size,
+                max_batch_tokens: lv.config.dynamic_batching.max_batch_tokens,
+                version: env!("CARGO_PKG_VERSION"),
+            })
             .into_response()
         }
         Err(e) => tei_error(e),

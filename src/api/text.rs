@@ -1,46 +1,36 @@
-//! What the embedding front doors (OpenAI, TEI) share: picking the text model, reading `input`s
-//! that may be a string or a list of strings, output dimensions, and response headers.
+//! What the embedding front doors (OpenAI, TEI) share: reading and decoding the body
+//! (`protocol::{openai, tei}`), picking the text model, output dimensions, and response headers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
-use serde_json::Value;
 
-use super::infer::{l2_normalized, ms, Embedded};
+use super::infer::{invalid, l2_normalized, ms, Embedded};
 use super::{read_body, ApiError, AppState};
+use crate::protocol::embeddings::DecodeError;
 use crate::repository::{LoadedVersion, ModelState, RepoError};
 
-/// An embedding request: its JSON body, the text model it names (or the default one), its texts.
-pub struct TextRequest {
-    pub req: Value,
-    pub lv: Arc<LoadedVersion>,
-    pub texts: Vec<String>,
-}
-
-/// Reads the body, picks the model (`model` field) and the texts (`field`: a string or a list).
-pub async fn read_request(
+/// Reads the body and decodes it with `decode`, then picks the text model it names (or the
+/// default one). A body with a bad field counts as INVALID against that model.
+pub async fn read_request<T>(
     s: &AppState,
     headers: &axum::http::HeaderMap,
     body: axum::body::Body,
-    field: &str,
-) -> Result<TextRequest, ApiError> {
+    decode: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
+    model_of: impl FnOnce(&T) -> Option<&str>,
+) -> Result<(T, Arc<LoadedVersion>), ApiError> {
     let bytes = read_body(headers, body, s.max_body_bytes).await?;
-    let req: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?;
-    let lv = text_model(s, req.get("model").and_then(Value::as_str))?;
-    let texts = texts(req.get(field).unwrap_or(&Value::Null), field)?;
-    Ok(TextRequest { req, lv, texts })
-}
-
-/// The optional `dimensions` field.
-pub fn dimensions(req: &Value) -> Result<Option<usize>, ApiError> {
-    match req.get("dimensions") {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(|d| Some(d as usize))
-            .ok_or_else(|| ApiError::BadRequest("'dimensions' must be a positive integer".into())),
+    match decode(&bytes) {
+        Ok(req) => {
+            let lv = text_model(s, model_of(&req))?;
+            Ok((req, lv))
+        }
+        Err(DecodeError::Malformed(e)) => Err(e.into()),
+        Err(DecodeError::Field { model, error }) => {
+            let lv = text_model(s, model.as_deref())?;
+            Err(invalid(&lv, error))
+        }
     }
 }
 
@@ -63,23 +53,6 @@ pub fn text_model(state: &AppState, name: Option<&str>) -> Result<Arc<LoadedVers
         .filter_map(|e| state.repo.get(&e.name, None).ok())
         .find(|lv| lv.text.is_some())
         .ok_or_else(|| ApiError::from(RepoError::ModelNotFound("(any embedding model)".into())))
-}
-
-/// A string or a list of strings.
-pub fn texts(v: &Value, field: &str) -> Result<Vec<String>, ApiError> {
-    let bad = || {
-        ApiError::BadRequest(format!(
-            "'{field}' must be a string or a list of strings (token arrays are not supported)"
-        ))
-    };
-    match v {
-        Value::String(s) => Ok(vec![s.clone()]),
-        Value::Array(items) => items
-            .iter()
-            .map(|i| i.as_str().map(String::from).ok_or_else(bad))
-            .collect(),
-        _ => Err(bad()),
-    }
 }
 
 /// Keeps the first `dims` values of each vector (renormalised when `normalize`).

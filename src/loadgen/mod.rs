@@ -9,6 +9,11 @@
 //!
 //! This module is a client: it never touches the server's internals, only HTTP. Pure parts (stats,
 //! schedule, request building, metrics parsing, capacity math, report formats) hold no sockets.
+//!
+//! It lives in the binary but apart: it imports only `protocol` (wire formats) and `tensor` (and,
+//! through `protocol`, the `spec` leaf), never the server's modules (`api`, `batcher`, `repository`,
+//! `model`, ...), so that it can move to its own crate later without a cycle;
+//! `scripts/module-deps.py` lists the arrows.
 
 pub mod args;
 pub mod bench;

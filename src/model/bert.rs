@@ -10,17 +10,16 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor as CT, D};
 
-use super::{gather_input, Model, ModelError, StageTimings, Staged};
+use super::{gather_input, LoadOptions, Model, ModelError, StageTimings, Staged, TextSpec};
 use crate::device::Transfer;
 use crate::quant::{Embedding, Format, Linear};
-use crate::repository::config::ModelConfig;
 use crate::tensor::{Tensor, TensorData};
 
 /// Tokens per group in the packed CPU path (see `Bert::encode_packed`).
 const PACK_TOKENS: usize = 256;
 
-/// The input name jobs carry after tokenization.
-pub const INPUT_IDS: &str = "input_ids";
+/// The input name jobs carry after tokenization (callers learn it from `Model::text_input`).
+const INPUT_IDS: &str = "input_ids";
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct BertConfig {
@@ -98,6 +97,8 @@ pub struct Bert {
     emb_ln: LayerNorm,
     layers: Vec<Layer>,
     output: String,
+    /// Set when the version folder has a `tokenizer.json`.
+    text: Option<TextSpec>,
 }
 
 struct Weights {
@@ -153,7 +154,7 @@ impl Weights {
 }
 
 impl Bert {
-    pub fn load(config: &ModelConfig, dir: &Path, device: &Device) -> Result<Bert, ModelError> {
+    pub fn load(config: &LoadOptions, dir: &Path, device: &Device) -> Result<Bert, ModelError> {
         let cfg = BertConfig::load(dir)?;
         if cfg.hidden_size % cfg.num_attention_heads != 0 {
             return Err(ModelError::Load {
@@ -203,7 +204,7 @@ impl Bert {
                 ln2: w.layer_norm(&format!("{p}.output.LayerNorm"), eps)?,
             });
         }
-        let output = match config.outputs.as_slice() {
+        let output = match config.outputs {
             [o] => o.name.clone(),
             _ => {
                 return Err(ModelError::Parameter {
@@ -239,6 +240,11 @@ impl Bert {
             emb_ln: w.layer_norm("embeddings.LayerNorm", eps)?,
             layers,
             output,
+            text: dir.join("tokenizer.json").is_file().then(|| TextSpec {
+                input: INPUT_IDS.into(),
+                max_positions: cfg.max_position_embeddings,
+                tokenizer: dir.join("tokenizer.json"),
+            }),
             cfg,
         })
     }
@@ -409,6 +415,10 @@ impl Model for Bert {
         &self.device
     }
 
+    fn text_input(&self) -> Option<TextSpec> {
+        self.text.clone()
+    }
+
     fn stage(&self, batch: &[&[Tensor]], xfer: &mut Transfer) -> Result<Staged, ModelError> {
         let seqs = gather_input(batch, INPUT_IDS)?;
         let longest = seqs.iter().map(|t| t.data.len()).max().unwrap_or(0).max(1);
@@ -483,7 +493,8 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     use super::Bert;
-    use crate::repository::config::ModelConfig;
+    use crate::model::LoadOptions;
+    use crate::spec::ModelConfig;
 
     /// A small BERT with random weights (hidden 32, 4 heads, 2 layers, vocab 50) in a temporary
     /// folder, loaded on the CPU.
@@ -547,7 +558,7 @@ mod tests {
             "tiny",
         )
         .unwrap();
-        let bert = Bert::load(&cfg, dir.path(), &Device::Cpu).unwrap();
+        let bert = Bert::load(&LoadOptions::from_config(&cfg), dir.path(), &Device::Cpu).unwrap();
         (dir, bert)
     }
 

@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{gather_input, param, Model, ModelError, StageTimings, Staged};
+use super::{gather_input, param, LoadOptions, Model, ModelError, StageTimings, Staged};
 use crate::device::Transfer;
-use crate::repository::config::ModelConfig;
 use crate::tensor::{Tensor, TensorData};
 
 pub struct DebugModel {
@@ -20,8 +19,8 @@ pub struct DebugModel {
 }
 
 impl DebugModel {
-    pub fn load(config: &ModelConfig) -> Result<DebugModel, ModelError> {
-        let (input, output) = match (config.inputs.as_slice(), config.outputs.as_slice()) {
+    pub fn load(config: &LoadOptions) -> Result<DebugModel, ModelError> {
+        let (input, output) = match (config.inputs, config.outputs) {
             ([i], [o]) if i.datatype == o.datatype => (i.name.clone(), o.name.clone()),
             _ => {
                 return Err(ModelError::Parameter {

@@ -8,10 +8,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor as CT, D};
 
-use super::{gather_input, Model, ModelError, StageTimings, Staged};
+use super::{gather_input, LoadOptions, Model, ModelError, StageTimings, Staged};
 use crate::device::Transfer;
 use crate::quant::Linear;
-use crate::repository::config::ModelConfig;
 use crate::tensor::{DataType, Tensor, TensorData};
 
 pub struct Mlp {
@@ -24,7 +23,7 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn load(config: &ModelConfig, dir: &Path, device: &Device) -> Result<Mlp, ModelError> {
+    pub fn load(config: &LoadOptions, dir: &Path, device: &Device) -> Result<Mlp, ModelError> {
         let path = dir.join("model.safetensors");
         let load_err = |message: String| ModelError::Load {
             path: path.display().to_string(),
@@ -62,7 +61,7 @@ impl Mlp {
         if layers.is_empty() {
             return Err(load_err("no 'layers.0.weight' tensor".into()));
         }
-        let (input, output) = match (config.inputs.as_slice(), config.outputs.as_slice()) {
+        let (input, output) = match (config.inputs, config.outputs) {
             ([i], [o]) if i.datatype == DataType::F32 => (i.name.clone(), o.name.clone()),
             ([i], [_]) => {
                 return Err(load_err(format!(
@@ -145,6 +144,7 @@ impl Model for Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::ModelConfig;
 
     fn digits_config(input_datatype: &str) -> ModelConfig {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
@@ -162,14 +162,23 @@ mod tests {
     #[test]
     fn mlp_input_must_be_fp32() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/1");
-        let m = Mlp::load(&digits_config("FP32"), &dir, &Device::Cpu).unwrap();
+        let m = Mlp::load(
+            &LoadOptions::from_config(&digits_config("FP32")),
+            &dir,
+            &Device::Cpu,
+        )
+        .unwrap();
         let x = Tensor::new("pixels", vec![1, 64], TensorData::F32(vec![3.0; 64]));
         let out = m.forward(&[&[x]], &mut StageTimings::default()).unwrap();
         assert_eq!(out[0][0].shape, vec![1, 10]);
-        let err = Mlp::load(&digits_config("FP16"), &dir, &Device::Cpu)
-            .err()
-            .expect("FP16 input must not load")
-            .to_string();
+        let err = Mlp::load(
+            &LoadOptions::from_config(&digits_config("FP16")),
+            &dir,
+            &Device::Cpu,
+        )
+        .err()
+        .expect("FP16 input must not load")
+        .to_string();
         assert!(err.contains("'pixels' must be FP32, not FP16"), "{err}");
         let x = Tensor::new("pixels", vec![1, 64], TensorData::I32(vec![3; 64]));
         let err = m.stage(&[&[x]], &mut Transfer::new(&Device::Cpu));

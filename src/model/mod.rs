@@ -1,7 +1,9 @@
 //! Models: the synchronous `Model` trait that workers call with a (ragged) batch, in two halves
 //! (`stage`: check, gather and copy the inputs to the device; `compute`: run and copy the outputs
 //! back) so that a worker can stage batch N+1 while batch N computes; and `load`, which builds the
-//! architecture a config names. One file per architecture. No HTTP, no queues here.
+//! architecture a spec names from a narrow `LoadOptions`. A model that takes text says so through
+//! `Model::text_input` (its input name, positions and tokenizer): nothing outside this module names
+//! an architecture's internals. One file per architecture. No HTTP, no queues here.
 
 mod attention;
 pub mod bert;
@@ -9,16 +11,52 @@ pub mod debug;
 pub mod mlp;
 
 use std::any::Any;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::device::Transfer;
-use crate::repository::config::ModelConfig;
+use crate::spec::{Architecture, ModelConfig, QuantFormat, TensorSpec};
 use crate::tensor::{Tensor, TensorError};
 
-/// Architectures a config may name.
-pub const ARCHITECTURES: &[&str] = &["mlp", "bert", "debug"];
+/// What an architecture needs from a model's spec to load: a narrow view of `spec::ModelConfig`
+/// (batching, placement, versions and metadata are not the model's business).
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions<'a> {
+    pub inputs: &'a [TensorSpec],
+    pub outputs: &'a [TensorSpec],
+    /// Quantize dense weights while loading (versions already quantized load as they are).
+    pub quantization: Option<QuantFormat>,
+    /// On CUDA, run through the custom kernels (see `ModelConfig::cuda_fused_ops`).
+    pub cuda_fused_ops: bool,
+    /// The config's `[parameters]` table (architecture-specific settings).
+    pub parameters: &'a toml::Table,
+}
+
+impl<'a> LoadOptions<'a> {
+    pub fn from_config(config: &'a ModelConfig) -> LoadOptions<'a> {
+        LoadOptions {
+            inputs: &config.inputs,
+            outputs: &config.outputs,
+            quantization: config.quantization,
+            cuda_fused_ops: config.cuda_fused_ops,
+            parameters: &config.parameters,
+        }
+    }
+}
+
+/// The text-input contract of a model that embeds text: the caller tokenizes each text with
+/// `tokenizer` (right-truncating or refusing at the limit) and submits one job per text holding
+/// `input` as I64 `[1, tokens]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextSpec {
+    /// The input name each job carries (token ids).
+    pub input: String,
+    /// Most tokens per text the model can take, special tokens included.
+    pub max_positions: usize,
+    /// The tokenizer file (Hugging Face `tokenizer.json`).
+    pub tokenizer: PathBuf,
+}
 
 /// Where the worker's batch spent its compute time (Triton's compute input / infer / output split).
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,8 +72,6 @@ pub enum ModelError {
     Load { path: String, message: String },
     #[error("parameter '{name}': {message}")]
     Parameter { name: String, message: String },
-    #[error("unknown architecture '{0}'")]
-    UnknownArchitecture(String),
     #[error("{0}")]
     Tensor(#[from] TensorError),
     #[error("candle: {0}")]
@@ -95,6 +131,11 @@ pub trait Model: Send + Sync {
         timings.input = t0.elapsed();
         self.compute(staged, &mut xfer, timings)
     }
+
+    /// `Some` for a model that takes text (see `TextSpec`); `None` for tensor models.
+    fn text_input(&self) -> Option<TextSpec> {
+        None
+    }
 }
 
 /// Instances on one GPU share the model's candle `CudaDevice` and with it one cuBLAS handle, which
@@ -134,20 +175,24 @@ impl Model for SerialCompute {
         let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
         self.inner.compute(staged, xfer, timings)
     }
+
+    fn text_input(&self) -> Option<TextSpec> {
+        self.inner.text_input()
+    }
 }
 
-/// Builds the model a config describes from the files in `version_dir`, on `device`.
+/// Builds `architecture` from the files in `version_dir`, on `device`.
 pub fn load(
-    config: &ModelConfig,
+    architecture: Architecture,
+    options: &LoadOptions,
     version_dir: &Path,
     device: &candle_core::Device,
 ) -> Result<Arc<dyn Model>, ModelError> {
-    match config.architecture.as_str() {
-        "mlp" => Ok(Arc::new(mlp::Mlp::load(config, version_dir, device)?)),
-        "bert" => Ok(Arc::new(bert::Bert::load(config, version_dir, device)?)),
-        "debug" => Ok(Arc::new(debug::DebugModel::load(config)?)),
-        other => Err(ModelError::UnknownArchitecture(other.into())),
-    }
+    Ok(match architecture {
+        Architecture::Mlp => Arc::new(mlp::Mlp::load(options, version_dir, device)?),
+        Architecture::Bert => Arc::new(bert::Bert::load(options, version_dir, device)?),
+        Architecture::Debug => Arc::new(debug::DebugModel::load(options)?),
+    })
 }
 
 /// Looks up request input `name` in each request of the batch.
@@ -167,11 +212,11 @@ pub(crate) fn gather_input<'a>(
 }
 
 /// Reads an optional parameter from the config's `[parameters]` table.
-pub(crate) fn param<T: serde::de::DeserializeOwned>(
-    config: &ModelConfig,
+pub fn param<T: serde::de::DeserializeOwned>(
+    options: &LoadOptions,
     name: &str,
 ) -> Result<Option<T>, ModelError> {
-    match config.parameters.get(name) {
+    match options.parameters.get(name) {
         None => Ok(None),
         Some(v) => v
             .clone()

@@ -6,7 +6,8 @@ use serde_json::{Map, Value};
 
 use super::json::{data_from_json, nested};
 use super::ProtocolError;
-use crate::tensor::{Tensor, TensorSpec};
+use crate::spec::TensorSpec;
+use crate::tensor::Tensor;
 
 /// Decodes `{"instances": [...]}` into one tensor per declared input, rows = instances.
 pub fn decode_request(

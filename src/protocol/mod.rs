@@ -1,9 +1,13 @@
-//! Wire formats, as pure `decode`/`encode` functions: KServe v2 / Open Inference Protocol (JSON and
-//! Triton's binary tensor data extension) and KServe v1 (`:predict`). No axum, no tokio, no models.
+//! Every wire format, as typed structs and pure `decode`/`encode` functions: KServe v2 / Open
+//! Inference Protocol (JSON and Triton's binary tensor data extension), KServe v1 (`:predict`),
+//! OpenAI embeddings and TEI. No axum, no tokio, no models.
 
+pub mod embeddings;
 pub mod json;
 pub mod kserve_v1;
 pub mod kserve_v2;
+pub mod openai;
+pub mod tei;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ProtocolError {
@@ -13,4 +17,7 @@ pub enum ProtocolError {
     Input { name: String, message: String },
     #[error("binary tensor data: {0}")]
     Binary(String),
+    /// A request field of the wrong type or value; the message names the field.
+    #[error("{0}")]
+    Field(String),
 }

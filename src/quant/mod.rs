@@ -15,32 +15,8 @@ mod linear;
 
 pub use linear::{Embedding, Linear};
 
-/// A quantization format.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Q8,
-    Q4,
-}
-
-impl Format {
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Format::Q8 => "q8",
-            Format::Q4 => "q4",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Format> {
-        match s {
-            "q8" => Some(Format::Q8),
-            "q4" => Some(Format::Q4),
-            _ => None,
-        }
-    }
-}
+/// A quantization format (declared in the model spec, where configs name it).
+pub use crate::spec::QuantFormat as Format;
 
 /// Group size of the 4-bit format along the input dimension.
 pub const Q4_GROUP: usize = 16;

@@ -2,7 +2,8 @@
 //! Loads a model's selected versions (weights, queue, workers, warm-up), unloads them, and answers
 //! lookups by name/version and readiness. A model that fails to load never stops the others.
 
-pub mod config;
+pub mod placement;
+mod text;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,13 +11,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use crate::batcher::{Queue, SubmitOptions};
-use crate::device::{self, DeviceId, DeviceInfo, PlacementError};
-use crate::model::{self, ModelError};
-use crate::preprocess::TokenizerPool;
+use crate::device::{self, DeviceId, DeviceInfo};
+use crate::model::{self, LoadOptions, Model, ModelError};
+use crate::spec::{ConfigError, ModelConfig};
 use crate::telemetry::{Metrics, ModelMetrics};
 use crate::tensor::{DataType, Tensor, TensorData};
 use crate::worker::{self, WorkerSpec};
-pub use config::{ConfigError, ModelConfig};
+pub use placement::PlacementError;
+pub use text::{TextError, TextModel, TextRun};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -59,42 +61,6 @@ pub struct LoadedVersion {
     /// Set for models that take text: tokenization happens before enqueue.
     pub text: Option<TextModel>,
     workers: Mutex<Vec<JoinHandle<()>>>,
-}
-
-/// Text-input settings of a model with a `tokenizer.json` (config `[parameters]`).
-#[derive(Clone)]
-pub struct TextModel {
-    pub pool: TokenizerPool,
-    /// L2-normalise embeddings unless the request says otherwise (default true).
-    pub normalize: bool,
-    /// Most texts in one client request (default 256); more is a 413.
-    pub max_client_batch_size: usize,
-}
-
-impl TextModel {
-    /// Loads the tokenizer pool if the version folder has a `tokenizer.json`.
-    fn load(name: &str, config: &ModelConfig, dir: &Path) -> Result<Option<TextModel>, String> {
-        let path = dir.join("tokenizer.json");
-        if !path.is_file() {
-            return Ok(None);
-        }
-        let p = |k: &str| model::param::<i64>(config, k).map_err(|e| e.to_string());
-        let positions = model::bert::BertConfig::load(dir)
-            .map(|c| c.max_position_embeddings)
-            .unwrap_or(512);
-        let max_len = p("max_seq_length")?
-            .map_or(positions, |v| v.max(2) as usize)
-            .min(positions);
-        let threads = p("tokenizer_threads")?.unwrap_or(1).max(1) as usize;
-        let pool = TokenizerPool::load(&path, name, max_len, threads).map_err(|e| e.to_string())?;
-        Ok(Some(TextModel {
-            pool,
-            normalize: model::param::<bool>(config, "normalize")
-                .map_err(|e| e.to_string())?
-                .unwrap_or(true),
-            max_client_batch_size: p("max_client_batch_size")?.unwrap_or(256).max(1) as usize,
-        }))
-    }
 }
 
 impl LoadedVersion {
@@ -321,7 +287,7 @@ impl Repository {
                 config.version_policy
             )));
         }
-        let placement = device::place(&config.instance_group, &self.devices)
+        let placement = placement::place(&config.instance_group, &self.devices)
             .map_err(|e: PlacementError| load_err(e.to_string()))?;
         let mut versions = BTreeMap::new();
         for v in selected {
@@ -351,9 +317,25 @@ impl Repository {
             model: name.into(),
             message: format!("version {version}: {message}"),
         };
-        let text =
-            TextModel::load(name, config, &dir.join(version.to_string())).map_err(load_err)?;
-        let queue = Queue::spawn(name, config.batch_config(), metrics.queue());
+        let vdir = dir.join(version.to_string());
+        // The weights on every device first: nothing runs until all of them loaded.
+        let mut models = Vec::with_capacity(placement.len());
+        for &(dev, count) in placement {
+            let m = load_on(config, &vdir, dev).await.map_err(load_err)?;
+            // Instances on one GPU share its cuBLAS handle: their computes take turns.
+            let m = if matches!(dev, DeviceId::Gpu(_)) && count > 1 {
+                Arc::new(model::SerialCompute::new(m)) as Arc<dyn Model>
+            } else {
+                m
+            };
+            models.push((dev, count, m));
+        }
+        // A model that takes text says so; its version tokenizes before enqueue.
+        let text = match models.first().and_then(|(_, _, m)| m.text_input()) {
+            Some(spec) => Some(TextModel::load(name, config, &spec).map_err(load_err)?),
+            None => None,
+        };
+        let queue = Queue::spawn(name, placement::batch_config(config), metrics.queue());
         let lv = Arc::new(LoadedVersion {
             name: name.into(),
             version,
@@ -364,37 +346,7 @@ impl Repository {
             text,
             workers: Mutex::new(Vec::new()),
         });
-        for &(dev, count) in placement {
-            let (cfg, vdir) = (config.clone(), dir.join(version.to_string()));
-            let loaded = tokio::task::spawn_blocking(move || {
-                let device = device::candle_device(dev).map_err(ModelError::from)?;
-                // On a GPU the uploads and load-time conversions run asynchronously on this
-                // thread's stream, and the workers read the weights from their own streams: wait
-                // for them here (a no-op on the CPU).
-                let m = model::load(&cfg, &vdir, &device).and_then(|m| {
-                    device.synchronize()?;
-                    Ok(m)
-                });
-                // Loading reads the whole checkpoint and converts it, freeing about as much as it
-                // keeps (f32 MiniLM: 215 -> 125 MB RSS when ready once released).
-                worker::release_thread_memory();
-                m
-            })
-            .await
-            .map_err(|e| load_err(format!("loader panicked: {e}")));
-            let m = match loaded.and_then(|r| r.map_err(|e| load_err(e.to_string()))) {
-                Ok(m) => m,
-                Err(e) => {
-                    stop_all(vec![lv]).await;
-                    return Err(e);
-                }
-            };
-            // Instances on one GPU share its cuBLAS handle: their computes take turns.
-            let m = if matches!(dev, crate::device::DeviceId::Gpu(_)) && count > 1 {
-                Arc::new(model::SerialCompute::new(m)) as Arc<dyn model::Model>
-            } else {
-                m
-            };
+        for (dev, count, m) in models {
             for index in 0..count {
                 let spec = WorkerSpec {
                     model: name.into(),
@@ -402,13 +354,20 @@ impl Repository {
                     device: dev,
                     index,
                 };
-                let prefetch = config.prefetch_on(dev);
-                let h = worker::spawn(spec, m.clone(), queue.clone(), metrics.clone(), prefetch)
-                    .map_err(|e| load_err(format!("cannot start worker thread: {e}")))?;
-                lv.workers
-                    .lock()
-                    .expect("worker list lock poisoned. This is a bug.")
-                    .push(h);
+                let prefetch = placement::prefetch_on(config, dev);
+                let started =
+                    worker::spawn(spec, m.clone(), queue.clone(), metrics.clone(), prefetch);
+                match started {
+                    Ok(h) => lv
+                        .workers
+                        .lock()
+                        .expect("worker list lock poisoned. This is a bug.")
+                        .push(h),
+                    Err(e) => {
+                        stop_all(vec![lv]).await;
+                        return Err(load_err(format!("cannot start worker thread: {e}")));
+                    }
+                }
             }
         }
         if let Err(e) = warm_up(&lv).await {
@@ -541,6 +500,33 @@ impl Repository {
     }
 }
 
+/// Loads a version's weights onto one device, on the blocking pool.
+async fn load_on(
+    config: &Arc<ModelConfig>,
+    vdir: &Path,
+    dev: DeviceId,
+) -> Result<Arc<dyn Model>, String> {
+    let (cfg, vdir) = (config.clone(), vdir.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let device = device::candle_device(dev).map_err(ModelError::from)?;
+        // On a GPU the uploads and load-time conversions run asynchronously on this thread's
+        // stream, and the workers read the weights from their own streams: wait for them here
+        // (a no-op on the CPU).
+        let options = LoadOptions::from_config(&cfg);
+        let m = model::load(cfg.architecture, &options, &vdir, &device).and_then(|m| {
+            device.synchronize()?;
+            Ok(m)
+        });
+        // Loading reads the whole checkpoint and converts it, freeing about as much as it keeps
+        // (f32 MiniLM: 215 -> 125 MB RSS when ready once released).
+        worker::release_thread_memory();
+        m
+    })
+    .await
+    .map_err(|e| format!("loader panicked: {e}"))?
+    .map_err(|e: ModelError| e.to_string())
+}
+
 async fn stop_all(versions: Vec<Arc<LoadedVersion>>) {
     if versions.is_empty() {
         return;
@@ -559,30 +545,10 @@ async fn warm_up(lv: &LoadedVersion) -> Result<(), String> {
     };
     for rows in config.warmup_batch_sizes() {
         if let Some(text) = &lv.text {
-            let ids = text
-                .pool
-                .encode(vec!["Ferrite warms up this model.".to_string(); rows], true)
+            let texts = vec!["Ferrite warms up this model.".to_string(); rows];
+            text.run(queue, texts, true, opts.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-            let jobs = ids.into_iter().map(|ids| {
-                let cost = ids.len();
-                let t = Tensor::new(
-                    model::bert::INPUT_IDS,
-                    vec![1, cost],
-                    TensorData::I64(ids.into_iter().map(i64::from).collect()),
-                );
-                queue.submit(
-                    vec![t],
-                    1,
-                    SubmitOptions {
-                        cost,
-                        ..opts.clone()
-                    },
-                )
-            });
-            for r in futures::future::join_all(jobs).await {
-                r.map_err(|e| e.to_string())?;
-            }
             continue;
         }
         let inputs = config

@@ -1,10 +1,6 @@
 //! Typed tensors as they travel between the protocol layer and the models: `DataType`, `TensorData`,
-//! named `Tensor`s, input specs and validation, row-wise concat/split for batching, and conversion to
+//! named `Tensor`s, row-wise concat/split for batching, and conversion to
 //! and from candle. No I/O and no protocol wire types here.
-
-mod validate;
-
-pub use validate::{validate_inputs, TensorSpec, ValidationError};
 
 use half::{bf16, f16};
 

@@ -2,7 +2,7 @@
 //! the model version's queue when free, runs the model, and answers every request of the batch. A
 //! panic in a forward pass fails that batch's requests and the worker keeps serving. Never sees HTTP.
 //!
-//! With prefetch (`ModelConfig::prefetch_on`, the default on GPUs) an instance is two threads: a
+//! With prefetch (`repository::placement::prefetch_on`, the default on GPUs) an instance is two threads: a
 //! stager (`ferrite-s..`) pulls batch N+1 and runs `Model::stage` (gather, pinned upload) while the
 //! compute thread (`ferrite-w..`) runs batch N. They meet on a rendezvous channel, so the stager
 //! holds at most one staged batch: depth 1. A staged batch whose clients have all left or timed out

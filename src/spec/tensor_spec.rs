@@ -1,7 +1,8 @@
-//! Validation of request tensors against a model's declared inputs: names, datatypes, shapes,
-//! element counts, batch size and finite floats. Pure code; the error messages go to clients verbatim.
+//! Declared inputs/outputs (`TensorSpec`) and the validation of request tensors against them: names,
+//! datatypes, shapes, element counts, batch size and finite floats. Pure code; the error messages go
+//! to clients verbatim.
 
-use super::{DataType, Tensor};
+use crate::tensor::{DataType, Tensor, TensorData};
 
 /// One declared input or output: name, datatype and dims (-1 = variable; the first dim is the
 /// batch dim when the model batches).
@@ -24,7 +25,7 @@ impl TensorSpec {
     }
 }
 
-pub(crate) mod datatype_serde {
+mod datatype_serde {
     use super::DataType;
     use serde::{Deserialize, Deserializer, Serializer};
 
@@ -178,10 +179,10 @@ fn check_one(spec: &TensorSpec, t: &Tensor) -> Result<(), ValidationError> {
     }
     if let Some(index) = t.data.first_non_finite() {
         let value = match &t.data {
-            super::TensorData::F16(v) => v[index].to_string(),
-            super::TensorData::BF16(v) => v[index].to_string(),
-            super::TensorData::F32(v) => v[index].to_string(),
-            super::TensorData::F64(v) => v[index].to_string(),
+            TensorData::F16(v) => v[index].to_string(),
+            TensorData::BF16(v) => v[index].to_string(),
+            TensorData::F32(v) => v[index].to_string(),
+            TensorData::F64(v) => v[index].to_string(),
             _ => String::from("?"),
         };
         return Err(ValidationError::NonFinite {
@@ -196,7 +197,6 @@ fn check_one(spec: &TensorSpec, t: &Tensor) -> Result<(), ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::TensorData;
 
     fn spec() -> Vec<TensorSpec> {
         vec![TensorSpec {

@@ -1,14 +1,74 @@
-//! A model's `config.toml`: architecture, inputs/outputs, batching, instance groups, version policy,
-//! architecture parameters and free-form metadata. Parsing plus semantic validation; every error
-//! names the file, the field and what was expected.
+//! Model specifications, the leaf every layer reads: a model's `config.toml` (`ModelConfig`:
+//! architecture, inputs/outputs as `TensorSpec`s, batching, instance groups, version policy,
+//! quantization, architecture parameters and free-form metadata), parsing plus semantic validation
+//! (every error names the file, the field and what was expected), and the check of request tensors
+//! against the declared inputs (`validate_inputs`). Plain data: no models, devices, queues or I/O
+//! beyond reading the config file. Depends on `tensor` only.
+
+mod tensor_spec;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::batcher::BatchConfig;
-use crate::tensor::TensorSpec;
+pub use tensor_spec::{validate_inputs, TensorSpec, ValidationError};
+
+/// The architectures a config may name (`architecture = "bert"`); `model::load` builds each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    /// A dense multi-layer perceptron over one FP32 input (`model/mlp.rs`).
+    Mlp,
+    /// A BERT-family text encoder with mean pooling (`model/bert.rs`).
+    Bert,
+    /// The test and benchmark model (`model/debug.rs`).
+    Debug,
+}
+
+impl Architecture {
+    pub const ALL: [Architecture; 3] = [Architecture::Mlp, Architecture::Bert, Architecture::Debug];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::Mlp => "mlp",
+            Architecture::Bert => "bert",
+            Architecture::Debug => "debug",
+        }
+    }
+}
+
+impl std::fmt::Display for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A quantization format for dense weights (`quantization = "q8"`; `ferrite quantize --to`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum QuantFormat {
+    Q8,
+    Q4,
+}
+
+impl QuantFormat {
+    pub fn suffix(self) -> &'static str {
+        match self {
+            QuantFormat::Q8 => "q8",
+            QuantFormat::Q4 => "q4",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<QuantFormat> {
+        match s {
+            "q8" => Some(QuantFormat::Q8),
+            "q4" => Some(QuantFormat::Q4),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -16,7 +76,7 @@ pub struct ModelConfig {
     /// Optional; must equal the folder name when given.
     #[serde(default)]
     pub name: Option<String>,
-    pub architecture: String,
+    pub architecture: Architecture,
     /// Most rows in one batch; 0 = the model does not batch (no batch dimension).
     #[serde(default)]
     pub max_batch_size: usize,
@@ -32,7 +92,7 @@ pub struct ModelConfig {
     pub version_policy: VersionPolicy,
     /// Quantize dense weights when loading: "q8" or "q4" (versions already quantized load as is).
     #[serde(default)]
-    pub quantization: Option<crate::quant::Format>,
+    pub quantization: Option<QuantFormat>,
     /// Stage batch N+1 (gather inputs, copy them to the device through pinned buffers) on a second
     /// thread while batch N computes, one batch deep. Default: on for GPU instances, off on the CPU
     /// (there staging is a few microseconds and the compute owns the cores).
@@ -195,16 +255,6 @@ impl ModelConfig {
                 );
             }
         }
-        if !crate::model::ARCHITECTURES.contains(&self.architecture.as_str()) {
-            return err(
-                "architecture",
-                format!(
-                    "expected one of {:?}, got '{}'",
-                    crate::model::ARCHITECTURES,
-                    self.architecture
-                ),
-            );
-        }
         for (field, specs) in [("input", &self.inputs), ("output", &self.outputs)] {
             if specs.is_empty() {
                 return err(
@@ -283,39 +333,15 @@ impl ModelConfig {
         }
     }
 
-    /// Whether instances on `device` prefetch (see `prefetch`).
-    pub fn prefetch_on(&self, device: crate::device::DeviceId) -> bool {
-        self.prefetch
-            .unwrap_or(matches!(device, crate::device::DeviceId::Gpu(_)))
-    }
-
-    /// The batcher's view of this config.
-    pub fn batch_config(&self) -> BatchConfig {
-        let db = &self.dynamic_batching;
-        let mut preferred = db.preferred_batch_sizes.clone();
-        preferred.sort_unstable();
-        BatchConfig {
-            max_batch_size: self.max_batch_size.max(1),
-            max_queue_delay: Duration::from_micros(db.max_queue_delay_us),
-            preferred_batch_sizes: preferred,
-            max_queue_size: db.max_queue_size,
-            default_timeout: (db.default_timeout_us > 0)
-                .then(|| Duration::from_micros(db.default_timeout_us)),
-            priority_levels: db.priority_levels,
-            default_priority: match db.default_priority_level {
-                0 => db.priority_levels,
-                p => p,
-            },
-            max_batch_tokens: (db.max_batch_tokens > 0).then_some(db.max_batch_tokens),
-        }
-    }
-
     /// Batch sizes to warm up with: each preferred size, or 1.
     pub fn warmup_batch_sizes(&self) -> Vec<usize> {
         if self.dynamic_batching.preferred_batch_sizes.is_empty() || self.max_batch_size == 0 {
             vec![1]
         } else {
-            self.batch_config().preferred_batch_sizes
+            let mut sizes = self.dynamic_batching.preferred_batch_sizes.clone();
+            sizes.sort_unstable();
+            sizes.dedup();
+            sizes
         }
     }
 }
@@ -359,7 +385,8 @@ semantic_version = "1.0.0"
         assert_eq!(c.version_policy, VersionPolicy::Latest(2));
         assert_eq!(c.instance_group, default_instance_groups());
         assert_eq!(c.dynamic_batching.max_queue_size, 1024);
-        assert_eq!(c.batch_config().max_queue_delay, Duration::from_micros(100));
+        assert_eq!(c.dynamic_batching.max_queue_delay_us, 100);
+        assert_eq!(c.architecture, Architecture::Mlp);
     }
 
     #[test]
@@ -392,10 +419,9 @@ semantic_version = "1.0.0"
     #[test]
     fn parse_unknown_architecture_and_fields_are_rejected() {
         let text = GOOD.replace("\"mlp\"", "\"resnet\"");
-        assert_eq!(
-            ModelConfig::parse(&text, "m").unwrap_err().0,
-            "architecture"
-        );
+        let (field, msg) = ModelConfig::parse(&text, "m").unwrap_err();
+        assert_eq!(field, "architecture");
+        assert!(msg.contains("resnet") && msg.contains("bert"), "{msg}");
         let text = format!("bogus = 1\n{GOOD}");
         assert_eq!(ModelConfig::parse(&text, "m").unwrap_err().0, "bogus");
     }

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# A/B of two ferrite binaries on the same machine, in the same run: digits KServe v2 JSON
+# (/v2/models/digits/infer, one 64-pixel row per request) and MiniLM TEI /embed (one sentence per
+# request, rotating through the 400 bench sentences), each at CONN keep-alive connections with wrk.
+# The two servers take turns, ROUNDS times per workload (interleaved so that machine noise hits them
+# alike); only one is under load at a time. Prints each round and the median req/s per binary, with
+# the B/A ratio. Used for "no regression" checks (issue 13 and later).
+# Usage: benches/ab.sh A_BIN B_BIN [DUR=10] [CONN=64] [ROUNDS=3]
+# Env: MODELS (default models), WRK_THREADS (default 2), WORKLOADS (default "digits embed"),
+#      A_ARGS / B_ARGS: extra `ferrite serve` flags for each side (e.g. a --config file).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=${1:?usage: benches/ab.sh A_BIN B_BIN [DUR] [CONN] [ROUNDS]}
+B=${2:?usage: benches/ab.sh A_BIN B_BIN [DUR] [CONN] [ROUNDS]}
+DUR=${3:-10}
+CONN=${4:-64}
+ROUNDS=${5:-3}
+THREADS=${WRK_THREADS:-2}
+MODELS=${MODELS:-models}
+WORKLOADS=${WORKLOADS:-digits embed}
+command -v wrk >/dev/null || { echo "installing wrk (Debian package)" >&2; apt-get install -y wrk >/dev/null; }
+[[ -f "$MODELS/minilm/1/model.safetensors" ]] || scripts/fetch-models.sh >&2
+
+tmp=$(mktemp -d)
+pids=()
+# shellcheck disable=SC2317  # invoked by the trap
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+python3 benches/embed/make_sentences.py tests/fixtures/minilm-reference.json "$tmp/sent" 400 >/dev/null 2>&1
+python3 - "$tmp" <<'PY'
+import json, random, sys
+tmp = sys.argv[1]
+random.seed(0)
+with open(f"{tmp}/digits.jsonl", "w") as f:
+    for _ in range(64):
+        px = [float(random.randint(0, 16)) for _ in range(64)]
+        f.write(json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": px}]}) + "\n")
+with open(f"{tmp}/embed.jsonl", "w") as f:
+    for line in open(f"{tmp}/sent/sentences.txt"):
+        if line.strip():
+            f.write(json.dumps({"inputs": line.rstrip("\n")}) + "\n")
+PY
+
+declare -A url
+start() { # name bin extra-args
+  local log="$tmp/$1.log" line
+  # shellcheck disable=SC2086  # extra args are words
+  "$2" serve --model-repository "$MODELS" --host 127.0.0.1 --http-port 0 --metrics-port 0 $3 2>"$log" &
+  pids+=($!)
+  for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done
+  grep -q 'server ready' "$log" || { echo "ferrite $1 did not become ready:" >&2; cat "$log" >&2; exit 1; }
+  line=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1)
+  url[$1]=${line#listening on }
+}
+start A "$A" "${A_ARGS:-}"
+start B "$B" "${B_ARGS:-}"
+
+path_of() { case $1 in digits) echo /v2/models/digits/infer ;; embed) echo /embed ;; esac; }
+declare -A results
+for w in $WORKLOADS; do
+  for side in A B; do # warm-up
+    BODIES="$tmp/$w.jsonl" wrk -t"$THREADS" -c"$CONN" -d2s -s benches/embed/rotate.lua "${url[$side]}$(path_of "$w")" >/dev/null
+  done
+  for r in $(seq "$ROUNDS"); do
+    for side in A B; do
+      out=$(BODIES="$tmp/$w.jsonl" wrk -t"$THREADS" -c"$CONN" -d"${DUR}s" --latency -s benches/embed/rotate.lua "${url[$side]}$(path_of "$w")")
+      rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+      p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+      errs=$(awk '/Non-2xx/ {print $NF} /Socket errors/ {print}' <<<"$out" | paste -sd' ')
+      echo "$w round $r $side: ${rps} req/s, p99 ${p99}${errs:+, errors: $errs}"
+      results[$w.$side]+="$rps "
+    done
+  done
+done
+echo
+echo "| workload | A median req/s | B median req/s | B/A |"
+echo "|---|---|---|---|"
+for w in $WORKLOADS; do
+  med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+  a=$(med "${results[$w.A]}")
+  b=$(med "${results[$w.B]}")
+  echo "| $w | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", b/a}') |"
+done
