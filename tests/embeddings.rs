@@ -13,8 +13,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = repo_root().join("../shared/fixtures/minilm-reference.json");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).unwrap();
+    let v: Value = serde_json::from_str(&common::fixture("minilm-reference.json")).unwrap();
     Fixture {
         sentences: serde_json::from_value(v["sentences"].clone()).unwrap(),
         embeddings: serde_json::from_value(v["embeddings"].clone()).unwrap(),

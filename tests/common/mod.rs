@@ -11,8 +11,9 @@ use ferrite::telemetry::gpu::{GpuError, GpuSource};
 use ferrite::telemetry::logging::LogFormat;
 use serde_json::{json, Value};
 
-/// The checkout the tests read models and fixtures (`../shared`) from: the one they were built in,
-/// or `FERRITE_REPO_ROOT` where prebuilt test binaries run elsewhere (benches/gpu-bundle.sh).
+/// The checkout the tests read models (`models/`) and fixtures (`tests/fixtures/`) from: the one they
+/// were built in, or `FERRITE_REPO_ROOT` where prebuilt test binaries run elsewhere
+/// (benches/gpu-bundle.sh packs a checkout-shaped folder for them).
 pub fn repo_root() -> PathBuf {
     match std::env::var_os("FERRITE_REPO_ROOT") {
         // Absolute: tests symlink model files from here into temporary repositories.
@@ -20,6 +21,12 @@ pub fn repo_root() -> PathBuf {
             .unwrap_or_else(|e| panic!("FERRITE_REPO_ROOT {}: {e}", Path::new(&dir).display())),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
     }
+}
+
+/// A file of `tests/fixtures/` (under `repo_root()`); panics naming the path if it is missing.
+pub fn fixture(name: &str) -> String {
+    let path = repo_root().join("tests/fixtures").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
 /// A temporary model repository.
