@@ -1,7 +1,8 @@
 //! Telemetry against a real server: `/v2/devices`, GPU gauges from a simulated NVML source, the
 //! missing-NVML path, model readiness, `promtool check metrics` on `/metrics`, and a real Prometheus
-//! server scraping it. The promtool/Prometheus tests skip (with a message) only when the binary is
-//! absent; `scripts/test.sh` installs Debian's `prometheus` so CI always runs them.
+//! server scraping it. Without the `promtool`/`prometheus` binaries those two tests print SKIPPED,
+//! unless `CI` is set: then they fail (`scripts/test.sh` installs Debian's `prometheus` and sets
+//! `CI=1` for `cargo test`, so a run from it never passes by skipping).
 
 mod common;
 
@@ -263,6 +264,17 @@ fn on_path(bin: &str) -> bool {
         .is_ok()
 }
 
+/// Whether `bin` can run here; if not, says SKIPPED, or fails where `CI` is set (`tools_required`).
+fn tool_present(bin: &str) -> bool {
+    if on_path(bin) {
+        return true;
+    }
+    let why = format!("{bin} not found (Debian package `prometheus`; scripts/test.sh installs it)");
+    assert!(!tools_required(), "{why}, and CI is set: install it");
+    println!("SKIPPED: {why}; with CI set this fails");
+    false
+}
+
 /// Lint findings promtool reports for names fixed by Triton compatibility (counters without
 /// `_total`, `_us` units, a gauge ending in `_count`). Anything else it reports fails the test.
 const TRITON_NAMES: &[&str] = &[
@@ -281,8 +293,7 @@ const TRITON_NAMES: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread")]
 async fn promtool_check_metrics_is_clean_apart_from_triton_names() {
-    if !on_path("promtool") {
-        println!("SKIPPED: promtool not found (Debian package `prometheus`; scripts/test.sh installs it)");
+    if !tool_present("promtool") {
         return;
     }
     let s = start_with_gpus(Repo::new().with_digits(&[]), 1).await;
@@ -349,8 +360,7 @@ async fn query(client: &reqwest::Client, base: &str, q: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_server_and_answers_queries() {
-    if !on_path("prometheus") {
-        println!("SKIPPED: prometheus not found (Debian package `prometheus`; scripts/test.sh installs it)");
+    if !tool_present("prometheus") {
         return;
     }
     let s = start_with_gpus(Repo::new().with_digits(&[]), 0).await;
