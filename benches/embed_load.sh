@@ -46,7 +46,7 @@ if [[ -z "${GEMM_BIN:-}" ]]; then
   GEMM_BIN=${CARGO_TARGET_DIR:-target}/release/examples/gemm_rate
 fi
 
-python3 benches/embed/make_sentences.py ../shared/fixtures/minilm-reference.json "$tmp/sent" 400 2>&1 | sed 's/^/# /' >"$tmp/sentences.info"
+python3 benches/embed/make_sentences.py tests/fixtures/minilm-reference.json "$tmp/sent" 400 2>&1 | sed 's/^/# /' >"$tmp/sentences.info"
 
 # Two model repositories holding only minilm (weights linked, not copied): batching as configured,
 # and batching off.

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Packs into .gpu/ (git-ignored) everything benches/gpu.sh needs on the GPU machine this project is
-# lent (/work/.library/device: one H200, driver 580 / CUDA 13.0, python3 with CUDA 13 pip wheels, but
-# no Rust toolchain, no network, and at most 64 MiB carried with the working tree):
+# Packs into .gpu/ (git-ignored) everything benches/gpu.sh needs on a GPU machine that has no Rust
+# toolchain (nor network): NVIDIA driver 580+ (CUDA 13.0), python3, and CUDA 13's runtime, cuBLAS,
+# cuRAND and NVRTC (a toolkit, or pip wheels such as torch's). The bundle is kept under 64 MiB
+# together with the repository's tracked files, so both can be copied over cheaply:
 #   .gpu/bin.tar.xz   release `--features cuda` builds (sm_90, CUDA 13.0 wheels), stripped: the server
 #                     (`ferrite`), examples/ops_gpu (kernel timings), and the test binaries holding the
 #                     GPU parity tests (the lib's ops::/device::transfer tests, tests/embeddings.rs)
-#   .gpu/root/        a checkout-shaped folder for them (FERRITE_REPO_ROOT): models/digits, and
+#   .gpu/root/        a checkout-shaped folder for them (FERRITE_REPO_ROOT): models/digits,
 #                     models/minilm with its weights stored as f16 (the f32 file is 91 MB; both load
-#                     as f32, so the GPU runs the same f32 model on f16-rounded weights)
-#   .gpu/shared/      the fixtures the tests read as ../shared
-# Then, with a GPU lent: device `run` with carry [".gpu"] and the command
-#   FERRITE_BUNDLE=.gpu benches/gpu.sh 2>&1 | tee $OUT/gpu.log
+#                     as f32, so the GPU runs the same f32 model on f16-rounded weights), and
+#                     tests/fixtures/ (the reference embeddings tests/embeddings.rs reads)
+# Then copy the repository with .gpu/ to the GPU machine and run there, from the repository root:
+#   FERRITE_BUNDLE=.gpu benches/gpu.sh            (table and logs in ./gpu-results; see gpu.sh)
 # A cold cuda release build takes ~25 min on this 2-core machine; later runs are incremental.
 # Usage: benches/gpu-bundle.sh   (env CUDA_COMPUTE_CAP, default 90: one build = one architecture)
 set -euo pipefail
@@ -19,7 +20,7 @@ source scripts/cuda-toolchain.sh
 [[ -f models/minilm/1/model.safetensors ]] || scripts/fetch-models.sh >&2
 B=.gpu
 rm -rf "$B" "$B.tmp"
-mkdir -p "$B.tmp/bin" "$B.tmp/root/models/minilm/1" "$B.tmp/shared/fixtures"
+mkdir -p "$B.tmp/bin" "$B.tmp/root/models/minilm/1" "$B.tmp/root/tests/fixtures"
 
 echo "building release --features cuda (sm_${CUDA_COMPUTE_CAP:-90}) into $CUDA_TARGET" >&2
 "${cuda_env[@]}" cargo build --release --features cuda --bin ferrite --example ops_gpu
@@ -47,7 +48,7 @@ rm -rf "$B.tmp/bin" "$B.tmp/cargo.json"
 cp -r models/digits "$B.tmp/root/models/"
 cp models/minilm/config.toml "$B.tmp/root/models/minilm/"
 cp models/minilm/1/tokenizer.json models/minilm/1/config.json "$B.tmp/root/models/minilm/1/"
-cp ../shared/fixtures/minilm-reference.json "$B.tmp/shared/fixtures/"
+cp tests/fixtures/minilm-reference.json "$B.tmp/root/tests/fixtures/"
 # f32 -> f16 safetensors (stdlib only): same names, shapes and order; header padded to 8 bytes.
 python3 - models/minilm/1/model.safetensors "$B.tmp/root/models/minilm/1/model.safetensors" <<'PY'
 import array, json, struct, sys
@@ -82,5 +83,5 @@ PY
 mv "$B.tmp" "$B"
 total=$(du -sb "$B" | cut -f1)
 tree=$(git ls-files -z | du -cb --files0-from=- | tail -n 1 | cut -f1)
-echo "$B: $((total / 1024 / 1024)) MiB + working tree $((tree / 1024 / 1024)) MiB (the device tool carries at most 64 MiB)" >&2
+echo "$B: $((total / 1024 / 1024)) MiB + working tree $((tree / 1024 / 1024)) MiB (at most 64 MiB together)" >&2
 (( total + tree < 64 * 1024 * 1024 )) || { echo "$B is too large to carry" >&2; exit 1; }

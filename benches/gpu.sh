@@ -1,21 +1,38 @@
 #!/usr/bin/env bash
 # GPU placement and telemetry bench. CPU parts run anywhere: the server's /v2/devices, a short load on
 # the digits model, and the CPU gauges it exported. GPU parts run only where nvidia-smi finds a GPU
-# (build with --features cuda, see ../shared/CUDA.md): the same load with two instances per GPU
+# (build with --features cuda, see docs/CUDA.md): the same load with two instances per GPU
 # (instance_group kind = "gpu", count = 2), then the NVML sample comparison: mean nv_gpu_utilization
 # over the run vs the busy fraction measured from the server's own compute time. Before that, the
 # custom ops' GPU parity tests (src/ops, vs their CPU `_ref`; pinned-buffer transfers) and kernel
 # timings (examples/ops_gpu.rs). Last, the embeddings load (MiniLM, `ferrite bench --protocol tei`,
 # 64 connections, random 20-word texts) on the CPU and on GPU 0 with prefetch off and on (a
 # staging thread uploading batch N+1 through pinned buffers while N computes), as a markdown table
-# printed at the end and written to $TABLE (default target/gpu-table.md).
+# printed at the end.
 # Usage: benches/gpu.sh [SECONDS] [CONCURRENCY]   (defaults 5 s, 16)
+# Output, in RESULTS_DIR (default: gpu-results/ in the repository root; a relative path is taken from
+# the current directory; $OUT is used where it is set and RESULTS_DIR is not):
+#   gpu.log        everything the script printed
+#   gpu-table.md   the embeddings table ($TABLE overrides its path)
+#   logs.tgz       every server and test log
 # Env: PORT (default 18300; the GPU run uses PORT+100), PROFILE=release|debug (default release), FERRITE_BIN (default $CARGO_TARGET_DIR/$PROFILE/ferrite).
-# FERRITE_BUNDLE=DIR: run from prebuilt binaries and models (benches/gpu-bundle.sh) on a machine with no
-# Rust toolchain, such as the lent GPU machine: `FERRITE_BUNDLE=.gpu benches/gpu.sh 2>&1 | tee $OUT/gpu.log`
-# with carry [".gpu"]; the table then goes to $OUT/gpu-table.md too.
+# FERRITE_BUNDLE=DIR: run from prebuilt binaries and models (benches/gpu-bundle.sh, relative to the
+# repository root) on a GPU machine with no Rust toolchain: `FERRITE_BUNDLE=.gpu benches/gpu.sh`.
+# The GPU parity tests run with FERRITE_REQUIRE_GPU=1, so one that finds no CUDA device fails.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RESULTS_DIR=$(realpath -m "${RESULTS_DIR:-${OUT:-$ROOT/gpu-results}}")
+export RESULTS_DIR
+mkdir -p "$RESULTS_DIR"
+# Everything printed also goes to gpu.log (the script runs itself once more behind tee).
+if [[ -z "${GPU_SH_LOGGING:-}" ]]; then
+  set +e
+  GPU_SH_LOGGING=1 "$BASH" "$0" "$@" 2>&1 | tee "$RESULTS_DIR/gpu.log"
+  rc=${PIPESTATUS[0]}
+  echo "benches/gpu.sh: exit $rc; results in $RESULTS_DIR (gpu.log, gpu-table.md, logs.tgz)" >&2
+  exit "$rc"
+fi
+cd "$ROOT"
 DUR=${1:-5}
 CONC=${2:-16}
 PROFILE=${PROFILE:-release}
@@ -25,8 +42,8 @@ PORT=${PORT:-18300}
 DEADLINE=${DEADLINE:-380}
 MODELS=models
 tmp=$(mktemp -d)
-# On exit: stop the servers; with $OUT set, keep every server and test log there (logs.tgz).
-trap 'kill $(jobs -p) 2>/dev/null || true; [[ -n "${OUT:-}" ]] && tar czf "$OUT/logs.tgz" -C "$tmp" --exclude=./bin . 2>/dev/null; rm -rf "$tmp"' EXIT
+# On exit: stop the servers, keep every server and test log (logs.tgz in RESULTS_DIR).
+trap 'kill $(jobs -p) 2>/dev/null || true; tar czf "$RESULTS_DIR/logs.tgz" -C "$tmp" --exclude=./bin . 2>/dev/null; rm -rf "$tmp"' EXIT
 # Some CUDA images ship without curl: the same GET through python3 (exit 1 on an HTTP error).
 if ! command -v curl >/dev/null; then
   curl() {
@@ -83,7 +100,7 @@ else
     cargo build "${flag[@]}" --bin ferrite >&2
   fi
 fi
-TABLE=${TABLE:-${OUT:-target}/gpu-table.md}
+TABLE=${TABLE:-$RESULTS_DIR/gpu-table.md}
 
 # start REPO PORT: a server on 127.0.0.1:PORT (metrics on PORT+2), sampling every 200 ms; its output
 # goes to its log only (a slow-stopping server must not hold the caller's pipe open)
@@ -237,19 +254,20 @@ step() {
   fi
 }
 
-# A parity test that skips (no CUDA device) counts as a failure: nvidia-smi sees a GPU here.
-# The ops (CUDA vs the CPU _ref), pinned transfers, then MiniLM's GPU path (pinned staging, device
-# gather) against the CPU packed path.
+# A parity test that finds no CUDA device fails (FERRITE_REQUIRE_GPU=1): nvidia-smi sees a GPU here.
+# Any SKIPPED line still fails the step, should a test skip some other way.
+# The ops (CUDA vs the CPU _ref), pinned transfers, NVML read through the real source, then MiniLM's
+# GPU path (pinned staging, device gather) against the CPU packed path.
 gpu_parity() {
   if [[ -n "$BUNDLE" ]]; then
     parity() {
-      timeout -k 5 120 "$BINDIR/lib-tests" ops:: device::transfer --nocapture \
-        && timeout -k 5 90 "$BINDIR/embeddings-tests" cuda_ --nocapture
+      FERRITE_REQUIRE_GPU=1 timeout -k 5 120 "$BINDIR/lib-tests" ops:: device::transfer telemetry::gpu --nocapture \
+        && FERRITE_REQUIRE_GPU=1 timeout -k 5 90 "$BINDIR/embeddings-tests" cuda_ --nocapture
     }
   else
     parity() {
-      cargo test --release --features cuda --lib -- ops:: device::transfer --nocapture \
-        && cargo test --release --features cuda --test embeddings -- cuda_ --nocapture
+      FERRITE_REQUIRE_GPU=1 cargo test --release --features cuda --lib -- ops:: device::transfer telemetry::gpu --nocapture \
+        && FERRITE_REQUIRE_GPU=1 cargo test --release --features cuda --test embeddings -- cuda_ --nocapture
     }
   fi
   if ! parity >"$tmp/ops-test.log" 2>&1 || grep -q SKIPPED "$tmp/ops-test.log"; then

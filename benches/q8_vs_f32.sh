@@ -16,7 +16,7 @@ command -v wrk >/dev/null || { echo "need wrk (apt-get install wrk)" >&2; exit 1
 [[ -f "$MODELS/minilm/1/model.safetensors" ]] || scripts/fetch-models.sh >&2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-python3 benches/embed/make_sentences.py ../shared/fixtures/minilm-reference.json "$tmp/sent" 400 >/dev/null 2>&1
+python3 benches/embed/make_sentences.py tests/fixtures/minilm-reference.json "$tmp/sent" 400 >/dev/null 2>&1
 
 mkdir -p "$tmp/f32/minilm/1" "$tmp/q8/minilm/1"
 for f in "$MODELS"/minilm/1/*; do ln -sf "$(realpath "$f")" "$tmp/f32/minilm/1/"; done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Proves what can be proven about the `cuda` feature without a GPU (../shared/CUDA.md): installs the
+# Proves what can be proven about the `cuda` feature without a GPU (docs/CUDA.md): installs the
 # CUDA 13.0 toolchain wheels from PyPI (idempotent, ~1.2 GB under ${XDG_CACHE_HOME:-~/.cache}/ferrite),
 # builds a stub libcuda from cudarc's symbol list, runs `cargo build --features cuda` (its own target
 # dir: one per toolkit), then starts that binary and checks it falls back to the CPU with one log line

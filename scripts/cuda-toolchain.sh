@@ -1,6 +1,6 @@
 # Sourced (not run) by scripts/check-cuda-build.sh and benches/gpu-bundle.sh: installs the CUDA 13.0
 # toolchain wheels from PyPI (idempotent, ~1.2 GB under ${XDG_CACHE_HOME:-~/.cache}/ferrite; see
-# ../shared/CUDA.md), builds a stub libcuda from cudarc's symbol list so that `--features cuda` links
+# docs/CUDA.md), builds a stub libcuda from cudarc's symbol list so that `--features cuda` links
 # and starts without a driver, and sets:
 #   CU          the CUDA_HOME-shaped folder of the wheels
 #   CUDA_TARGET the cargo target dir for cuda builds (one per toolkit; $CUDA_TARGET_DIR, else

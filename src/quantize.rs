@@ -31,8 +31,9 @@ pub struct QuantizeArgs {
     /// Version number to write [default: the highest present + 1]
     #[arg(long)]
     pub output_version: Option<u64>,
-    /// Reference embeddings for text models (JSON with `sentences` and `embeddings`)
-    #[arg(long, default_value = "../shared/fixtures/minilm-reference.json")]
+    /// Reference embeddings for text models (JSON with `sentences` and `embeddings`); the default is
+    /// the repository's MiniLM fixture, relative to the working directory (the checkout's root)
+    #[arg(long, default_value = "tests/fixtures/minilm-reference.json")]
     pub reference: PathBuf,
 }
 

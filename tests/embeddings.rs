@@ -13,8 +13,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = repo_root().join("../shared/fixtures/minilm-reference.json");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).unwrap();
+    let v: Value = serde_json::from_str(&common::fixture("minilm-reference.json")).unwrap();
     Fixture {
         sentences: serde_json::from_value(v["sentences"].clone()).unwrap(),
         embeddings: serde_json::from_value(v["embeddings"].clone()).unwrap(),
@@ -432,11 +431,23 @@ fn config_larger_than_the_embedding_tables_fails_to_load() {
     .is_ok());
 }
 
+/// A build without the `cuda` feature has no GPU tests at all: under `FERRITE_REQUIRE_GPU=1` that
+/// is a failure too (benches/gpu.sh runs the tests named `cuda_*`), not a run that checked nothing.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_tests_exist_when_a_gpu_is_required() {
+    assert!(
+        !gpu_required(),
+        "FERRITE_REQUIRE_GPU=1 but this test binary was built without the cuda feature"
+    );
+}
+
 /// On a GPU, MiniLM runs the padded path (ids and mask staged through pinned buffers, embeddings
 /// gathered on the device); each row must match the CPU's packed path (cosine >= 0.9999), alone and
 /// in a mixed-length batch, with plain candle ops and with the custom kernels (`cuda_fused_ops`).
 /// q8 on the GPU: the int8 kernel (weights int8 on the device) against the weights dequantized at
-/// load, same bar. Skips (and says so) without a CUDA device; benches/gpu.sh fails on a skip.
+/// load, same bar. Without a CUDA device it skips (and says so), or fails under
+/// `FERRITE_REQUIRE_GPU=1` (what benches/gpu.sh sets).
 #[cfg(feature = "cuda")]
 #[test]
 fn cuda_padded_path_matches_cpu_packed_path() {
@@ -445,7 +456,10 @@ fn cuda_padded_path_matches_cpu_packed_path() {
     let device = match candle_core::Device::new_cuda(0) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("cuda_padded_path_matches_cpu_packed_path: SKIPPED, no CUDA device ({e})");
+            skip_gpu_test(
+                "cuda_padded_path_matches_cpu_packed_path",
+                &format!("no CUDA device ({e})"),
+            );
             return;
         }
     };

@@ -21,7 +21,7 @@ fn quantize(repo: &Repo, model: &str, format: &str) -> Value {
         ])
         .arg(repo.path())
         .arg("--reference")
-        .arg(repo_root().join("../shared/fixtures/minilm-reference.json"))
+        .arg(repo_root().join("tests/fixtures/minilm-reference.json"))
         .output()
         .unwrap();
     assert!(
@@ -193,11 +193,7 @@ async fn minilm_q8_and_q4_meet_cosine_bars_and_q8_serves() {
             "version_policy = { specific = [2] }",
         );
     std::fs::write(repo.path().join("minilm/config.toml"), cfg).unwrap();
-    let fixture: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("../shared/fixtures/minilm-reference.json"))
-            .unwrap(),
-    )
-    .unwrap();
+    let fixture: Value = serde_json::from_str(&common::fixture("minilm-reference.json")).unwrap();
     let s = TestServer::start(repo).await;
     let got: Vec<Vec<f32>> = s
         .post_json("/embed", &json!({"inputs": fixture["sentences"][0]}))

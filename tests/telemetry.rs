@@ -1,15 +1,16 @@
 //! Telemetry against a real server: `/v2/devices`, GPU gauges from a simulated NVML source, the
 //! missing-NVML path, model readiness, `promtool check metrics` on `/metrics`, and a real Prometheus
-//! server scraping it. The promtool/Prometheus tests skip (with a message) only when the binary is
-//! absent; `scripts/test.sh` installs Debian's `prometheus` so CI always runs them.
+//! server scraping it. Without the `promtool`/`prometheus` binaries those two tests print SKIPPED,
+//! unless `CI` is set: then they fail (`scripts/test.sh` installs Debian's `prometheus` and sets
+//! `CI=1` for `cargo test`, so a run from it never passes by skipping).
 
 mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{metric_value, v2_request, Repo, TestServer};
-use ferrite::telemetry::gpu::{GpuError, GpuSource, SimulatedSource};
+use common::{metric_in, metric_value, tools_required, v2_request, Repo, TestServer};
+use ferrite::telemetry::gpu::{GpuError, GpuSource, SimulatedGpus, SimulatedSource};
 use serde_json::Value;
 
 async fn start_with_gpus(repo: Repo, n: usize) -> TestServer {
@@ -67,24 +68,134 @@ async fn devices_endpoint_lists_cpu_with_instances_and_sample() {
     s.server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn metrics_with_simulated_gpus_have_triton_gpu_gauges_labelled_by_uuid() {
-    let s = start_with_gpus(Repo::new().with_digits(&[]), 2).await;
-    let text = metrics_text(&s).await;
-    for i in 0..2 {
-        let l = format!("{{gpu_uuid=\"GPU-00000000-0000-0000-0000-00000000000{i}\"}}");
-        assert_eq!(
-            metric_value(&text, &format!("nv_gpu_utilization{l}")),
-            Some(0.5)
-        );
-        assert_eq!(
-            metric_value(&text, &format!("nv_gpu_power_limit{l}")),
-            Some(700.0)
-        );
-        assert!(metric_value(&text, &format!("nv_energy_consumption{l}")).is_some());
+/// A server whose GPU readings the test steps one sample at a time. `gpus` is dropped first (field
+/// order), letting a sampler that waits for its next step go, so that the server also stops after a
+/// failed assertion.
+struct SteppedServer {
+    gpus: SimulatedGpus,
+    s: TestServer,
+}
+
+impl SteppedServer {
+    async fn start(n: usize) -> SteppedServer {
+        let (src, gpus) = SimulatedSource::stepped(n);
+        let s = TestServer::start_with_gpu_source(Repo::new().with_digits(&[]), Ok(Box::new(src)))
+            .await;
+        SteppedServer { gpus, s }
     }
-    let cpu = metric_value(&text, "nv_cpu_utilization").unwrap();
-    assert!((0.0..=1.0).contains(&cpu));
+
+    /// One more GPU sample, exported; returns how many the server has taken.
+    fn step(&self) -> u64 {
+        tokio::task::block_in_place(|| self.gpus.step())
+    }
+}
+
+fn gpu_label(i: usize) -> String {
+    format!("{{gpu_uuid=\"GPU-00000000-0000-0000-0000-00000000000{i}\"}}")
+}
+
+const GPU_SERIES: [&str; 8] = [
+    "nv_gpu_utilization",
+    "nv_gpu_memory_total_bytes",
+    "nv_gpu_memory_used_bytes",
+    "nv_gpu_power_usage",
+    "nv_gpu_power_limit",
+    "nv_energy_consumption",
+    "ferrite_gpu_temperature_celsius",
+    "ferrite_gpu_sm_clock_hz",
+];
+
+/// What the server exports from its GPU source, sample by sample: Triton's gauges labelled by UUID,
+/// energy counted from the server's first reading (not NVML's since-driver-load figure); a GPU that
+/// stops answering loses every series while the others update; a failed query keeps the last
+/// gauges and says why in /v2/devices; a GPU that comes back counts energy from its new reading.
+#[tokio::test(flavor = "multi_thread")]
+async fn gpu_series_follow_each_sample_and_an_unreadable_gpu_loses_them() {
+    let t = SteppedServer::start(2).await;
+    // Readings 1 and 2: each GPU's NVML energy goes 1300 J -> 1600 J.
+    assert_eq!(t.step(), 2);
+    let text = t.s.metrics_text().await;
+    for i in 0..2 {
+        let l = gpu_label(i);
+        for (name, want) in [
+            ("nv_gpu_utilization", 0.5),
+            ("nv_gpu_memory_total_bytes", (80u64 << 30) as f64),
+            ("nv_gpu_memory_used_bytes", (20u64 << 30) as f64),
+            ("nv_gpu_power_usage", 300.0),
+            ("nv_gpu_power_limit", 700.0),
+            ("nv_energy_consumption", 300.0),
+            ("ferrite_gpu_temperature_celsius", 55.0),
+            ("ferrite_gpu_sm_clock_hz", 1.98e9),
+        ] {
+            assert_eq!(metric_in(&text, &format!("{name}{l}")), want, "{name}{l}");
+        }
+    }
+    assert!(
+        text.contains("# TYPE nv_energy_consumption counter"),
+        "{text}"
+    );
+
+    // Reading 3: GPU 0 busier, GPU 1 no longer answers.
+    t.gpus.update(0, |g| g.utilization = Some(0.75));
+    t.gpus.set_unreadable(1, true);
+    assert_eq!(t.step(), 3);
+    let text = t.s.metrics_text().await;
+    assert_eq!(
+        metric_in(&text, &format!("nv_gpu_utilization{}", gpu_label(0))),
+        0.75
+    );
+    assert_eq!(
+        metric_in(&text, &format!("nv_energy_consumption{}", gpu_label(0))),
+        600.0
+    );
+    for name in GPU_SERIES {
+        let series = format!("{name}{}", gpu_label(1));
+        assert_eq!(
+            metric_value(&text, &series),
+            None,
+            "{series} still exported"
+        );
+    }
+
+    // Reading 4: the whole NVML query fails: GPU 0's gauges stay, and /v2/devices says why.
+    t.gpus
+        .set_failure(Some(GpuError::Query("simulated ECC storm".into())));
+    assert_eq!(t.step(), 4);
+    let text = t.s.metrics_text().await;
+    assert_eq!(
+        metric_in(&text, &format!("nv_gpu_utilization{}", gpu_label(0))),
+        0.75
+    );
+    assert_eq!(
+        metric_in(&text, &format!("nv_energy_consumption{}", gpu_label(0))),
+        600.0
+    );
+    let v: Value = t.s.get("/v2/devices").await.json().await.unwrap();
+    let why = v["gpu_telemetry_error"].as_str().unwrap_or_default();
+    assert!(why.contains("simulated ECC storm"), "{v}");
+
+    // Reading 5: both back. GPU 0's energy includes the failed interval (NVML's counter kept
+    // running: 1900 J -> 2500 J); GPU 1 counts from this reading, not across its gap.
+    t.gpus.set_failure(None);
+    t.gpus.set_unreadable(1, false);
+    assert_eq!(t.step(), 5);
+    let text = t.s.metrics_text().await;
+    assert_eq!(
+        metric_in(&text, &format!("nv_energy_consumption{}", gpu_label(0))),
+        1200.0
+    );
+    assert_eq!(
+        metric_in(&text, &format!("nv_energy_consumption{}", gpu_label(1))),
+        0.0
+    );
+    assert_eq!(
+        metric_in(&text, &format!("nv_gpu_utilization{}", gpu_label(1))),
+        0.5
+    );
+    let v: Value = t.s.get("/v2/devices").await.json().await.unwrap();
+    assert!(v.get("gpu_telemetry_error").is_none(), "{v}");
+    let SteppedServer { gpus, s } = t;
+    drop(gpus);
     s.server.shutdown().await;
 }
 
@@ -153,6 +264,17 @@ fn on_path(bin: &str) -> bool {
         .is_ok()
 }
 
+/// Whether `bin` can run here; if not, says SKIPPED, or fails where `CI` is set (`tools_required`).
+fn tool_present(bin: &str) -> bool {
+    if on_path(bin) {
+        return true;
+    }
+    let why = format!("{bin} not found (Debian package `prometheus`; scripts/test.sh installs it)");
+    assert!(!tools_required(), "{why}, and CI is set: install it");
+    println!("SKIPPED: {why}; with CI set this fails");
+    false
+}
+
 /// Lint findings promtool reports for names fixed by Triton compatibility (counters without
 /// `_total`, `_us` units, a gauge ending in `_count`). Anything else it reports fails the test.
 const TRITON_NAMES: &[&str] = &[
@@ -171,8 +293,7 @@ const TRITON_NAMES: &[&str] = &[
 
 #[tokio::test(flavor = "multi_thread")]
 async fn promtool_check_metrics_is_clean_apart_from_triton_names() {
-    if !on_path("promtool") {
-        println!("SKIPPED: promtool not found (Debian package `prometheus`; scripts/test.sh installs it)");
+    if !tool_present("promtool") {
         return;
     }
     let s = start_with_gpus(Repo::new().with_digits(&[]), 1).await;
@@ -239,8 +360,7 @@ async fn query(client: &reqwest::Client, base: &str, q: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_server_and_answers_queries() {
-    if !on_path("prometheus") {
-        println!("SKIPPED: prometheus not found (Debian package `prometheus`; scripts/test.sh installs it)");
+    if !tool_present("prometheus") {
         return;
     }
     let s = start_with_gpus(Repo::new().with_digits(&[]), 0).await;

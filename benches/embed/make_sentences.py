@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the request bodies for benches/embed_load.sh: N varied English sentences of 5-40 words.
 
-The 64 sentences of ../shared/fixtures/minilm-reference.json, then variants built from them (a prefix
+The 64 sentences of tests/fixtures/minilm-reference.json, then variants built from them (a prefix
 clause, a suffix clause, two joined, a prefix/suffix of words) and a few simple templates, each kept to
 5-40 words, deduplicated, shuffled with a fixed seed. Deterministic: the same inputs give the same
 file. Output, one per line, into OUTDIR:

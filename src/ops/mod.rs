@@ -4,7 +4,8 @@
 //! `<op>_f32`, `<op>_f16`, `<op>_bf16` (compile-checked for sm_80/sm_90 by scripts/check-kernels.sh).
 //! With feature `cuda`, each op's `cuda_fwd` launches that kernel; `cuda.rs` compiles the kernels at
 //! first use with the machine's NVRTC. Those launchers are compile-verified only, never run on a GPU
-//! yet: the GPU parity tests skip without a device (run them with benches/gpu.sh where one is).
+//! yet: the GPU parity tests skip without a device, and fail instead under FERRITE_REQUIRE_GPU=1
+//! (benches/gpu.sh sets it where a GPU is).
 //! A leaf module: no HTTP, no queues.
 //!
 //! CPU paths compute in f32 whatever the storage dtype (f32, f16, bf16) and round once at the end.
@@ -87,17 +88,41 @@ pub(crate) mod testing {
             .unwrap()
     }
 
-    /// CUDA device 0, or `None` with a printed note (GPU parity tests then pass vacuously; run them
-    /// where a GPU is, see benches/gpu.sh).
+    /// Whether GPU tests must run rather than skip: `FERRITE_REQUIRE_GPU=1` (benches/gpu.sh sets it
+    /// where a GPU is present).
+    pub fn gpu_required() -> bool {
+        std::env::var("FERRITE_REQUIRE_GPU").is_ok_and(|v| v == "1")
+    }
+
+    /// CUDA device 0, or `None` with a printed SKIPPED note (the GPU parity test then checks
+    /// nothing). Under `FERRITE_REQUIRE_GPU=1` a missing device panics instead: a GPU run cannot
+    /// pass by skipping.
     #[cfg(feature = "cuda")]
     pub fn cuda_device(test: &str) -> Option<Device> {
         match Device::new_cuda(0) {
             Ok(d) => Some(d),
             Err(e) => {
-                eprintln!("{test}: SKIPPED, no CUDA device ({e})");
+                assert!(
+                    !gpu_required(),
+                    "{test}: no CUDA device ({e}), and FERRITE_REQUIRE_GPU=1 requires one"
+                );
+                eprintln!(
+                    "{test}: SKIPPED, no CUDA device ({e}; with FERRITE_REQUIRE_GPU=1 this fails)"
+                );
                 None
             }
         }
+    }
+
+    /// Without the `cuda` feature there are no GPU parity tests: under `FERRITE_REQUIRE_GPU=1`
+    /// (benches/gpu.sh runs the `ops::` tests) that is a failure, not a run that checked nothing.
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn gpu_parity_tests_exist_when_a_gpu_is_required() {
+        assert!(
+            !gpu_required(),
+            "FERRITE_REQUIRE_GPU=1 but this test binary was built without the cuda feature"
+        );
     }
 
     /// `t` copied to `dev`.

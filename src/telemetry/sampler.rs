@@ -169,14 +169,11 @@ mod tests {
     #[test]
     fn sampler_with_simulated_gpu_exports_triton_names_and_units() {
         let m = Arc::new(Metrics::new());
-        let mut s = Sampler::spawn(
-            Ok(Box::new(SimulatedSource::new(2))),
-            Duration::from_millis(10),
-            m.clone(),
-        )
-        .unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        s.stop();
+        let (src, gpus) = SimulatedSource::stepped(2);
+        let mut s =
+            Sampler::spawn(Ok(Box::new(src)), Duration::from_millis(10), m.clone()).unwrap();
+        // The first reading is taken in `spawn`; one more, exported before `step` returns.
+        assert_eq!(gpus.step(), 2);
         let text = m.encode();
         let uuid = "gpu_uuid=\"GPU-00000000-0000-0000-0000-000000000001\"";
         for (name, value) in [
@@ -191,14 +188,16 @@ mod tests {
             let series = format!("{name}{{{uuid}}} {value}");
             assert!(text.contains(&series), "missing {series} in\n{text}");
         }
+        // Energy since the first reading: one 300 J step, not NVML's since-driver-load 1600 J.
         let energy = line(&text, &format!("nv_energy_consumption{{{uuid}}}")).unwrap();
-        let joules: f64 = energy.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(joules >= 300.0 && joules % 300.0 == 0.0, "{energy}");
+        assert_eq!(energy.rsplit(' ').next(), Some("300"), "{energy}");
         assert!(text.contains("# TYPE nv_energy_consumption counter"));
         assert!(line(&text, "nv_cpu_utilization ").is_some(), "{text}");
         let snap = s.telemetry().latest();
         assert_eq!(snap.gpus.len(), 2);
         assert!(snap.unix_ms > 0);
+        drop(gpus);
+        s.stop();
     }
 
     #[test]

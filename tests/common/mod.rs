@@ -11,8 +11,9 @@ use ferrite::telemetry::gpu::{GpuError, GpuSource};
 use ferrite::telemetry::logging::LogFormat;
 use serde_json::{json, Value};
 
-/// The checkout the tests read models and fixtures (`../shared`) from: the one they were built in,
-/// or `FERRITE_REPO_ROOT` where prebuilt test binaries run elsewhere (benches/gpu-bundle.sh).
+/// The checkout the tests read models (`models/`) and fixtures (`tests/fixtures/`) from: the one they
+/// were built in, or `FERRITE_REPO_ROOT` where prebuilt test binaries run elsewhere
+/// (benches/gpu-bundle.sh packs a checkout-shaped folder for them).
 pub fn repo_root() -> PathBuf {
     match std::env::var_os("FERRITE_REPO_ROOT") {
         // Absolute: tests symlink model files from here into temporary repositories.
@@ -20,6 +21,12 @@ pub fn repo_root() -> PathBuf {
             .unwrap_or_else(|e| panic!("FERRITE_REPO_ROOT {}: {e}", Path::new(&dir).display())),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
     }
+}
+
+/// A file of `tests/fixtures/` (under `repo_root()`); panics naming the path if it is missing.
+pub fn fixture(name: &str) -> String {
+    let path = repo_root().join("tests/fixtures").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
 /// A temporary model repository.
@@ -190,18 +197,82 @@ impl TestServer {
             .unwrap()
     }
 
-    /// Value of one metric series, e.g. `nv_inference_count{model="digits",version="1"}`.
+    /// Value of one metric series, e.g. `nv_inference_count{model="digits",version="1"}`. Panics if
+    /// the server does not export that series: a missing series is never read as 0. Where a test
+    /// means "not exported", it says so with `metric_value(..) == None`.
     pub async fn metric(&self, series: &str) -> f64 {
-        metric_value(&self.metrics_text().await, series).unwrap_or(0.0)
+        metric_in(&self.metrics_text().await, series)
     }
 }
 
-/// Finds `series` (name with labels exactly as exported) in Prometheus text.
+/// Finds `series` (name with labels exactly as exported, e.g. `nv_cpu_utilization` or
+/// `nv_inference_count{model="digits",version="1"}`) in Prometheus text; `None` if not exported.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| {
         l.strip_prefix(series)
-            .and_then(|rest| rest.trim().parse().ok())
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
     })
+}
+
+/// The value of `series` in Prometheus text; panics, listing the series of the same metric (or, if
+/// there are none, of the same `prefix_word_`), when it is not exported.
+pub fn metric_in(text: &str, series: &str) -> f64 {
+    metric_value(text, series).unwrap_or_else(|| {
+        let name = series.split('{').next().unwrap_or(series);
+        let samples: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        let named = |n: &str| {
+            samples
+                .iter()
+                .filter(|l| l.split(['{', ' ']).next() == Some(n))
+                .copied()
+                .collect::<Vec<_>>()
+        };
+        let mut similar = named(name);
+        if similar.is_empty() {
+            let stem: String = name.split('_').take(2).collect::<Vec<_>>().join("_");
+            similar = samples
+                .iter()
+                .filter(|l| l.starts_with(&format!("{stem}_")))
+                .copied()
+                .collect();
+        }
+        similar.truncate(30);
+        panic!(
+            "series {series} is not exported; similar series:\n  {}",
+            if similar.is_empty() {
+                "(none)".to_string()
+            } else {
+                similar.join("\n  ")
+            }
+        )
+    })
+}
+
+/// Whether GPU tests must run rather than skip: `FERRITE_REQUIRE_GPU=1` (benches/gpu.sh sets it
+/// where a GPU is present).
+pub fn gpu_required() -> bool {
+    std::env::var("FERRITE_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// The "no GPU here" branch of a GPU test: prints SKIPPED, or fails when `gpu_required()`, so that a
+/// GPU run cannot pass by skipping.
+pub fn skip_gpu_test(test: &str, why: &str) {
+    assert!(
+        !gpu_required(),
+        "{test}: {why}, and FERRITE_REQUIRE_GPU=1 requires a GPU"
+    );
+    eprintln!("{test}: SKIPPED, {why} (with FERRITE_REQUIRE_GPU=1 this fails)");
+}
+
+/// Whether a test needing an external tool (promtool, prometheus) must fail rather than skip when
+/// the tool is missing: when `CI` is set (to anything but "" / "0" / "false"). scripts/test.sh, which
+/// installs those tools, sets `CI=1` for its `cargo test`.
+pub fn tools_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
 }
 
 /// A KServe v2 JSON request for `x` FP32 [rows, n].
