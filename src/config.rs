@@ -18,6 +18,33 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_INTRA_OP_THREADS: usize = 1;
 /// How often the telemetry thread samples GPUs (NVML) and the host [ms]; Triton's flag name.
 pub const DEFAULT_METRICS_INTERVAL_MS: u64 = 1000;
+/// How often `--model-control poll` rescans the repository [s] (Triton's default).
+pub const DEFAULT_REPOSITORY_POLL_SECS: u64 = 15;
+
+/// Who may change which models are loaded (Triton's `--model-control-mode`). In every mode all
+/// models in the repository load at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelControl {
+    /// Management routes (load, unload; later routing, promote, rollback) answer 403.
+    #[default]
+    None,
+    /// Management routes are enabled (behind the `admin` scope when `[auth]` is configured).
+    Explicit,
+    /// The repository folder is rescanned every `--repository-poll-secs` and is the source of
+    /// truth: load/unload answer 403; routing, promote and rollback are enabled.
+    Poll,
+}
+
+impl ModelControl {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelControl::None => "none",
+            ModelControl::Explicit => "explicit",
+            ModelControl::Poll => "poll",
+        }
+    }
+}
 
 /// `ferrite serve` flags; each also reads `FERRITE_<FLAG>` and the TOML file key `<flag>`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -55,6 +82,18 @@ pub struct ServeArgs {
     /// GPU (NVML) and CPU metrics sampling interval in milliseconds [default: 1000]
     #[arg(long, env = "FERRITE_METRICS_INTERVAL_MS")]
     pub metrics_interval_ms: Option<u64>,
+    /// Who may load and unload models: none (management routes answer 403), explicit (enabled;
+    /// admin scope when [auth] is configured) or poll (the folder is the source of truth)
+    /// [default: none]
+    #[arg(long, env = "FERRITE_MODEL_CONTROL", value_enum)]
+    pub model_control: Option<ModelControl>,
+    /// With --model-control poll: seconds between repository rescans [default: 15]
+    #[arg(long, env = "FERRITE_REPOSITORY_POLL_SECS")]
+    pub repository_poll_secs: Option<u64>,
+    /// One info line per request (request id, principal, route, model, version, status, sizes,
+    /// duration, a keyed hash of the body; never payloads) [default: true]
+    #[arg(long, env = "FERRITE_ACCESS_LOG", action = clap::ArgAction::Set)]
+    pub access_log: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +109,11 @@ struct FileSettings {
     gpus: Option<String>,
     intra_op_threads: Option<usize>,
     metrics_interval_ms: Option<u64>,
+    model_control: Option<ModelControl>,
+    repository_poll_secs: Option<u64>,
+    access_log: Option<bool>,
+    /// Access control (`[auth]`): API keys, JWT, client certificates, rate limits.
+    auth: Option<crate::auth::AuthConfig>,
 }
 
 /// Resolved settings.
@@ -85,6 +129,13 @@ pub struct Settings {
     pub gpus: GpuSelection,
     pub intra_op_threads: usize,
     pub metrics_interval: Duration,
+    pub model_control: ModelControl,
+    pub repository_poll: Duration,
+    pub access_log: bool,
+    /// `[auth]` from the settings file; `None`: unauthenticated (local use).
+    pub auth: Option<crate::auth::AuthConfig>,
+    /// The settings file, re-read for `[auth]` on SIGHUP and when it changes.
+    pub config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,16 +154,7 @@ impl Settings {
     pub fn resolve(args: &ServeArgs) -> Result<Settings, SettingsError> {
         let file = match &args.config {
             None => FileSettings::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
-                    file: path.display().to_string(),
-                    message: e.to_string(),
-                })?;
-                toml::from_str(&text).map_err(|e| SettingsError::File {
-                    file: path.display().to_string(),
-                    message: e.to_string(),
-                })?
-            }
+            Some(path) => read_file(path)?,
         };
         let gpus = args
             .gpus
@@ -120,6 +162,18 @@ impl Settings {
             .or(file.gpus)
             .unwrap_or_else(|| "all".into());
         let s = Settings {
+            model_control: args
+                .model_control
+                .or(file.model_control)
+                .unwrap_or_default(),
+            repository_poll: Duration::from_secs(
+                args.repository_poll_secs
+                    .or(file.repository_poll_secs)
+                    .unwrap_or(DEFAULT_REPOSITORY_POLL_SECS),
+            ),
+            access_log: args.access_log.or(file.access_log).unwrap_or(true),
+            auth: file.auth,
+            config_file: args.config.clone(),
             model_repository: args
                 .model_repository
                 .clone()
@@ -165,7 +219,47 @@ impl Settings {
         Ok(s)
     }
 
+    /// Every default, serving `model_repository` (tests and tools override fields).
+    pub fn with_defaults(model_repository: PathBuf) -> Settings {
+        Settings {
+            model_repository,
+            host: DEFAULT_HOST.parse().expect("valid default. This is a bug."),
+            http_port: DEFAULT_HTTP_PORT,
+            metrics_port: DEFAULT_METRICS_PORT,
+            log_format: LogFormat::default(),
+            exit_timeout: Duration::from_secs(DEFAULT_EXIT_TIMEOUT_SECS),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            gpus: GpuSelection::All,
+            intra_op_threads: DEFAULT_INTRA_OP_THREADS,
+            metrics_interval: Duration::from_millis(DEFAULT_METRICS_INTERVAL_MS),
+            model_control: ModelControl::default(),
+            repository_poll: Duration::from_secs(DEFAULT_REPOSITORY_POLL_SECS),
+            access_log: true,
+            auth: None,
+            config_file: None,
+        }
+    }
+
+    /// Re-reads `[auth]` from the settings file (for a reload).
+    pub fn reload_auth(
+        path: &std::path::Path,
+    ) -> Result<Option<crate::auth::AuthConfig>, SettingsError> {
+        Ok(read_file(path)?.auth)
+    }
+
     pub fn validate(&self) -> Result<(), SettingsError> {
+        if let Some(a) = &self.auth {
+            a.validate().map_err(|message| SettingsError::Invalid {
+                field: "auth",
+                message,
+            })?;
+        }
+        if self.repository_poll.is_zero() {
+            return Err(SettingsError::Invalid {
+                field: "repository_poll_secs",
+                message: "expected at least 1".into(),
+            });
+        }
         if !self.model_repository.is_dir() {
             return Err(SettingsError::Invalid {
                 field: "model_repository",
@@ -198,6 +292,17 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+fn read_file(path: &std::path::Path) -> Result<FileSettings, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|e| SettingsError::File {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    toml::from_str(&text).map_err(|e| SettingsError::File {
+        file: path.display().to_string(),
+        message: e.to_string(),
+    })
 }
 
 /// Log format: human-readable text or one JSON object per line.

@@ -2,6 +2,7 @@
 //! api -> protocol -> batcher -> worker -> model, with telemetry beside it.
 
 pub mod api;
+pub mod auth;
 pub mod batcher;
 pub mod cli;
 pub mod config;

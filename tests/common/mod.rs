@@ -106,16 +106,17 @@ dims = [-1, 4]
 
 pub fn settings(repo: &Path) -> Settings {
     Settings {
-        model_repository: repo.to_path_buf(),
         host: "127.0.0.1".parse().unwrap(),
         http_port: 0,
         metrics_port: 0,
         log_format: LogFormat::Text,
         exit_timeout: Duration::from_secs(10),
-        max_body_bytes: 64 * 1024 * 1024,
         gpus: GpuSelection::None,
         intra_op_threads: 1,
         metrics_interval: Duration::from_millis(200),
+        // Tests load and unload models through the repository routes.
+        model_control: ferrite::config::ModelControl::Explicit,
+        ..Settings::with_defaults(repo.to_path_buf())
     }
 }
 

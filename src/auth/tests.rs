@@ -1,0 +1,238 @@
+//! `Authenticator` decisions without HTTP. Tokens here are minted with `jsonwebtoken` itself; the
+//! Python tests mint them with PyJWT (an independent implementation) against the real server.
+
+use axum::http::{HeaderMap, HeaderValue};
+use jsonwebtoken::{encode, EncodingKey, Header};
+
+use super::*;
+
+const SECRET: &str = "an HS256 secret of at least thirty-two bytes";
+
+fn now() -> u64 {
+    jsonwebtoken::get_current_timestamp()
+}
+
+fn config(dir: &std::path::Path) -> AuthConfig {
+    std::fs::write(dir.join("hs.secret"), SECRET).unwrap();
+    let text = format!(
+        r#"
+[[api_keys]]
+name = "ci"
+sha256 = "{}"
+scopes = ["infer:digits"]
+[[api_keys]]
+name = "ops"
+sha256 = "{}"
+scopes = ["admin", "infer"]
+rate_limit = {{ per_second = 5, burst = 5 }}
+[jwt]
+algorithms = ["HS256"]
+hs256_secret_file = "{}"
+issuer = "https://issuer.example"
+audience = "ferrite"
+leeway_secs = 0
+[[clients]]
+name = "batch-worker"
+scopes = ["jobs"]
+"#,
+        sha256_hex("key-ci"),
+        sha256_hex("key-ops"),
+        dir.join("hs.secret").display()
+    );
+    toml::from_str(&text).unwrap()
+}
+
+fn bearer(v: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {v}")).unwrap(),
+    );
+    h
+}
+
+fn token(claims: serde_json::Value, secret: &str) -> String {
+    encode(
+        &Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn claims(exp_in: i64) -> serde_json::Value {
+    serde_json::json!({
+        "sub": "alice", "iss": "https://issuer.example", "aud": "ferrite",
+        "exp": now() as i64 + exp_in, "scope": "infer admin unknown-scope"
+    })
+}
+
+#[test]
+fn api_key_in_either_header_gives_its_principal_and_scopes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authenticator::new(&config(dir.path())).unwrap();
+    let p = a.verify(&bearer("key-ci"), None, now()).unwrap();
+    assert_eq!(p.name, "ci");
+    assert!(p.allows(Need::Infer(Some("digits"))));
+    assert!(!p.allows(Need::Infer(Some("minilm"))));
+    assert!(p.allows(Need::Infer(None)), "the handler checks the model");
+    assert!(!p.allows(Need::Admin));
+    let mut h = HeaderMap::new();
+    h.insert("x-api-key", HeaderValue::from_static("key-ops"));
+    let p = a.verify(&h, None, now()).unwrap();
+    assert_eq!(p.name, "ops");
+    assert!(p.allows(Need::Admin) && p.allows(Need::Infer(Some("minilm"))));
+    assert_eq!(p.rate.burst, 5);
+}
+
+#[test]
+fn missing_wrong_or_malformed_credentials_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authenticator::new(&config(dir.path())).unwrap();
+    assert_eq!(
+        a.verify(&HeaderMap::new(), None, now()),
+        Err(AuthError::Missing)
+    );
+    assert_eq!(
+        a.verify(&bearer("key-cI"), None, now()),
+        Err(AuthError::Invalid)
+    );
+    let mut h = HeaderMap::new();
+    h.insert("authorization", HeaderValue::from_static("Basic a2V5LWNp"));
+    assert_eq!(a.verify(&h, None, now()), Err(AuthError::Invalid));
+}
+
+#[test]
+fn jwt_claims_are_checked_and_scopes_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authenticator::new(&config(dir.path())).unwrap();
+    let p = a
+        .verify(&bearer(&token(claims(60), SECRET)), None, now())
+        .unwrap();
+    assert_eq!(p.name, "jwt:alice");
+    assert_eq!(p.scopes, vec![Scope::Infer, Scope::Admin]);
+    let expired = token(claims(-10), SECRET);
+    assert_eq!(
+        a.verify(&bearer(&expired), None, now()),
+        Err(AuthError::Expired)
+    );
+    let mut wrong_aud = claims(60);
+    wrong_aud["aud"] = "other".into();
+    let mut wrong_iss = claims(60);
+    wrong_iss["iss"] = "https://evil.example".into();
+    let mut future = claims(60);
+    future["nbf"] = (now() + 30).into();
+    let mut no_exp = claims(60);
+    no_exp.as_object_mut().unwrap().remove("exp");
+    for (what, t) in [
+        ("aud", token(wrong_aud, SECRET)),
+        ("iss", token(wrong_iss, SECRET)),
+        ("nbf", token(future, SECRET)),
+        ("no exp", token(no_exp, SECRET)),
+        (
+            "other secret",
+            token(claims(60), "another secret of thirty-two bytes!!"),
+        ),
+    ] {
+        assert_eq!(
+            a.verify(&bearer(&t), None, now()),
+            Err(AuthError::Invalid),
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn jwt_alg_none_and_unconfigured_algorithms_are_refused() {
+    use base64::Engine;
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authenticator::new(&config(dir.path())).unwrap();
+    let none = format!(
+        "{}.{}.",
+        b64(serde_json::json!({"alg": "none", "typ": "JWT"})),
+        b64(claims(60))
+    );
+    assert_eq!(
+        a.verify(&bearer(&none), None, now()),
+        Err(AuthError::Invalid)
+    );
+    let hs384 = encode(
+        &Header::new(jsonwebtoken::Algorithm::HS384),
+        &claims(60),
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        a.verify(&bearer(&hs384), None, now()),
+        Err(AuthError::Invalid)
+    );
+    // A tampered payload with the original signature.
+    let good = token(claims(60), SECRET);
+    let mut parts: Vec<&str> = good.split('.').collect();
+    let mut evil = claims(60);
+    evil["sub"] = "mallory".into();
+    let evil = b64(evil);
+    parts[1] = &evil;
+    assert_eq!(
+        a.verify(&bearer(&parts.join(".")), None, now()),
+        Err(AuthError::Invalid)
+    );
+}
+
+#[test]
+fn client_certificate_name_is_a_principal_only_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authenticator::new(&config(dir.path())).unwrap();
+    let p = a
+        .verify(&HeaderMap::new(), Some("batch-worker"), now())
+        .unwrap();
+    assert!(p.allows(Need::Jobs) && !p.allows(Need::Infer(None)));
+    assert_eq!(
+        a.verify(&HeaderMap::new(), Some("stranger"), now()),
+        Err(AuthError::Invalid)
+    );
+    // Credentials in headers win over the certificate.
+    assert_eq!(
+        a.verify(&bearer("key-ci"), Some("batch-worker"), now())
+            .unwrap()
+            .name,
+        "ci"
+    );
+}
+
+#[test]
+fn config_validation_names_the_problem() {
+    let bad: AuthConfig = toml::from_str(
+        "[[api_keys]]\nname = \"x\"\nsha256 = \"plaintext-key\"\nscopes = [\"infer\"]\n",
+    )
+    .unwrap();
+    assert!(bad.validate().unwrap_err().contains("64 hex digits"));
+    let e = toml::from_str::<AuthConfig>(
+        "[[api_keys]]\nname = \"x\"\nsha256 = \"00\"\nscopes = [\"root\"]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unknown scope 'root'"), "{e}");
+    let e = toml::from_str::<AuthConfig>("[jwt]\nalgorithms = [\"RS256\"]\n")
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert!(e.contains("public_key_file or jwks_file"), "{e}");
+}
+
+#[test]
+fn keygen_key_hashes_to_what_verify_accepts() {
+    let key = generate_key();
+    assert!(key.starts_with("fk_") && key.len() > 40);
+    assert_ne!(key, generate_key());
+    let cfg: AuthConfig = toml::from_str(&format!(
+        "[[api_keys]]\nname = \"k\"\nsha256 = \"{}\"\nscopes = [\"infer\"]\n",
+        sha256_hex(&key)
+    ))
+    .unwrap();
+    let a = Authenticator::new(&cfg).unwrap();
+    assert_eq!(a.verify(&bearer(&key), None, now()).unwrap().name, "k");
+}
