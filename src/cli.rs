@@ -1,5 +1,5 @@
 //! The command line: `ferrite serve`, `ferrite models` (models, their placement, and the devices),
-//! `ferrite bench` and `ferrite capacity`.
+//! `ferrite bench`, `ferrite capacity`, `ferrite quantize` and `ferrite keygen`.
 
 use std::path::PathBuf;
 
@@ -48,6 +48,17 @@ pub enum Command {
     /// Write a quantized copy of a model version (q8 or q4) as a new version, with its measured
     /// quality against the source in quantization.json.
     Quantize(crate::quantize::QuantizeArgs),
+    /// Make a new random API key: prints the key once, alone on the first line of stdout, then the
+    /// `[[auth.api_keys]]` stanza (its SHA-256, never the key) to paste into the file given to
+    /// `ferrite serve --config`.
+    Keygen {
+        /// The key's name (logged as the principal; not a secret)
+        #[arg(long)]
+        name: String,
+        /// Scopes, comma-separated: infer, infer:<model>, admin, feedback, jobs, metrics
+        #[arg(long, value_delimiter = ',', default_value = "infer")]
+        scopes: Vec<String>,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -60,7 +71,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench(args),
         Command::Capacity(args) => capacity(args),
         Command::Quantize(args) => crate::quantize::run(&args),
+        Command::Keygen { name, scopes } => {
+            print!("{}", keygen(&name, &scopes)?);
+            Ok(())
+        }
     }
+}
+
+/// The key (first line) and the TOML stanza for it.
+fn keygen(name: &str, scopes: &[String]) -> anyhow::Result<String> {
+    if let Some(bad) = scopes
+        .iter()
+        .find(|s| crate::auth::Scope::parse(s).is_none())
+    {
+        anyhow::bail!(
+            "unknown scope '{bad}' (expected infer, infer:<model>, admin, feedback, jobs, metrics)"
+        );
+    }
+    let key = crate::auth::generate_key();
+    let quoted: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+    Ok(format!(
+        "{key}\n\n# Paste into the settings file given to `ferrite serve --config`; the key above is\n\
+         # shown once and stored nowhere (only its SHA-256 below).\n\
+         [[auth.api_keys]]\nname = {name:?}\nsha256 = \"{}\"\nscopes = [{}]\n",
+        crate::auth::sha256_hex(&key),
+        quoted.join(", ")
+    ))
 }
 
 /// The bench's own runtime: `--client-threads` workers, so its CPU use is bounded and measurable.

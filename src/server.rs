@@ -11,8 +11,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState};
-use crate::config::Settings;
+use crate::api::{self, AppState, BodyKey, Security};
+use crate::config::{ModelControl, Settings};
 use crate::device;
 use crate::repository::Repository;
 use crate::telemetry::gpu::{self, GpuError, GpuSource};
@@ -28,6 +28,8 @@ pub struct Server {
     metrics: JoinHandle<std::io::Result<()>>,
     exit_timeout: std::time::Duration,
     sampler: Sampler,
+    /// Background tasks (auth reload, repository poll), stopped at shutdown.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 fn serve(
@@ -64,12 +66,35 @@ impl Server {
             devices,
             metrics.clone(),
         ));
+        let security = Arc::new(
+            Security::new(settings.auth.as_ref()).map_err(|e| anyhow::anyhow!("[auth]: {e}"))?,
+        );
+        match &settings.auth {
+            None => tracing::warn!(
+                "no [auth] configured: every route is open to anyone who can reach this port \
+                 (unauthenticated; fine for local use, not for a shared network)"
+            ),
+            Some(a) => tracing::info!(
+                api_keys = a.api_keys.len(),
+                jwt = a.jwt.is_some(),
+                clients = a.clients.len(),
+                "access control on: inference and management routes need credentials"
+            ),
+        }
+        tracing::info!(
+            model_control = settings.model_control.as_str(),
+            "model control (load/unload through the API: only with explicit)"
+        );
         let state = AppState {
             repo: repo.clone(),
             metrics: metrics.clone(),
             telemetry: sampler.telemetry(),
             accepting: Arc::new(AtomicBool::new(false)),
             max_body_bytes: settings.max_body_bytes,
+            security: security.clone(),
+            model_control: settings.model_control,
+            access_log: settings.access_log,
+            body_key: Arc::new(BodyKey::random()),
         };
         let http = TcpListener::bind((settings.host, settings.http_port))
             .await
@@ -90,8 +115,16 @@ impl Server {
         );
         let (stop, stop_rx) = watch::channel(false);
         let http = serve(http, api::router(state.clone()), stop_rx.clone());
-        let metrics_task = serve(metrics_l, api::metrics_router(metrics), stop_rx);
+        let metrics_task = serve(
+            metrics_l,
+            api::metrics_router(metrics, security.clone()),
+            stop_rx,
+        );
+        let mut tasks = vec![reload_auth_task(settings, security)];
         repo.load_all().await;
+        if settings.model_control == ModelControl::Poll {
+            tasks.push(poll_task(repo.clone(), settings.repository_poll));
+        }
         state.accepting.store(true, Ordering::Release);
         tracing::info!(models = repo.index().len(), "server ready");
         Ok(Server {
@@ -103,6 +136,7 @@ impl Server {
             metrics: metrics_task,
             exit_timeout: settings.exit_timeout,
             sampler,
+            tasks,
         })
     }
 
@@ -126,6 +160,7 @@ impl Server {
             "shutting down: draining in-flight requests"
         );
         self.state.accepting.store(false, Ordering::Release);
+        self.tasks.iter().for_each(JoinHandle::abort);
         let _ = self.stop.send(true);
         match tokio::time::timeout(self.exit_timeout, self.http).await {
             Ok(Ok(Ok(()))) => tracing::info!("in-flight requests drained"),
@@ -140,4 +175,84 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || sampler.stop()).await;
         tracing::info!("shutdown complete");
     }
+}
+
+/// How often the auth reload task looks at the files `[auth]` reads (Kubernetes Secret updates
+/// send no signal).
+const AUTH_FILES_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads `[auth]` (API keys from the settings file, JWT key files) on SIGHUP and when one of
+/// those files changes; a bad new config is logged and the old one keeps working.
+fn reload_auth_task(settings: &Settings, security: Arc<Security>) -> JoinHandle<()> {
+    let config_file = settings.config_file.clone();
+    let mut files: Vec<std::path::PathBuf> = config_file.iter().cloned().collect();
+    files.extend(
+        settings
+            .auth
+            .as_ref()
+            .map(crate::auth::Authenticator::watched_files)
+            .unwrap_or_default(),
+    );
+    tokio::spawn(async move {
+        let stamp = |files: &[std::path::PathBuf]| -> Vec<Option<std::time::SystemTime>> {
+            files
+                .iter()
+                .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+                .collect()
+        };
+        let mut last = stamp(&files);
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; auth reloads on file changes only");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(AUTH_FILES_CHECK);
+        loop {
+            let why = tokio::select! {
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => "SIGHUP",
+                _ = tick.tick() => {
+                    let now = stamp(&files);
+                    if now == last { continue; }
+                    last = now;
+                    "a file changed"
+                }
+            };
+            let Some(path) = &config_file else {
+                continue;
+            };
+            let result = Settings::reload_auth(path)
+                .map_err(|e| e.to_string())
+                .and_then(|cfg| {
+                    security.reload(cfg.as_ref())?;
+                    Ok(cfg)
+                });
+            match result {
+                Ok(cfg) => {
+                    if let Some(c) = &cfg {
+                        files = config_file.iter().cloned().collect();
+                        files.extend(crate::auth::Authenticator::watched_files(c));
+                        last = stamp(&files);
+                    }
+                    tracing::info!(reason = why, "access control reloaded")
+                }
+                Err(e) => {
+                    tracing::warn!(reason = why, error = %e, "access control reload failed; the previous keys stay in force")
+                }
+            }
+        }
+    })
+}
+
+/// `--model-control poll`: rescans the repository every `every`.
+fn poll_task(repo: Arc<Repository>, every: std::time::Duration) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            repo.poll_once().await;
+        }
+    })
 }

@@ -17,9 +17,17 @@ pub enum ApiError {
     NotFound(String),
     BadRequest(String),
     TooLarge(String),
+    /// The caller lacks the scope (403).
+    Forbidden(String),
+    /// Management is not enabled (`--model-control`): 403.
+    Disabled(String),
     /// Queue full: the server is overloaded (503 in KServe, 429 in the OpenAI/TEI doors).
     Overloaded(String),
     Unavailable(String),
+    /// A model failed to load from its files: 500 with the reason (admin routes only).
+    LoadFailed(String),
+    /// Anything else that is the server's fault: the client sees only "internal error, request id
+    /// ..." (`ApiError::internal` logs the detail).
     Internal(String),
 }
 
@@ -29,8 +37,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Forbidden(_) | ApiError::Disabled(_) => StatusCode::FORBIDDEN,
             ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::LoadFailed(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -39,10 +48,21 @@ impl ApiError {
             ApiError::NotFound(m)
             | ApiError::BadRequest(m)
             | ApiError::TooLarge(m)
+            | ApiError::Forbidden(m)
+            | ApiError::Disabled(m)
             | ApiError::Overloaded(m)
             | ApiError::Unavailable(m)
+            | ApiError::LoadFailed(m)
             | ApiError::Internal(m) => m,
         }
+    }
+
+    /// An internal error: `detail` goes to the server log (with the request id), the client gets
+    /// "internal error, request id ...".
+    pub fn internal(detail: impl std::fmt::Display) -> ApiError {
+        let id = super::access::request_id();
+        tracing::error!(request_id = %id, error = %detail, "internal error");
+        ApiError::Internal(format!("internal error, request id {id}"))
     }
 }
 
@@ -78,7 +98,9 @@ impl From<RepoError> for ApiError {
                 ..
             } => ApiError::Unavailable(e.to_string()),
             RepoError::NotReady { .. } => ApiError::NotFound(e.to_string()),
-            RepoError::Config(_) | RepoError::Load { .. } => ApiError::BadRequest(e.to_string()),
+            // The model's own files (config, weights) failed: the server's side, with the reason
+            // (only admin routes load).
+            RepoError::Config(_) | RepoError::Load { .. } => ApiError::LoadFailed(e.to_string()),
         }
     }
 }
@@ -103,6 +125,6 @@ pub fn job_error(e: JobError) -> (ApiError, FailureReason) {
         JobError::Timeout { .. } => (ApiError::Unavailable(msg), FailureReason::Timeout),
         JobError::BadPriority { .. } => (ApiError::BadRequest(msg), FailureReason::Invalid),
         JobError::Unavailable { .. } => (ApiError::Unavailable(msg), FailureReason::Other),
-        JobError::Model { .. } => (ApiError::Internal(msg), FailureReason::Backend),
+        JobError::Model { .. } => (ApiError::internal(msg), FailureReason::Backend),
     }
 }

@@ -156,7 +156,7 @@ pub async fn embed(
         let Some(TensorData::F32(v)) = out.into_iter().next().map(|t| t.data) else {
             return Err(fail(
                 FailureReason::Backend,
-                ApiError::Internal("model returned no FP32 embedding".into()),
+                ApiError::internal(format!("model '{}' returned no FP32 embedding", lv.name)),
             ));
         };
         vectors.push(if normalize { l2_normalized(v) } else { v });
@@ -177,6 +177,15 @@ pub fn l2_normalized(mut v: Vec<f32>) -> Vec<f32> {
         v.iter_mut().for_each(|x| *x /= norm);
     }
     v
+}
+
+/// Marks `resp` as served by `lv` (the access log reads it).
+pub fn served(lv: &LoadedVersion, mut resp: axum::response::Response) -> axum::response::Response {
+    resp.extensions_mut().insert(super::Served {
+        model: lv.name.clone(),
+        version: lv.version,
+    });
+    resp
 }
 
 /// Records an invalid request against a model version (decode failures before `run`).

@@ -61,5 +61,8 @@ async fn predict_on(
         .map_err(|e| infer::invalid(&lv, e))?;
     let done = infer::run(&s, &lv, inputs, SubmitOptions::default()).await?;
     let body = kserve_v1::encode_response(&done.output.outputs, batching);
-    Ok((infer::timing_headers(&done), Json(body)).into_response())
+    Ok(infer::served(
+        &lv,
+        (infer::timing_headers(&done), Json(body)).into_response(),
+    ))
 }

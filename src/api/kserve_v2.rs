@@ -86,9 +86,7 @@ pub async fn model_config(
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let c = s.repo.config(&model)?;
-    Ok(Json(
-        serde_json::to_value(&*c).map_err(|e| ApiError::Internal(e.to_string()))?,
-    ))
+    Ok(Json(serde_json::to_value(&*c).map_err(ApiError::internal)?))
 }
 
 pub async fn model_ready(
@@ -185,7 +183,7 @@ async fn infer_on(
             );
         }
     }
-    Ok(resp)
+    Ok(infer::served(&lv, resp))
 }
 
 /// The outputs to return, in order, and whether each goes in binary form.

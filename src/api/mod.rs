@@ -2,6 +2,8 @@
 //! tracing) and the error table. Handlers decode, submit to a model's queue and encode; they never
 //! touch a device.
 
+mod access;
+mod auth;
 mod devices;
 mod error;
 mod infer;
@@ -22,8 +24,11 @@ use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub use access::{BodyKey, Served};
+pub use auth::Security;
 pub use error::ApiError;
 
+use crate::config::ModelControl;
 use crate::repository::Repository;
 use crate::telemetry::{Metrics, Telemetry};
 
@@ -37,6 +42,13 @@ pub struct AppState {
     /// False while starting and once draining: readiness and new inference say no.
     pub accepting: Arc<AtomicBool>,
     pub max_body_bytes: usize,
+    /// Who may call what (`[auth]`), and their rate limits.
+    pub security: Arc<Security>,
+    /// Whether management routes are enabled (`--model-control`).
+    pub model_control: ModelControl,
+    /// Per-request access log (`--access-log`) and its body-hash key.
+    pub access_log: bool,
+    pub body_key: Arc<BodyKey>,
 }
 
 impl AppState {
@@ -85,7 +97,15 @@ pub fn router(state: AppState) -> Router {
             "/v1/models/{model}/versions/{version}",
             post(kserve_v1::predict_v),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::access_log,
+        ))
         .with_state(state)
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
@@ -103,23 +123,29 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
-/// The metrics router (`GET /metrics`, Prometheus text format).
-pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let m = metrics.clone();
-            async move {
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    m.encode(),
-                )
-            }
-        }),
-    )
+/// The metrics router (`GET /metrics`, Prometheus text format); the `metrics` scope is required
+/// when `[auth] protect_metrics` is set.
+pub fn metrics_router(metrics: Arc<Metrics>, security: Arc<Security>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            security,
+            auth::authorize_metrics,
+        ))
 }
 
 /// Reads a whole body, answering 413 past `limit` bytes.

@@ -4,12 +4,13 @@
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::{infer, text, ApiError, AppState};
+use crate::auth::Principal;
 use crate::batcher::SubmitOptions;
 use crate::protocol::openai::{self, ErrorKind};
 
@@ -20,21 +21,36 @@ fn openai_error(e: ApiError) -> Response {
         ApiError::BadRequest(_) | ApiError::TooLarge(_) => {
             (e.status(), ErrorKind::InvalidRequestError)
         }
+        ApiError::Forbidden(_) => (e.status(), ErrorKind::PermissionError),
         _ => (e.status(), ErrorKind::ServerError),
     };
     ApiError::respond(status, openai::encode_error(e.message(), kind))
 }
 
-pub async fn embeddings(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    handle(s, headers, body).await.unwrap_or_else(openai_error)
+pub async fn embeddings(
+    State(s): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let principal = principal.map(|Extension(p)| p);
+    handle(s, principal.as_ref(), headers, body)
+        .await
+        .unwrap_or_else(openai_error)
 }
 
-async fn handle(s: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn handle(
+    s: AppState,
+    principal: Option<&Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let (req, lv) = text::read_request(&s, &headers, body, openai::decode_request, |r| {
-        r.model.as_deref()
-    })
-    .await?;
+    let (req, lv) =
+        text::read_request(&s, principal, &headers, body, openai::decode_request, |r| {
+            r.model.as_deref()
+        })
+        .await?;
     let tm = lv
         .text
         .as_ref()
@@ -53,5 +69,5 @@ async fn handle(s: AppState, headers: HeaderMap, body: Body) -> Result<Response,
     let headers = text::headers(&e, start.elapsed());
     let vectors = text::apply_dimensions(e.vectors, req.dimensions, tm.normalize)?;
     let body = openai::encode_response(vectors, &lv.name, e.tokens, req.encoding_format);
-    Ok((headers, Json(body)).into_response())
+    Ok(infer::served(&lv, (headers, Json(body)).into_response()))
 }

@@ -4,12 +4,13 @@
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::{infer, text, ApiError, AppState};
+use crate::auth::Principal;
 use crate::batcher::SubmitOptions;
 use crate::protocol::tei::{self, ErrorType};
 use crate::telemetry::FailureReason;
@@ -19,20 +20,38 @@ fn tei_error(e: ApiError) -> Response {
         ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorType::Validation),
         ApiError::BadRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorType::Validation),
         ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorType::Validation),
+        ApiError::Forbidden(_) | ApiError::Disabled(_) => {
+            (StatusCode::FORBIDDEN, ErrorType::Unauthorized)
+        }
         ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorType::Overloaded),
         ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorType::Unhealthy),
-        ApiError::Internal(_) => (StatusCode::FAILED_DEPENDENCY, ErrorType::Backend),
+        ApiError::Internal(_) | ApiError::LoadFailed(_) => {
+            (StatusCode::FAILED_DEPENDENCY, ErrorType::Backend)
+        }
     };
     ApiError::respond(status, tei::encode_error(e.message(), kind))
 }
 
-pub async fn embed(State(s): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    handle(s, headers, body).await.unwrap_or_else(tei_error)
+pub async fn embed(
+    State(s): State<AppState>,
+    principal: Option<Extension<Principal>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let principal = principal.map(|Extension(p)| p);
+    handle(s, principal.as_ref(), headers, body)
+        .await
+        .unwrap_or_else(tei_error)
 }
 
-async fn handle(s: AppState, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn handle(
+    s: AppState,
+    principal: Option<&Principal>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let (req, lv) = text::read_request(&s, &headers, body, tei::decode_request, |r| {
+    let (req, lv) = text::read_request(&s, principal, &headers, body, tei::decode_request, |r| {
         r.model.as_deref()
     })
     .await?;
@@ -49,7 +68,7 @@ async fn handle(s: AppState, headers: HeaderMap, body: Body) -> Result<Response,
     let e = infer::embed(&lv, tm, req.inputs, req.truncate, req.normalize, opts).await?;
     let headers = text::headers(&e, start.elapsed());
     let vectors = text::apply_dimensions(e.vectors, req.dimensions, req.normalize)?;
-    Ok((headers, Json(vectors)).into_response())
+    Ok(infer::served(&lv, (headers, Json(vectors)).into_response()))
 }
 
 pub async fn info(State(s): State<AppState>) -> Response {

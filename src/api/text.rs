@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue};
 
+use super::auth::check_model;
 use super::infer::{invalid, l2_normalized, ms, Embedded};
 use super::{read_body, ApiError, AppState};
+use crate::auth::Principal;
 use crate::protocol::embeddings::DecodeError;
 use crate::repository::{LoadedVersion, ModelState, RepoError};
 
@@ -15,22 +17,31 @@ use crate::repository::{LoadedVersion, ModelState, RepoError};
 /// default one). A body with a bad field counts as INVALID against that model.
 pub async fn read_request<T>(
     s: &AppState,
+    principal: Option<&Principal>,
     headers: &axum::http::HeaderMap,
     body: axum::body::Body,
     decode: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
     model_of: impl FnOnce(&T) -> Option<&str>,
 ) -> Result<(T, Arc<LoadedVersion>), ApiError> {
+    if !s.is_accepting() {
+        return Err(ApiError::Unavailable(
+            "server is shutting down or starting".into(),
+        ));
+    }
     let bytes = read_body(headers, body, s.max_body_bytes).await?;
-    match decode(&bytes) {
+    let (decoded, model) = match decode(&bytes) {
         Ok(req) => {
-            let lv = text_model(s, model_of(&req))?;
-            Ok((req, lv))
+            let model = model_of(&req).map(str::to_string);
+            (Ok(req), model)
         }
-        Err(DecodeError::Malformed(e)) => Err(e.into()),
-        Err(DecodeError::Field { model, error }) => {
-            let lv = text_model(s, model.as_deref())?;
-            Err(invalid(&lv, error))
-        }
+        Err(DecodeError::Malformed(e)) => return Err(e.into()),
+        Err(DecodeError::Field { model, error }) => (Err(error), model),
+    };
+    let lv = text_model(s, model.as_deref())?;
+    check_model(principal, &lv.name)?;
+    match decoded {
+        Ok(req) => Ok((req, lv)),
+        Err(error) => Err(invalid(&lv, error)),
     }
 }
 

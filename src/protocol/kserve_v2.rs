@@ -112,6 +112,17 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
             .map(|&d| usize::try_from(d))
             .collect::<Result<Vec<usize>, _>>()
             .map_err(|_| bad(format!("shape {:?} has a negative dimension", input.shape)))?;
+        // Elements and bytes must be addressable (checked: a hostile shape must not overflow).
+        let bytes = shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| n.checked_mul(dt.byte_size().unwrap_or(1)));
+        if bytes.is_none() {
+            return Err(bad(format!(
+                "shape {:?} holds more elements than can be addressed",
+                input.shape
+            )));
+        }
         let data = match (
             param_u64(&input.parameters, "binary_data_size")?,
             &input.data,
@@ -156,7 +167,12 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
         inputs,
         outputs,
         binary_output: param_bool(&req.parameters, "binary_data_output")?.unwrap_or(false),
-        priority: param_u64(&req.parameters, "priority")?.unwrap_or(0) as u32,
+        priority: match param_u64(&req.parameters, "priority")? {
+            None => 0,
+            Some(p) => u32::try_from(p).map_err(|_| {
+                ProtocolError::Json(format!("parameters.priority {p} is out of range"))
+            })?,
+        },
         timeout_us: param_u64(&req.parameters, "timeout")?,
     })
 }
@@ -426,5 +442,25 @@ mod tests {
         assert_eq!(v["model_version"], "2");
         assert_eq!(v["id"], "q");
         assert_eq!(v["outputs"][0]["data"], serde_json::json!([3, 4]));
+    }
+
+    #[test]
+    fn decode_overflowing_shape_and_huge_priority_are_client_errors() {
+        let e = decode_request(
+            br#"{"inputs":[{"name":"x","shape":[1,4611686018427387904],"datatype":"FP32","data":[1]}]}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("more elements than can be addressed"),
+            "{e}"
+        );
+        let e = decode_request(
+            br#"{"parameters":{"priority":4294967297},"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("priority"), "{e}");
     }
 }

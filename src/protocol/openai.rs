@@ -125,6 +125,8 @@ pub fn encode_response(
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     InvalidRequestError,
+    AuthenticationError,
+    PermissionError,
     NotFoundError,
     RateLimitError,
     ServerError,

@@ -56,6 +56,8 @@ pub fn decode_request(body: &[u8]) -> Result<EmbedRequest, DecodeError> {
 /// TEI's error kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ErrorType {
+    /// Missing or bad credentials, or a missing scope (Ferrite's addition).
+    Unauthorized,
     Validation,
     Overloaded,
     Backend,

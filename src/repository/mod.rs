@@ -114,6 +114,35 @@ pub struct Repository {
     models: RwLock<BTreeMap<String, ModelEntry>>,
     /// Serialises load/unload so that two reloads of one model cannot interleave.
     admin: tokio::sync::Mutex<()>,
+    /// What each model folder looked like when it was last loaded (`poll_once` reloads on a
+    /// change). Short sections, no await.
+    fingerprints: Mutex<BTreeMap<String, Fingerprint>>,
+}
+
+/// A model folder's config file and version folders' files: (path, length, modified time).
+type Fingerprint = Vec<(PathBuf, u64, Option<std::time::SystemTime>)>;
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut out = Vec::new();
+    let mut add = |p: PathBuf| {
+        if let Ok(m) = std::fs::metadata(&p) {
+            out.push((p, m.len(), m.modified().ok()));
+        }
+    };
+    add(dir.join("config.toml"));
+    for v in present_versions(dir) {
+        let vdir = dir.join(v.to_string());
+        add(vdir.clone());
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&vdir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.sort();
+        files.into_iter().for_each(&mut add);
+    }
+    out
 }
 
 /// Numbered version folders present in a model folder, ascending.
@@ -150,6 +179,7 @@ impl Repository {
             metrics,
             models: RwLock::new(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
+            fingerprints: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -190,6 +220,10 @@ impl Repository {
         {
             return Err(RepoError::ModelNotFound(name.into()));
         }
+        self.fingerprints
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.into(), fingerprint(&dir));
         self.write()
             .entry(name.into())
             .and_modify(|e| {
@@ -375,6 +409,42 @@ impl Repository {
             return Err(load_err(format!("warm-up failed: {e}")));
         }
         Ok(lv)
+    }
+
+    /// `--model-control poll`: one rescan of the repository folder, the source of truth. Model
+    /// folders that are new or whose config or version folders changed are (re)loaded (a failed
+    /// load keeps the serving versions); models whose folder is gone are unloaded.
+    pub async fn poll_once(&self) {
+        let names = model_names(&self.root);
+        for name in &names {
+            let now = fingerprint(&self.root.join(name));
+            let known = self
+                .fingerprints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned();
+            if known.as_ref() != Some(&now) {
+                tracing::info!(model = %name, "repository poll: model folder changed, loading");
+                if let Err(e) = self.load(name).await {
+                    tracing::error!(model = %name, error = %e, "repository poll: load failed; the serving versions keep serving");
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .read()
+            .iter()
+            .filter(|(n, e)| !names.contains(n) && !e.versions.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            tracing::info!(model = %name, "repository poll: model folder removed, unloading");
+            self.fingerprints
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&name);
+            let _ = self.unload(&name).await;
+        }
     }
 
     /// Unloads every version of a model; queued requests are still answered first.

@@ -168,7 +168,11 @@ fn check_one(spec: &TensorSpec, t: &Tensor) -> Result<(), ValidationError> {
             got: t.shape.clone(),
         });
     }
-    let expected: usize = t.shape.iter().product();
+    let expected = t
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .unwrap_or(usize::MAX);
     if expected != t.data.len() {
         return Err(ValidationError::ElementCount {
             name: t.name.clone(),

@@ -77,6 +77,7 @@ pub struct Metrics {
     batch_size: HistogramVec,
     padding: HistogramVec,
     model_ready: IntGaugeVec,
+    rate_limited: IntCounterVec,
     host: HostGauges,
 }
 
@@ -209,7 +210,17 @@ impl Metrics {
         .expect("static metric. This is a bug.");
         r.register(Box::new(pending.clone()))
             .expect("unique metric. This is a bug.");
+        let rate_limited = counter(
+            &r,
+            "ferrite_rate_limited_total",
+            "Requests refused with 429 because their principal was over its rate limit, by the scope the route needs",
+            &["scope"],
+        );
+        for scope in ["infer", "admin", "feedback", "jobs", "metrics"] {
+            rate_limited.with_label_values(&[scope]);
+        }
         Metrics {
+            rate_limited,
             success: counter(
                 &r,
                 "nv_inference_request_success",
@@ -423,6 +434,10 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every family.
+    pub fn record_rate_limited(&self, scope: &str) {
+        self.rate_limited.with_label_values(&[scope]).inc();
+    }
+
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();
         TextEncoder::new()

@@ -1,0 +1,257 @@
+//! Access control at the HTTP edge: a thin route layer around `auth::Authenticator` (who is
+//! calling, may they, are they over their rate). The decisions live in `auth/`; this file only maps
+//! a route to what it needs and a refusal to each door's status and error body.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState};
+use crate::auth::{
+    AuthConfig, AuthError, Authenticator, Need, Principal, RateDecision, RateLimiters,
+};
+use crate::protocol::{openai, tei};
+
+/// The server's access-control state: the current verifiers (swapped whole on reload) and the
+/// rate limiters (kept across reloads).
+pub struct Security {
+    /// `None`: no `[auth]`, every route is open (local use). Short read sections, no await.
+    current: RwLock<Option<Arc<Authenticator>>>,
+    protect_metrics: std::sync::atomic::AtomicBool,
+    pub rates: RateLimiters,
+}
+
+impl Security {
+    pub fn new(cfg: Option<&AuthConfig>) -> Result<Security, String> {
+        let s = Security {
+            current: RwLock::new(None),
+            protect_metrics: Default::default(),
+            rates: RateLimiters::default(),
+        };
+        s.reload(cfg)?;
+        Ok(s)
+    }
+
+    /// Builds new verifiers from `cfg` and swaps them in; on error the old ones stay.
+    pub fn reload(&self, cfg: Option<&AuthConfig>) -> Result<(), String> {
+        let next = cfg.map(Authenticator::new).transpose()?;
+        self.protect_metrics.store(
+            cfg.is_some_and(|c| c.protect_metrics),
+            std::sync::atomic::Ordering::Release,
+        );
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        Ok(())
+    }
+
+    pub fn current(&self) -> Option<Arc<Authenticator>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn protects_metrics(&self) -> bool {
+        self.protect_metrics
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Which error shape a route answers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    KServe,
+    OpenAi,
+    Tei,
+}
+
+impl Door {
+    pub fn of(route: &str) -> Door {
+        match route {
+            "/v1/embeddings" => Door::OpenAi,
+            "/embed" | "/info" => Door::Tei,
+            _ => Door::KServe,
+        }
+    }
+}
+
+/// What a route (axum's matched path) needs; `model` is the `{model}` path segment.
+pub fn need_of<'a>(route: &str, model: Option<&'a str>) -> Need<'a> {
+    match route {
+        "/v2/health/live" | "/v2/health/ready" => Need::Nothing,
+        r if r.starts_with("/v2/repository") => Need::Admin,
+        // `/v1/models/{model}` carries `:predict` in the same segment.
+        r if r.starts_with("/v2/models/{model}") || r.starts_with("/v1/models/{model}") => {
+            Need::Infer(model.map(|m| m.strip_suffix(":predict").unwrap_or(m)))
+        }
+        // Server metadata, devices, the embedding doors (the handler checks the model it picks).
+        _ => Need::Infer(None),
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Route layer: verifies the caller, checks the route's scope and the caller's rate, and hands
+/// the `Principal` to the handler (request extension) and to the access log (response extension).
+pub async fn authorize(
+    State(s): State<AppState>,
+    route: MatchedPath,
+    params: RawPathParams,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let Some(auth) = s.security.current() else {
+        return next.run(req).await;
+    };
+    let model = params.iter().find(|(k, _)| *k == "model").map(|(_, v)| v);
+    let need = need_of(route.as_str(), model);
+    if need == Need::Nothing {
+        return next.run(req).await;
+    }
+    let door = Door::of(route.as_str());
+    let cn = req
+        .extensions()
+        .get::<crate::net::ClientCertName>()
+        .map(|c| c.0.clone());
+    let principal = match auth.verify(req.headers(), cn.as_deref(), now()) {
+        Ok(p) => p,
+        Err(e) => return refuse(door, e),
+    };
+    if !principal.allows(need) {
+        tracing::info!(principal = %principal.name, route = route.as_str(), "insufficient scope");
+        return refuse(door, AuthError::Forbidden);
+    }
+    if let RateDecision::Deny { retry_after } = s.security.rates.check(&principal) {
+        s.metrics.record_rate_limited(need.label());
+        tracing::info!(principal = %principal.name, scope = need.label(), "rate limited");
+        return too_many(door, retry_after);
+    }
+    req.extensions_mut().insert(principal.clone());
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(principal);
+    resp
+}
+
+/// Whether `principal` (if auth is on) may run inference on `model`; for doors that learn the
+/// model from the body.
+pub fn check_model(principal: Option<&Principal>, model: &str) -> Result<(), ApiError> {
+    match principal {
+        Some(p) if !p.allows(Need::Infer(Some(model))) => {
+            Err(ApiError::Forbidden(AuthError::Forbidden.to_string()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The door's error body with `status`.
+pub fn door_error(door: Door, status: StatusCode, message: &str) -> Response {
+    match door {
+        Door::OpenAi => {
+            let kind = match status {
+                StatusCode::TOO_MANY_REQUESTS => openai::ErrorKind::RateLimitError,
+                StatusCode::UNAUTHORIZED => openai::ErrorKind::AuthenticationError,
+                StatusCode::FORBIDDEN => openai::ErrorKind::PermissionError,
+                _ => openai::ErrorKind::InvalidRequestError,
+            };
+            ApiError::respond(status, openai::encode_error(message, kind))
+        }
+        Door::Tei => {
+            let kind = match status {
+                StatusCode::TOO_MANY_REQUESTS => tei::ErrorType::Overloaded,
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => tei::ErrorType::Unauthorized,
+                _ => tei::ErrorType::Validation,
+            };
+            ApiError::respond(status, tei::encode_error(message, kind))
+        }
+        Door::KServe => ApiError::respond(status, serde_json::json!({ "error": message })),
+    }
+}
+
+/// 401 (with `WWW-Authenticate: Bearer`) or 403. The body says only missing, invalid, expired or
+/// insufficient scope.
+pub fn refuse(door: Door, e: AuthError) -> Response {
+    let status = match e {
+        AuthError::Forbidden => StatusCode::FORBIDDEN,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    let mut resp = door_error(door, status, &e.to_string());
+    let challenge = match e.bearer_error() {
+        Some(code) => {
+            format!("Bearer realm=\"ferrite\", error=\"{code}\", error_description=\"{e}\"")
+        }
+        None => "Bearer realm=\"ferrite\"".to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// 429 with `Retry-After` in whole seconds (at least 1).
+fn too_many(door: Door, retry_after: Duration) -> Response {
+    let mut resp = door_error(
+        door,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate limit exceeded; retry later",
+    );
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    resp.into_response()
+}
+
+/// Layer for the metrics port: requires the `metrics` scope when `protect_metrics` is set.
+pub async fn authorize_metrics(
+    State(security): State<Arc<Security>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(auth) = security.current().filter(|_| security.protects_metrics()) else {
+        return next.run(req).await;
+    };
+    match auth.verify(req.headers(), None, now()) {
+        Ok(p) if p.allows(Need::Metrics) => next.run(req).await,
+        Ok(_) => refuse(Door::KServe, AuthError::Forbidden),
+        Err(e) => refuse(Door::KServe, e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_map_to_scopes() {
+        assert_eq!(need_of("/v2/health/ready", None), Need::Nothing);
+        assert_eq!(need_of("/v2/health/live", None), Need::Nothing);
+        assert_eq!(
+            need_of("/v2/repository/models/{model}/load", Some("digits")),
+            Need::Admin
+        );
+        assert_eq!(need_of("/v2/repository/index", None), Need::Admin);
+        assert_eq!(
+            need_of(
+                "/v2/models/{model}/versions/{version}/infer",
+                Some("digits")
+            ),
+            Need::Infer(Some("digits"))
+        );
+        assert_eq!(
+            need_of("/v1/models/{model}", Some("digits:predict")),
+            Need::Infer(Some("digits"))
+        );
+        for r in ["/v2", "/v2/devices", "/v1/embeddings", "/embed", "/info"] {
+            assert_eq!(need_of(r, None), Need::Infer(None), "{r}");
+        }
+        assert_eq!(Door::of("/v1/embeddings"), Door::OpenAi);
+        assert_eq!(Door::of("/info"), Door::Tei);
+        assert_eq!(Door::of("/v2/models/{model}/infer"), Door::KServe);
+    }
+}
