@@ -17,18 +17,10 @@ use tokio::time::Instant;
 pub use policy::{BatchConfig, Decision};
 use state::QueueState;
 
-use crate::tensor::Tensor;
+/// Value types of the metrics the batcher and workers fill; they live in the `telemetry` leaf.
+pub use crate::telemetry::metrics::{QueueMetrics, Timings};
 
-/// Time a request spent in each stage; compute stages are those of the batch it ran in.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Timings {
-    pub queue: Duration,
-    pub compute_input: Duration,
-    pub compute_infer: Duration,
-    pub compute_output: Duration,
-    /// Rows in the batch this request ran in.
-    pub batch_rows: usize,
-}
+use crate::tensor::Tensor;
 
 /// A successful answer.
 #[derive(Debug, Clone)]
@@ -133,13 +125,6 @@ impl Job {
             Some(counted) => !counted.swap(true, Ordering::Relaxed),
         }
     }
-}
-
-/// Counters the dispatcher keeps up to date.
-#[derive(Clone)]
-pub struct QueueMetrics {
-    pub pending: prometheus::IntGauge,
-    pub canceled: prometheus::IntCounter,
 }
 
 /// Waits shorter than this use a precise (thread) sleep rather than tokio's millisecond timer.
