@@ -95,6 +95,14 @@ pub trait Model: Send + Sync {
         timings.input = t0.elapsed();
         self.compute(staged, &mut xfer, timings)
     }
+
+    /// Whether a batch of sequences runs padded to its longest (it then costs rows x longest) or
+    /// packed without padding (it costs its real tokens). The batcher's token budget and the
+    /// padding metric follow it, per instance (as TEI's backends declare `padded_model`). Defaults
+    /// to padded: the conservative budget.
+    fn is_padded(&self) -> bool {
+        true
+    }
 }
 
 /// Instances on one GPU share the model's candle `CudaDevice` and with it one cuBLAS handle, which
@@ -133,6 +141,10 @@ impl Model for SerialCompute {
         // A compute that panicked (the worker catches it) leaves the lock poisoned, not broken.
         let _turn = self.turn.lock().unwrap_or_else(|p| p.into_inner());
         self.inner.compute(staged, xfer, timings)
+    }
+
+    fn is_padded(&self) -> bool {
+        self.inner.is_padded()
     }
 }
 
