@@ -353,7 +353,8 @@ impl Repository {
         };
         let text =
             TextModel::load(name, config, &dir.join(version.to_string())).map_err(load_err)?;
-        let queue = Queue::spawn(name, config.batch_config(), metrics.queue());
+        let queue = Queue::spawn(name, config.batch_config(), metrics.queue())
+            .map_err(|e| load_err(format!("cannot start the queue thread: {e}")))?;
         let lv = Arc::new(LoadedVersion {
             name: name.into(),
             version,
