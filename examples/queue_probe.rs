@@ -28,10 +28,11 @@ fn main() {
             ..BatchConfig::default()
         },
         m,
-    );
+    )
+    .unwrap();
     let w = q.clone();
     std::thread::spawn(move || {
-        while let Some(b) = w.pull_blocking() {
+        while let Some(b) = w.pull_blocking(Layout::Padded) {
             for j in b.jobs {
                 let _ = j.reply.send(Ok(JobOutput {
                     outputs: vec![],

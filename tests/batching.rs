@@ -1,6 +1,7 @@
 //! Batching and overload behaviour through real HTTP: batches really form under concurrency, a
 //! deadline that passes while queued is answered at once, a full queue answers 503 + Retry-After,
-//! a client that leaves is dropped before compute, and a panicking model fails only its batch.
+//! a client that leaves is dropped before compute, a panicking model fails only its batch, and
+//! requests of different shapes (variable dims) are batched apart, never together.
 
 mod common;
 
@@ -84,10 +85,12 @@ fn row(v: f32) -> Value {
     v2_request("x", 1, 4, &[v, 1.0, 2.0, 3.0])
 }
 
-async fn wait_pending(s: &TestServer, n: f64) {
+/// Waits until the slow model's pending gauge is at least `n`: with one instance computing, that
+/// many requests are proven queued behind it (the gauge counts admitted, not yet dispatched jobs).
+async fn wait_pending_at_least(s: &TestServer, n: f64) {
     let series = r#"nv_inference_pending_request_count{model="slow",version="1"}"#;
-    for _ in 0..500 {
-        if s.metric(series).await == n {
+    for _ in 0..2000 {
+        if s.metric(series).await >= n {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -107,9 +110,10 @@ fn spawn_infer(s: &TestServer, body: Value) -> tokio::task::JoinHandle<(u16, Val
 #[tokio::test(flavor = "multi_thread")]
 async fn deadline_passing_in_queue_is_answered_before_the_running_batch_ends() {
     let s = slow_server(1500, 16).await;
-    let busy = spawn_infer(&s, row(0.5));
-    wait_pending(&s, 0.0).await;
-    tokio::time::sleep(Duration::from_millis(50)).await; // the worker has taken `busy`
+    // Two slow requests on one instance: one computes while the other is queued, so the pending
+    // gauge reaching 1 proves that a 1.5 s batch is ahead of the request sent next.
+    let busy: Vec<_> = (0..2).map(|i| spawn_infer(&s, row(i as f32))).collect();
+    wait_pending_at_least(&s, 1.0).await;
     let mut body = row(1.0);
     body["parameters"] = serde_json::json!({"timeout": 100_000});
     let t0 = Instant::now();
@@ -126,7 +130,9 @@ async fn deadline_passing_in_queue_is_answered_before_the_running_batch_ends() {
         waited < Duration::from_millis(1000),
         "answered after {waited:?}, not at its deadline"
     );
-    assert_eq!(busy.await.unwrap().0, 200);
+    for b in busy {
+        assert_eq!(b.await.unwrap().0, 200);
+    }
     assert_eq!(
         s.metric(r#"nv_inference_request_failure{model="slow",reason="TIMEOUT",version="1"}"#)
             .await,
@@ -137,19 +143,21 @@ async fn deadline_passing_in_queue_is_answered_before_the_running_batch_ends() {
 #[tokio::test(flavor = "multi_thread")]
 async fn full_queue_answers_503_with_retry_after() {
     let s = slow_server(400, 2).await;
-    let running = spawn_infer(&s, row(0.5));
-    wait_pending(&s, 0.0).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let queued: Vec<_> = (0..2).map(|i| spawn_infer(&s, row(i as f32))).collect();
-    wait_pending(&s, 2.0).await;
+    // One instance, a queue of 2: with 3 sent, pending reaches 2 only once one of them is running
+    // and the other two fill the queue (an idle worker takes a request as soon as it is queued).
+    let sent: Vec<_> = (0..3).map(|i| spawn_infer(&s, row(i as f32))).collect();
+    wait_pending_at_least(&s, 2.0).await;
     let r = s.post_json("/v2/models/slow/infer", &row(9.0)).await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     let msg: Value = r.json().await.unwrap();
     assert!(msg["error"].as_str().unwrap().contains("full"), "{msg}");
-    assert_eq!(running.await.unwrap().0, 200);
-    for q in queued {
-        assert_eq!(q.await.unwrap().0, 200, "queued requests are not lost");
+    for q in sent {
+        assert_eq!(
+            q.await.unwrap().0,
+            200,
+            "running and queued requests are not lost"
+        );
     }
     assert_eq!(
         s.metric(r#"nv_inference_request_failure{model="slow",reason="REJECTED",version="1"}"#)
@@ -161,10 +169,10 @@ async fn full_queue_answers_503_with_retry_after() {
 #[tokio::test(flavor = "multi_thread")]
 async fn client_that_disconnects_is_dropped_before_compute() {
     let s = slow_server(600, 16).await;
-    let running = spawn_infer(&s, row(0.5));
-    wait_pending(&s, 0.0).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    // This client gives up while its request is still queued behind `running`.
+    // Two slow requests on one instance: pending reaching 1 proves a 600 ms batch is ahead.
+    let running: Vec<_> = (0..2).map(|i| spawn_infer(&s, row(i as f32))).collect();
+    wait_pending_at_least(&s, 1.0).await;
+    // This client gives up while its request is still queued behind them.
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(150))
         .build()
@@ -175,14 +183,16 @@ async fn client_that_disconnects_is_dropped_before_compute() {
         .send()
         .await;
     assert!(r.is_err(), "the client timed out");
-    assert_eq!(running.await.unwrap().0, 200);
+    for r in running {
+        assert_eq!(r.await.unwrap().0, 200);
+    }
     let r = s.post_json("/v2/models/slow/infer", &row(2.0)).await;
     assert_eq!(r.status(), 200);
     let m = |k: &'static str| format!("nv_inference_{k}{{model=\"slow\",version=\"1\"}}");
     assert_eq!(
         s.metric(&m("exec_count")).await,
-        2.0,
-        "the abandoned request was not computed"
+        3.0,
+        "the abandoned request was not computed (two ahead of it, one after)"
     );
     assert_eq!(
         s.metric(r#"nv_inference_request_failure{model="slow",reason="CANCELED",version="1"}"#)
@@ -244,4 +254,66 @@ async fn same_row_gives_same_answer_alone_and_in_a_batch() {
             assert!((a - b).abs() <= 1e-6, "row {i}: {a} vs {b}");
         }
     }
+}
+
+/// A `debug` model with a variable inner dimension (`dims = [-1, -1]`): it concatenates a batch's
+/// rows, as a real batched model does, so a batch mixing widths would fail as a whole.
+fn ragged_debug_repo() -> Repo {
+    Repo::new()
+        .with_file(
+            "echo/config.toml",
+            r#"architecture = "debug"
+max_batch_size = 32
+[[input]]
+name = "x"
+datatype = "FP32"
+dims = [-1, -1]
+[[output]]
+name = "y"
+datatype = "FP32"
+dims = [-1, -1]
+[dynamic_batching]
+max_queue_delay_us = 50000
+"#,
+        )
+        .with_file("echo/1/.keep", "")
+}
+
+/// Requests of four widths sent at once, on one instance with a 50 ms delay so that they queue
+/// together: each is answered with its own data, and they did run batched (fewer executions than
+/// requests), so without grouping by shape some batch would have mixed widths and failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_of_different_shapes_are_batched_apart_and_all_succeed() {
+    let s = TestServer::start(ragged_debug_repo()).await;
+    let widths = [1usize, 2, 3, 5];
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let w = widths[i % widths.len()];
+        let data: Vec<f32> = (0..w).map(|k| (i * 10 + k) as f32).collect();
+        let (client, url) = (s.client.clone(), format!("{}/v2/models/echo/infer", s.url));
+        tasks.push(tokio::spawn(async move {
+            let body = v2_request("x", 1, w, &data);
+            let r = client.post(url).json(&body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (status, v, w, data)
+        }));
+    }
+    for t in tasks {
+        let (status, v, w, data) = t.await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["outputs"][0]["shape"], serde_json::json!([1, w]));
+        let got: Vec<f32> = serde_json::from_value(v["outputs"][0]["data"].clone()).unwrap();
+        assert_eq!(got, data, "each request gets its own rows back");
+    }
+    let m = |k: &str| format!("nv_inference_{k}{{model=\"echo\",version=\"1\"}}");
+    let (count, execs) = (
+        s.metric(&m("count")).await,
+        s.metric(&m("exec_count")).await,
+    );
+    assert_eq!(count, 24.0);
+    assert!(
+        execs < count && execs >= widths.len() as f64,
+        "{count} requests in {execs} executions: batched, one width per batch"
+    );
 }

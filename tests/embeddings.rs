@@ -89,7 +89,9 @@ async fn reference_embeddings_match_alone_and_in_a_mixed_batch() {
         r#"ferrite_batch_padding_ratio_count{model="minilm",version="1"}"#,
     )
     .unwrap();
-    assert!(count >= execs, "padding ratio recorded per batch");
+    // The test server runs on the CPU, where BERT packs a batch without padding: no padding
+    // ratio is recorded for it (only padded batches have one, e.g. on a GPU).
+    assert_eq!(count, 0.0, "padding ratio recorded for packed batches");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,12 +1,13 @@
 //! The dynamic batcher: one `Queue` per model version. Request handlers `submit` a job and await its
 //! answer; worker threads `pull_blocking` their next batch when they become free (pull-based). A
-//! dispatcher task owns the `QueueState`, answers expired requests at once, drops requests whose
-//! client has gone and applies `policy::decide`. It never runs a model and never sees HTTP.
+//! dispatcher on its own named OS thread (`dispatcher.rs`) owns the `QueueState`, answers expired
+//! requests at once, drops requests whose client has gone and applies `policy::decide`. It never
+//! runs a model and never sees HTTP.
 
+mod dispatcher;
 pub mod policy;
 pub mod state;
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,21 +15,12 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+/// Value types of the metrics the batcher and workers fill; they live in the `telemetry` leaf.
+pub use crate::telemetry::metrics::{QueueMetrics, Timings};
+use dispatcher::{Command, Dispatcher, Pull};
 pub use policy::{BatchConfig, Decision};
-use state::QueueState;
 
 use crate::tensor::Tensor;
-
-/// Time a request spent in each stage; compute stages are those of the batch it ran in.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Timings {
-    pub queue: Duration,
-    pub compute_input: Duration,
-    pub compute_infer: Duration,
-    pub compute_output: Duration,
-    /// Rows in the batch this request ran in.
-    pub batch_rows: usize,
-}
 
 /// A successful answer.
 #[derive(Debug, Clone)]
@@ -67,8 +59,12 @@ pub enum JobError {
 pub struct Job {
     pub inputs: Vec<Tensor>,
     pub rows: usize,
-    /// Batching cost: tokens (padded sequence length) for sequence models, else rows.
+    /// Batching cost: tokens (sequence length) for sequence jobs, else rows.
     pub cost: usize,
+    /// A sequence job (submitted with a token cost): it batches with sequence jobs of any length,
+    /// since the model pads or packs them. Other jobs batch only with jobs whose inputs have the
+    /// same non-batch shape (`state::same_shape`).
+    pub ragged: bool,
     /// Priority level, 1 = first served.
     pub priority: u32,
     pub enqueued_at: Instant,
@@ -116,7 +112,9 @@ pub struct SubmitOptions {
     pub timeout: Option<Duration>,
     /// A warm-up request (not counted in metrics).
     pub warmup: bool,
-    /// Batching cost (tokens for sequence models); 0 = the job's rows.
+    /// Batching cost: the tokens of a sequence job; 0 = the job's rows. A job given a cost is a
+    /// sequence job, ragged by design: it batches with sequence jobs of other lengths (the model
+    /// pads or packs them), where other jobs batch only with jobs of their own non-batch shape.
     pub cost: usize,
     /// Set when a client request is submitted as several jobs (one per text): every job of the
     /// request carries the same flag, so that the request counts once as canceled.
@@ -135,21 +133,27 @@ impl Job {
     }
 }
 
-/// Counters the dispatcher keeps up to date.
-#[derive(Clone)]
-pub struct QueueMetrics {
-    pub pending: prometheus::IntGauge,
-    pub canceled: prometheus::IntCounter,
+/// How the pulling worker's model lays a batch of sequences out, which decides what a token budget
+/// (`BatchConfig::max_batch_tokens`) counts. Instances of one model on different devices share a
+/// queue and may differ (BERT pads on a GPU, packs on the CPU), so each worker says it per pull.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Padded to the longest sequence: a batch costs rows x longest.
+    #[default]
+    Padded,
+    /// Packed without padding: a batch costs its real tokens (the sum of its jobs' costs).
+    Packed,
 }
 
-/// Waits shorter than this use a precise (thread) sleep rather than tokio's millisecond timer.
-const PRECISE_BELOW: Duration = Duration::from_millis(2);
-
-enum Command {
-    Submit(Job),
-    /// A worker asks for its next batch; one batch is sent on this (capacity-1) channel.
-    Pull(flume::Sender<Batch>),
-    Close,
+impl Layout {
+    /// The layout of a model that says whether it pads (`Model::is_padded`).
+    pub fn of(padded: bool) -> Layout {
+        if padded {
+            Layout::Padded
+        } else {
+            Layout::Packed
+        }
+    }
 }
 
 /// Cheap handle onto one model version's queue.
@@ -161,22 +165,36 @@ pub struct Queue {
 }
 
 impl Queue {
-    /// Starts the dispatcher task on the current tokio runtime.
-    pub fn spawn(model: &str, cfg: BatchConfig, metrics: QueueMetrics) -> Queue {
+    /// Starts the dispatcher on its own OS thread, `ferrite-q-{model}`, which ends once the queue
+    /// is closed and drained (or every handle is dropped). Needs no tokio runtime.
+    pub fn spawn(model: &str, cfg: BatchConfig, metrics: QueueMetrics) -> std::io::Result<Queue> {
+        let (queue, dispatcher, rx) = Queue::new(model, cfg, metrics);
+        std::thread::Builder::new()
+            .name(format!("ferrite-q-{model}"))
+            .spawn(move || dispatcher.run_thread(rx))?;
+        Ok(queue)
+    }
+
+    /// Starts the dispatcher as a task on the current tokio runtime, on tokio's clock: queue tests
+    /// run it on the paused clock at exact instants.
+    #[cfg(test)]
+    pub(crate) fn spawn_task(model: &str, cfg: BatchConfig, metrics: QueueMetrics) -> Queue {
+        let (queue, dispatcher, rx) = Queue::new(model, cfg, metrics);
+        tokio::spawn(dispatcher.run_task(rx));
+        queue
+    }
+
+    fn new(
+        model: &str,
+        cfg: BatchConfig,
+        metrics: QueueMetrics,
+    ) -> (Queue, Dispatcher, flume::Receiver<Command>) {
         let capacity = cfg.max_queue_size * cfg.priority_levels.max(1) as usize + 64;
         let (tx, rx) = flume::bounded(capacity.min(1 << 16));
         let cfg = Arc::new(cfg);
         let model: Arc<str> = model.into();
-        let dispatcher = Dispatcher {
-            state: QueueState::new(cfg.priority_levels, cfg.max_queue_size),
-            idle: VecDeque::new(),
-            cfg: cfg.clone(),
-            model: model.clone(),
-            metrics,
-            closing: false,
-        };
-        tokio::spawn(dispatcher.run(rx));
-        Queue { tx, cfg, model }
+        let dispatcher = Dispatcher::new(model.clone(), cfg.clone(), metrics);
+        (Queue { tx, cfg, model }, dispatcher, rx)
     }
 
     pub fn config(&self) -> &BatchConfig {
@@ -214,6 +232,7 @@ impl Queue {
             inputs,
             rows,
             cost: if opts.cost == 0 { rows } else { opts.cost },
+            ragged: opts.cost != 0,
             priority,
             enqueued_at: now,
             deadline: timeout.map(|t| now + t),
@@ -230,10 +249,11 @@ impl Queue {
     }
 
     /// Worker side: blocks until the dispatcher hands this worker a batch; `None` once the queue is
-    /// closed and drained. Call from a plain OS thread, never from async code.
-    pub fn pull_blocking(&self) -> Option<Batch> {
+    /// closed and drained. `layout`: how this worker's model lays out a batch (token budget). Call
+    /// from a plain OS thread, never from async code.
+    pub fn pull_blocking(&self, layout: Layout) -> Option<Batch> {
         let (tx, rx) = flume::bounded(1);
-        self.tx.send(Command::Pull(tx)).ok()?;
+        self.tx.send(Command::Pull(Pull { tx, layout })).ok()?;
         rx.recv().ok()
     }
 
@@ -241,11 +261,12 @@ impl Queue {
     /// waiting (its place among the idle workers is kept: nothing is re-registered or lost).
     pub fn pull_blocking_or_idle(
         &self,
+        layout: Layout,
         idle_after: Duration,
         on_idle: impl FnOnce(),
     ) -> Option<Batch> {
         let (tx, rx) = flume::bounded(1);
-        self.tx.send(Command::Pull(tx)).ok()?;
+        self.tx.send(Command::Pull(Pull { tx, layout })).ok()?;
         match rx.recv_timeout(idle_after) {
             Ok(batch) => return Some(batch),
             Err(flume::RecvTimeoutError::Disconnected) => return None,
@@ -254,10 +275,18 @@ impl Queue {
         rx.recv().ok()
     }
 
-    /// Async twin of `pull_blocking`, for tests and benchmarks.
+    /// Async twin of `pull_blocking` for a padded model, for tests and benchmarks.
     pub async fn pull(&self) -> Option<Batch> {
+        self.pull_with(Layout::Padded).await
+    }
+
+    /// Async twin of `pull_blocking`, for tests and benchmarks.
+    pub async fn pull_with(&self, layout: Layout) -> Option<Batch> {
         let (tx, rx) = flume::bounded(1);
-        self.tx.send_async(Command::Pull(tx)).await.ok()?;
+        self.tx
+            .send_async(Command::Pull(Pull { tx, layout }))
+            .await
+            .ok()?;
         rx.recv_async().await.ok()
     }
 
@@ -274,154 +303,7 @@ impl Queue {
     }
 }
 
-struct Dispatcher {
-    state: QueueState,
-    idle: VecDeque<flume::Sender<Batch>>,
-    cfg: Arc<BatchConfig>,
-    model: Arc<str>,
-    metrics: QueueMetrics,
-    closing: bool,
-}
-
-impl Dispatcher {
-    async fn run(mut self, rx: flume::Receiver<Command>) {
-        let mut precise: Option<(Instant, tokio::task::JoinHandle<()>)> = None;
-        loop {
-            let wake = self.step(Instant::now());
-            if self.closing && self.state.pending_jobs() == 0 {
-                break;
-            }
-            let remaining = wake.map(|t| t.saturating_duration_since(Instant::now()));
-            let cmd = match (wake, remaining) {
-                // tokio's timer rounds up to whole milliseconds: a 200 us batching delay would
-                // become 1-2 ms. Short waits sleep on a blocking thread instead (one at a time).
-                (Some(t), Some(r)) if r < PRECISE_BELOW && !r.is_zero() => {
-                    let timer = match precise.take() {
-                        Some((at, h)) if at == t && !h.is_finished() => (at, h),
-                        _ => (
-                            t,
-                            tokio::task::spawn_blocking(move || std::thread::sleep(r)),
-                        ),
-                    };
-                    let (at, mut h) = timer;
-                    tokio::select! {
-                        c = rx.recv_async() => {
-                            precise = Some((at, h));
-                            Some(c)
-                        }
-                        _ = &mut h => None,
-                    }
-                }
-                (Some(t), _) => tokio::select! {
-                    c = rx.recv_async() => Some(c),
-                    _ = tokio::time::sleep_until(t) => None,
-                },
-                (None, _) => Some(rx.recv_async().await),
-            };
-            match cmd {
-                None => {}
-                Some(Ok(Command::Submit(job))) => self.admit(job),
-                Some(Ok(Command::Pull(w))) => self.idle.push_back(w),
-                Some(Ok(Command::Close)) | Some(Err(_)) => self.closing = true,
-            }
-        }
-        // Idle workers see their sender dropped; busy ones find the channel closed on next pull.
-        self.idle.clear();
-        while let Ok(cmd) = rx.try_recv() {
-            if let Command::Submit(job) = cmd {
-                self.reject(job, "the model is being unloaded");
-            }
-        }
-        self.metrics.pending.set(0);
-    }
-
-    fn admit(&mut self, job: Job) {
-        if self.closing {
-            return self.reject(job, "the model is being unloaded");
-        }
-        match self.state.push(job) {
-            Ok(()) => self.metrics.pending.inc(),
-            Err((job, full)) => {
-                let _ = job.reply.send(Err(JobError::QueueFull {
-                    model: self.model.to_string(),
-                    level: full.level,
-                    capacity: full.capacity,
-                }));
-            }
-        }
-        // A full level first drops the jobs whose clients have gone.
-        self.settle_canceled();
-    }
-
-    /// Takes the queue's count of dropped canceled jobs into the metrics: the pending gauge counts
-    /// jobs, the canceled counter requests.
-    fn settle_canceled(&mut self) {
-        let gone = self.state.take_canceled();
-        self.metrics.pending.sub(gone.jobs as i64);
-        self.metrics.canceled.inc_by(gone.requests as u64);
-    }
-
-    fn reject(&self, job: Job, why: &str) {
-        let _ = job.reply.send(Err(JobError::Unavailable {
-            model: self.model.to_string(),
-            why: why.into(),
-        }));
-    }
-
-    /// Expires, dispatches what the policy allows, and returns when to look again.
-    fn step(&mut self, now: Instant) -> Option<Instant> {
-        for job in self.state.take_expired(now) {
-            self.metrics.pending.dec();
-            let _ = job.reply.send(Err(JobError::Timeout {
-                model: self.model.to_string(),
-                timeout_us: job.timeout_us,
-            }));
-        }
-        let mut wake = None;
-        while !self.idle.is_empty() {
-            let pending = policy::Pending {
-                rows: self.state.pending_rows(),
-                tokens: self.state.pending_tokens(),
-                oldest: self.state.oldest_enqueued(),
-            };
-            match policy::decide(pending, now, &self.cfg) {
-                Decision::Dispatch(max_rows) => {
-                    self.dispatch(policy::fair_share(max_rows, pending.rows, self.idle.len()))
-                }
-                Decision::WaitUntil(t) => {
-                    wake = Some(t);
-                    break;
-                }
-                Decision::Idle => break,
-            }
-        }
-        match (wake, self.state.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    fn dispatch(&mut self, max_rows: usize) {
-        let jobs = self.state.take_batch(max_rows, self.cfg.max_batch_tokens);
-        self.metrics.pending.sub(jobs.len() as i64);
-        self.settle_canceled();
-        if jobs.is_empty() {
-            return;
-        }
-        let worker = self
-            .idle
-            .pop_front()
-            .expect("dispatch is only called with an idle worker. This is a bug.");
-        // Capacity 1 and one batch per request: only a departed worker makes this fail.
-        if let Err(flume::TrySendError::Disconnected(batch) | flume::TrySendError::Full(batch)) =
-            worker.try_send(Batch { jobs })
-        {
-            // That worker has gone away: keep its jobs for the next one.
-            self.metrics.pending.add(batch.jobs.len() as i64);
-            self.state.requeue_front(batch.jobs);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod thread_tests;

@@ -11,7 +11,8 @@ pub struct BatchConfig {
     pub max_batch_size: usize,
     /// Longest a lone request waits for company while a worker is idle.
     pub max_queue_delay: Duration,
-    /// Batch sizes that are dispatched at once when reached (sorted, each <= max_batch_size).
+    /// Batch sizes that are dispatched at once when the queue can fill one (the largest it can; each
+    /// <= max_batch_size). See `decide`.
     pub preferred_batch_sizes: Vec<usize>,
     /// Most queued requests per priority level; beyond it a submit is rejected.
     pub max_queue_size: usize,
@@ -21,7 +22,8 @@ pub struct BatchConfig {
     pub priority_levels: u32,
     /// Level used when a request names none (priority 0).
     pub default_priority: u32,
-    /// For sequence models: most tokens in one batch, counting padding (rows x longest).
+    /// For sequence models: most tokens in one batch: rows x longest for a worker whose model pads
+    /// its batch, the real tokens (sum of costs) for one that packs it (`Layout`).
     pub max_batch_tokens: Option<usize>,
 }
 
@@ -42,8 +44,12 @@ impl Default for BatchConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
-    /// Give an idle worker a batch of at most this many rows now.
+    /// Give an idle worker a batch of at most this many rows now; idle workers split what is
+    /// queued evenly (`fair_share`).
     Dispatch(usize),
+    /// Give an idle worker a batch of this preferred size now; idle workers split the queue only
+    /// into preferred sizes (`preferred_share`).
+    Preferred(usize),
     /// Nothing to send yet: look again at this instant (or when something arrives).
     WaitUntil(Instant),
     /// The queue is empty.
@@ -60,7 +66,17 @@ pub struct Pending {
     pub oldest: Option<Instant>,
 }
 
-/// Decides for one idle worker.
+/// Decides for one idle worker, with Triton's semantics for preferred sizes:
+/// - the oldest request has waited `max_queue_delay`: send what there is, up to `max_batch_size`;
+/// - else, with preferred sizes, the largest one the queue can fill goes now (preferred [16, 32]
+///   and 20 rows queued: 16; 100 queued: 32, even when `max_batch_size` is 64);
+/// - else a full batch (`max_batch_size` rows, or `max_batch_tokens` queued) goes now;
+/// - else wait until the oldest request's delay is up (or something arrives).
+///
+/// How it combines with the fair share between idle instances: a delayed or full batch is split
+/// evenly over the idle workers (`fair_share`); a preferred batch is split only into preferred
+/// sizes (`preferred_share`: the even share rounded down to the largest preferred size it holds,
+/// or the whole preferred batch to one worker when no preferred size fits in a share).
 pub fn decide(pending: Pending, now: Instant, cfg: &BatchConfig) -> Decision {
     let (pending_rows, Some(oldest)) = (pending.rows, pending.oldest) else {
         return Decision::Idle;
@@ -69,21 +85,27 @@ pub fn decide(pending: Pending, now: Instant, cfg: &BatchConfig) -> Decision {
         return Decision::Idle;
     }
     let max = cfg.max_batch_size.max(1);
+    let due = oldest + cfg.max_queue_delay;
+    if now >= due {
+        return Decision::Dispatch(max);
+    }
+    if let Some(best) = largest_preferred(&cfg.preferred_batch_sizes, pending_rows.min(max)) {
+        return Decision::Preferred(best);
+    }
     let tokens_full = cfg.max_batch_tokens.is_some_and(|t| pending.tokens >= t);
     if pending_rows >= max || tokens_full {
         return Decision::Dispatch(max);
     }
-    if let Some(&largest) = cfg.preferred_batch_sizes.iter().max() {
-        if pending_rows >= largest {
-            return Decision::Dispatch(largest);
-        }
-    }
-    let due = oldest + cfg.max_queue_delay;
-    if now >= due {
-        Decision::Dispatch(max)
-    } else {
-        Decision::WaitUntil(due)
-    }
+    Decision::WaitUntil(due)
+}
+
+/// The largest preferred size at most `rows`.
+fn largest_preferred(preferred: &[usize], rows: usize) -> Option<usize> {
+    preferred
+        .iter()
+        .copied()
+        .filter(|&p| p > 0 && p <= rows)
+        .max()
 }
 
 /// Rows for one of `idle_workers` idle workers when the policy says dispatch `max_rows`: an even
@@ -95,6 +117,20 @@ pub fn fair_share(max_rows: usize, pending_rows: usize, idle_workers: usize) -> 
     max_rows
         .min(pending_rows.div_ceil(idle_workers.max(1)))
         .max(1)
+}
+
+/// Rows for one of `idle_workers` idle workers when the policy says send the preferred size `size`:
+/// the even share rounded down to the largest preferred size it holds, so that every instance
+/// still gets a size the model is tuned for; when no preferred size fits in a share, one worker
+/// takes the whole `size` (and the rest wait for more arrivals or the delay).
+pub fn preferred_share(
+    size: usize,
+    pending_rows: usize,
+    idle_workers: usize,
+    preferred: &[usize],
+) -> usize {
+    let share = fair_share(size, pending_rows, idle_workers);
+    largest_preferred(preferred, share).unwrap_or(size)
 }
 
 #[cfg(test)]
@@ -149,15 +185,86 @@ mod tests {
     }
 
     #[test]
-    fn decide_full_batch_dispatches_max() {
+    fn decide_full_batch_without_preferred_sizes_dispatches_max() {
         let now = Instant::now();
-        assert_eq!(decide(p(20, Some(now)), now, &cfg()), Decision::Dispatch(8));
+        let c = BatchConfig {
+            preferred_batch_sizes: Vec::new(),
+            ..cfg()
+        };
+        assert_eq!(decide(p(20, Some(now)), now, &c), Decision::Dispatch(8));
+        assert_eq!(decide(p(8, Some(now)), now, &c), Decision::Dispatch(8));
     }
 
     #[test]
     fn decide_preferred_size_reached_dispatches_preferred() {
         let now = Instant::now();
-        assert_eq!(decide(p(5, Some(now)), now, &cfg()), Decision::Dispatch(4));
+        assert_eq!(decide(p(5, Some(now)), now, &cfg()), Decision::Preferred(4));
+    }
+
+    fn triton_cfg() -> BatchConfig {
+        BatchConfig {
+            max_batch_size: 64,
+            max_queue_delay: Duration::from_micros(200),
+            preferred_batch_sizes: vec![16, 32],
+            ..BatchConfig::default()
+        }
+    }
+
+    /// Triton: the largest preferred size the queue can fill goes at once, also when the queue
+    /// holds a full `max_batch_size` (the batch is then the largest preferred size, not max).
+    #[test]
+    fn decide_preferred_sizes_dispatch_the_largest_the_queue_fills() {
+        let now = Instant::now();
+        let c = triton_cfg();
+        assert_eq!(decide(p(20, Some(now)), now, &c), Decision::Preferred(16));
+        assert_eq!(decide(p(16, Some(now)), now, &c), Decision::Preferred(16));
+        assert_eq!(decide(p(31, Some(now)), now, &c), Decision::Preferred(16));
+        assert_eq!(decide(p(32, Some(now)), now, &c), Decision::Preferred(32));
+        assert_eq!(decide(p(100, Some(now)), now, &c), Decision::Preferred(32));
+    }
+
+    /// No preferred size can be filled: wait up to the delay, then send what there is, up to max.
+    #[test]
+    fn decide_preferred_sizes_none_fillable_waits_then_sends_up_to_max() {
+        let now = Instant::now();
+        let c = triton_cfg();
+        let due = now + Duration::from_micros(200);
+        assert_eq!(decide(p(15, Some(now)), now, &c), Decision::WaitUntil(due));
+        let just_before = due - Duration::from_nanos(1);
+        assert_eq!(
+            decide(p(15, Some(now)), just_before, &c),
+            Decision::WaitUntil(due)
+        );
+        assert_eq!(decide(p(15, Some(now)), due, &c), Decision::Dispatch(64));
+    }
+
+    /// Once the oldest request has waited the delay, the batch is no longer held to a preferred
+    /// size: what is queued goes, up to max.
+    #[test]
+    fn decide_preferred_sizes_after_the_delay_send_up_to_max() {
+        let now = Instant::now();
+        let due = now + Duration::from_micros(200);
+        let c = triton_cfg();
+        assert_eq!(decide(p(40, Some(now)), due, &c), Decision::Dispatch(64));
+        assert_eq!(decide(p(100, Some(now)), due, &c), Decision::Dispatch(64));
+    }
+
+    #[test]
+    fn preferred_share_rounds_the_even_share_down_to_a_preferred_size() {
+        let pref = [16, 32];
+        assert_eq!(
+            preferred_share(32, 64, 2, &pref),
+            32,
+            "two full preferred halves"
+        );
+        assert_eq!(preferred_share(32, 40, 2, &pref), 16, "share 20 holds 16");
+        assert_eq!(preferred_share(16, 24, 1, &pref), 16);
+        assert_eq!(preferred_share(32, 100, 3, &pref), 32, "share 34 holds 32");
+        assert_eq!(
+            preferred_share(16, 20, 2, &pref),
+            16,
+            "share 10 holds none: one worker takes the whole preferred batch"
+        );
     }
 
     #[test]

@@ -1,10 +1,29 @@
-//! Queue state owned by the dispatcher task: one FIFO per priority level, bounded; deadline expiry;
-//! batch extraction that skips requests whose client has gone. Pure data, no channels or timers.
+//! Queue state owned by the dispatcher: one FIFO per priority level, bounded; deadline expiry;
+//! batch extraction that skips requests whose client has gone and takes only jobs of the head job's
+//! shape (`same_shape`). Pure data, no channels or timers.
 
 use std::collections::VecDeque;
 use tokio::time::Instant;
 
-use super::Job;
+use super::{Job, Layout};
+
+/// Whether two jobs can share a batch. Sequence jobs (`Job::ragged`) batch with each other at any
+/// length: the model pads or packs them. Other jobs only when every input has the same non-batch
+/// shape, as Triton batches only equal shapes for a model without ragged inputs: a variable
+/// dimension (`dims = [-1, -1]`) would otherwise make the model's row concatenation fail for the
+/// whole batch.
+pub fn same_shape(a: &Job, b: &Job) -> bool {
+    if a.ragged || b.ragged {
+        return a.ragged && b.ragged;
+    }
+    a.inputs.len() == b.inputs.len()
+        && a.inputs.iter().all(|x| {
+            b.inputs
+                .iter()
+                .find(|y| y.name == x.name)
+                .is_some_and(|y| y.shape.get(1..) == x.shape.get(1..))
+        })
+}
 
 /// Jobs dropped because their client had gone, since the last `QueueState::take_canceled`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -155,7 +174,7 @@ impl QueueState {
     }
 
     /// Drops jobs whose client has gone (counted for `take_canceled`).
-    pub fn prune_canceled(&mut self) {
+    fn prune_canceled(&mut self) {
         let mut gone = Vec::new();
         for level in &mut self.levels {
             let (keep, drop): (VecDeque<Job>, VecDeque<Job>) =
@@ -166,28 +185,41 @@ impl QueueState {
         self.drop_gone(gone)
     }
 
-    /// Takes up to `max_rows` rows of jobs, highest priority first and FIFO within a level, never
-    /// jumping over a job that does not fit (a lone job larger than `max_rows` is still taken).
+    /// Takes up to `max_rows` rows of jobs of the head job's shape (the oldest live job of the first
+    /// non-empty level; `same_shape`), highest priority first and FIFO within a level. Jobs of
+    /// another shape are passed over and keep their places; a job of the head's shape that does not
+    /// fit ends the batch (never jumped over; a lone job larger than `max_rows` is still taken).
     /// With a token budget, see `take_by_length`. Jobs whose client has gone are dropped on the way
     /// (counted for `take_canceled`).
-    pub fn take_batch(&mut self, max_rows: usize, max_tokens: Option<usize>) -> Vec<Job> {
+    pub fn take_batch(
+        &mut self,
+        max_rows: usize,
+        max_tokens: Option<usize>,
+        layout: Layout,
+    ) -> Vec<Job> {
         self.drop_canceled_fronts();
         if let Some(budget) = max_tokens {
-            return self.take_by_length(max_rows, budget);
+            return self.take_by_length(max_rows, budget, layout);
         }
-        let mut batch = Vec::new();
+        let mut batch: Vec<Job> = Vec::new();
         let mut gone = Vec::new();
         let mut rows = 0;
         'levels: for level in &mut self.levels {
-            while let Some(front) = level.front() {
-                if front.reply.is_closed() {
-                    gone.extend(level.pop_front());
+            let mut i = 0;
+            while i < level.len() {
+                let job = &level[i];
+                if job.reply.is_closed() {
+                    gone.extend(level.remove(i));
                     continue;
                 }
-                if rows + front.rows > max_rows && !batch.is_empty() {
+                if batch.first().is_some_and(|head| !same_shape(head, job)) {
+                    i += 1;
+                    continue;
+                }
+                if rows + job.rows > max_rows && !batch.is_empty() {
                     break 'levels;
                 }
-                let job = level.pop_front().expect("front exists. This is a bug.");
+                let job = level.remove(i).expect("index checked. This is a bug.");
                 rows += job.rows;
                 batch.push(job);
                 if rows >= max_rows {
@@ -211,35 +243,38 @@ impl QueueState {
         self.drop_gone(gone)
     }
 
-    /// Token-budget batching for sequence jobs (`cost` = padded length). The oldest job of the first
+    /// Token-budget batching for sequence jobs (`cost` = length). The oldest job of the first
     /// non-empty level always goes (so no job waits behind more than the jobs queued before it: the
-    /// FIFO fairness bound); the rest are picked from the next `4 * max_rows` jobs of that level by
-    /// closeness of length to it, while rows <= `max_rows`, rows x longest <= `budget`, and the
-    /// longest is at most twice the shortest (padding efficiency >= 50%). This keeps padding low
-    /// without starving long requests.
-    fn take_by_length(&mut self, max_rows: usize, budget: usize) -> Vec<Job> {
+    /// FIFO fairness bound); the rest are picked among the next `4 * max_rows` jobs of that level of
+    /// the head's shape, by closeness of length to it, while rows <= `max_rows`, the batch's tokens
+    /// fit `budget` (rows x longest for a `Padded` layout, the sum of lengths for `Packed`), and the
+    /// longest is at most twice the shortest (padding efficiency >= 50% where the model pads). This
+    /// keeps padding low without starving long requests.
+    fn take_by_length(&mut self, max_rows: usize, budget: usize, layout: Layout) -> Vec<Job> {
         let Some(level) = self.levels.iter_mut().find(|l| !l.is_empty()) else {
             return Vec::new();
         };
         let window = level.len().min(4 * max_rows.max(1));
         let head = &level[0];
-        let (mut rows, mut longest, mut shortest, mut n) =
-            (head.rows, head.cost, head.cost, 1usize);
+        let (mut rows, mut longest, mut shortest, mut tokens, mut n) =
+            (head.rows, head.cost, head.cost, head.cost, 1usize);
         let mut order: Vec<usize> = (1..window)
-            .filter(|&i| !level[i].reply.is_closed())
+            .filter(|&i| !level[i].reply.is_closed() && same_shape(head, &level[i]))
             .collect();
         order.sort_by_key(|&i| (level[i].cost.abs_diff(head.cost), i));
         let mut chosen = vec![0usize];
         for i in order {
             let j = &level[i];
             let (new_longest, new_shortest) = (longest.max(j.cost), shortest.min(j.cost));
-            if rows + j.rows <= max_rows
-                && (n + 1) * new_longest <= budget
-                && new_longest <= 2 * new_shortest.max(1)
-            {
+            let fits = match layout {
+                Layout::Padded => (n + 1) * new_longest <= budget,
+                Layout::Packed => tokens + j.cost <= budget,
+            };
+            if rows + j.rows <= max_rows && fits && new_longest <= 2 * new_shortest.max(1) {
                 rows += j.rows;
                 longest = new_longest;
                 shortest = new_shortest;
+                tokens += j.cost;
                 n += 1;
                 chosen.push(i);
             }
@@ -267,3 +302,7 @@ impl QueueState {
         self.levels.iter_mut().flat_map(|l| l.drain(..)).collect()
     }
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,16 +1,18 @@
-//! Queue behaviour under tokio's paused clock: no sleeps, exact instants.
+//! Queue behaviour under tokio's paused clock, with the dispatcher's core run as a task
+//! (`Queue::spawn_task`): no sleeps, exact instants. The production thread runner is tested in
+//! `thread_tests.rs`.
 
 use super::*;
 use crate::tensor::{Tensor, TensorData};
 
-fn metrics() -> QueueMetrics {
+pub(super) fn metrics() -> QueueMetrics {
     QueueMetrics {
         pending: prometheus::IntGauge::new("p", "p").unwrap(),
         canceled: prometheus::IntCounter::new("c", "c").unwrap(),
     }
 }
 
-fn row(v: f32) -> Vec<Tensor> {
+pub(super) fn row(v: f32) -> Vec<Tensor> {
     vec![Tensor::new("x", vec![1, 1], TensorData::F32(vec![v]))]
 }
 
@@ -24,7 +26,7 @@ fn cfg() -> BatchConfig {
 }
 
 /// Answers every job of `batch` with its own input as output.
-fn echo(batch: Batch) -> Vec<f32> {
+pub(super) fn echo(batch: Batch) -> Vec<f32> {
     let mut seen = Vec::new();
     for job in batch.jobs {
         if let TensorData::F32(v) = &job.inputs[0].data {
@@ -38,7 +40,7 @@ fn echo(batch: Batch) -> Vec<f32> {
     seen
 }
 
-fn spawn_submit(
+pub(super) fn spawn_submit(
     q: &Queue,
     v: f32,
     opts: SubmitOptions,
@@ -55,7 +57,7 @@ async fn settle() {
 
 #[tokio::test(start_paused = true)]
 async fn lone_request_waits_max_queue_delay_then_dispatches() {
-    let q = Queue::spawn("m", cfg(), metrics());
+    let q = Queue::spawn_task("m", cfg(), metrics());
     let start = Instant::now();
     let h = spawn_submit(&q, 1.0, SubmitOptions::default());
     let batch = q.pull().await.unwrap();
@@ -66,7 +68,7 @@ async fn lone_request_waits_max_queue_delay_then_dispatches() {
 
 #[tokio::test(start_paused = true)]
 async fn batch_closes_at_max_batch_size_without_waiting() {
-    let q = Queue::spawn("m", cfg(), metrics());
+    let q = Queue::spawn_task("m", cfg(), metrics());
     let start = Instant::now();
     let hs: Vec<_> = (0..6)
         .map(|i| spawn_submit(&q, i as f32, SubmitOptions::default()))
@@ -90,7 +92,7 @@ async fn preferred_batch_size_dispatches_at_once() {
         preferred_batch_sizes: vec![2],
         ..cfg()
     };
-    let q = Queue::spawn("m", c, metrics());
+    let q = Queue::spawn_task("m", c, metrics());
     let start = Instant::now();
     let _hs: Vec<_> = (0..3)
         .map(|i| spawn_submit(&q, i as f32, SubmitOptions::default()))
@@ -103,7 +105,7 @@ async fn preferred_batch_size_dispatches_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn deadline_passing_while_queued_answers_at_once_without_a_worker() {
-    let q = Queue::spawn("m", cfg(), metrics());
+    let q = Queue::spawn_task("m", cfg(), metrics());
     let start = Instant::now();
     let opts = SubmitOptions {
         priority: 0,
@@ -131,7 +133,7 @@ async fn request_timeout_is_capped_by_model_default() {
         default_timeout: Some(Duration::from_millis(2)),
         ..cfg()
     };
-    let q = Queue::spawn("m", c, metrics());
+    let q = Queue::spawn_task("m", c, metrics());
     let start = Instant::now();
     let opts = SubmitOptions {
         priority: 0,
@@ -149,7 +151,7 @@ async fn full_queue_rejects_with_queue_full() {
         max_queue_size: 2,
         ..cfg()
     };
-    let q = Queue::spawn("m", c, metrics());
+    let q = Queue::spawn_task("m", c, metrics());
     let _a = spawn_submit(&q, 1.0, SubmitOptions::default());
     let _b = spawn_submit(&q, 2.0, SubmitOptions::default());
     settle().await;
@@ -168,7 +170,7 @@ async fn higher_priority_is_served_first() {
         default_priority: 2,
         ..cfg()
     };
-    let q = Queue::spawn("m", c, metrics());
+    let q = Queue::spawn_task("m", c, metrics());
     let _low = spawn_submit(&q, 1.0, SubmitOptions::default());
     settle().await;
     let high = SubmitOptions {
@@ -183,7 +185,7 @@ async fn higher_priority_is_served_first() {
 
 #[tokio::test(start_paused = true)]
 async fn priority_out_of_range_is_rejected() {
-    let q = Queue::spawn("m", cfg(), metrics());
+    let q = Queue::spawn_task("m", cfg(), metrics());
     let opts = SubmitOptions {
         priority: 5,
         ..SubmitOptions::default()
@@ -195,7 +197,7 @@ async fn priority_out_of_range_is_rejected() {
 #[tokio::test(start_paused = true)]
 async fn canceled_request_is_dropped_before_compute() {
     let m = metrics();
-    let q = Queue::spawn("m", cfg(), m.clone());
+    let q = Queue::spawn_task("m", cfg(), m.clone());
     let gone = spawn_submit(&q, 1.0, SubmitOptions::default());
     let stays = spawn_submit(&q, 2.0, SubmitOptions::default());
     settle().await;
@@ -210,7 +212,7 @@ async fn canceled_request_is_dropped_before_compute() {
 
 #[tokio::test(start_paused = true)]
 async fn close_serves_queued_requests_then_ends_pulls() {
-    let q = Queue::spawn("m", cfg(), metrics());
+    let q = Queue::spawn_task("m", cfg(), metrics());
     let h = spawn_submit(&q, 1.0, SubmitOptions::default());
     settle().await;
     q.close();
@@ -239,7 +241,7 @@ async fn token_budget_groups_similar_lengths_and_keeps_fifo_head() {
         max_queue_delay: Duration::from_millis(10),
         ..cfg()
     };
-    let q = Queue::spawn("m", c, metrics());
+    let q = Queue::spawn_task("m", c, metrics());
     // Lengths in arrival order; the tag is the arrival index.
     let lens = [100usize, 10, 12, 95, 11, 98, 9];
     let mut hs = Vec::new();
@@ -266,7 +268,7 @@ async fn token_budget_full_dispatches_without_waiting() {
         max_queue_delay: Duration::from_secs(1),
         ..cfg()
     };
-    let q = Queue::spawn("m", c, metrics());
+    let q = Queue::spawn_task("m", c, metrics());
     let start = Instant::now();
     let mut hs = Vec::new();
     for i in 0..3 {
@@ -287,7 +289,7 @@ async fn idle_workers_split_the_queue_instead_of_one_taking_all() {
         max_queue_size: 16,
         ..cfg()
     };
-    let q = Queue::spawn("m", c, metrics());
+    let q = Queue::spawn_task("m", c, metrics());
     let (q1, q2) = (q.clone(), q.clone());
     let w1 = tokio::spawn(async move { q1.pull().await.unwrap() });
     settle().await;
@@ -309,78 +311,12 @@ async fn idle_workers_split_the_queue_instead_of_one_taking_all() {
     }
 }
 
-/// Real threads and time: the worker side blocks in `pull_blocking_or_idle` on an OS thread.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pull_or_idle_runs_on_idle_once_then_still_gets_the_batch() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let q = Queue::spawn("m", BatchConfig::default(), metrics());
-    let idled = Arc::new(AtomicUsize::new(0));
-    let (q2, idled2) = (q.clone(), idled.clone());
-    let worker = std::thread::spawn(move || {
-        let b = q2.pull_blocking_or_idle(Duration::from_millis(30), || {
-            idled2.fetch_add(1, Ordering::SeqCst);
-        });
-        echo(b.expect("a batch, not None"))
-    });
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while idled.load(Ordering::SeqCst) == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("on_idle never ran");
-    // Well past the idle point: the same registration must still receive the batch.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let h = spawn_submit(&q, 5.0, SubmitOptions::default());
-    assert!(h.await.unwrap().is_ok());
-    let seen = tokio::task::spawn_blocking(move || worker.join().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(seen, vec![5.0]);
-    assert_eq!(
-        idled.load(Ordering::SeqCst),
-        1,
-        "on_idle runs once per wait"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pull_or_idle_with_work_waiting_does_not_idle_and_closed_queue_gives_none() {
-    let m = metrics();
-    let pending = m.pending.clone();
-    let q = Queue::spawn("m", BatchConfig::default(), m);
-    let h = spawn_submit(&q, 3.0, SubmitOptions::default());
-    while pending.get() == 0 {
-        tokio::task::yield_now().await;
-    }
-    let q2 = q.clone();
-    let (seen, idled) = tokio::task::spawn_blocking(move || {
-        let mut idled = false;
-        let b = q2.pull_blocking_or_idle(Duration::from_secs(5), || idled = true);
-        (echo(b.unwrap()), idled)
-    })
-    .await
-    .unwrap();
-    assert_eq!(seen, vec![3.0]);
-    assert!(!idled);
-    assert!(h.await.unwrap().is_ok());
-    q.close();
-    let q3 = q.clone();
-    let none = tokio::task::spawn_blocking(move || {
-        q3.pull_blocking_or_idle(Duration::from_secs(5), || {})
-            .is_none()
-    })
-    .await
-    .unwrap();
-    assert!(none);
-}
-
 /// A request split into several jobs (texts) counts once as canceled when its client leaves; the
 /// pending gauge counts jobs.
 #[tokio::test(start_paused = true)]
 async fn canceled_request_of_several_jobs_counts_once() {
     let m = metrics();
-    let q = Queue::spawn("m", cfg(), m.clone());
+    let q = Queue::spawn_task("m", cfg(), m.clone());
     let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let parts: Vec<_> = (0..3)
         .map(|i| {
@@ -407,7 +343,7 @@ async fn canceled_request_of_several_jobs_counts_once() {
 #[tokio::test(start_paused = true)]
 async fn full_level_prunes_canceled_jobs_and_keeps_metrics_exact() {
     let m = metrics();
-    let q = Queue::spawn("m", cfg(), m.clone());
+    let q = Queue::spawn_task("m", cfg(), m.clone());
     let gone: Vec<_> = (0..8)
         .map(|i| spawn_submit(&q, i as f32, SubmitOptions::default()))
         .collect();
@@ -422,4 +358,174 @@ async fn full_level_prunes_canceled_jobs_and_keeps_metrics_exact() {
     assert_eq!(echo(q.pull().await.unwrap()), vec![9.0]);
     assert_eq!(m.pending.get(), 0);
     assert!(stays.await.unwrap().is_ok());
+}
+
+fn shaped(width: usize, tag: f32) -> Vec<Tensor> {
+    vec![Tensor::new(
+        "x",
+        vec![1, width],
+        TensorData::F32(vec![tag; width]),
+    )]
+}
+
+fn triton_cfg() -> BatchConfig {
+    BatchConfig {
+        max_batch_size: 64,
+        max_queue_delay: Duration::from_millis(10),
+        preferred_batch_sizes: vec![16, 32],
+        max_queue_size: 128,
+        ..BatchConfig::default()
+    }
+}
+
+/// Triton's semantics, the README's example: preferred [16, 32] and 20 queued sends 16 now; the
+/// 4 left can fill no preferred size and wait the delay, then go as they are.
+#[tokio::test(start_paused = true)]
+async fn preferred_sizes_twenty_queued_sends_sixteen_now_and_the_rest_after_the_delay() {
+    let q = Queue::spawn_task("m", triton_cfg(), metrics());
+    let start = Instant::now();
+    let hs: Vec<_> = (0..20)
+        .map(|i| spawn_submit(&q, i as f32, SubmitOptions::default()))
+        .collect();
+    settle().await;
+    let first = echo(q.pull().await.unwrap());
+    assert_eq!(Instant::now(), start, "a preferred size goes at once");
+    assert_eq!(first, (0..16).map(|i| i as f32).collect::<Vec<_>>());
+    let rest = echo(q.pull().await.unwrap());
+    assert_eq!(Instant::now() - start, Duration::from_millis(10));
+    assert_eq!(rest, vec![16.0, 17.0, 18.0, 19.0]);
+    for h in hs {
+        assert!(h.await.unwrap().is_ok());
+    }
+}
+
+/// With more than the largest preferred size queued (here a full max_batch_size), the batch is
+/// the largest preferred size, not max.
+#[tokio::test(start_paused = true)]
+async fn preferred_sizes_full_queue_sends_the_largest_preferred_size() {
+    let q = Queue::spawn_task("m", triton_cfg(), metrics());
+    let start = Instant::now();
+    let _hs: Vec<_> = (0..70)
+        .map(|i| spawn_submit(&q, i as f32, SubmitOptions::default()))
+        .collect();
+    settle().await;
+    assert_eq!(q.pull().await.unwrap().jobs.len(), 32);
+    assert_eq!(q.pull().await.unwrap().jobs.len(), 32);
+    assert_eq!(Instant::now(), start);
+    // 6 left: no preferred size; after the delay they go.
+    assert_eq!(q.pull().await.unwrap().jobs.len(), 6);
+    assert_eq!(Instant::now() - start, Duration::from_millis(10));
+}
+
+/// Two idle instances and arrivals one by one: the first preferred size the queue reaches (16)
+/// goes whole to one instance (an even share of 8 would be no preferred size), the next 16 to the
+/// other, and the rest wait for a worker and the delay.
+#[tokio::test(start_paused = true)]
+async fn preferred_sizes_with_two_idle_workers_are_not_split_below_a_preferred_size() {
+    let q = Queue::spawn_task("m", triton_cfg(), metrics());
+    let (q1, q2) = (q.clone(), q.clone());
+    let w1 = tokio::spawn(async move { q1.pull().await.unwrap() });
+    settle().await;
+    let w2 = tokio::spawn(async move { q2.pull().await.unwrap() });
+    settle().await;
+    let start = Instant::now();
+    let mut hs = Vec::new();
+    for i in 0..40 {
+        hs.push(spawn_submit(&q, i as f32, SubmitOptions::default()));
+        settle().await;
+    }
+    assert_eq!(
+        echo(w1.await.unwrap()),
+        (0..16).map(|i| i as f32).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        echo(w2.await.unwrap()),
+        (16..32).map(|i| i as f32).collect::<Vec<_>>()
+    );
+    assert_eq!(Instant::now(), start);
+    assert_eq!(q.pull().await.unwrap().jobs.len(), 8);
+    assert_eq!(Instant::now() - start, Duration::from_millis(10));
+}
+
+/// Variable dims: requests of different widths never share a batch (their rows could not be
+/// concatenated); each width forms its own batch, FIFO within it.
+#[tokio::test(start_paused = true)]
+async fn mixed_shapes_batch_only_with_the_head_shape() {
+    let c = BatchConfig {
+        max_batch_size: 8,
+        ..cfg()
+    };
+    let q = Queue::spawn_task("m", c, metrics());
+    let widths = [2usize, 3, 2, 3, 2];
+    let mut hs = Vec::new();
+    for (i, &w) in widths.iter().enumerate() {
+        let q = q.clone();
+        hs.push(tokio::spawn(async move {
+            q.submit(shaped(w, i as f32), 1, SubmitOptions::default())
+                .await
+        }));
+    }
+    settle().await;
+    let a = q.pull().await.unwrap();
+    assert!(a.jobs.iter().all(|j| j.inputs[0].shape == vec![1, 2]));
+    assert_eq!(echo(a), vec![0.0, 2.0, 4.0]);
+    assert_eq!(echo(q.pull().await.unwrap()), vec![1.0, 3.0]);
+    for h in hs {
+        assert!(h.await.unwrap().is_ok());
+    }
+}
+
+/// Sequence jobs (submitted with a token cost, input [1, len]) are ragged: they keep batching
+/// across lengths, as BERT's texts do.
+#[tokio::test(start_paused = true)]
+async fn sequence_jobs_of_different_lengths_share_a_batch() {
+    let c = BatchConfig {
+        max_batch_size: 8,
+        ..cfg()
+    };
+    let q = Queue::spawn_task("m", c, metrics());
+    let mut hs = Vec::new();
+    for (i, len) in [3usize, 5, 4].into_iter().enumerate() {
+        let q = q.clone();
+        let opts = SubmitOptions {
+            cost: len,
+            ..SubmitOptions::default()
+        };
+        hs.push(tokio::spawn(async move {
+            q.submit(shaped(len, i as f32), 1, opts).await
+        }));
+    }
+    settle().await;
+    assert_eq!(echo(q.pull().await.unwrap()), vec![0.0, 1.0, 2.0]);
+    for h in hs {
+        assert!(h.await.unwrap().is_ok());
+    }
+}
+
+/// The pulling worker's layout decides what the token budget counts: with lengths 40, 30, 30 and
+/// a budget of 100, a packed model takes all three (100 real tokens), a padded one two (2 x 40).
+#[tokio::test(start_paused = true)]
+async fn token_budget_follows_the_pulling_workers_layout() {
+    for (layout, want) in [
+        (Layout::Packed, vec![0.0, 1.0, 2.0]),
+        (Layout::Padded, vec![0.0, 1.0]),
+    ] {
+        let c = BatchConfig {
+            max_batch_size: 8,
+            max_batch_tokens: Some(100),
+            max_queue_delay: Duration::from_secs(1),
+            ..cfg()
+        };
+        let q = Queue::spawn_task("m", c, metrics());
+        let start = Instant::now();
+        let mut hs = Vec::new();
+        for (i, len) in [40usize, 30, 30].into_iter().enumerate() {
+            let (x, opts) = seq(len, i as f32);
+            let q = q.clone();
+            hs.push(tokio::spawn(async move { q.submit(x, 1, opts).await }));
+        }
+        settle().await;
+        assert_eq!(echo(q.pull_with(layout).await.unwrap()), want, "{layout:?}");
+        assert_eq!(Instant::now(), start, "100 queued tokens fill the budget");
+    }
 }

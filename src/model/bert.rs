@@ -474,6 +474,11 @@ impl Model for Bert {
         timings.output = t2.elapsed();
         Ok(out.into_iter().map(|t| vec![t]).collect())
     }
+
+    /// Padded on a GPU; packed (no padding, `encode_packed`) on the CPU, as `stage` chooses.
+    fn is_padded(&self) -> bool {
+        !self.device.is_cpu()
+    }
 }
 
 /// Runs `f` on the elements of a contiguous CPU tensor as f32 (borrowed when f32).

@@ -1,5 +1,7 @@
-//! Architecture `debug`: a test and benchmark model. It echoes its one input as its one output and
-//! can be told (config `[parameters]`) to sleep per batch in `compute` (`sleep_us`, a known service
+//! Architecture `debug`: a test and benchmark model. It echoes its one input as its one output and,
+//! like a real batched model, runs a batch of several requests as one tensor: `stage` concatenates
+//! their rows (which fails, for the whole batch, when their non-batch shapes differ) and `compute`
+//! splits the result back per request. It can be told (config `[parameters]`) to sleep per batch in `compute` (`sleep_us`, a known service
 //! time) and in `stage` (`stage_sleep_us`, a known input time), to panic (`panic_on`) or fail
 //! (`fail_on`) when any input element equals a value.
 
@@ -8,6 +10,12 @@ use std::time::{Duration, Instant};
 use super::{gather_input, param, LoadOptions, Model, ModelError, StageTimings, Staged};
 use crate::device::Transfer;
 use crate::tensor::{Tensor, TensorData};
+
+/// A staged batch: the requests' rows concatenated, and how many rows each request brought.
+struct DebugStaged {
+    x: Tensor,
+    rows: Vec<usize>,
+}
 
 pub struct DebugModel {
     input: String,
@@ -58,14 +66,13 @@ impl Model for DebugModel {
     }
 
     fn stage(&self, batch: &[&[Tensor]], _xfer: &mut Transfer) -> Result<Staged, ModelError> {
-        let inputs: Vec<Tensor> = gather_input(batch, &self.input)?
-            .into_iter()
-            .cloned()
-            .collect();
+        let parts = gather_input(batch, &self.input)?;
+        let rows: Vec<usize> = parts.iter().map(|t| t.rows()).collect();
+        let x = Tensor::concat_rows(&parts)?;
         if !self.stage_sleep.is_zero() {
             std::thread::sleep(self.stage_sleep);
         }
-        Ok(Staged::new(inputs))
+        Ok(Staged::new(DebugStaged { x, rows }))
     }
 
     fn compute(
@@ -75,14 +82,14 @@ impl Model for DebugModel {
         timings: &mut StageTimings,
     ) -> Result<Vec<Vec<Tensor>>, ModelError> {
         let start = Instant::now();
-        let inputs: Vec<Tensor> = staged.take()?;
+        let DebugStaged { mut x, rows } = staged.take()?;
         if let Some(v) = self.panic_on {
-            if inputs.iter().any(|t| contains(t, v)) {
+            if contains(&x, v) {
                 panic!("debug model asked to panic on {v}");
             }
         }
         if let Some(v) = self.fail_on {
-            if inputs.iter().any(|t| contains(t, v)) {
+            if contains(&x, v) {
                 return Err(ModelError::Failed(format!(
                     "debug model asked to fail on {v}"
                 )));
@@ -91,13 +98,14 @@ impl Model for DebugModel {
         if !self.sleep.is_zero() {
             std::thread::sleep(self.sleep);
         }
+        x.name = self.output.clone();
+        // One request: as it came (also a tensor without a batch dimension, max_batch_size 0).
+        let outputs = if rows.len() == 1 {
+            vec![x]
+        } else {
+            x.split_rows(&rows)?
+        };
         timings.infer = start.elapsed();
-        Ok(inputs
-            .into_iter()
-            .map(|mut out| {
-                out.name = self.output.clone();
-                vec![out]
-            })
-            .collect())
+        Ok(outputs.into_iter().map(|t| vec![t]).collect())
     }
 }

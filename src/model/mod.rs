@@ -136,6 +136,14 @@ pub trait Model: Send + Sync {
     fn text_input(&self) -> Option<TextSpec> {
         None
     }
+
+    /// Whether a batch of sequences runs padded to its longest (it then costs rows x longest) or
+    /// packed without padding (it costs its real tokens). The batcher's token budget and the
+    /// padding metric follow it, per instance (as TEI's backends declare `padded_model`). Defaults
+    /// to padded: the conservative budget.
+    fn is_padded(&self) -> bool {
+        true
+    }
 }
 
 /// Instances on one GPU share the model's candle `CudaDevice` and with it one cuBLAS handle, which
@@ -178,6 +186,10 @@ impl Model for SerialCompute {
 
     fn text_input(&self) -> Option<TextSpec> {
         self.inner.text_input()
+    }
+
+    fn is_padded(&self) -> bool {
+        self.inner.is_padded()
     }
 }
 

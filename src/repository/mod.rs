@@ -369,7 +369,8 @@ impl Repository {
             Some(spec) => Some(TextModel::load(name, config, &spec).map_err(load_err)?),
             None => None,
         };
-        let queue = Queue::spawn(name, placement::batch_config(config), metrics.queue());
+        let queue = Queue::spawn(name, placement::batch_config(config), metrics.queue())
+            .map_err(|e| load_err(format!("cannot start the queue thread: {e}")))?;
         let lv = Arc::new(LoadedVersion {
             name: name.into(),
             version,

@@ -13,9 +13,28 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::batcher::{QueueMetrics, Timings};
 use crate::telemetry::gpu::GpuSample;
 use crate::telemetry::system::CpuSample;
+
+/// Time a request spent in each stage; compute stages are those of the batch it ran in. A value the
+/// worker fills and the API records (`ModelMetrics::record_success`); defined here, in the leaf, so
+/// that `batcher` depends on `telemetry` and not the other way round.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    pub queue: Duration,
+    pub compute_input: Duration,
+    pub compute_infer: Duration,
+    pub compute_output: Duration,
+    /// Rows in the batch this request ran in.
+    pub batch_rows: usize,
+}
+
+/// The gauge and counter the batcher's dispatcher keeps up to date (`ModelMetrics::queue`).
+#[derive(Clone)]
+pub struct QueueMetrics {
+    pub pending: IntGauge,
+    pub canceled: IntCounter,
+}
 
 /// Why a request failed, as the `reason` label of `nv_inference_request_failure`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

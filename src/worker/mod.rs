@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::batcher::{Batch, JobError, JobOutput, Queue, Timings};
+use crate::batcher::{Batch, JobError, JobOutput, Layout, Queue, Timings};
 use crate::device::{DeviceId, Transfer};
 use crate::model::{Model, StageTimings, Staged};
 use crate::telemetry::{FailureReason, ModelMetrics};
@@ -51,9 +51,10 @@ fn release_idle(xfer: &mut Transfer) {
     xfer.release();
 }
 
-/// The next batch for a worker-side thread, releasing its memory if it waits long.
-fn next_batch(queue: &Queue, xfer: &mut Transfer) -> Option<Batch> {
-    queue.pull_blocking_or_idle(RELEASE_AFTER_IDLE, || release_idle(xfer))
+/// The next batch for a worker-side thread, releasing its memory if it waits long. `layout` tells
+/// the queue how this instance's model lays out a batch (what its token budget counts).
+fn next_batch(queue: &Queue, layout: Layout, xfer: &mut Transfer) -> Option<Batch> {
+    queue.pull_blocking_or_idle(layout, RELEASE_AFTER_IDLE, || release_idle(xfer))
 }
 
 /// Identity of one worker thread.
@@ -104,14 +105,16 @@ pub fn spawn(
     metrics: ModelMetrics,
     prefetch: bool,
 ) -> std::io::Result<JoinHandle<()>> {
-    let seqs = queue.config().max_batch_tokens.is_some();
+    // Padding is only reported for sequence (token-budget) batches of a model that pads them.
+    let report_padding = queue.config().max_batch_tokens.is_some() && model.is_padded();
+    let layout = Layout::of(model.is_padded());
     if !prefetch {
         return std::thread::Builder::new()
             .name(spec.thread_name())
             .spawn(move || {
                 tracing::debug!(worker = %spec.thread_name(), "worker started");
                 let mut xfer = Transfer::new(model.device());
-                while let Some(batch) = next_batch(&queue, &mut xfer) {
+                while let Some(batch) = next_batch(&queue, layout, &mut xfer) {
                     let staged = stage(&spec, model.as_ref(), &mut xfer, batch);
                     compute(
                         &spec,
@@ -119,7 +122,7 @@ pub fn spawn(
                         &mut xfer,
                         staged,
                         false,
-                        seqs,
+                        report_padding,
                         &metrics,
                     );
                 }
@@ -135,7 +138,7 @@ pub fn spawn(
             .name(spec.stager_name())
             .spawn(move || {
                 let mut xfer = Transfer::new(model.device());
-                while let Some(batch) = next_batch(&queue, &mut xfer) {
+                while let Some(batch) = next_batch(&queue, layout, &mut xfer) {
                     let staged = stage(&spec, model.as_ref(), &mut xfer, batch);
                     if tx.send(staged).is_err() {
                         break; // compute thread gone: dropping the batch answers its clients
@@ -166,7 +169,7 @@ pub fn spawn(
                     &mut xfer,
                     staged,
                     true,
-                    seqs,
+                    report_padding,
                     &metrics,
                 );
             }
@@ -238,14 +241,15 @@ fn drop_if_unwanted(
 }
 
 /// Runs `Model::compute` on a staged batch and answers each of its requests. `prefetched`: the
-/// batch was staged on the stager thread and may have waited there.
+/// batch was staged on the stager thread and may have waited there. `report_padding`: record the
+/// batch's padding efficiency (sequence batches of a model that pads them).
 fn compute(
     spec: &WorkerSpec,
     model: &dyn Model,
     xfer: &mut Transfer,
     staged: StagedBatch,
     prefetched: bool,
-    queue_has_token_budget: bool,
+    report_padding: bool,
     metrics: &ModelMetrics,
 ) {
     let started = Instant::now();
@@ -270,8 +274,7 @@ fn compute(
             Ok(Ok(outs)) if outs.len() == batch.jobs.len() => {
                 if batch.counted_rows() > 0 {
                     metrics.record_execution(batch.counted_rows());
-                    // Padding is reported for the token-budget (sequence) batches that ran.
-                    if queue_has_token_budget {
+                    if report_padding {
                         metrics.record_padding(batch.padding_efficiency());
                     }
                 }

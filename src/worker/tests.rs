@@ -166,7 +166,7 @@ fn queue() -> Queue {
         max_queue_size: 64,
         ..BatchConfig::default()
     };
-    Queue::spawn("probe", cfg, metrics)
+    Queue::spawn("probe", cfg, metrics).unwrap()
 }
 
 fn start(probe: &Arc<Probe>, queue: &Queue, prefetch: bool) -> JoinHandle<()> {
@@ -385,4 +385,75 @@ async fn prefetch_staged_batch_past_its_deadline_times_out_without_compute() {
     );
     served_but_not(&probe, &q, a, 2.0, "past its deadline").await;
     stop(q, h).await;
+}
+
+/// Echo model that says whether it pads (`Model::is_padded`).
+struct Seqs {
+    padded: bool,
+}
+
+impl Model for Seqs {
+    fn device(&self) -> &candle_core::Device {
+        &candle_core::Device::Cpu
+    }
+    fn stage(&self, batch: &[&[Tensor]], _: &mut Transfer) -> Result<Staged, ModelError> {
+        Ok(Staged::new(
+            batch.iter().map(|r| r[0].clone()).collect::<Vec<_>>(),
+        ))
+    }
+    fn compute(
+        &self,
+        staged: Staged,
+        _: &mut Transfer,
+        _: &mut StageTimings,
+    ) -> Result<Vec<Vec<Tensor>>, ModelError> {
+        let inputs: Vec<Tensor> = staged.take()?;
+        Ok(inputs.into_iter().map(|t| vec![t]).collect())
+    }
+    fn is_padded(&self) -> bool {
+        self.padded
+    }
+}
+
+/// Sequence batches (a queue with a token budget) report their padding only from a model that
+/// pads them; a packed model has none to report. `SerialCompute` passes the answer through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn padding_ratio_is_recorded_only_for_padded_models() {
+    for padded in [true, false] {
+        let model: Arc<dyn Model> =
+            Arc::new(crate::model::SerialCompute::new(Arc::new(Seqs { padded })));
+        assert_eq!(model.is_padded(), padded);
+        let metrics = crate::telemetry::Metrics::new();
+        let cfg = BatchConfig {
+            max_batch_size: 8,
+            max_batch_tokens: Some(1000),
+            ..BatchConfig::default()
+        };
+        let q = Queue::spawn("probe", cfg, metrics.for_model("probe", 1).queue()).unwrap();
+        let spec = WorkerSpec {
+            model: "probe".into(),
+            version: 1,
+            device: DeviceId::Cpu,
+            index: 0,
+        };
+        let h = spawn(spec, model, q.clone(), metrics.for_model("probe", 1), false).unwrap();
+        for len in [3, 5] {
+            let opts = SubmitOptions {
+                cost: len,
+                ..SubmitOptions::default()
+            };
+            q.submit(row(len as f32), 1, opts).await.unwrap();
+        }
+        stop(q, h).await;
+        let count = metrics
+            .encode()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"ferrite_batch_padding_ratio_count{model="probe",version="1"} "#)
+            })
+            .map(|v| v.parse::<f64>().unwrap())
+            .expect("the padding histogram is exported");
+        let want = if padded { 2.0 } else { 0.0 };
+        assert_eq!(count, want, "padded: {padded}");
+    }
 }

@@ -1,0 +1,239 @@
+//! The dispatcher: the one owner of a queue's `QueueState`. Its logic is a synchronous core,
+//! `Dispatcher::handle` (one command) and `Dispatcher::step(now)` (expire, dispatch, and say when to
+//! look again), driven by one of two runners:
+//! - `run_thread`, the production one: a named OS thread (`ferrite-q-{model}`) that blocks on the
+//!   command channel until the next wake-up instant (flume's `recv_deadline`, as TEI's queue thread
+//!   and Triton's condition-variable wait do). A sub-millisecond `max_queue_delay` is kept to the
+//!   OS's timer precision, with no tokio timer (millisecond granularity) in the way. The cost: a
+//!   command to a blocked dispatcher wakes this thread (a futex call and a context switch), where
+//!   a tokio task was often woken on the submitter's own thread; polling before blocking was tried
+//!   and did not help on 2 cores (benches/RESULTS.md, issue 13).
+//! - `run_task` (tests only): a tokio task on tokio's clock, so that queue tests drive the same
+//!   core on the paused clock at exact instants.
+//!
+//! It never runs a model and never sees HTTP.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::policy::{self, BatchConfig, Decision};
+use super::state::QueueState;
+use super::{Batch, Job, JobError, Layout, QueueMetrics};
+
+pub(super) enum Command {
+    Submit(Job),
+    /// A worker asks for its next batch.
+    Pull(Pull),
+    Close,
+}
+
+/// An idle worker: one batch is sent on `tx` (capacity 1); `layout` is how its model lays a batch
+/// out, which decides what the token budget counts.
+pub(super) struct Pull {
+    pub tx: flume::Sender<Batch>,
+    pub layout: Layout,
+}
+
+pub(super) struct Dispatcher {
+    state: QueueState,
+    idle: VecDeque<Pull>,
+    cfg: Arc<BatchConfig>,
+    model: Arc<str>,
+    metrics: QueueMetrics,
+    closing: bool,
+    /// Every `Queue` handle is gone: no worker can pull again.
+    disconnected: bool,
+}
+
+impl Dispatcher {
+    pub fn new(model: Arc<str>, cfg: Arc<BatchConfig>, metrics: QueueMetrics) -> Dispatcher {
+        Dispatcher {
+            state: QueueState::new(cfg.priority_levels, cfg.max_queue_size),
+            idle: VecDeque::new(),
+            cfg,
+            model,
+            metrics,
+            closing: false,
+            disconnected: false,
+        }
+    }
+
+    /// Production runner: this (OS) thread blocks on `rx` until a command comes or the next
+    /// wake-up instant passes.
+    pub fn run_thread(mut self, rx: flume::Receiver<Command>) {
+        loop {
+            let wake = self.step(Instant::now());
+            if self.finished() {
+                break;
+            }
+            let cmd = match wake {
+                Some(at) => match rx.recv_deadline(at.into_std()) {
+                    Ok(cmd) => Some(cmd),
+                    Err(flume::RecvTimeoutError::Timeout) => continue,
+                    Err(flume::RecvTimeoutError::Disconnected) => None,
+                },
+                None => rx.recv().ok(),
+            };
+            self.handle(cmd);
+        }
+        self.shut_down(&rx);
+    }
+
+    /// Test runner: the same core as a tokio task, waiting on tokio's (pausable) clock.
+    #[cfg(test)]
+    pub async fn run_task(mut self, rx: flume::Receiver<Command>) {
+        loop {
+            let wake = self.step(Instant::now());
+            if self.finished() {
+                break;
+            }
+            let cmd = match wake {
+                Some(at) => tokio::select! {
+                    cmd = rx.recv_async() => cmd.ok(),
+                    _ = tokio::time::sleep_until(at) => continue,
+                },
+                None => rx.recv_async().await.ok(),
+            };
+            self.handle(cmd);
+        }
+        self.shut_down(&rx);
+    }
+
+    /// One command; `None`: every handle is gone (the channel is disconnected).
+    pub fn handle(&mut self, cmd: Option<Command>) {
+        match cmd {
+            Some(Command::Submit(job)) => self.admit(job),
+            Some(Command::Pull(pull)) => self.idle.push_back(pull),
+            Some(Command::Close) => self.closing = true,
+            None => {
+                self.closing = true;
+                self.disconnected = true;
+            }
+        }
+    }
+
+    /// Closed and drained, or no handle left to pull: the runner stops.
+    pub fn finished(&self) -> bool {
+        self.disconnected || (self.closing && self.state.pending_jobs() == 0)
+    }
+
+    /// Idle workers see their sender dropped (busy ones find the channel closed on their next
+    /// pull); jobs nobody can pull any more and submits still in the channel are answered as
+    /// unavailable.
+    fn shut_down(mut self, rx: &flume::Receiver<Command>) {
+        self.idle.clear();
+        for job in self.state.drain_all() {
+            self.reject(job, "the model is being unloaded");
+        }
+        while let Ok(cmd) = rx.try_recv() {
+            if let Command::Submit(job) = cmd {
+                self.reject(job, "the model is being unloaded");
+            }
+        }
+        self.metrics.pending.set(0);
+    }
+
+    fn admit(&mut self, job: Job) {
+        if self.closing {
+            return self.reject(job, "the model is being unloaded");
+        }
+        match self.state.push(job) {
+            Ok(()) => self.metrics.pending.inc(),
+            Err((job, full)) => {
+                let _ = job.reply.send(Err(JobError::QueueFull {
+                    model: self.model.to_string(),
+                    level: full.level,
+                    capacity: full.capacity,
+                }));
+            }
+        }
+        // A full level first drops the jobs whose clients have gone.
+        self.settle_canceled();
+    }
+
+    /// Takes the queue's count of dropped canceled jobs into the metrics: the pending gauge counts
+    /// jobs, the canceled counter requests.
+    fn settle_canceled(&mut self) {
+        let gone = self.state.take_canceled();
+        self.metrics.pending.sub(gone.jobs as i64);
+        self.metrics.canceled.inc_by(gone.requests as u64);
+    }
+
+    fn reject(&self, job: Job, why: &str) {
+        let _ = job.reply.send(Err(JobError::Unavailable {
+            model: self.model.to_string(),
+            why: why.into(),
+        }));
+    }
+
+    /// Expires, dispatches what the policy allows, and returns when to look again.
+    pub fn step(&mut self, now: Instant) -> Option<Instant> {
+        for job in self.state.take_expired(now) {
+            self.metrics.pending.dec();
+            let _ = job.reply.send(Err(JobError::Timeout {
+                model: self.model.to_string(),
+                timeout_us: job.timeout_us,
+            }));
+        }
+        let mut wake = None;
+        while !self.idle.is_empty() {
+            let pending = policy::Pending {
+                rows: self.state.pending_rows(),
+                tokens: self.state.pending_tokens(),
+                oldest: self.state.oldest_enqueued(),
+            };
+            let idle = self.idle.len();
+            match policy::decide(pending, now, &self.cfg) {
+                Decision::Dispatch(max_rows) => {
+                    self.dispatch(policy::fair_share(max_rows, pending.rows, idle))
+                }
+                Decision::Preferred(size) => self.dispatch(policy::preferred_share(
+                    size,
+                    pending.rows,
+                    idle,
+                    &self.cfg.preferred_batch_sizes,
+                )),
+                Decision::WaitUntil(t) => {
+                    wake = Some(t);
+                    break;
+                }
+                Decision::Idle => break,
+            }
+        }
+        match (wake, self.state.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Hands the first idle worker a batch of at most `max_rows` rows.
+    fn dispatch(&mut self, max_rows: usize) {
+        let layout = self
+            .idle
+            .front()
+            .expect("dispatch is only called with an idle worker. This is a bug.")
+            .layout;
+        let jobs = self
+            .state
+            .take_batch(max_rows, self.cfg.max_batch_tokens, layout);
+        self.metrics.pending.sub(jobs.len() as i64);
+        self.settle_canceled();
+        if jobs.is_empty() {
+            return;
+        }
+        let worker = self
+            .idle
+            .pop_front()
+            .expect("dispatch is only called with an idle worker. This is a bug.");
+        // Capacity 1 and one batch per request: only a departed worker makes this fail.
+        if let Err(flume::TrySendError::Disconnected(batch) | flume::TrySendError::Full(batch)) =
+            worker.tx.try_send(Batch { jobs })
+        {
+            // That worker has gone away: keep its jobs for the next one.
+            self.metrics.pending.add(batch.jobs.len() as i64);
+            self.state.requeue_front(batch.jobs);
+        }
+    }
+}
