@@ -130,7 +130,7 @@ note "Kubernetes and KServe"
 for v in "${K8S_VERSIONS[@]}"; do
     check "kubernetes-validate --strict deploy/k8s/*.yaml (Kubernetes $v)" \
         "$VENV/bin/kubernetes-validate" --strict --quiet -k "$v" \
-        deploy/k8s/configmap.yaml deploy/k8s/deployment.yaml deploy/k8s/service.yaml \
+        deploy/k8s/configmap.yaml deploy/k8s/deployment.yaml deploy/k8s/service.yaml deploy/k8s/auth-secret.yaml \
         deploy/k8s/pdb.yaml deploy/k8s/hpa.yaml
 done
 check "custom resources: ServiceMonitor, ServingRuntime, InferenceService" "$PY" scripts/deploy_checks.py crds \

@@ -120,7 +120,7 @@ impl Server {
             api::metrics_router(metrics, security.clone()),
             stop_rx,
         );
-        let mut tasks = vec![reload_auth_task(settings, security)];
+        let mut tasks = vec![reload_auth_task(settings, security, state.metrics.clone())];
         repo.load_all().await;
         if settings.model_control == ModelControl::Poll {
             tasks.push(poll_task(repo.clone(), settings.repository_poll));
@@ -183,7 +183,11 @@ const AUTH_FILES_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Reloads `[auth]` (API keys from the settings file, JWT key files) on SIGHUP and when one of
 /// those files changes; a bad new config is logged and the old one keeps working.
-fn reload_auth_task(settings: &Settings, security: Arc<Security>) -> JoinHandle<()> {
+fn reload_auth_task(
+    settings: &Settings,
+    security: Arc<Security>,
+    metrics: Arc<Metrics>,
+) -> JoinHandle<()> {
     let config_file = settings.config_file.clone();
     let mut files: Vec<std::path::PathBuf> = config_file.iter().cloned().collect();
     files.extend(
@@ -228,6 +232,7 @@ fn reload_auth_task(settings: &Settings, security: Arc<Security>) -> JoinHandle<
                     security.reload(cfg.as_ref())?;
                     Ok(cfg)
                 });
+            metrics.record_auth_reload(result.is_ok());
             match result {
                 Ok(cfg) => {
                     if let Some(c) = &cfg {

@@ -407,3 +407,101 @@ async fn failed_reload_from_bad_weights_is_500_with_reason_and_keeps_serving() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keys_are_reloaded_when_the_settings_file_changes_and_a_bad_file_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ferrite.toml");
+    let stanza = |name: &str, key: &str| {
+        format!(
+            "[[auth.api_keys]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [\"infer\"]\n",
+            sha256_hex(key)
+        )
+    };
+    std::fs::write(&file, stanza("old", "key-old")).unwrap();
+    let cfg = ferrite::config::Settings::reload_auth(&file).unwrap();
+    let s = TestServer::start_with(Repo::new().with_digits(&[]), |c| {
+        c.auth = cfg;
+        c.config_file = Some(file.clone());
+    })
+    .await;
+    assert_eq!(
+        post(
+            &s,
+            "/v2/models/digits/infer",
+            Some("key-old"),
+            &digits_body()
+        )
+        .await
+        .status(),
+        200
+    );
+    // Rotate: the new key works and the old one stops, without a restart or a signal.
+    std::fs::write(&file, stanza("new", "key-new")).unwrap();
+    let start = Instant::now();
+    while post(
+        &s,
+        "/v2/models/digits/infer",
+        Some("key-new"),
+        &digits_body(),
+    )
+    .await
+    .status()
+        != 200
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the new key was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        post(
+            &s,
+            "/v2/models/digits/infer",
+            Some("key-old"),
+            &digits_body()
+        )
+        .await
+        .status(),
+        401
+    );
+    // A broken file is refused (counted) and the current keys stay in force.
+    let failed = r#"ferrite_auth_reloads_total{outcome="failed"}"#;
+    let before = s.metric(failed).await;
+    std::fs::write(
+        &file,
+        format!("{}\nbroken = [\n", stanza("other", "key-other")),
+    )
+    .unwrap();
+    let start = Instant::now();
+    while s.metric(failed).await == before {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the broken file was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        post(
+            &s,
+            "/v2/models/digits/infer",
+            Some("key-new"),
+            &digits_body()
+        )
+        .await
+        .status(),
+        200
+    );
+    assert_eq!(
+        post(
+            &s,
+            "/v2/models/digits/infer",
+            Some("key-other"),
+            &digits_body()
+        )
+        .await
+        .status(),
+        401
+    );
+}

@@ -97,6 +97,7 @@ pub struct Metrics {
     padding: HistogramVec,
     model_ready: IntGaugeVec,
     rate_limited: IntCounterVec,
+    auth_reloads: IntCounterVec,
     host: HostGauges,
 }
 
@@ -238,8 +239,18 @@ impl Metrics {
         for scope in ["infer", "admin", "feedback", "jobs", "metrics"] {
             rate_limited.with_label_values(&[scope]);
         }
+        let auth_reloads = counter(
+            &r,
+            "ferrite_auth_reloads_total",
+            "Reloads of [auth] (SIGHUP or a changed file), by outcome (ok, failed: the previous keys stay)",
+            &["outcome"],
+        );
+        for outcome in ["ok", "failed"] {
+            auth_reloads.with_label_values(&[outcome]);
+        }
         Metrics {
             rate_limited,
+            auth_reloads,
             success: counter(
                 &r,
                 "nv_inference_request_success",
@@ -453,6 +464,12 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every family.
+    pub fn record_auth_reload(&self, ok: bool) {
+        self.auth_reloads
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
     pub fn record_rate_limited(&self, scope: &str) {
         self.rate_limited.with_label_values(&[scope]).inc();
     }

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Issue 14 benchmark: what access control costs. digits KServe v2 JSON (one row per request) at CONN
+# keep-alive connections with wrk, against one binary started four ways, taking turns ROUNDS times
+# (interleaved; only one under load at a time):
+#   off      no [auth], --access-log=false
+#   apikey   [auth] with an API key (sent as Authorization: Bearer), access log on
+#   hs256    [auth.jwt] HS256 (a token minted here with PyJWT-compatible code), access log on
+#   rs256    [auth.jwt] RS256 (PEM public key), access log on
+# Prints each round and the median req/s per target with its ratio to `off`.
+# Usage: benches/auth_load.sh [DUR=10] [CONN=64] [ROUNDS=3]
+# Env: FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), PYTHON (with `cryptography`
+#      for the RS256 key; default python3), WRK_THREADS (2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}
+CONN=${2:-64}
+ROUNDS=${3:-3}
+THREADS=${WRK_THREADS:-2}
+FERRITE_BIN=${FERRITE_BIN:-${CARGO_TARGET_DIR:-target}/release/ferrite}
+PY=${PYTHON:-python3}
+command -v wrk >/dev/null || { echo "installing wrk (Debian package)" >&2; apt-get install -y wrk >/dev/null; }
+tmp=$(mktemp -d)
+pids=()
+# shellcheck disable=SC2317  # invoked by the trap
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Keys, tokens and settings files (stdlib HMAC for HS256; `cryptography` for RS256).
+"$PY" - "$tmp" <<'PY'
+import base64, hashlib, hmac, json, os, random, secrets, sys, time
+tmp = sys.argv[1]
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+claims = {"sub": "bench", "exp": int(time.time()) + 86400, "scope": "infer"}
+def token(alg, sign):
+    h = b64(json.dumps({"alg": alg, "typ": "JWT"}).encode()); p = b64(json.dumps(claims).encode())
+    return f"{h}.{p}.{b64(sign(f'{h}.{p}'.encode()))}"
+key = "fk_" + secrets.token_urlsafe(32)
+secret = secrets.token_hex(32)
+rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+open(f"{tmp}/hs.secret", "w").write(secret)
+open(f"{tmp}/rsa.pub", "wb").write(rsa_key.public_key().public_bytes(
+    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+open(f"{tmp}/apikey.toml", "w").write(f'[[auth.api_keys]]\nname = "bench"\nsha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\nscopes = ["infer"]\n')
+open(f"{tmp}/hs256.toml", "w").write(f'[auth.jwt]\nalgorithms = ["HS256"]\nhs256_secret_file = "{tmp}/hs.secret"\n')
+open(f"{tmp}/rs256.toml", "w").write(f'[auth.jwt]\nalgorithms = ["RS256"]\npublic_key_file = "{tmp}/rsa.pub"\n')
+open(f"{tmp}/apikey.hdr", "w").write(key)
+open(f"{tmp}/hs256.hdr", "w").write(token("HS256", lambda m: hmac.new(secret.encode(), m, hashlib.sha256).digest()))
+open(f"{tmp}/rs256.hdr", "w").write(token("RS256", lambda m: rsa_key.sign(m, padding.PKCS1v15(), hashes.SHA256())))
+random.seed(0)
+with open(f"{tmp}/digits.jsonl", "w") as f:
+    for _ in range(64):
+        px = [float(random.randint(0, 16)) for _ in range(64)]
+        f.write(json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": px}]}) + "\n")
+PY
+
+declare -A url hdr
+start() { # name extra-args...
+  local name=$1 log="$tmp/$1.log" line
+  shift
+  "$FERRITE_BIN" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 0 --metrics-port 0 "$@" 2>"$log" &
+  pids+=($!)
+  for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done
+  grep -q 'server ready' "$log" || { echo "ferrite $name did not become ready:" >&2; cat "$log" >&2; exit 1; }
+  line=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1)
+  url[$name]=${line#listening on }
+}
+start off --access-log=false
+hdr[off]=""
+for t in apikey hs256 rs256; do
+  start "$t" --config "$tmp/$t.toml"
+  hdr[$t]="Authorization: Bearer $(cat "$tmp/$t.hdr")"
+done
+TARGETS="off apikey hs256 rs256"
+run() { # target dur
+  local args=(-t"$THREADS" -c"$CONN" -d"$2" --latency -s benches/embed/rotate.lua)
+  [[ -n "${hdr[$1]}" ]] && args+=(-H "${hdr[$1]}")
+  BODIES="$tmp/digits.jsonl" wrk "${args[@]}" "${url[$1]}/v2/models/digits/infer"
+}
+for t in $TARGETS; do # warm-up, and a check that auth passes (no non-2xx)
+  out=$(run "$t" 2s)
+  grep -q "Non-2xx" <<<"$out" && { echo "$t: non-2xx answers in warm-up:" >&2; echo "$out" >&2; exit 1; }
+done
+declare -A results
+for r in $(seq "$ROUNDS"); do
+  for t in $TARGETS; do
+    out=$(run "$t" "${DUR}s")
+    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+    errs=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+    echo "round $r $t: $rps req/s, p99 $p99${errs:+, non-2xx $errs}"
+    results[$t]+="$rps "
+  done
+done
+med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+base=$(med "${results[off]}")
+echo
+echo "| target | median req/s | vs off |"
+echo "|---|---|---|"
+for t in $TARGETS; do
+  m=$(med "${results[$t]}")
+  echo "| $t | $m | $(awk -v a="$base" -v b="$m" 'BEGIN {printf "%.3f", b/a}') |"
+done
