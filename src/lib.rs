@@ -8,6 +8,7 @@ pub mod config;
 pub mod device;
 pub mod loadgen;
 pub mod model;
+pub mod net;
 pub mod ops;
 pub mod preprocess;
 pub mod protocol;

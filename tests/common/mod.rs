@@ -109,6 +109,7 @@ pub fn settings(repo: &Path) -> Settings {
         gpus: GpuSelection::None,
         intra_op_threads: 1,
         metrics_interval: Duration::from_millis(200),
+        tls: None,
     }
 }
 
