@@ -37,7 +37,7 @@ fn expect(input: &[u8], want: u8) -> Option<(&[u8], &[u8])> {
 fn directory_string(tag: u8, value: &[u8]) -> Option<String> {
     match tag {
         0x0c | 0x13 | 0x16 => std::str::from_utf8(value).ok().map(str::to_owned),
-        0x1e if value.len() % 2 == 0 => {
+        0x1e if value.len().is_multiple_of(2) => {
             let units: Vec<u16> = value
                 .chunks_exact(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]))
