@@ -4,7 +4,9 @@
 # with `ferrite bench` (closed loop; over HTTPS it trusts the test CA with --cacert). Two servers run
 # side by side (one plain, one with --tls-cert/--tls-key, certificates made here with openssl) and
 # take turns, ROUNDS times (interleaved so that machine noise hits both alike); only one is under
-# load at a time. Prints each round and the median req/s of each, with the TLS/plain ratio.
+# load at a time. Prints each round and the median req/s of each, with the TLS/plain ratio, and the
+# server's CPU time per request (utime + stime from /proc over nv_inference_request_success: less
+# sensitive than req/s to other work on the machine).
 # Usage: benches/tls.sh FERRITE_BIN [CONN=64] [ROUNDS=3]
 # Env: MODELS (default models), WINDOW_MS (default 3000), WARMUP_MS (default 2000).
 set -euo pipefail
@@ -43,6 +45,7 @@ start() {
   "$BIN" serve --model-repository "$MODELS" --host 127.0.0.1 --http-port 0 --metrics-port 0 "$@" \
     2>"$tmp/$name.log" &
   pids+=($!)
+  printf -v "PID_$name" '%s' "$!"
   for _ in $(seq 600); do
     grep -q "server ready" "$tmp/$name.log" && break
     sleep 0.1
@@ -56,39 +59,57 @@ start plain
 start tls --tls-cert "$tmp/server.pem" --tls-key "$tmp/server.key"
 echo "plain: $ADDR_plain   tls: $ADDR_tls   ($CONN connections, $ROUNDS rounds)"
 
-# bench NAME EXTRA_FLAGS...: prints successful requests/s of one closed-loop step
+# cpu_and_count NAME: "<server CPU seconds> <requests served>"
+cpu_and_count() {
+  local pid="PID_$1" metrics="METRICS_$1"
+  local ticks
+  ticks=$(awk '{print $14 + $15}' "/proc/${!pid}/stat")
+  curl -fsS "${!metrics}" | awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" \
+    '/^nv_inference_request_success\{model="digits"/ {n += $2} END {print t / hz, n}'
+}
+
+# bench NAME EXTRA_FLAGS...: prints req/s, p99 ms, client CPU cores and server CPU us/request of
+# one closed-loop step
 bench() {
-  local name=$1 addr metrics
+  local name=$1 addr metrics c0 n0 c1 n1
   shift
   addr="ADDR_$name"
   metrics="METRICS_$name"
+  read -r c0 n0 < <(cpu_and_count "$name")
   "$BIN" bench -m digits -u "${!addr}" --metrics-url "${!metrics}" "$@" \
     --concurrency-range "$CONN" --warmup-ms "$WARMUP_MS" --measurement-interval-ms "$WINDOW_MS" \
     --max-windows 6 --json "$tmp/$name.json" >"$tmp/$name.out" 2>&1 \
     || { cat "$tmp/$name.out" >&2; exit 1; }
-  python3 - "$tmp/$name.json" <<'PY'
+  read -r c1 n1 < <(cpu_and_count "$name")
+  python3 - "$tmp/$name.json" "$c0" "$n0" "$c1" "$n1" <<'PY'
 import json, sys
 s = json.load(open(sys.argv[1]))["steps"][0]
 assert not s["errors"], s["errors"]
-print("%.0f %.2f %.2f" % (s["throughput"], s["latency"]["p99_us"] / 1000, s["client_cpu_cores"]))
+c0, n0, c1, n1 = map(float, sys.argv[2:])
+print("%.0f %.2f %.2f %.1f" % (s["throughput"], s["latency"]["p99_us"] / 1000,
+                               s["client_cpu_cores"], (c1 - c0) * 1e6 / max(n1 - n0, 1)))
 PY
 }
 
 plain_all=()
 tls_all=()
+plain_cpu=()
+tls_cpu=()
 for r in $(seq "$ROUNDS"); do
-  read -r p p99p cpup < <(bench plain)
-  read -r t p99t cput < <(bench tls --cacert "$tmp/ca.pem")
+  read -r p p99p cpup sp < <(bench plain)
+  read -r t p99t cput st < <(bench tls --cacert "$tmp/ca.pem")
   plain_all+=("$p")
   tls_all+=("$t")
-  echo "round $r: plain $p req/s (p99 $p99p ms, client CPU $cpup)  tls $t req/s (p99 $p99t ms, client CPU $cput)  ratio $(python3 -c "print(f'{$t/$p:.3f}')")"
+  plain_cpu+=("$sp")
+  tls_cpu+=("$st")
+  echo "round $r: plain $p req/s (p99 $p99p ms, client CPU $cpup, server $sp us CPU/req)  tls $t req/s (p99 $p99t ms, client CPU $cput, server $st us CPU/req)  ratio $(python3 -c "print(f'{$t/$p:.3f}')")"
 done
-python3 - "${plain_all[*]}" "${tls_all[*]}" <<'PY'
+python3 - "${plain_all[*]}" "${tls_all[*]}" "${plain_cpu[*]}" "${tls_cpu[*]}" <<'PY'
 import statistics, sys
-plain = [float(x) for x in sys.argv[1].split()]
-tls = [float(x) for x in sys.argv[2].split()]
+plain, tls, pc, tc = ([float(x) for x in a.split()] for a in sys.argv[1:5])
 mp, mt = statistics.median(plain), statistics.median(tls)
 ratios = [t / p for p, t in zip(plain, tls)]
 print(f"median: plain {mp:.0f} req/s, tls {mt:.0f} req/s, tls/plain {mt / mp:.3f} "
-      f"(median of per-round ratios {statistics.median(ratios):.3f})")
+      f"(median of per-round ratios {statistics.median(ratios):.3f}); server CPU per request: "
+      f"plain {statistics.median(pc):.1f} us, tls {statistics.median(tc):.1f} us")
 PY
