@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 14 benchmark: what access control costs. digits KServe v2 JSON (one row per request) at CONN
-# keep-alive connections with wrk, against one binary started four ways, taking turns ROUNDS times
+# keep-alive connections with wrk, against one binary started five ways, taking turns ROUNDS times
 # (interleaved; only one under load at a time):
 #   off      no [auth], --access-log=false
+#   log      no [auth], access log on (the default)
 #   apikey   [auth] with an API key (sent as Authorization: Bearer), access log on
 #   hs256    [auth.jwt] HS256 (a token minted here with PyJWT-compatible code), access log on
 #   rs256    [auth.jwt] RS256 (PEM public key), access log on
@@ -73,11 +74,13 @@ start() { # name extra-args...
 }
 start off --access-log=false
 hdr[off]=""
+start log
+hdr[log]=""
 for t in apikey hs256 rs256; do
   start "$t" --config "$tmp/$t.toml"
   hdr[$t]="Authorization: Bearer $(cat "$tmp/$t.hdr")"
 done
-TARGETS="off apikey hs256 rs256"
+TARGETS="off log apikey hs256 rs256"
 run() { # target dur
   local args=(-t"$THREADS" -c"$CONN" -d"$2" --latency -s benches/embed/rotate.lua)
   [[ -n "${hdr[$1]}" ]] && args+=(-H "${hdr[$1]}")

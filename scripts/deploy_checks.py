@@ -483,6 +483,53 @@ def cmd_consistency(a: argparse.Namespace) -> int:
     return 1 if errors else 0
 
 
+def strategic_merge(base, patch):
+    """Kubernetes' strategic merge, as far as deploy/k8s/tls/ needs it: maps merge key by key; lists
+    of maps merge on `name` (containers, env, volumes) or `mountPath` (volumeMounts)."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            out[k] = strategic_merge(base[k], v) if k in base else v
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and all(isinstance(x, dict) for x in base + patch):
+        key = "mountPath" if all("mountPath" in x for x in base + patch) else "name"
+        out = list(base)
+        for item in patch:
+            i = next((j for j, b in enumerate(out) if b.get(key) == item.get(key)), None)
+            if i is None:
+                out.append(item)
+            else:
+                out[i] = strategic_merge(out[i], item)
+        return out
+    return patch
+
+
+def cmd_tls_patch(a: argparse.Namespace) -> int:
+    """Writes deployment.yaml with the TLS patch applied (for kubernetes-validate) and checks that
+    every probe uses HTTPS and the certificate paths lie in the mounted Secret."""
+    base = load_yaml_docs(ROOT / "deploy/k8s/deployment.yaml")[0]
+    merged = strategic_merge(base, load_yaml_docs(ROOT / a.patch)[0])
+    Path(a.out).write_text(yaml.safe_dump(merged, sort_keys=False))
+    errors: list[str] = []
+    spec = merged["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        scheme = c.get(probe, {}).get("httpGet", {}).get("scheme")
+        if scheme != "HTTPS":
+            errors.append(f"{probe}: scheme {scheme}, expected HTTPS once TLS is on")
+    secrets = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
+    mounts = [m["mountPath"].rstrip("/") + "/" for m in c.get("volumeMounts", []) if m["name"] in secrets]
+    env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
+    for var in ("FERRITE_TLS_CERT", "FERRITE_TLS_KEY"):
+        if not any(env.get(var, "").startswith(m) for m in mounts):
+            errors.append(f"{var}={env.get(var)!r} is not in a mounted Secret ({mounts})")
+    for e in errors:
+        fail(e)
+    if not errors:
+        print(f"  TLS patch: probes HTTPS, certificate and key from Secret mounts {mounts}")
+    return 1 if errors else 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -508,6 +555,10 @@ def main() -> int:
     co.set_defaults(func=cmd_compose)
     k = sub.add_parser("consistency")
     k.set_defaults(func=cmd_consistency)
+    t = sub.add_parser("tls-patch")
+    t.add_argument("patch")
+    t.add_argument("out")
+    t.set_defaults(func=cmd_tls_patch)
     a = ap.parse_args()
     return a.func(a)
 

@@ -133,6 +133,12 @@ for v in "${K8S_VERSIONS[@]}"; do
         deploy/k8s/configmap.yaml deploy/k8s/deployment.yaml deploy/k8s/service.yaml deploy/k8s/auth-secret.yaml \
         deploy/k8s/pdb.yaml deploy/k8s/hpa.yaml
 done
+check "deploy/k8s/tls/deployment-patch.yaml: probes HTTPS, certificate from a Secret" "$PY" \
+    scripts/deploy_checks.py tls-patch deploy/k8s/tls/deployment-patch.yaml "$WORK/deployment-tls.yaml"
+for v in "${K8S_VERSIONS[@]}"; do
+    check "kubernetes-validate --strict deployment.yaml + TLS patch (Kubernetes $v)" \
+        "$VENV/bin/kubernetes-validate" --strict --quiet -k "$v" "$WORK/deployment-tls.yaml"
+done
 check "custom resources: ServiceMonitor, ServingRuntime, InferenceService" "$PY" scripts/deploy_checks.py crds \
     deploy/k8s/service.yaml deploy/k8s/servicemonitor.yaml deploy/kserve/*.yaml
 check "prometheus-adapter values YAML" yaml_ok deploy/k8s/prometheus-adapter/values.yaml

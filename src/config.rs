@@ -94,6 +94,17 @@ pub struct ServeArgs {
     /// duration, a keyed hash of the body; never payloads) [default: true]
     #[arg(long, env = "FERRITE_ACCESS_LOG", action = clap::ArgAction::Set)]
     pub access_log: Option<bool>,
+    /// PEM certificate chain (leaf first) for TLS on the HTTP port; needs --tls-key.
+    /// Reloaded on SIGHUP [default: none, plain HTTP]
+    #[arg(long, env = "FERRITE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) for --tls-cert [default: none]
+    #[arg(long, env = "FERRITE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s) for mutual TLS: clients must present a certificate signed by one of
+    /// them, or the handshake is refused [default: none, no client certificates]
+    #[arg(long, env = "FERRITE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -114,6 +125,9 @@ struct FileSettings {
     access_log: Option<bool>,
     /// Access control (`[auth]`): API keys, JWT, client certificates, rate limits.
     auth: Option<crate::auth::AuthConfig>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -136,6 +150,47 @@ pub struct Settings {
     pub auth: Option<crate::auth::AuthConfig>,
     /// The settings file, re-read for `[auth]` on SIGHUP and when it changes.
     pub config_file: Option<PathBuf>,
+    /// TLS on the HTTP port; `None`: plain HTTP. The metrics port stays plain HTTP.
+    pub tls: Option<TlsSettings>,
+}
+
+/// The files TLS is built from; read at start and again on every SIGHUP.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Mutual TLS: client certificates are verified against these CA certificates.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    /// Both halves given, or none; a client CA only with a certificate and key.
+    fn resolve(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+    ) -> Result<Option<TlsSettings>, SettingsError> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsSettings {
+                cert,
+                key,
+                client_ca,
+            })),
+            (None, None) if client_ca.is_none() => Ok(None),
+            (None, None) => Err(SettingsError::Invalid {
+                field: "tls_client_ca",
+                message: "needs tls_cert and tls_key (mutual TLS is TLS)".into(),
+            }),
+            (Some(_), None) => Err(SettingsError::Invalid {
+                field: "tls_key",
+                message: "tls_cert is set, so a key is needed too".into(),
+            }),
+            (None, Some(_)) => Err(SettingsError::Invalid {
+                field: "tls_cert",
+                message: "tls_key is set, so a certificate is needed too".into(),
+            }),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +269,11 @@ impl Settings {
                 field: "gpus",
                 message,
             })?,
+            tls: TlsSettings::resolve(
+                args.tls_cert.clone().or(file.tls_cert),
+                args.tls_key.clone().or(file.tls_key),
+                args.tls_client_ca.clone().or(file.tls_client_ca),
+            )?,
         };
         s.validate()?;
         Ok(s)
@@ -237,6 +297,7 @@ impl Settings {
             access_log: true,
             auth: None,
             config_file: None,
+            tls: None,
         }
     }
 
@@ -390,6 +451,32 @@ mod tests {
         };
         let e = Settings::resolve(&args).unwrap_err().to_string();
         assert!(e.contains("model_repository"), "{e}");
+    }
+
+    #[test]
+    fn resolve_tls_from_flags_and_file_halves_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.toml");
+        std::fs::write(&file, "tls_key = \"/k.pem\"\ntls_client_ca = \"/ca.pem\"\n").unwrap();
+        let mut args = ServeArgs {
+            config: Some(file),
+            model_repository: Some(dir.path().into()),
+            tls_cert: Some("/c.pem".into()),
+            ..ServeArgs::default()
+        };
+        let tls = Settings::resolve(&args).unwrap().tls.unwrap();
+        assert_eq!(tls.cert, PathBuf::from("/c.pem"));
+        assert_eq!(tls.key, PathBuf::from("/k.pem"));
+        assert_eq!(tls.client_ca, Some(PathBuf::from("/ca.pem")));
+        args.config = None;
+        let e = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("tls_key"), "{e}");
+        args.tls_cert = None;
+        args.tls_client_ca = Some("/ca.pem".into());
+        let e = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("tls_client_ca"), "{e}");
+        args.tls_client_ca = None;
+        assert_eq!(Settings::resolve(&args).unwrap().tls, None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Composition root: discover devices, start the telemetry sampler, bind the HTTP and metrics
-//! listeners, load the repository (warm-up included) and flip readiness. `shutdown` owns the order: not ready, stop accepting,
-//! drain in-flight requests (bounded), stop models and join their workers.
+//! listeners (served by `net`: accept loop, TLS), load the repository (warm-up included) and flip
+//! readiness. `shutdown` owns the order: not ready, stop accepting, drain in-flight requests
+//! (bounded), stop models and join their workers.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, AppState, BodyKey, Security};
 use crate::config::{ModelControl, Settings};
 use crate::device;
+use crate::net::{self, tls::Tls};
 use crate::repository::Repository;
 use crate::telemetry::gpu::{self, GpuError, GpuSource};
 use crate::telemetry::{Metrics, Sampler};
@@ -30,20 +32,6 @@ pub struct Server {
     sampler: Sampler,
     /// Background tasks (auth reload, repository poll), stopped at shutdown.
     tasks: Vec<JoinHandle<()>>,
-}
-
-fn serve(
-    listener: TcpListener,
-    app: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-    })
 }
 
 impl Server {
@@ -96,6 +84,11 @@ impl Server {
             access_log: settings.access_log,
             body_key: Arc::new(BodyKey::random()),
         };
+        // Bad certificate files stop the start, before anything listens.
+        let tls = match &settings.tls {
+            None => None,
+            Some(files) => Some(Arc::new(Tls::load(files).context("TLS on the HTTP port")?)),
+        };
         let http = TcpListener::bind((settings.host, settings.http_port))
             .await
             .with_context(|| {
@@ -110,14 +103,24 @@ impl Server {
                 )
             })?;
         let (http_addr, metrics_addr) = (http.local_addr()?, metrics_l.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(
-            "listening on http://{http_addr} (metrics on http://{metrics_addr}/metrics)"
+            "listening on {scheme}://{http_addr} (metrics on http://{metrics_addr}/metrics)"
         );
+        if let Some(t) = &tls {
+            tracing::info!(
+                cert = %t.files().cert.display(),
+                client_ca = t.files().client_ca.as_ref().map(|p| p.display().to_string()),
+                mutual = t.mutual(),
+                "TLS on the HTTP port (HTTP/1.1 and HTTP/2 by ALPN); SIGHUP reloads the files"
+            );
+        }
         let (stop, stop_rx) = watch::channel(false);
-        let http = serve(http, api::router(state.clone()), stop_rx.clone());
-        let metrics_task = serve(
+        let http = net::serve(http, api::router(state.clone()), tls, stop_rx.clone());
+        let metrics_task = net::serve(
             metrics_l,
             api::metrics_router(metrics, security.clone()),
+            None,
             stop_rx,
         );
         let mut tasks = vec![reload_auth_task(settings, security, state.metrics.clone())];

@@ -505,3 +505,96 @@ async fn keys_are_reloaded_when_the_settings_file_changes_and_a_bad_file_keeps_t
         401
     );
 }
+
+#[derive(clap::Parser)]
+struct BenchCli {
+    #[command(flatten)]
+    bench: ferrite::loadgen::args::BenchArgs,
+}
+
+/// The issue's scenario end to end: `ferrite bench` drives a key limited to 50 req/s at 200 req/s
+/// (open loop, `--header` carrying the key) while another key sends at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_limited_to_50_per_second_under_200_from_ferrite_bench_gets_50_and_429s() {
+    use clap::Parser;
+    let cfg: AuthConfig = toml::from_str(&format!(
+        "[[api_keys]]\nname = \"fifty\"\nsha256 = \"{}\"\nscopes = [\"infer\"]\nrate_limit = {{ per_second = 50, burst = 5 }}\n\
+         [[api_keys]]\nname = \"other\"\nsha256 = \"{}\"\nscopes = [\"infer\"]\nrate_limit = {{ per_second = 50, burst = 5 }}\n",
+        sha256_hex("key-fifty"),
+        sha256_hex("key-other")
+    ))
+    .unwrap();
+    let s = TestServer::start_with(Repo::new().with_digits(&[]), |c| c.auth = Some(cfg)).await;
+    // The other key: 20 req/s for as long as the bench runs, every answer must be a 200.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let other = {
+        let (client, url, stop) = (s.client.clone(), s.url.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let r = client
+                    .post(format!("{url}/v2/models/digits/infer"))
+                    .bearer_auth("key-other")
+                    .json(&digits_body())
+                    .send()
+                    .await
+                    .unwrap();
+                statuses.push(r.status().as_u16());
+            }
+            statuses
+        })
+    };
+    let args = BenchCli::parse_from([
+        "bench",
+        "-u",
+        &s.url,
+        "--metrics-url",
+        &s.metrics_url,
+        "-m",
+        "digits",
+        "--request-rate-range",
+        "200",
+        "--header",
+        "Authorization:Bearer key-fifty",
+        "--warmup-ms",
+        "500",
+        "--measurement-interval-ms",
+        "2000",
+        "--max-windows",
+        "2",
+        "--client-threads",
+        "1",
+    ])
+    .bench;
+    let target = ferrite::loadgen::bench::prepare(&args).await.unwrap();
+    let steps = ferrite::loadgen::bench::sweep(&target, &args, None)
+        .await
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let step = &steps[0];
+    let limited = step.errors.get("429").copied().unwrap_or(0);
+    assert_eq!(
+        step.errors.keys().filter(|k| *k != "429").count(),
+        0,
+        "only 429s besides 200s: {:?}",
+        step.errors
+    );
+    // ~50 of the 200 per second are served; the rest are refused.
+    assert!(
+        (40.0..=60.0).contains(&step.throughput),
+        "{} req/s of 200s",
+        step.throughput
+    );
+    assert!(
+        limited as f64 > step.ok as f64 * 2.0,
+        "{limited} 429s, {} 200s",
+        step.ok
+    );
+    let statuses = other.await.unwrap();
+    assert!(
+        statuses.len() > 20 && statuses.iter().all(|&c| c == 200),
+        "{statuses:?}"
+    );
+}

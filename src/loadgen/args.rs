@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::client::{parse_header, ClientOptions};
 use super::request::Protocol;
 use super::runner::{Load, WindowPlan};
 use super::schedule::{Arrivals, RangeSpec};
@@ -14,9 +15,15 @@ use super::LoadgenError;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Server base URL
+    /// Server base URL (http:// or https://; https needs --cacert)
     #[arg(short = 'u', long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
+    /// Header sent on every request, `NAME:VALUE` (repeatable), e.g. `authorization:Bearer KEY`
+    #[arg(long = "header", value_name = "NAME:VALUE")]
+    pub headers: Vec<String>,
+    /// PEM CA certificate(s) an https:// server's certificate must chain to
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
     /// Model name (KServe v2 path and metrics label; the `model` field for OpenAI)
     #[arg(short = 'm', long)]
     pub model: String,
@@ -26,8 +33,9 @@ pub struct BenchArgs {
     /// Wire protocol of the target
     #[arg(long, value_enum, default_value = "v2-json")]
     pub protocol: Protocol,
-    /// Prometheus endpoint for the server-side split; default: the URL's host on port 8002.
-    /// `none` turns scraping off.
+    /// Prometheus endpoint for the server-side split: a URL, or `host:port` (then `http://` and
+    /// `/metrics` are added); default: http:// on the URL's host, port 8002. `none` turns scraping
+    /// off. A failed scrape is reported once and leaves the server-side columns empty.
     #[arg(long)]
     pub metrics_url: Option<String>,
     /// Closed loop: `start:end[:step]`, step `xK` multiplies, a number adds, none doubles
@@ -128,18 +136,39 @@ impl BenchArgs {
             .max(1)
     }
 
-    /// The metrics URL: given, `none`, or the server URL's host on port 8002.
+    /// The metrics URL: `none`; given (scheme and `/metrics` added to a bare `host:port`); or
+    /// plain http on the server URL's host, port 8002 (the metrics port never speaks TLS).
     pub fn metrics_url(&self) -> Option<String> {
         match self.metrics_url.as_deref() {
             Some("none") => None,
-            Some(u) => Some(u.to_string()),
+            Some(u) => {
+                let (scheme, rest) = u.split_once("://").unwrap_or(("http", u));
+                let rest = rest.trim_end_matches('/');
+                let path = if rest.contains('/') { "" } else { "/metrics" };
+                Some(format!("{scheme}://{rest}{path}"))
+            }
             None => {
-                let rest = self.url.strip_prefix("http://")?;
+                let (_, rest) = self.url.split_once("://")?;
                 let host = rest.split('/').next()?;
-                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                let host = match host.rsplit_once(':') {
+                    Some((h, port)) if !port.contains(']') => h,
+                    _ => host,
+                };
                 Some(format!("http://{host}:8002/metrics"))
             }
         }
+    }
+
+    /// `--header` and `--cacert` as the client takes them.
+    pub fn client_options(&self) -> Result<ClientOptions, LoadgenError> {
+        Ok(ClientOptions {
+            headers: self
+                .headers
+                .iter()
+                .map(|h| parse_header(h))
+                .collect::<Result<_, _>>()?,
+            cacert: self.cacert.clone(),
+        })
     }
 
     /// `--shape name:d1,d2` flags as a map.
@@ -209,6 +238,37 @@ mod tests {
         );
         let b = parse(&["-m", "x", "--metrics-url", "none"]);
         assert_eq!(b.metrics_url(), None);
+        let b = parse(&["-m", "x", "-u", "https://[::1]:8443/"]);
+        assert_eq!(
+            b.metrics_url().as_deref(),
+            Some("http://[::1]:8002/metrics")
+        );
+    }
+
+    #[test]
+    fn metrics_url_bare_host_port_gets_path_and_scheme() {
+        let url = |m: &str| parse(&["-m", "x", "--metrics-url", m]).metrics_url();
+        let want = Some("http://127.0.0.1:9102/metrics".to_string());
+        assert_eq!(url("http://127.0.0.1:9102"), want);
+        assert_eq!(url("http://127.0.0.1:9102/"), want);
+        assert_eq!(url("127.0.0.1:9102"), want);
+        assert_eq!(url("http://127.0.0.1:9102/metrics"), want);
+        assert_eq!(
+            url("http://h:1/custom/path").as_deref(),
+            Some("http://h:1/custom/path")
+        );
+    }
+
+    #[test]
+    fn client_options_headers_parsed_repeatable() {
+        let b = parse(&["-m", "x", "--header", "x-api-key: k1", "--header", "x-b:2"]);
+        let o = b.client_options().unwrap();
+        assert_eq!(o.headers.len(), 2);
+        assert_eq!(o.headers[0].0.as_str(), "x-api-key");
+        assert_eq!(o.headers[0].1.to_str().unwrap(), "k1");
+        assert!(parse(&["-m", "x", "--header", "novalue"])
+            .client_options()
+            .is_err());
     }
 
     #[test]

@@ -22,7 +22,7 @@ fn read(path: &std::path::Path) -> Result<String, LoadgenError> {
 
 /// Builds the target: HTTP client, metrics URL and the requests to cycle through.
 pub async fn prepare(args: &BenchArgs) -> Result<Target, LoadgenError> {
-    let client = HttpClient::new(&args.url)?;
+    let client = HttpClient::with_options(&args.url, &args.client_options()?)?;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let payloads: Vec<Payload> = if args.protocol.is_v2() {
         let path = request::v2_path(&args.model, args.model_version.as_deref());
@@ -69,6 +69,7 @@ pub async fn prepare(args: &BenchArgs) -> Result<Target, LoadgenError> {
     Ok(Target {
         client,
         metrics_url: args.metrics_url(),
+        scrape_warned: Arc::default(),
         model: args.model.clone(),
         payloads: Arc::new(payloads),
         client_threads: args.client_threads(),

@@ -1,13 +1,21 @@
-//! The HTTP side of the bench: a pooled hyper client (HTTP/1, keep-alive), one request per call,
-//! and the outcome as the bench counts it (success, status code, or transport error). No timing
-//! and no statistics here.
+//! The HTTP side of the bench: a pooled hyper client (HTTP/1, keep-alive; `https://` through
+//! rustls with the CA certificates of `--cacert`), the `--header`s added to every request, one
+//! request per call, and the outcome as the bench counts it (success, status code, or transport
+//! error). No timing and no statistics here.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use super::request::Payload;
 use super::LoadgenError;
@@ -33,30 +41,113 @@ impl Outcome {
     }
 }
 
+/// Headers and trust beyond the URL.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Sent on every request (inference, metadata, metrics scrapes); each replaces a header of the
+    /// same name the bench would set.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// PEM CA certificate(s) that `https://` servers must chain to; required for `https://`.
+    pub cacert: Option<PathBuf>,
+}
+
+/// `NAME:VALUE` as a header (the value trimmed of surrounding spaces).
+pub fn parse_header(s: &str) -> Result<(HeaderName, HeaderValue), LoadgenError> {
+    let bad = |why: String| LoadgenError::Args(format!("--header '{s}': {why}"));
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| bad("expected NAME:VALUE".into()))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let value = HeaderValue::from_str(value.trim()).map_err(|e| bad(e.to_string()))?;
+    Ok((name, value))
+}
+
+/// TLS client config trusting exactly the certificates in `cacert` (ring provider).
+fn tls_config(cacert: &Path) -> Result<rustls::ClientConfig, LoadgenError> {
+    let bad = |m: String| LoadgenError::Args(format!("--cacert {}: {m}", cacert.display()));
+    let pem = std::fs::read(cacert).map_err(|e| LoadgenError::io(cacert, e))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no PEM certificate in the file".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// A cheap-to-clone HTTP client bound to one server.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
+    headers: Arc<[(HeaderName, HeaderValue)]>,
 }
 
 impl HttpClient {
     /// `base` is `http://host:port` (no trailing slash needed).
     pub fn new(base: &str) -> Result<HttpClient, LoadgenError> {
+        Self::with_options(base, &ClientOptions::default())
+    }
+
+    /// `base` is `http://host:port` or `https://host:port` (then `opts.cacert` is required).
+    pub fn with_options(base: &str, opts: &ClientOptions) -> Result<HttpClient, LoadgenError> {
         let base = base.trim_end_matches('/').to_string();
         base.parse::<Uri>()
             .map_err(|e| LoadgenError::Args(format!("bad URL '{base}': {e}")))?;
-        if !base.starts_with("http://") {
+        let https = base.starts_with("https://");
+        if !https && !base.starts_with("http://") {
             return Err(LoadgenError::Args(format!(
-                "URL '{base}' must start with http:// (no TLS in the bench)"
+                "URL '{base}' must start with http:// or https://"
             )));
         }
+        let tls = match (&opts.cacert, https) {
+            (Some(ca), _) => tls_config(ca)?,
+            (None, true) => {
+                return Err(LoadgenError::Args(format!(
+                    "URL '{base}' is https: give the server's CA certificate with --cacert FILE"
+                )))
+            }
+            // plain http: the TLS side is never used; trust nothing
+            (None, false) => rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| LoadgenError::Args(e.to_string()))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth(),
+        };
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
+        conn.enforce_http(false);
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(conn);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(usize::MAX)
             .build(conn);
-        Ok(HttpClient { client, base })
+        Ok(HttpClient {
+            client,
+            base,
+            headers: opts.headers.clone().into(),
+        })
+    }
+
+    /// Adds the `--header`s, replacing any of the same name.
+    fn with_headers(&self, mut req: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+        for (k, v) in self.headers.iter() {
+            req.headers_mut().insert(k.clone(), v.clone());
+        }
+        req
     }
 
     fn uri(&self, path: &str) -> Result<Uri, LoadgenError> {
@@ -77,7 +168,7 @@ impl HttpClient {
         let req = req
             .body(Full::new(p.body.clone()))
             .expect("valid method, URI and headers. This is a bug.");
-        match self.client.request(req).await {
+        match self.client.request(self.with_headers(req)).await {
             Err(e) if e.is_connect() => Outcome::Transport("connect"),
             Err(_) => Outcome::Transport("io"),
             Ok(resp) => {
@@ -109,9 +200,9 @@ impl HttpClient {
             .expect("valid GET. This is a bug.");
         let resp = self
             .client
-            .request(req)
+            .request(self.with_headers(req))
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(error_chain(&e)))?;
         let status = resp.status();
         let body = resp
             .into_body()
@@ -124,5 +215,43 @@ impl HttpClient {
             return Err(fail(format!("status {status}: {text}")));
         }
         Ok(text)
+    }
+}
+
+/// An error with its causes (hyper's own message alone says only "client error (Connect)").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_header_name_value_trimmed() {
+        let (k, v) = parse_header("Authorization: Bearer abc:def").unwrap();
+        assert_eq!(k.as_str(), "authorization");
+        assert_eq!(v.to_str().unwrap(), "Bearer abc:def");
+        assert!(parse_header("no-colon").is_err());
+        assert!(parse_header("bad name:x").is_err());
+        assert!(parse_header("x-a:line\nbreak").is_err());
+    }
+
+    #[test]
+    fn with_options_https_without_cacert_is_error() {
+        let e = HttpClient::with_options("https://127.0.0.1:1", &ClientOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("--cacert"), "{e}");
+        assert!(HttpClient::new("ftp://x").is_err());
+        assert!(HttpClient::new("http://127.0.0.1:1").is_ok());
     }
 }

@@ -56,6 +56,8 @@ pub struct Target {
     pub client: HttpClient,
     /// Prometheus text endpoint of the server, for the server-side split.
     pub metrics_url: Option<String>,
+    /// Set once a failed scrape has been reported (once per target, not per window).
+    pub scrape_warned: Arc<AtomicBool>,
     pub model: String,
     pub payloads: Arc<Vec<Payload>>,
     /// Threads of the client's runtime (for the client-bottleneck check).
@@ -186,9 +188,22 @@ fn cpu_time() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// The metrics text; `None` when scraping is off or failed (the first failure is reported on
+/// stderr: without it the server-side columns would just stay empty).
 async fn scrape_text(t: &Target) -> Option<String> {
     let url = t.metrics_url.as_deref()?;
-    t.client.get_text(url).await.ok()
+    match t.client.get_text(url).await {
+        Ok(text) => Some(text),
+        Err(e) => {
+            if !t.scrape_warned.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "warning: cannot scrape server metrics ({e}); the server-side columns stay \
+                     empty. Set --metrics-url (host:port of the metrics port) or --metrics-url none"
+                );
+            }
+            None
+        }
+    }
 }
 
 /// Runs one step; `on_window` sees each finished window (for progress display).
