@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState, BodyKey, Security};
+use crate::api::{self, AppInner, AppState, BodyKey, Security};
 use crate::config::{ModelControl, Settings};
 use crate::device;
 use crate::net::{self, tls::Tls};
@@ -73,7 +73,7 @@ impl Server {
             model_control = settings.model_control.as_str(),
             "model control (load/unload through the API: only with explicit)"
         );
-        let state = AppState {
+        let state = AppState::new(AppInner {
             repo: repo.clone(),
             metrics: metrics.clone(),
             telemetry: sampler.telemetry(),
@@ -83,7 +83,7 @@ impl Server {
             model_control: settings.model_control,
             access_log: settings.access_log,
             body_key: Arc::new(BodyKey::random()),
-        };
+        });
         // Bad certificate files stop the start, before anything listens.
         let tls = match &settings.tls {
             None => None,

@@ -13,12 +13,17 @@ function setup(thread)
   thread:set("start", counter * 97)
 end
 
+local headers = {}
+
 function init(args)
   i = start or 0
+  -- wrk.format replaces wrk.headers with the table it is given: keep the -H headers (credentials).
+  for k, v in pairs(wrk.headers) do headers[k] = v end
+  headers["Content-Type"] = "application/json"
 end
 
 function request()
   i = i + 1
   local body = bodies[(i % #bodies) + 1]
-  return wrk.format("POST", nil, { ["Content-Type"] = "application/json" }, body)
+  return wrk.format("POST", nil, headers, body)
 end

@@ -17,7 +17,6 @@ use hmac::{KeyInit, Mac};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::AppState;
-use crate::auth::Principal;
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -102,19 +101,31 @@ impl BodyKey {
     }
 }
 
-/// Outer layer: sets the request id for the task and, with the access log on, taps the body and
-/// logs one line when the response is ready.
-pub async fn access_log(State(s): State<AppState>, req: Request, next: Next) -> Response {
+/// The one edge layer: sets the request id for the task, applies access control (`[auth]`,
+/// `auth::check`) and, with the access log on, taps the body and logs one line when the response
+/// is ready. One layer, not three: each axum layer costs a boxed service clone per request.
+pub async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
-    if !s.access_log {
+    let auth = s.security.current();
+    if auth.is_none() && !s.access_log {
         return REQUEST_ID.scope(id, next.run(req)).await;
     }
     let start = Instant::now();
+    let principal = match &auth {
+        Some(a) => super::auth::check(&s, a, &mut req),
+        None => Ok(None),
+    };
+    if !s.access_log {
+        return match principal {
+            Err(refusal) => *refusal,
+            Ok(_) => REQUEST_ID.scope(id, next.run(req)).await,
+        };
+    }
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let seen = Arc::new(Mutex::new(Seen {
         mac: Some(
@@ -123,17 +134,18 @@ pub async fn access_log(State(s): State<AppState>, req: Request, next: Next) -> 
         ),
         ..Seen::default()
     }));
-    let req = req.map(|inner| {
-        Body::new(Tap {
-            inner,
-            seen: seen.clone(),
-        })
-    });
-    let resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
-    let principal = resp
-        .extensions()
-        .get::<Principal>()
-        .map_or("-", |p| p.name.as_str());
+    let (resp, principal) = match principal {
+        Err(refusal) => (*refusal, None),
+        Ok(principal) => {
+            let req = req.map(|inner| {
+                Body::new(Tap {
+                    inner,
+                    seen: seen.clone(),
+                })
+            });
+            (REQUEST_ID.scope(id.clone(), next.run(req)).await, principal)
+        }
+    };
     let served = resp.extensions().get::<Served>();
     let (bytes, digest) = {
         let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -142,7 +154,7 @@ pub async fn access_log(State(s): State<AppState>, req: Request, next: Next) -> 
     tracing::info!(
         target: "access",
         request_id = %id,
-        principal,
+        principal = principal.as_ref().map_or("-", |p| p.name.as_str()),
         method = %method,
         path = %path,
         model = served.map_or("-", |s| s.model.as_str()),

@@ -5,7 +5,7 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -78,17 +78,26 @@ impl Door {
     }
 }
 
-/// What a route (axum's matched path) needs; `model` is the `{model}` path segment.
-pub fn need_of<'a>(route: &str, model: Option<&'a str>) -> Need<'a> {
-    match route {
+/// What a request path needs. Decided on the raw path, before routing, so that one edge layer
+/// does access control and the access log (each axum layer costs a boxed service clone per
+/// request). A `{model}` segment is compared as sent: a percent-encoded name needs `infer`.
+pub fn need_of(path: &str) -> Need<'_> {
+    fn segment(rest: &str) -> Option<&str> {
+        rest.split('/').next().filter(|m| !m.is_empty())
+    }
+    match path {
         "/v2/health/live" | "/v2/health/ready" => Need::Nothing,
-        r if r.starts_with("/v2/repository") => Need::Admin,
-        // `/v1/models/{model}` carries `:predict` in the same segment.
-        r if r.starts_with("/v2/models/{model}") || r.starts_with("/v1/models/{model}") => {
-            Need::Infer(model.map(|m| m.strip_suffix(":predict").unwrap_or(m)))
-        }
-        // Server metadata, devices, the embedding doors (the handler checks the model it picks).
-        _ => Need::Infer(None),
+        p if p == "/v2/repository" || p.starts_with("/v2/repository/") => Need::Admin,
+        p => match (p.strip_prefix("/v2/models/"), p.strip_prefix("/v1/models/")) {
+            (Some(rest), _) => Need::Infer(segment(rest)),
+            // `/v1/models/{model}:predict` carries `:predict` in the same segment.
+            (_, Some(rest)) => {
+                Need::Infer(segment(rest).map(|m| m.strip_suffix(":predict").unwrap_or(m)))
+            }
+            // Server metadata, devices, the embedding doors (the handler checks the model it
+            // picks), and unknown paths (no route map for anonymous callers).
+            _ => Need::Infer(None),
+        },
     }
 }
 
@@ -98,45 +107,37 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Route layer: verifies the caller, checks the route's scope and the caller's rate, and hands
-/// the `Principal` to the handler (request extension) and to the access log (response extension).
-pub async fn authorize(
-    State(s): State<AppState>,
-    route: MatchedPath,
-    params: RawPathParams,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let Some(auth) = s.security.current() else {
-        return next.run(req).await;
-    };
-    let model = params.iter().find(|(k, _)| *k == "model").map(|(_, v)| v);
-    let need = need_of(route.as_str(), model);
+/// Access control for one request: verifies the caller, checks the path's scope and the caller's
+/// rate, and hands the `Principal` to the handler (request extension). `Err` is the refusal.
+pub fn check(
+    s: &AppState,
+    auth: &Authenticator,
+    req: &mut Request,
+) -> Result<Option<Principal>, Box<Response>> {
+    let path = req.uri().path().to_string();
+    let need = need_of(&path);
     if need == Need::Nothing {
-        return next.run(req).await;
+        return Ok(None);
     }
-    let door = Door::of(route.as_str());
+    let door = Door::of(&path);
     let cn = req
         .extensions()
         .get::<crate::net::ClientCertName>()
         .map(|c| c.0.clone());
-    let principal = match auth.verify(req.headers(), cn.as_deref(), now()) {
-        Ok(p) => p,
-        Err(e) => return refuse(door, e),
-    };
+    let principal = auth
+        .verify(req.headers(), cn.as_deref(), now())
+        .map_err(|e| Box::new(refuse(door, e)))?;
     if !principal.allows(need) {
-        tracing::info!(principal = %principal.name, route = route.as_str(), "insufficient scope");
-        return refuse(door, AuthError::Forbidden);
+        tracing::info!(principal = %principal.name, path = %path, "insufficient scope");
+        return Err(Box::new(refuse(door, AuthError::Forbidden)));
     }
     if let RateDecision::Deny { retry_after } = s.security.rates.check(&principal) {
         s.metrics.record_rate_limited(need.label());
         tracing::info!(principal = %principal.name, scope = need.label(), "rate limited");
-        return too_many(door, retry_after);
+        return Err(Box::new(too_many(door, retry_after)));
     }
     req.extensions_mut().insert(principal.clone());
-    let mut resp = next.run(req).await;
-    resp.extensions_mut().insert(principal);
-    resp
+    Ok(Some(principal))
 }
 
 /// Whether `principal` (if auth is on) may run inference on `model`; for doors that learn the
@@ -228,30 +229,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_map_to_scopes() {
-        assert_eq!(need_of("/v2/health/ready", None), Need::Nothing);
-        assert_eq!(need_of("/v2/health/live", None), Need::Nothing);
+    fn paths_map_to_scopes() {
+        assert_eq!(need_of("/v2/health/ready"), Need::Nothing);
+        assert_eq!(need_of("/v2/health/live"), Need::Nothing);
+        assert_eq!(need_of("/v2/health/liveness"), Need::Infer(None));
+        assert_eq!(need_of("/v2/repository/models/digits/load"), Need::Admin);
+        assert_eq!(need_of("/v2/repository/index"), Need::Admin);
         assert_eq!(
-            need_of("/v2/repository/models/{model}/load", Some("digits")),
-            Need::Admin
+            need_of("/v2/models/digits/versions/1/infer"),
+            Need::Infer(Some("digits"))
         );
-        assert_eq!(need_of("/v2/repository/index", None), Need::Admin);
+        assert_eq!(need_of("/v2/models/digits"), Need::Infer(Some("digits")));
         assert_eq!(
-            need_of(
-                "/v2/models/{model}/versions/{version}/infer",
-                Some("digits")
-            ),
+            need_of("/v1/models/digits:predict"),
             Need::Infer(Some("digits"))
         );
         assert_eq!(
-            need_of("/v1/models/{model}", Some("digits:predict")),
+            need_of("/v1/models/digits/versions/1:predict"),
             Need::Infer(Some("digits"))
         );
-        for r in ["/v2", "/v2/devices", "/v1/embeddings", "/embed", "/info"] {
-            assert_eq!(need_of(r, None), Need::Infer(None), "{r}");
+        for r in [
+            "/v2",
+            "/v2/devices",
+            "/v1/embeddings",
+            "/embed",
+            "/info",
+            "/nope",
+        ] {
+            assert_eq!(need_of(r), Need::Infer(None), "{r}");
         }
         assert_eq!(Door::of("/v1/embeddings"), Door::OpenAi);
         assert_eq!(Door::of("/info"), Door::Tei);
-        assert_eq!(Door::of("/v2/models/{model}/infer"), Door::KServe);
+        assert_eq!(Door::of("/v2/models/digits/infer"), Door::KServe);
     }
 }

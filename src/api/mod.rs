@@ -32,9 +32,27 @@ use crate::config::ModelControl;
 use crate::repository::Repository;
 use crate::telemetry::{Metrics, Telemetry};
 
-/// What every handler can reach.
+/// What every handler can reach: one `Arc`, so that the clone each handler and middleware takes is a
+/// single reference count, not one per field (measured: with eight `Arc` fields, their counts
+/// bouncing between the I/O threads cost ~30% of digits throughput once two middleware layers
+/// cloned the state too).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppInner>);
+
+impl AppState {
+    pub fn new(inner: AppInner) -> AppState {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppInner;
+    fn deref(&self) -> &AppInner {
+        &self.0
+    }
+}
+
+pub struct AppInner {
     pub repo: Arc<Repository>,
     pub metrics: Arc<Metrics>,
     /// Latest GPU/CPU readings (for `/v2/devices`).
@@ -51,7 +69,7 @@ pub struct AppState {
     pub body_key: Arc<BodyKey>,
 }
 
-impl AppState {
+impl AppInner {
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::Acquire)
     }
@@ -97,14 +115,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/models/{model}/versions/{version}",
             post(kserve_v1::predict_v),
         )
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authorize,
-        ))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
-            access::access_log,
+            access::edge,
         ))
         .with_state(state)
         .layer(PropagateRequestIdLayer::x_request_id())

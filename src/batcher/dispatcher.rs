@@ -1,15 +1,14 @@
 //! The dispatcher: the one owner of a queue's `QueueState`. Its logic is a synchronous core,
 //! `Dispatcher::handle` (one command) and `Dispatcher::step(now)` (expire, dispatch, and say when to
-//! look again), driven by one of two runners:
-//! - `run_thread`, the production one: a named OS thread (`ferrite-q-{model}`) that blocks on the
-//!   command channel until the next wake-up instant (flume's `recv_deadline`, as TEI's queue thread
-//!   and Triton's condition-variable wait do). A sub-millisecond `max_queue_delay` is kept to the
-//!   OS's timer precision, with no tokio timer (millisecond granularity) in the way. The cost: a
-//!   command to a blocked dispatcher wakes this thread (a futex call and a context switch), where
-//!   a tokio task was often woken on the submitter's own thread; polling before blocking was tried
-//!   and did not help on 2 cores (benches/RESULTS.md, issue 13).
-//! - `run_task` (tests only): a tokio task on tokio's clock, so that queue tests drive the same
-//!   core on the paused clock at exact instants.
+//! look again). It runs inline, under the queue's mutex, on the thread of whoever acts: a submitter
+//! (an I/O thread) admits its job and, if a worker is idle and the policy says so, hands it a batch
+//! right there; a worker that pulls takes its batch the same way. No request needs a thread hop
+//! (Triton's design: the scheduler state under a mutex). A named OS thread (`ferrite-q-{model}`)
+//! only waits on a condition variable for the next timed event (a deadline, `max_queue_delay`), as
+//! Triton's condition-variable wait and TEI's queue thread do; it is woken only when an action moves
+//! that instant earlier. Measured against the first version of this issue (every command sent to the
+//! thread over a channel): one futex wake and context switch per submit cost ~15% of digits
+//! throughput at 64 connections (benches/RESULTS.md, issue 13).
 //!
 //! It never runs a model and never sees HTTP.
 
@@ -60,47 +59,6 @@ impl Dispatcher {
         }
     }
 
-    /// Production runner: this (OS) thread blocks on `rx` until a command comes or the next
-    /// wake-up instant passes.
-    pub fn run_thread(mut self, rx: flume::Receiver<Command>) {
-        loop {
-            let wake = self.step(Instant::now());
-            if self.finished() {
-                break;
-            }
-            let cmd = match wake {
-                Some(at) => match rx.recv_deadline(at.into_std()) {
-                    Ok(cmd) => Some(cmd),
-                    Err(flume::RecvTimeoutError::Timeout) => continue,
-                    Err(flume::RecvTimeoutError::Disconnected) => None,
-                },
-                None => rx.recv().ok(),
-            };
-            self.handle(cmd);
-        }
-        self.shut_down(&rx);
-    }
-
-    /// Test runner: the same core as a tokio task, waiting on tokio's (pausable) clock.
-    #[cfg(test)]
-    pub async fn run_task(mut self, rx: flume::Receiver<Command>) {
-        loop {
-            let wake = self.step(Instant::now());
-            if self.finished() {
-                break;
-            }
-            let cmd = match wake {
-                Some(at) => tokio::select! {
-                    cmd = rx.recv_async() => cmd.ok(),
-                    _ = tokio::time::sleep_until(at) => continue,
-                },
-                None => rx.recv_async().await.ok(),
-            };
-            self.handle(cmd);
-        }
-        self.shut_down(&rx);
-    }
-
     /// One command; `None`: every handle is gone (the channel is disconnected).
     pub fn handle(&mut self, cmd: Option<Command>) {
         match cmd {
@@ -122,15 +80,10 @@ impl Dispatcher {
     /// Idle workers see their sender dropped (busy ones find the channel closed on their next
     /// pull); jobs nobody can pull any more and submits still in the channel are answered as
     /// unavailable.
-    fn shut_down(mut self, rx: &flume::Receiver<Command>) {
+    pub fn shut_down(&mut self) {
         self.idle.clear();
         for job in self.state.drain_all() {
             self.reject(job, "the model is being unloaded");
-        }
-        while let Ok(cmd) = rx.try_recv() {
-            if let Command::Submit(job) = cmd {
-                self.reject(job, "the model is being unloaded");
-            }
         }
         self.metrics.pending.set(0);
     }

@@ -1,15 +1,16 @@
 //! The dynamic batcher: one `Queue` per model version. Request handlers `submit` a job and await its
-//! answer; worker threads `pull_blocking` their next batch when they become free (pull-based). A
-//! dispatcher on its own named OS thread (`dispatcher.rs`) owns the `QueueState`, answers expired
-//! requests at once, drops requests whose client has gone and applies `policy::decide`. It never
-//! runs a model and never sees HTTP.
+//! answer; worker threads `pull_blocking` their next batch when they become free (pull-based). The
+//! dispatcher (`dispatcher.rs`) owns the `QueueState` under the queue's mutex and runs inline for
+//! each submit and pull; a named OS thread wakes it for timed events (deadlines, batching delays).
+//! It answers expired requests at once, drops requests whose client has gone and applies
+//! `policy::decide`. It never runs a model and never sees HTTP.
 
 mod dispatcher;
 pub mod policy;
 pub mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -156,45 +157,166 @@ impl Layout {
     }
 }
 
+/// The dispatcher and when its timer is set to look again.
+struct Core {
+    dispatcher: Dispatcher,
+    /// The instant the timer waits for (`None`: until woken).
+    timer_at: Option<Instant>,
+}
+
+/// What every handle and the timer share.
+struct Shared {
+    /// Entered for short sections only: one command applied and one `step` (no await, no model
+    /// code, no blocking send: batches go out with `try_send` on capacity-1 channels).
+    core: Mutex<Core>,
+    /// The timer thread waits here.
+    timer: Condvar,
+    /// The test timer (a tokio task on the paused clock) waits here.
+    #[cfg(test)]
+    notify: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        // A panic inside a section leaves consistent state (each command is applied whole).
+        self.core.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies one command and dispatches what the policy allows, on the caller's thread; wakes the
+    /// timer only when the next timed event moved earlier (or the queue finished).
+    fn apply(&self, cmd: Option<Command>) {
+        let mut core = self.lock();
+        core.dispatcher.handle(cmd);
+        let wake = core.dispatcher.step(Instant::now());
+        let finished = core.dispatcher.finished();
+        if finished {
+            core.dispatcher.shut_down();
+        }
+        let earlier = match (wake, core.timer_at) {
+            (Some(w), Some(t)) => w < t,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        drop(core);
+        if earlier || finished {
+            self.wake_timer();
+        }
+    }
+
+    fn wake_timer(&self) {
+        self.timer.notify_one();
+        #[cfg(test)]
+        self.notify.notify_one();
+    }
+
+    /// The timer thread: steps at each timed event until the queue is finished.
+    fn run_timer(&self) {
+        let mut core = self.lock();
+        loop {
+            let now = Instant::now();
+            let wake = core.dispatcher.step(now);
+            if core.dispatcher.finished() {
+                core.dispatcher.shut_down();
+                return;
+            }
+            core.timer_at = wake;
+            core = match wake {
+                Some(at) => {
+                    let wait = at.saturating_duration_since(now);
+                    self.timer
+                        .wait_timeout(core, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self.timer.wait(core).unwrap_or_else(|e| e.into_inner()),
+            };
+        }
+    }
+
+    /// Test timer: the same, as a tokio task on tokio's (pausable) clock.
+    #[cfg(test)]
+    async fn run_timer_task(&self) {
+        loop {
+            let wake = {
+                let mut core = self.lock();
+                let wake = core.dispatcher.step(Instant::now());
+                if core.dispatcher.finished() {
+                    core.dispatcher.shut_down();
+                    return;
+                }
+                core.timer_at = wake;
+                wake
+            };
+            match wake {
+                Some(at) => tokio::select! {
+                    _ = self.notify.notified() => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                },
+                None => self.notify.notified().await,
+            }
+        }
+    }
+}
+
+/// Dropped with the last `Queue` handle: nobody can submit or pull any more, so the dispatcher
+/// answers what is queued and stops.
+struct Handles(Arc<Shared>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.0.apply(None);
+    }
+}
+
 /// Cheap handle onto one model version's queue.
 #[derive(Clone)]
 pub struct Queue {
-    tx: flume::Sender<Command>,
+    shared: Arc<Shared>,
+    _handles: Arc<Handles>,
     cfg: Arc<BatchConfig>,
     model: Arc<str>,
 }
 
 impl Queue {
-    /// Starts the dispatcher on its own OS thread, `ferrite-q-{model}`, which ends once the queue
-    /// is closed and drained (or every handle is dropped). Needs no tokio runtime.
+    /// Starts the queue's timer on its own OS thread, `ferrite-q-{model}`, which ends once the
+    /// queue is closed and drained (or every handle is dropped). Needs no tokio runtime.
     pub fn spawn(model: &str, cfg: BatchConfig, metrics: QueueMetrics) -> std::io::Result<Queue> {
-        let (queue, dispatcher, rx) = Queue::new(model, cfg, metrics);
+        let queue = Queue::new(model, cfg, metrics);
+        let shared = queue.shared.clone();
         std::thread::Builder::new()
             .name(format!("ferrite-q-{model}"))
-            .spawn(move || dispatcher.run_thread(rx))?;
+            .spawn(move || shared.run_timer())?;
         Ok(queue)
     }
 
-    /// Starts the dispatcher as a task on the current tokio runtime, on tokio's clock: queue tests
-    /// run it on the paused clock at exact instants.
+    /// Starts the timer as a task on the current tokio runtime, on tokio's clock: queue tests run
+    /// it on the paused clock at exact instants.
     #[cfg(test)]
     pub(crate) fn spawn_task(model: &str, cfg: BatchConfig, metrics: QueueMetrics) -> Queue {
-        let (queue, dispatcher, rx) = Queue::new(model, cfg, metrics);
-        tokio::spawn(dispatcher.run_task(rx));
+        let queue = Queue::new(model, cfg, metrics);
+        let shared = queue.shared.clone();
+        tokio::spawn(async move { shared.run_timer_task().await });
         queue
     }
 
-    fn new(
-        model: &str,
-        cfg: BatchConfig,
-        metrics: QueueMetrics,
-    ) -> (Queue, Dispatcher, flume::Receiver<Command>) {
-        let capacity = cfg.max_queue_size * cfg.priority_levels.max(1) as usize + 64;
-        let (tx, rx) = flume::bounded(capacity.min(1 << 16));
+    fn new(model: &str, cfg: BatchConfig, metrics: QueueMetrics) -> Queue {
         let cfg = Arc::new(cfg);
         let model: Arc<str> = model.into();
-        let dispatcher = Dispatcher::new(model.clone(), cfg.clone(), metrics);
-        (Queue { tx, cfg, model }, dispatcher, rx)
+        let shared = Arc::new(Shared {
+            core: Mutex::new(Core {
+                dispatcher: Dispatcher::new(model.clone(), cfg.clone(), metrics),
+                timer_at: None,
+            }),
+            timer: Condvar::new(),
+            #[cfg(test)]
+            notify: tokio::sync::Notify::new(),
+        });
+        Queue {
+            _handles: Arc::new(Handles(shared.clone())),
+            shared,
+            cfg,
+            model,
+        }
     }
 
     pub fn config(&self) -> &BatchConfig {
@@ -241,9 +363,7 @@ impl Queue {
             parts: opts.parts,
             reply,
         };
-        if self.tx.send_async(Command::Submit(job)).await.is_err() {
-            return Err(self.unavailable("the model is unloaded"));
-        }
+        self.shared.apply(Some(Command::Submit(job)));
         rx.await
             .unwrap_or_else(|_| Err(self.unavailable("the model was unloaded")))
     }
@@ -253,7 +373,7 @@ impl Queue {
     /// from a plain OS thread, never from async code.
     pub fn pull_blocking(&self, layout: Layout) -> Option<Batch> {
         let (tx, rx) = flume::bounded(1);
-        self.tx.send(Command::Pull(Pull { tx, layout })).ok()?;
+        self.shared.apply(Some(Command::Pull(Pull { tx, layout })));
         rx.recv().ok()
     }
 
@@ -266,7 +386,7 @@ impl Queue {
         on_idle: impl FnOnce(),
     ) -> Option<Batch> {
         let (tx, rx) = flume::bounded(1);
-        self.tx.send(Command::Pull(Pull { tx, layout })).ok()?;
+        self.shared.apply(Some(Command::Pull(Pull { tx, layout })));
         match rx.recv_timeout(idle_after) {
             Ok(batch) => return Some(batch),
             Err(flume::RecvTimeoutError::Disconnected) => return None,
@@ -283,16 +403,13 @@ impl Queue {
     /// Async twin of `pull_blocking`, for tests and benchmarks.
     pub async fn pull_with(&self, layout: Layout) -> Option<Batch> {
         let (tx, rx) = flume::bounded(1);
-        self.tx
-            .send_async(Command::Pull(Pull { tx, layout }))
-            .await
-            .ok()?;
+        self.shared.apply(Some(Command::Pull(Pull { tx, layout })));
         rx.recv_async().await.ok()
     }
 
     /// Stops accepting; queued requests are still served, then workers see `None`.
     pub fn close(&self) {
-        let _ = self.tx.send(Command::Close);
+        self.shared.apply(Some(Command::Close));
     }
 
     fn unavailable(&self, why: &str) -> JobError {
