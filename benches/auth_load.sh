@@ -7,7 +7,8 @@
 #   apikey   [auth] with an API key (sent as Authorization: Bearer), access log on
 #   hs256    [auth.jwt] HS256 (a token minted here with PyJWT-compatible code), access log on
 #   rs256    [auth.jwt] RS256 (PEM public key), access log on
-# Prints each round and the median req/s per target with its ratio to `off`.
+# Prints each round and the median req/s per target with its ratio to `off`, and the server's own
+# CPU time per request (utime + stime from /proc over the requests wrk completed).
 # Usage: benches/auth_load.sh [DUR=10] [CONN=64] [ROUNDS=3]
 # Env: FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), PYTHON (with `cryptography`
 #      for the RS256 key; default python3), WRK_THREADS (2).
@@ -61,12 +62,13 @@ with open(f"{tmp}/digits.jsonl", "w") as f:
         f.write(json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": px}]}) + "\n")
 PY
 
-declare -A url hdr
+declare -A url hdr pid
 start() { # name extra-args...
   local name=$1 log="$tmp/$1.log" line
   shift
   "$FERRITE_BIN" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 0 --metrics-port 0 "$@" 2>"$log" &
   pids+=($!)
+  pid[$name]=$!
   for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done
   grep -q 'server ready' "$log" || { echo "ferrite $name did not become ready:" >&2; cat "$log" >&2; exit 1; }
   line=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1)
@@ -90,23 +92,34 @@ for t in $TARGETS; do # warm-up, and a check that auth passes (no non-2xx)
   out=$(run "$t" 2s)
   grep -q "Non-2xx" <<<"$out" && { echo "$t: non-2xx answers in warm-up:" >&2; echo "$out" >&2; exit 1; }
 done
-declare -A results
+# The server's CPU time (utime + stime, clock ticks) so far: CPU per request is what each setting
+# costs the server itself, which other work on the machine barely moves (throughput does).
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+declare -A results cpu
 for r in $(seq "$ROUNDS"); do
   for t in $TARGETS; do
+    t0=$(ticks "${pid[$t]}")
     out=$(run "$t" "${DUR}s")
+    t1=$(ticks "${pid[$t]}")
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    us=$(awk -v d=$((t1 - t0)) -v n="$n" -v hz="$HZ" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
+    cpu[$t]+="$us "
     rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
     p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
     errs=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-    echo "round $r $t: $rps req/s, p99 $p99${errs:+, non-2xx $errs}"
+    echo "round $r $t: $rps req/s, p99 $p99, server CPU $us us/request${errs:+, non-2xx $errs}"
     results[$t]+="$rps "
   done
 done
 med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 base=$(med "${results[off]}")
 echo
-echo "| target | median req/s | vs off |"
-echo "|---|---|---|"
+cbase=$(med "${cpu[off]}")
+echo "| target | median req/s | vs off | server CPU µs/request (median) | vs off |"
+echo "|---|---|---|---|---|"
 for t in $TARGETS; do
   m=$(med "${results[$t]}")
-  echo "| $t | $m | $(awk -v a="$base" -v b="$m" 'BEGIN {printf "%.3f", b/a}') |"
+  c=$(med "${cpu[$t]}")
+  echo "| $t | $m | $(awk -v a="$base" -v b="$m" 'BEGIN {printf "%.3f", b/a}') | $c | $(awk -v a="$cbase" -v b="$c" 'BEGIN {printf "%+.1f", b-a}') |"
 done

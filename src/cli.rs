@@ -139,12 +139,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("ferrite-io")
         .build()?;
-    rt.block_on(async {
+    let served = rt.block_on(async {
         let server = Server::start(&settings).await?;
         crate::shutdown::signal().await;
         server.shutdown().await;
         anyhow::Ok(())
-    })
+    });
+    // The last buffered log lines (the drain's), before the process exits.
+    logging::flush();
+    served
 }
 
 fn print_devices(devices: &[DeviceInfo]) {

@@ -2,7 +2,9 @@
 //! request (target `access`): request id, principal, method, path, model, version, status, request
 //! and response sizes, duration, and a keyed hash (HMAC-SHA-256 with a per-server random key) of
 //! the request body — never payloads or texts: a plain hash of a short text could be guessed, a
-//! keyed one cannot without the key, which never leaves the process.
+//! keyed one cannot without the key, which never leaves the process. The line is written by
+//! `telemetry::logging::access` (buffered, in the server's log format); `RUST_LOG` can turn the
+//! `access` target off like any other.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,7 @@ use hmac::{KeyInit, Mac};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::AppState;
+use crate::telemetry::logging::{self, AccessRecord};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -40,11 +43,11 @@ pub struct Served {
 }
 
 /// What the body tap saw: bytes, and the HMAC once the body was read to its end.
-#[derive(Default)]
 struct Seen {
     bytes: u64,
     mac: Option<HmacSha256>,
-    digest: Option<String>,
+    /// Lowercase hex of the HMAC, once the body ended.
+    digest: Option<[u8; 64]>,
 }
 
 /// A request body that feeds every data frame to an HMAC on its way to the handler (no copy).
@@ -75,7 +78,10 @@ impl HttpBody for Tap {
             }
             Poll::Ready(None) => {
                 if let Some(mac) = seen.mac.take() {
-                    seen.digest = Some(hex::encode(mac.finalize().into_bytes()));
+                    let mut hex = [0u8; 64];
+                    // 32 bytes into 64 hex digits: the sizes match.
+                    let _ = hex::encode_to_slice(mac.finalize().into_bytes(), &mut hex);
+                    seen.digest = Some(hex);
                 }
             }
             _ => {}
@@ -92,12 +98,17 @@ impl HttpBody for Tap {
     }
 }
 
-/// The per-server key of the body hashes: random at start, never logged or stored.
-pub struct BodyKey([u8; 32]);
+/// The per-server key of the body hashes: random at start, never logged or stored. Kept as the
+/// keyed HMAC state, cloned per request (keying costs two SHA-256 blocks).
+pub struct BodyKey(HmacSha256);
 
 impl BodyKey {
     pub fn random() -> BodyKey {
-        BodyKey(rand::random())
+        let key: [u8; 32] = rand::random();
+        BodyKey(
+            <HmacSha256 as KeyInit>::new_from_slice(&key)
+                .expect("HMAC takes any key length. This is a bug."),
+        )
     }
 }
 
@@ -111,28 +122,24 @@ pub async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Re
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
-    let auth = s.security.current();
-    if auth.is_none() && !s.access_log {
-        return REQUEST_ID.scope(id, next.run(req)).await;
-    }
-    let start = Instant::now();
-    let principal = match &auth {
-        Some(a) => super::auth::check(&s, a, &mut req),
+    let log = s.access_log && logging::access_enabled();
+    // The guard lives for this statement only (never across an await).
+    let principal = match &*s.security.current() {
+        Some(auth) => super::auth::check(&s, auth, &mut req),
         None => Ok(None),
     };
-    if !s.access_log {
+    if !log {
         return match principal {
             Err(refusal) => *refusal,
             Ok(_) => REQUEST_ID.scope(id, next.run(req)).await,
         };
     }
-    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let start = Instant::now();
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let seen = Arc::new(Mutex::new(Seen {
-        mac: Some(
-            <HmacSha256 as KeyInit>::new_from_slice(&s.body_key.0)
-                .expect("HMAC takes any key length. This is a bug."),
-        ),
-        ..Seen::default()
+        bytes: 0,
+        mac: Some(s.body_key.0.clone()),
+        digest: None,
     }));
     let (resp, principal) = match principal {
         Err(refusal) => (*refusal, None),
@@ -149,22 +156,24 @@ pub async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Re
     let served = resp.extensions().get::<Served>();
     let (bytes, digest) = {
         let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        (seen.bytes, seen.digest.clone())
+        (seen.bytes, seen.digest)
     };
-    tracing::info!(
-        target: "access",
-        request_id = %id,
-        principal = principal.as_ref().map_or("-", |p| p.name.as_str()),
-        method = %method,
-        path = %path,
-        model = served.map_or("-", |s| s.model.as_str()),
-        version = served.map_or(0, |s| s.version),
-        status = resp.status().as_u16(),
-        request_bytes = bytes,
-        response_bytes = resp.body().size_hint().exact().unwrap_or(0),
-        duration_us = start.elapsed().as_micros() as u64,
-        body_hmac = digest.as_deref().unwrap_or("-"),
-        "request"
-    );
+    logging::access(&AccessRecord {
+        request_id: &id,
+        principal: principal.as_ref().map_or("-", |p| p.name.as_str()),
+        method: method.as_str(),
+        path: uri.path(),
+        model: served.map_or("-", |s| s.model.as_str()),
+        version: served.map_or(0, |s| s.version),
+        status: resp.status().as_u16(),
+        request_bytes: bytes,
+        response_bytes: resp.body().size_hint().exact().unwrap_or(0),
+        duration_us: start.elapsed().as_micros() as u64,
+        // Hex digits are ASCII.
+        body_hmac: digest
+            .as_ref()
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .unwrap_or("-"),
+    });
     resp
 }

@@ -2,9 +2,10 @@
 //! calling, may they, are they over their rate). The decisions live in `auth/`; this file only maps
 //! a route to what it needs and a refusal to each door's status and error body.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -19,8 +20,10 @@ use crate::protocol::{openai, tei};
 /// The server's access-control state: the current verifiers (swapped whole on reload) and the
 /// rate limiters (kept across reloads).
 pub struct Security {
-    /// `None`: no `[auth]`, every route is open (local use). Short read sections, no await.
-    current: RwLock<Option<Arc<Authenticator>>>,
+    /// `None`: no `[auth]`, every route is open (local use). Read on every request: an
+    /// `ArcSwapOption` load touches no shared reference count (an `RwLock` plus an `Arc` clone
+    /// costs two contended atomic writes per request).
+    current: ArcSwapOption<Authenticator>,
     protect_metrics: std::sync::atomic::AtomicBool,
     pub rates: RateLimiters,
 }
@@ -28,7 +31,7 @@ pub struct Security {
 impl Security {
     pub fn new(cfg: Option<&AuthConfig>) -> Result<Security, String> {
         let s = Security {
-            current: RwLock::new(None),
+            current: ArcSwapOption::empty(),
             protect_metrics: Default::default(),
             rates: RateLimiters::default(),
         };
@@ -43,15 +46,13 @@ impl Security {
             cfg.is_some_and(|c| c.protect_metrics),
             std::sync::atomic::Ordering::Release,
         );
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = next;
+        self.current.store(next);
         Ok(())
     }
 
-    pub fn current(&self) -> Option<Arc<Authenticator>> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The current verifiers, for one request (a cheap guard; do not hold it across an await).
+    pub fn current(&self) -> arc_swap::Guard<Option<Arc<Authenticator>>> {
+        self.current.load()
     }
 
     pub fn protects_metrics(&self) -> bool {
@@ -113,29 +114,32 @@ pub fn check(
     s: &AppState,
     auth: &Authenticator,
     req: &mut Request,
-) -> Result<Option<Principal>, Box<Response>> {
-    let path = req.uri().path().to_string();
-    let need = need_of(&path);
-    if need == Need::Nothing {
-        return Ok(None);
-    }
-    let door = Door::of(&path);
-    let cn = req
-        .extensions()
-        .get::<crate::net::ClientCertName>()
-        .map(|c| c.0.clone());
-    let principal = auth
-        .verify(req.headers(), cn.as_deref(), now())
-        .map_err(|e| Box::new(refuse(door, e)))?;
-    if !principal.allows(need) {
-        tracing::info!(principal = %principal.name, path = %path, "insufficient scope");
-        return Err(Box::new(refuse(door, AuthError::Forbidden)));
-    }
-    if let RateDecision::Deny { retry_after } = s.security.rates.check(&principal) {
-        s.metrics.record_rate_limited(need.label());
-        tracing::info!(principal = %principal.name, scope = need.label(), "rate limited");
-        return Err(Box::new(too_many(door, retry_after)));
-    }
+) -> Result<Option<Arc<Principal>>, Box<Response>> {
+    let principal = {
+        let path = req.uri().path();
+        let need = need_of(path);
+        if need == Need::Nothing {
+            return Ok(None);
+        }
+        let door = Door::of(path);
+        let cn = req
+            .extensions()
+            .get::<crate::net::ClientCertName>()
+            .map(|c| c.0.as_str());
+        let principal = auth
+            .verify(req.headers(), cn, now())
+            .map_err(|e| Box::new(refuse(door, e)))?;
+        if !principal.allows(need) {
+            tracing::info!(principal = %principal.name, path, "insufficient scope");
+            return Err(Box::new(refuse(door, AuthError::Forbidden)));
+        }
+        if let RateDecision::Deny { retry_after } = s.security.rates.check(&principal) {
+            s.metrics.record_rate_limited(need.label());
+            tracing::info!(principal = %principal.name, scope = need.label(), "rate limited");
+            return Err(Box::new(too_many(door, retry_after)));
+        }
+        principal
+    };
     req.extensions_mut().insert(principal.clone());
     Ok(Some(principal))
 }
@@ -214,13 +218,15 @@ pub async fn authorize_metrics(
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(auth) = security.current().filter(|_| security.protects_metrics()) else {
-        return next.run(req).await;
+    let verdict = match &*security.current() {
+        Some(auth) if security.protects_metrics() => Some(auth.verify(req.headers(), None, now())),
+        _ => None,
     };
-    match auth.verify(req.headers(), None, now()) {
-        Ok(p) if p.allows(Need::Metrics) => next.run(req).await,
-        Ok(_) => refuse(Door::KServe, AuthError::Forbidden),
-        Err(e) => refuse(Door::KServe, e),
+    match verdict {
+        None => next.run(req).await,
+        Some(Ok(p)) if p.allows(Need::Metrics) => next.run(req).await,
+        Some(Ok(_)) => refuse(Door::KServe, AuthError::Forbidden),
+        Some(Err(e)) => refuse(Door::KServe, e),
     }
 }
 

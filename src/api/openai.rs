@@ -1,6 +1,7 @@
 //! OpenAI `POST /v1/embeddings` (wire format in `protocol::openai`): decode, embed, encode; errors
 //! in OpenAI's shape.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -29,12 +30,12 @@ fn openai_error(e: ApiError) -> Response {
 
 pub async fn embeddings(
     State(s): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let principal = principal.map(|Extension(p)| p);
-    handle(s, principal.as_ref(), headers, body)
+    handle(s, principal.as_deref(), headers, body)
         .await
         .unwrap_or_else(openai_error)
 }

@@ -2,6 +2,8 @@
 //! enabled only with `--model-control explicit` (403 naming the flag otherwise), behind the `admin`
 //! scope when `[auth]` is configured (the route layer checks it), and each writes one audit line.
 
+use std::sync::Arc;
+
 use axum::extract::{Extension, Path, State};
 use axum::Json;
 use serde_json::{json, Value};
@@ -46,7 +48,7 @@ fn audit(principal: Option<&Principal>, action: &str, model: &str, outcome: &Res
 
 async fn act(
     s: &AppState,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     action: &str,
     model: &str,
 ) -> Result<Json<Value>, ApiError> {
@@ -56,13 +58,13 @@ async fn act(
         Ok(()) if action == "load" => s.repo.load(model).await.map_err(ApiError::from),
         Ok(()) => s.repo.unload(model).await.map_err(ApiError::from),
     };
-    audit(principal.as_ref(), action, model, &outcome);
+    audit(principal.as_deref(), action, model, &outcome);
     outcome.map(|()| Json(json!({})))
 }
 
 pub async fn load(
     State(s): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     act(&s, principal, "load", &model).await
@@ -70,7 +72,7 @@ pub async fn load(
 
 pub async fn unload(
     State(s): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     act(&s, principal, "unload", &model).await

@@ -1,6 +1,7 @@
 //! Text Embeddings Inference compatible routes (wire format in `protocol::tei`): `POST /embed` and
 //! `GET /info`; errors in TEI's shape.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -34,12 +35,12 @@ fn tei_error(e: ApiError) -> Response {
 
 pub async fn embed(
     State(s): State<AppState>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<Arc<Principal>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let principal = principal.map(|Extension(p)| p);
-    handle(s, principal.as_ref(), headers, body)
+    handle(s, principal.as_deref(), headers, body)
         .await
         .unwrap_or_else(tei_error)
 }

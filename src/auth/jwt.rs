@@ -6,7 +6,7 @@
 //! once per token, not once per request.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
@@ -18,6 +18,9 @@ use super::{AuthError, JwtConfig, Principal, RateLimit, Scope};
 
 /// Most verified tokens kept; past it, expired ones go, then all.
 const CACHE_MAX: usize = 10_000;
+
+/// A verified token's principal and its `exp` (seconds since the epoch).
+type Verified = (Arc<Principal>, u64);
 
 pub struct JwtVerifier {
     hs256: Option<DecodingKey>,
@@ -31,7 +34,7 @@ pub struct JwtVerifier {
     rate_limits: std::collections::BTreeMap<String, RateLimit>,
     default_rate: RateLimit,
     /// Short sections, no await.
-    cache: Mutex<HashMap<[u8; 32], (Principal, u64)>>,
+    cache: Mutex<HashMap<[u8; 32], Verified>>,
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, String> {
@@ -147,7 +150,7 @@ impl JwtVerifier {
     }
 
     /// The principal a token stands for. `now`: seconds since the epoch (for the cache).
-    pub fn verify(&self, token: &str, now: u64) -> Result<Principal, AuthError> {
+    pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Principal>, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,7 +198,7 @@ impl JwtVerifier {
             },
         )?;
         let claims = data.claims;
-        let principal = self.principal(&claims)?;
+        let principal = Arc::new(self.principal(&claims)?);
         let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_MAX {

@@ -2,13 +2,15 @@
 //! every entry in constant time (no early exit), so neither the key nor which entry matched leaks
 //! through timing.
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::{KeyEntry, Principal, RateLimit};
 
 pub struct ApiKeys {
-    entries: Vec<([u8; 32], Principal)>,
+    entries: Vec<([u8; 32], Arc<Principal>)>,
 }
 
 /// Hex SHA-256 of `s` (what `[[auth.api_keys]] sha256` holds).
@@ -37,19 +39,19 @@ impl ApiKeys {
                     hex::decode_to_slice(&e.sha256, &mut digest).ok()?;
                     Some((
                         digest,
-                        Principal {
+                        Arc::new(Principal {
                             name: e.name.clone(),
                             scopes: e.scopes.clone(),
                             rate: e.rate_limit.unwrap_or(default_rate),
-                        },
+                        }),
                     ))
                 })
                 .collect(),
         }
     }
 
-    /// The principal whose key this is.
-    pub fn verify(&self, key: &str) -> Option<Principal> {
+    /// The principal whose key this is (shared: a clone is a reference count, not a copy).
+    pub fn verify(&self, key: &str) -> Option<Arc<Principal>> {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut found = None;
         for (i, (d, _)) in self.entries.iter().enumerate() {

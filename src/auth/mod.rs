@@ -153,8 +153,8 @@ impl AuthError {
 pub struct Authenticator {
     keys: ApiKeys,
     jwt: Option<JwtVerifier>,
-    clients: Vec<ClientEntry>,
-    default_rate: RateLimit,
+    /// `[[auth.clients]]`: a verified client certificate's CN and its principal.
+    clients: Vec<(String, Arc<Principal>)>,
 }
 
 impl Authenticator {
@@ -168,8 +168,18 @@ impl Authenticator {
                 .as_ref()
                 .map(|j| JwtVerifier::load(j, cfg.default_rate()))
                 .transpose()?,
-            clients: cfg.clients.clone(),
-            default_rate: cfg.default_rate(),
+            clients: cfg
+                .clients
+                .iter()
+                .map(|c| {
+                    let p = Principal {
+                        name: c.name.clone(),
+                        scopes: c.scopes.clone(),
+                        rate: c.rate_limit.unwrap_or(cfg.default_rate()),
+                    };
+                    (c.name.clone(), Arc::new(p))
+                })
+                .collect(),
         }))
     }
 
@@ -186,23 +196,19 @@ impl Authenticator {
         headers: &HeaderMap,
         peer_cn: Option<&str>,
         now: u64,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Arc<Principal>, AuthError> {
         if let Some(credential) = credential(headers)? {
             return self.verify_credential(credential, now);
         }
         let cn = peer_cn.ok_or(AuthError::Missing)?;
         self.clients
             .iter()
-            .find(|c| c.name == cn)
-            .map(|c| Principal {
-                name: c.name.clone(),
-                scopes: c.scopes.clone(),
-                rate: c.rate_limit.unwrap_or(self.default_rate),
-            })
+            .find(|(name, _)| name == cn)
+            .map(|(_, p)| p.clone())
             .ok_or(AuthError::Invalid)
     }
 
-    fn verify_credential(&self, credential: &str, now: u64) -> Result<Principal, AuthError> {
+    fn verify_credential(&self, credential: &str, now: u64) -> Result<Arc<Principal>, AuthError> {
         let looks_like_jwt = credential.bytes().filter(|&b| b == b'.').count() == 2;
         match (&self.jwt, looks_like_jwt) {
             (Some(jwt), true) => jwt.verify(credential, now),
