@@ -505,28 +505,37 @@ def strategic_merge(base, patch):
 
 
 def cmd_tls_patch(a: argparse.Namespace) -> int:
-    """Writes deployment.yaml with the TLS patch applied (for kubernetes-validate) and checks that
-    every probe uses HTTPS and the certificate paths lie in the mounted Secret."""
-    base = load_yaml_docs(ROOT / "deploy/k8s/deployment.yaml")[0]
-    merged = strategic_merge(base, load_yaml_docs(ROOT / a.patch)[0])
+    """Writes deployment.yaml with the TLS patch (and, with --mutual, the mTLS patch after it)
+    applied, for kubernetes-validate, and checks that every probe can pass: HTTPS on the HTTP port
+    with server-only TLS; plain HTTP on the metrics port with mutual TLS (kubelet has no client
+    certificate). Certificate, key and client CA paths must lie in mounted Secrets."""
+    merged = load_yaml_docs(ROOT / "deploy/k8s/deployment.yaml")[0]
+    for patch in a.patches:
+        merged = strategic_merge(merged, load_yaml_docs(ROOT / patch)[0])
     Path(a.out).write_text(yaml.safe_dump(merged, sort_keys=False))
     errors: list[str] = []
     spec = merged["spec"]["template"]["spec"]
     c = spec["containers"][0]
+    ports = {p["name"] for p in c.get("ports", [])}
+    want = ("metrics", "HTTP") if a.mutual else ("http", "HTTPS")
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        scheme = c.get(probe, {}).get("httpGet", {}).get("scheme")
-        if scheme != "HTTPS":
-            errors.append(f"{probe}: scheme {scheme}, expected HTTPS once TLS is on")
+        get = c.get(probe, {}).get("httpGet", {})
+        got = (get.get("port"), get.get("scheme"))
+        if got != want:
+            errors.append(f"{probe}: port/scheme {got}, expected {want}")
+        if get.get("port") not in ports:
+            errors.append(f"{probe}: port {get.get('port')!r} is not a container port ({sorted(ports)})")
     secrets = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
     mounts = [m["mountPath"].rstrip("/") + "/" for m in c.get("volumeMounts", []) if m["name"] in secrets]
     env = {e["name"]: e.get("value", "") for e in c.get("env", [])}
-    for var in ("FERRITE_TLS_CERT", "FERRITE_TLS_KEY"):
+    needed = ("FERRITE_TLS_CERT", "FERRITE_TLS_KEY") + (("FERRITE_TLS_CLIENT_CA",) if a.mutual else ())
+    for var in needed:
         if not any(env.get(var, "").startswith(m) for m in mounts):
             errors.append(f"{var}={env.get(var)!r} is not in a mounted Secret ({mounts})")
     for e in errors:
         fail(e)
     if not errors:
-        print(f"  TLS patch: probes HTTPS, certificate and key from Secret mounts {mounts}")
+        print(f"  TLS patch: probes {want[1]} on port {want[0]}, certificates from Secret mounts {mounts}")
     return 1 if errors else 0
 
 
@@ -556,7 +565,8 @@ def main() -> int:
     k = sub.add_parser("consistency")
     k.set_defaults(func=cmd_consistency)
     t = sub.add_parser("tls-patch")
-    t.add_argument("patch")
+    t.add_argument("--mutual", action="store_true", help="the last patch turns on mutual TLS")
+    t.add_argument("patches", nargs="+")
     t.add_argument("out")
     t.set_defaults(func=cmd_tls_patch)
     a = ap.parse_args()

@@ -135,9 +135,14 @@ for v in "${K8S_VERSIONS[@]}"; do
 done
 check "deploy/k8s/tls/deployment-patch.yaml: probes HTTPS, certificate from a Secret" "$PY" \
     scripts/deploy_checks.py tls-patch deploy/k8s/tls/deployment-patch.yaml "$WORK/deployment-tls.yaml"
+check "deploy/k8s/tls/mtls-patch.yaml: probes on the metrics port, client CA from a Secret" "$PY" \
+    scripts/deploy_checks.py tls-patch --mutual deploy/k8s/tls/deployment-patch.yaml \
+    deploy/k8s/tls/mtls-patch.yaml "$WORK/deployment-mtls.yaml"
 for v in "${K8S_VERSIONS[@]}"; do
     check "kubernetes-validate --strict deployment.yaml + TLS patch (Kubernetes $v)" \
         "$VENV/bin/kubernetes-validate" --strict --quiet -k "$v" "$WORK/deployment-tls.yaml"
+    check "kubernetes-validate --strict deployment.yaml + TLS + mTLS patches (Kubernetes $v)" \
+        "$VENV/bin/kubernetes-validate" --strict --quiet -k "$v" "$WORK/deployment-mtls.yaml"
 done
 check "custom resources: ServiceMonitor, ServingRuntime, InferenceService" "$PY" scripts/deploy_checks.py crds \
     deploy/k8s/service.yaml deploy/k8s/servicemonitor.yaml deploy/kserve/*.yaml

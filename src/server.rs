@@ -117,12 +117,7 @@ impl Server {
         }
         let (stop, stop_rx) = watch::channel(false);
         let http = net::serve(http, api::router(state.clone()), tls, stop_rx.clone());
-        let metrics_task = net::serve(
-            metrics_l,
-            api::metrics_router(metrics, security.clone()),
-            None,
-            stop_rx,
-        );
+        let metrics_task = net::serve(metrics_l, api::metrics_router(state.clone()), None, stop_rx);
         let mut tasks = vec![reload_auth_task(settings, security, state.metrics.clone())];
         repo.load_all().await;
         if settings.model_control == ModelControl::Poll {

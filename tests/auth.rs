@@ -598,3 +598,48 @@ async fn key_limited_to_50_per_second_under_200_from_ferrite_bench_gets_50_and_4
         "{statuses:?}"
     );
 }
+
+/// `protect_metrics`: `/metrics` needs the `metrics` scope, while the probes served on the same
+/// port stay open (they are what kubelet calls when mutual TLS closes the HTTP port to it).
+#[tokio::test(flavor = "multi_thread")]
+async fn protected_metrics_need_the_metrics_scope_and_probes_there_stay_open() {
+    const PROM: &str = "key-prometheus-scraper";
+    let mut cfg = auth();
+    cfg.protect_metrics = true;
+    cfg.api_keys.push(
+        toml::from_str(&format!(
+            "name = \"prom\"\nsha256 = \"{}\"\nscopes = [\"metrics\"]",
+            sha256_hex(PROM)
+        ))
+        .unwrap(),
+    );
+    let s = TestServer::start_with(repo(), |c| c.auth = Some(cfg)).await;
+    let scrape = |key: Option<&'static str>| {
+        let mut r = s.client.get(&s.metrics_url);
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send()
+    };
+    assert_eq!(scrape(None).await.unwrap().status(), 401);
+    assert_eq!(
+        scrape(Some(OPS)).await.unwrap().status(),
+        403,
+        "admin is not metrics"
+    );
+    let r = scrape(Some(PROM)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("nv_inference_request_success"));
+    let base = s.metrics_url.trim_end_matches("/metrics");
+    for probe in ["/v2/health/live", "/v2/health/ready"] {
+        let r = s.client.get(format!("{base}{probe}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{probe} on the metrics port");
+    }
+    // The metrics key does not open inference.
+    let r = post(&s, "/v2/models/digits/infer", Some(PROM), &digits_body()).await;
+    assert_eq!(r.status(), 403);
+}

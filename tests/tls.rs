@@ -108,6 +108,8 @@ impl Pki {
 struct Proc {
     child: Child,
     addr: String,
+    /// The metrics port (plain HTTP): `/metrics` and the probes.
+    metrics_addr: String,
     log: mpsc::Receiver<String>,
     _repo: Repo,
 }
@@ -147,6 +149,7 @@ impl Proc {
         let mut p = Proc {
             child,
             addr: String::new(),
+            metrics_addr: String::new(),
             log,
             _repo: repo,
         };
@@ -155,6 +158,12 @@ impl Proc {
             .split("listening on https://")
             .nth(1)
             .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .to_string();
+        p.metrics_addr = line
+            .split("metrics on http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
             .unwrap()
             .to_string();
         p.wait_log("server ready");
@@ -313,6 +322,23 @@ async fn mtls_refuses_missing_or_foreign_client_certificate_accepts_signed_one()
         assert_digits_answer(&r.json().await.unwrap());
         let line = p.wait_log("TLS connection");
         assert!(line.contains("client_cn=\"alice-batch\""), "{line}");
+    }
+
+    // Kubelet presents no client certificate: its probes go to the metrics port (plain HTTP),
+    // which answers them without one, while the HTTPS port still refuses such a client.
+    let plain = reqwest::Client::new();
+    for probe in ["/v2/health/live", "/v2/health/ready"] {
+        let r = plain
+            .get(format!("http://{}{probe}", p.metrics_addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{probe} on the metrics port");
+        let over_tls = pki.reqwest(None, false).get(p.url(probe)).send().await;
+        assert!(
+            over_tls.is_err(),
+            "{probe} on the mTLS port without a certificate"
+        );
     }
 }
 

@@ -137,9 +137,12 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
-/// The metrics router (`GET /metrics`, Prometheus text format); the `metrics` scope is required
-/// when `[auth] protect_metrics` is set.
-pub fn metrics_router(metrics: Arc<Metrics>, security: Arc<Security>) -> Router {
+/// The metrics router (`GET /metrics`, Prometheus text format; the `metrics` scope is required when
+/// `[auth] protect_metrics` is set), and the liveness and readiness probes again, always open: with
+/// mutual TLS on the HTTP port, kubelet (which presents no client certificate) cannot complete a
+/// handshake there, so probes go to this plain-HTTP port instead.
+pub fn metrics_router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route(
             "/metrics",
@@ -154,12 +157,15 @@ pub fn metrics_router(metrics: Arc<Metrics>, security: Arc<Security>) -> Router 
                         m.encode(),
                     )
                 }
-            }),
+            })
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.security.clone(),
+                auth::authorize_metrics,
+            )),
         )
-        .layer(axum::middleware::from_fn_with_state(
-            security,
-            auth::authorize_metrics,
-        ))
+        .route("/v2/health/live", get(kserve_v2::live))
+        .route("/v2/health/ready", get(kserve_v2::ready))
+        .with_state(state)
 }
 
 /// Reads a whole body, answering 413 past `limit` bytes.
