@@ -13,6 +13,10 @@ pub const DEFAULT_HTTP_PORT: u16 = 8000;
 pub const DEFAULT_METRICS_PORT: u16 = 8002;
 pub const DEFAULT_EXIT_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HTTP2_MAX_STREAMS: u32 = 256;
 /// Threads one CPU forward pass may use. 1 by default: parallelism comes from model instances and
 /// batching, and candle's per-op thread pool only adds contention for small models.
 pub const DEFAULT_INTRA_OP_THREADS: usize = 1;
@@ -105,6 +109,21 @@ pub struct ServeArgs {
     /// them, or the handshake is refused [default: none, no client certificates]
     #[arg(long, env = "FERRITE_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Seconds a client has to send a request's headers (and the TLS handshake); on HTTP/1.1 also
+    /// the longest wait for the next request on a kept-alive connection [default: 10]
+    #[arg(long, env = "FERRITE_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a whole request body once the headers are in (408 after)
+    /// [default: 60]
+    #[arg(long, env = "FERRITE_BODY_TIMEOUT_SECS")]
+    pub body_timeout_secs: Option<u64>,
+    /// Open connections per port; beyond it a new connection gets a 503 (plain HTTP) or is closed
+    /// at once (TLS) [default: 10000, lowered to fit the open-file limit]
+    #[arg(long, env = "FERRITE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Concurrent HTTP/2 streams per connection [default: 256]
+    #[arg(long, env = "FERRITE_HTTP2_MAX_STREAMS")]
+    pub http2_max_streams: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +147,49 @@ struct FileSettings {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    header_read_timeout_secs: Option<u64>,
+    body_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    http2_max_streams: Option<u32>,
+}
+
+/// Limits on each port's connections (`net::serve`) and on reading a request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Headers (and TLS handshake) must arrive within this; on HTTP/1.1 also the keep-alive idle
+    /// limit (hyper measures the two as one).
+    pub header_read_timeout: Duration,
+    /// A whole request body must arrive within this once the headers are in.
+    pub body_timeout: Duration,
+    /// Open connections per port.
+    pub max_connections: usize,
+    pub http2_max_streams: u32,
+}
+
+impl ConnectionLimits {
+    pub const DEFAULT: ConnectionLimits = ConnectionLimits {
+        header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+        body_timeout: Duration::from_secs(DEFAULT_BODY_TIMEOUT_SECS),
+        max_connections: DEFAULT_MAX_CONNECTIONS,
+        http2_max_streams: DEFAULT_HTTP2_MAX_STREAMS,
+    };
+}
+
+/// The default connection cap: `DEFAULT_MAX_CONNECTIONS`, or less where the open-file limit is
+/// lower, leaving room for model files, the metrics port and logs (so accept never hits EMFILE
+/// because of connections alone).
+fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+    if !ok || lim.rlim_cur == libc::RLIM_INFINITY {
+        return DEFAULT_MAX_CONNECTIONS;
+    }
+    let room = (lim.rlim_cur as usize).saturating_sub(256) / 2;
+    DEFAULT_MAX_CONNECTIONS.min(room.max(16))
 }
 
 /// Resolved settings.
@@ -152,6 +214,7 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// TLS on the HTTP port; `None`: plain HTTP. The metrics port stays plain HTTP.
     pub tls: Option<TlsSettings>,
+    pub limits: ConnectionLimits,
 }
 
 /// The files TLS is built from; read at start and again on every SIGHUP.
@@ -274,6 +337,26 @@ impl Settings {
                 args.tls_key.clone().or(file.tls_key),
                 args.tls_client_ca.clone().or(file.tls_client_ca),
             )?,
+            limits: ConnectionLimits {
+                header_read_timeout: Duration::from_secs(
+                    args.header_read_timeout_secs
+                        .or(file.header_read_timeout_secs)
+                        .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT_SECS),
+                ),
+                body_timeout: Duration::from_secs(
+                    args.body_timeout_secs
+                        .or(file.body_timeout_secs)
+                        .unwrap_or(DEFAULT_BODY_TIMEOUT_SECS),
+                ),
+                max_connections: args
+                    .max_connections
+                    .or(file.max_connections)
+                    .unwrap_or_else(default_max_connections),
+                http2_max_streams: args
+                    .http2_max_streams
+                    .or(file.http2_max_streams)
+                    .unwrap_or(DEFAULT_HTTP2_MAX_STREAMS),
+            },
         };
         s.validate()?;
         Ok(s)
@@ -298,6 +381,7 @@ impl Settings {
             auth: None,
             config_file: None,
             tls: None,
+            limits: ConnectionLimits::DEFAULT,
         }
     }
 
@@ -344,6 +428,20 @@ impl Settings {
                 field: "metrics_interval_ms",
                 message: "expected at least 10".into(),
             });
+        }
+        let l = &self.limits;
+        for (field, zero) in [
+            ("header_read_timeout_secs", l.header_read_timeout.is_zero()),
+            ("body_timeout_secs", l.body_timeout.is_zero()),
+            ("max_connections", l.max_connections == 0),
+            ("http2_max_streams", l.http2_max_streams == 0),
+        ] {
+            if zero {
+                return Err(SettingsError::Invalid {
+                    field,
+                    message: "expected at least 1".into(),
+                });
+            }
         }
         if self.max_body_bytes == 0 {
             return Err(SettingsError::Invalid {

@@ -79,6 +79,7 @@ impl Server {
             telemetry: sampler.telemetry(),
             accepting: Arc::new(AtomicBool::new(false)),
             max_body_bytes: settings.max_body_bytes,
+            body_timeout: settings.limits.body_timeout,
             security: security.clone(),
             model_control: settings.model_control,
             access_log: settings.access_log,
@@ -116,8 +117,21 @@ impl Server {
             );
         }
         let (stop, stop_rx) = watch::channel(false);
-        let http = net::serve(http, api::router(state.clone()), tls, stop_rx.clone());
-        let metrics_task = net::serve(metrics_l, api::metrics_router(state.clone()), None, stop_rx);
+        let limits = settings.limits;
+        let http = net::serve(
+            http,
+            api::router(state.clone()),
+            tls,
+            limits,
+            stop_rx.clone(),
+        );
+        let metrics_task = net::serve(
+            metrics_l,
+            api::metrics_router(state.clone()),
+            None,
+            limits,
+            stop_rx,
+        );
         let mut tasks = vec![reload_auth_task(settings, security, state.metrics.clone())];
         repo.load_all().await;
         if settings.model_control == ModelControl::Poll {

@@ -365,7 +365,7 @@ async fn serve_in_process(app: axum::Router, tls: Option<TlsSettings>) -> InProc
     InProcess {
         addr,
         stop,
-        task: net::serve(listener, app, tls, rx),
+        task: net::serve(listener, app, tls, net::ConnectionLimits::DEFAULT, rx),
     }
 }
 

@@ -17,6 +17,8 @@ pub enum ApiError {
     NotFound(String),
     BadRequest(String),
     TooLarge(String),
+    /// The client did not send its whole body in time (408).
+    Timeout(String),
     /// The caller lacks the scope (403).
     Forbidden(String),
     /// Management is not enabled (`--model-control`): 403.
@@ -37,6 +39,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Forbidden(_) | ApiError::Disabled(_) => StatusCode::FORBIDDEN,
             ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::LoadFailed(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -48,6 +51,7 @@ impl ApiError {
             ApiError::NotFound(m)
             | ApiError::BadRequest(m)
             | ApiError::TooLarge(m)
+            | ApiError::Timeout(m)
             | ApiError::Forbidden(m)
             | ApiError::Disabled(m)
             | ApiError::Overloaded(m)

@@ -60,6 +60,8 @@ pub struct AppInner {
     /// False while starting and once draining: readiness and new inference say no.
     pub accepting: Arc<AtomicBool>,
     pub max_body_bytes: usize,
+    /// The longest a client may take to send a body (`--body-timeout-secs`).
+    pub body_timeout: std::time::Duration,
     /// Who may call what (`[auth]`), and their rate limits.
     pub security: Arc<Security>,
     /// Whether management routes are enabled (`--model-control`).
@@ -168,11 +170,13 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Reads a whole body, answering 413 past `limit` bytes.
+/// Reads a whole body, answering 413 past `limit` bytes and 408 when it has not all arrived within
+/// `timeout` (a body that stalls half-way would otherwise hold its buffer forever).
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::TooLarge(format!(
@@ -186,7 +190,15 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| {
+            ApiError::Timeout(format!(
+                "the request body did not arrive within {} s",
+                timeout.as_secs()
+            ))
+        })?;
+    read.map_err(|e| {
         let inner = e.into_inner();
         if inner
             .downcast_ref::<http_body_util::LengthLimitError>()

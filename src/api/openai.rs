@@ -19,7 +19,7 @@ fn openai_error(e: ApiError) -> Response {
     let (status, kind) = match &e {
         ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorKind::RateLimitError),
         ApiError::NotFound(_) => (e.status(), ErrorKind::NotFoundError),
-        ApiError::BadRequest(_) | ApiError::TooLarge(_) => {
+        ApiError::BadRequest(_) | ApiError::TooLarge(_) | ApiError::Timeout(_) => {
             (e.status(), ErrorKind::InvalidRequestError)
         }
         ApiError::Forbidden(_) => (e.status(), ErrorKind::PermissionError),

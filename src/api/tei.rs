@@ -19,6 +19,7 @@ use crate::telemetry::FailureReason;
 fn tei_error(e: ApiError) -> Response {
     let (status, kind) = match &e {
         ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorType::Validation),
+        ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorType::Validation),
         ApiError::BadRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorType::Validation),
         ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorType::Validation),
         ApiError::Forbidden(_) | ApiError::Disabled(_) => {

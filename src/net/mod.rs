@@ -6,8 +6,13 @@
 //! response; HTTP/2: GOAWAY), and returns once they have. On SIGHUP a TLS listener reloads its
 //! certificate files (`tls::Tls::reload`) for the next connections.
 //!
-//! This is the one place connections are admitted: connection limits and handshake/header
-//! timeouts belong in `accept_loop` / `serve_connection`. Nothing here knows a route or a model.
+//! This is the one place connections are admitted (`ConnectionLimits`): at most `max_connections`
+//! open per port (beyond it a new connection is answered 503 with `Retry-After` on plain HTTP, or
+//! closed on TLS, at once, so `accept` keeps up and the file-descriptor limit is never reached by
+//! connections alone); the TLS handshake and each request head must arrive within
+//! `header_read_timeout` (hyper's timer; on HTTP/1.1 it also bounds the idle wait between
+//! requests); HTTP/2 streams per connection and header-list size are capped, and dead HTTP/2 peers
+//! are found by PING. Nothing here knows a route or a model.
 
 pub mod cert;
 pub mod tls;
@@ -19,16 +24,27 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
 use tls::Tls;
+
+pub use crate::config::ConnectionLimits;
+
+/// Largest HTTP/2 header list a client may send (hyper's default is 16 MiB).
+const HTTP2_MAX_HEADER_LIST: u32 = 64 * 1024;
+/// HTTP/2 PING interval and timeout: a peer that stops answering is dropped.
+const HTTP2_KEEPALIVE: Duration = Duration::from_secs(20);
+/// Connections over the cap being answered at once; beyond this they are closed unanswered.
+const REFUSING_MAX: usize = 256;
+/// How long an over-the-cap connection is given to take its 503 before it is closed.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 /// The subject common name of the verified client certificate of a mutual-TLS connection, in the
 /// extensions of every request on that connection. Absent on plain HTTP, on TLS without client
@@ -41,19 +57,37 @@ pub fn serve(
     listener: TcpListener,
     app: axum::Router,
     tls: Option<Arc<Tls>>,
+    limits: ConnectionLimits,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<io::Result<()>> {
-    tokio::spawn(accept_loop(listener, app, tls, stop))
+    tokio::spawn(accept_loop(listener, app, tls, limits, stop))
+}
+
+fn builder(limits: &ConnectionLimits) -> Builder<TokioExecutor> {
+    let mut b = Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_streams)
+        .max_header_list_size(HTTP2_MAX_HEADER_LIST)
+        .keep_alive_interval(HTTP2_KEEPALIVE)
+        .keep_alive_timeout(HTTP2_KEEPALIVE);
+    b
 }
 
 async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
     tls: Option<Arc<Tls>>,
+    limits: ConnectionLimits,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let graceful = GracefulShutdown::new();
-    let builder = Arc::new(Builder::new(TokioExecutor::new()));
+    let builder = Arc::new(builder(&limits));
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(REFUSING_MAX));
     let mut hangup = tls.as_ref().and_then(|_| reload_signal());
     loop {
         tokio::select! {
@@ -67,12 +101,18 @@ async fn accept_loop(
             }
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    let Ok(permit) = open.clone().try_acquire_owned() else {
+                        refuse(tcp, peer, tls.is_some(), &refusing, limits.max_connections);
+                        continue;
+                    };
                     let conn = Connection {
                         app: app.clone(),
                         tls: tls.as_ref().map(|t| t.acceptor()),
                         builder: builder.clone(),
                         watcher: graceful.watcher(),
                         peer,
+                        handshake_timeout: limits.header_read_timeout,
+                        _permit: permit,
                     };
                     tokio::spawn(conn.serve(tcp));
                 }
@@ -85,6 +125,38 @@ async fn accept_loop(
     Ok(())
 }
 
+/// A connection over the cap: on plain HTTP a 503 with `Retry-After` and `Connection: close`, the
+/// request (if any arrived) read and dropped for a moment so the client sees the answer rather than a
+/// reset; on TLS (no handshake to spend on it) it is closed at once. At most `REFUSING_MAX` are
+/// answered at a time; the rest are closed unanswered.
+fn refuse(tcp: TcpStream, peer: SocketAddr, tls: bool, refusing: &Arc<Semaphore>, cap: usize) {
+    tracing::debug!(%peer, cap, "connection refused: too many open connections");
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    if tls {
+        return;
+    }
+    tokio::spawn(answer_503(tcp, permit));
+}
+
+async fn answer_503(mut tcp: TcpStream, _permit: OwnedSemaphorePermit) {
+    const BODY: &str = "{\"error\":\"too many open connections; retry later\"}";
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while tcp.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    })
+    .await;
+}
+
 /// What one accepted connection needs.
 struct Connection {
     app: axum::Router,
@@ -92,6 +164,10 @@ struct Connection {
     builder: Arc<Builder<TokioExecutor>>,
     watcher: Watcher,
     peer: SocketAddr,
+    /// The TLS handshake must finish within this.
+    handshake_timeout: Duration,
+    /// This connection's place under `max_connections`, given back when it closes.
+    _permit: OwnedSemaphorePermit,
 }
 
 impl Connection {
@@ -102,9 +178,14 @@ impl Connection {
         let Some(acceptor) = self.tls.clone() else {
             return self.http(tcp, None).await;
         };
-        let stream = match acceptor.accept(tcp).await {
-            Ok(s) => s,
-            Err(e) => {
+        let stream = match tokio::time::timeout(self.handshake_timeout, acceptor.accept(tcp)).await
+        {
+            Ok(Ok(s)) => s,
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                return;
+            }
+            Ok(Err(e)) => {
                 // plain HTTP on the TLS port, an untrusted or missing client certificate, a scanner:
                 // the client's problem, so not a warning
                 tracing::debug!(peer = %self.peer, error = %e, "TLS handshake refused");
@@ -140,12 +221,87 @@ impl Connection {
             }
             app.clone().oneshot(req)
         });
+        // hyper-util reads the first bytes (HTTP/1 or the HTTP/2 preface?) before hyper's own
+        // header timer runs: a connection that sends nothing at all must time out here.
+        let io = FirstByteDeadline {
+            io,
+            deadline: Some(Box::pin(tokio::time::sleep(self.handshake_timeout))),
+        };
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
         if let Err(e) = self.watcher.watch(conn).await {
             tracing::trace!(%peer, error = %e, "connection ended with an error");
         }
+    }
+}
+
+/// A stream whose first read must bring data before `deadline`; after that, the stream itself.
+struct FirstByteDeadline<I> {
+    io: I,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FirstByteDeadline<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.deadline = None;
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no request within the header timeout",
+                ))),
+                _ => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FirstByteDeadline<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

@@ -1,0 +1,180 @@
+//! Connection limits and timeouts (`ConnectionLimits`, `net::serve`), over raw TCP against a real
+//! server: a half-sent header is cut off, an idle keep-alive connection is closed, a stalled body
+//! gets 408, and connections over `max_connections` get a prompt 503 with `Retry-After` while the
+//! open ones keep working and the cap frees up as they close.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Repo, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Generous bound on "promptly": the timeouts under test are 1 s.
+const WITHIN: Duration = Duration::from_secs(10);
+
+fn addr(s: &TestServer) -> String {
+    s.url.trim_start_matches("http://").to_string()
+}
+
+/// Reads until the peer closes or `WITHIN` passes; the bytes and whether it closed.
+async fn read_to_close(tcp: &mut TcpStream) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + WITHIN;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tcp.read(&mut buf)).await {
+            Err(_) => return (got, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// One whole response on a kept-alive connection (headers plus `content-length` bytes).
+async fn read_response(tcp: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(WITHIN, tcp.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
+const LIVE: &[u8] = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn half_sent_headers_and_idle_keep_alive_are_closed_after_the_header_timeout() {
+    let s = TestServer::start_with(Repo::new().with_digits(&[]), |c| {
+        c.limits.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    // Half a header, then nothing: closed, without a response.
+    let mut half = TcpStream::connect(addr(&s)).await.unwrap();
+    half.write_all(b"POST /v2/models/digits/infer HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let (bytes, closed) = read_to_close(&mut half).await;
+    assert!(closed, "a half-sent header kept its connection open");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "closed before the timeout"
+    );
+    assert!(!String::from_utf8_lossy(&bytes).contains("200 OK"));
+
+    // A connection that sends nothing at all is closed too.
+    let mut silent = TcpStream::connect(addr(&s)).await.unwrap();
+    assert!(
+        read_to_close(&mut silent).await.1,
+        "a silent connection stayed open"
+    );
+
+    // Keep-alive: one request served, then idle: closed.
+    let mut idle = TcpStream::connect(addr(&s)).await.unwrap();
+    idle.write_all(LIVE).await.unwrap();
+    assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
+    assert!(
+        read_to_close(&mut idle).await.1,
+        "an idle keep-alive connection stayed open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_stalls_half_way_gets_408() {
+    let s = TestServer::start_with(Repo::new().with_digits(&[]), |c| {
+        c.limits.body_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut tcp = TcpStream::connect(addr(&s)).await.unwrap();
+    tcp.write_all(
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+          content-length: 1000\r\n\r\n{\"inputs\": [",
+    )
+    .await
+    .unwrap();
+    let resp = read_response(&mut tcp).await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("did not arrive within 1 s"), "{resp}");
+    // The server still serves.
+    assert_eq!(s.get("/v2/health/ready").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_cap_get_503_at_once_and_the_cap_frees_as_they_close() {
+    let s = TestServer::start_with(Repo::new().with_digits(&[]), |c| {
+        c.limits.max_connections = 2;
+    })
+    .await;
+    let mut first = TcpStream::connect(addr(&s)).await.unwrap();
+    let mut second = TcpStream::connect(addr(&s)).await.unwrap();
+    for c in [&mut first, &mut second] {
+        c.write_all(LIVE).await.unwrap();
+        assert!(read_response(c).await.starts_with("HTTP/1.1 200"));
+    }
+    // A third: answered 503 with Retry-After and closed, promptly.
+    let mut third = TcpStream::connect(addr(&s)).await.unwrap();
+    third.write_all(LIVE).await.unwrap();
+    let (bytes, closed) = read_to_close(&mut third).await;
+    let text = String::from_utf8_lossy(&bytes).to_string();
+    assert!(closed, "the refused connection stayed open");
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.to_ascii_lowercase().contains("retry-after: 1"),
+        "{text}"
+    );
+    // The open ones keep working.
+    first.write_all(LIVE).await.unwrap();
+    assert!(read_response(&mut first).await.starts_with("HTTP/1.1 200"));
+    // Once one closes, a new connection is served again (the server sees the close first).
+    drop(second);
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let mut next = TcpStream::connect(addr(&s)).await.unwrap();
+        next.write_all(LIVE).await.unwrap();
+        let (bytes, _) = read_to_close_or_response(&mut next).await;
+        if bytes.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cap never freed up: {bytes}");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// The first response on a new connection: a 200 (kept alive) or a refusal (then closed).
+async fn read_to_close_or_response(tcp: &mut TcpStream) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(WITHIN, tcp.read(&mut buf)).await {
+            Err(_) | Ok(Ok(0)) | Ok(Err(_)) => {
+                return (String::from_utf8_lossy(&got).to_string(), true)
+            }
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&got).to_string();
+        if text.starts_with("HTTP/1.1 200") && text.contains("\r\n\r\n") {
+            return (text, false);
+        }
+    }
+}
