@@ -178,3 +178,19 @@ async fn read_to_close_or_response(tcp: &mut TcpStream) -> (String, bool) {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_request_id_is_echoed_capped() {
+    let s = TestServer::start(Repo::new().with_digits(&[])).await;
+    let long = "a".repeat(10_000);
+    let r = s
+        .client
+        .get(format!("{}/v2/health/live", s.url))
+        .header("x-request-id", &long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echoed = r.headers()["x-request-id"].as_bytes().len();
+    assert!((256..300).contains(&echoed), "echoed {echoed} bytes");
+}

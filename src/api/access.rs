@@ -115,13 +115,27 @@ impl BodyKey {
 /// The one edge layer: sets the request id for the task, applies access control (`[auth]`,
 /// `auth::check`) and, with the access log on, taps the body and logs one line when the response
 /// is ready. One layer, not three: each axum layer costs a boxed service clone per request.
-pub async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    let id = req
+pub async fn edge(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let sent = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+        .unwrap_or("-");
+    // A client's id is echoed back and logged: capped (the response then carries the capped one).
+    let capped = crate::protocol::kserve_v2::cap(sent);
+    let recap = capped.len() != sent.len();
+    let id = capped.into_owned();
+    if recap {
+        let mut resp = edge_inner(s, req, next, id.clone()).await;
+        if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+            resp.headers_mut().insert("x-request-id", v);
+        }
+        return resp;
+    }
+    edge_inner(s, req, next, id).await
+}
+
+async fn edge_inner(s: AppState, mut req: Request, next: Next, id: String) -> Response {
     let log = s.access_log && logging::access_enabled();
     // The guard lives for this statement only (never across an await).
     let principal = match &*s.security.current() {

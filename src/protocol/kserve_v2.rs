@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::json::{data_from_json, JsonData};
+use super::json::JsonData;
 use super::ProtocolError;
 use crate::tensor::{DataType, Tensor, TensorData};
 
@@ -113,16 +113,16 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
             .collect::<Result<Vec<usize>, _>>()
             .map_err(|_| bad(format!("shape {:?} has a negative dimension", input.shape)))?;
         // Elements and bytes must be addressable (checked: a hostile shape must not overflow).
-        let bytes = shape
+        let elements = shape
             .iter()
             .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .and_then(|n| n.checked_mul(dt.byte_size().unwrap_or(1)));
-        if bytes.is_none() {
-            return Err(bad(format!(
-                "shape {:?} holds more elements than can be addressed",
-                input.shape
-            )));
-        }
+            .filter(|n| n.checked_mul(dt.byte_size().unwrap_or(1)).is_some())
+            .ok_or_else(|| {
+                bad(format!(
+                    "shape {:?} holds more elements than can be addressed",
+                    input.shape
+                ))
+            })?;
         let data = match (
             param_u64(&input.parameters, "binary_data_size")?,
             &input.data,
@@ -139,7 +139,7 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
                 binary = rest;
                 data_from_bytes(dt, mine).map_err(bad)?
             }
-            (None, Some(raw)) => data_from_raw(dt, raw.get(), &input.name)?,
+            (None, Some(raw)) => data_from_raw(dt, raw.get(), elements, &input.name)?,
             (None, None) => return Err(bad("has neither 'data' nor 'binary_data_size'".into())),
         };
         inputs.push(Tensor::new(input.name, shape, data));
@@ -160,10 +160,19 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
                     name: o.name,
                 })
             })
-            .collect::<Result<_, ProtocolError>>()?,
+            .collect::<Result<Vec<RequestedOutput>, ProtocolError>>()?,
     };
+    // The same output twice would be encoded twice: a small request could ask for a huge answer.
+    for (i, o) in outputs.iter().enumerate() {
+        if outputs[..i].iter().any(|p| p.name == o.name) {
+            return Err(ProtocolError::Field(format!(
+                "output '{}' is requested more than once",
+                cap(&o.name)
+            )));
+        }
+    }
     Ok(V2Request {
-        id: req.id,
+        id: req.id.map(|id| cap(&id).into_owned()),
         inputs,
         outputs,
         binary_output: param_bool(&req.parameters, "binary_data_output")?.unwrap_or(false),
@@ -179,7 +188,15 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
 
 /// JSON `data`: a flat array parses straight into the typed vector; nested arrays and values that
 /// do not fit take the general path, which also names the offending element.
-fn data_from_raw(dt: DataType, raw: &str, name: &str) -> Result<TensorData, ProtocolError> {
+/// `data` as sent: flat arrays of the common types take serde's direct path; anything else (nested
+/// arrays, other types, a bad element) the one-pass typed decoder, which never builds a tree and
+/// stops at `max` elements (the shape's count).
+fn data_from_raw(
+    dt: DataType,
+    raw: &str,
+    max: usize,
+    name: &str,
+) -> Result<TensorData, ProtocolError> {
     use serde_json::from_str;
     let fast = match dt {
         DataType::F32 => from_str(raw).ok().map(TensorData::F32),
@@ -188,24 +205,27 @@ fn data_from_raw(dt: DataType, raw: &str, name: &str) -> Result<TensorData, Prot
         DataType::I32 => from_str(raw).ok().map(TensorData::I32),
         DataType::U8 => from_str(raw).ok().map(TensorData::U8),
         DataType::Bool => from_str(raw).ok().map(TensorData::Bool),
-        DataType::F16 => from_str::<Vec<f32>>(raw)
-            .ok()
-            .map(|v| TensorData::F16(v.into_iter().map(half::f16::from_f32).collect())),
-        DataType::Bytes => from_str::<Vec<String>>(raw)
-            .ok()
-            .map(|v| TensorData::Bytes(v.into_iter().map(String::into_bytes).collect())),
         _ => None,
     };
     match fast {
         Some(d) => Ok(d),
-        None => {
-            let v: Value = from_str(raw).map_err(|e| ProtocolError::Input {
-                name: name.into(),
-                message: format!("malformed data: {e}"),
-            })?;
-            data_from_json(dt, &v, name)
-        }
+        None => super::json::data_from_raw_json(dt, raw, max, name),
     }
+}
+
+/// Longest client string echoed back (request id, names in errors), in bytes.
+pub const MAX_ECHO: usize = 256;
+
+/// `s`, cut to `MAX_ECHO` bytes at a character boundary.
+pub fn cap(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.len() <= MAX_ECHO {
+        return s.into();
+    }
+    let mut end = MAX_ECHO;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end]).into()
 }
 
 /// Little-endian raw bytes (BYTES: length-prefixed elements) into typed data.
@@ -462,5 +482,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("priority"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_outputs_are_refused_and_long_ids_capped() {
+        let body = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],
+            "outputs":[{"name":"y"},{"name":"z"},{"name":"y"}]}"#;
+        let e = decode_request(body.as_bytes(), None).unwrap_err();
+        assert_eq!(e.to_string(), "output 'y' is requested more than once");
+        let id = "é".repeat(MAX_ECHO);
+        let body = format!(
+            r#"{{"id":"{id}","inputs":[{{"name":"x","shape":[2,2],"datatype":"INT8","data":[[1,2],[3,-4]]}}]}}"#
+        );
+        let r = decode_request(body.as_bytes(), None).unwrap();
+        let got = r.id.unwrap();
+        assert!(
+            got.len() <= MAX_ECHO + '…'.len_utf8() && got.ends_with('…'),
+            "{got}"
+        );
+        assert_eq!(r.inputs[0].data, TensorData::I8(vec![1, 2, 3, -4]));
     }
 }
