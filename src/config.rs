@@ -124,6 +124,11 @@ pub struct ServeArgs {
     /// Concurrent HTTP/2 streams per connection [default: 256]
     #[arg(long, env = "FERRITE_HTTP2_MAX_STREAMS")]
     pub http2_max_streams: Option<u32>,
+    /// Request-body bytes read or served at once, all requests together; beyond it a body waits
+    /// up to 1 s, then gets 503 [default: an eighth of the machine's memory, at least twice
+    /// --max-body-bytes]
+    #[arg(long, env = "FERRITE_MAX_INFLIGHT_BYTES")]
+    pub max_inflight_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -151,6 +156,7 @@ struct FileSettings {
     body_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     http2_max_streams: Option<u32>,
+    max_inflight_bytes: Option<usize>,
 }
 
 /// Limits on each port's connections (`net::serve`) and on reading a request body.
@@ -164,6 +170,8 @@ pub struct ConnectionLimits {
     /// Open connections per port.
     pub max_connections: usize,
     pub http2_max_streams: u32,
+    /// Request-body bytes being read or served at once, all requests together.
+    pub max_inflight_bytes: usize,
 }
 
 impl ConnectionLimits {
@@ -172,7 +180,25 @@ impl ConnectionLimits {
         body_timeout: Duration::from_secs(DEFAULT_BODY_TIMEOUT_SECS),
         max_connections: DEFAULT_MAX_CONNECTIONS,
         http2_max_streams: DEFAULT_HTTP2_MAX_STREAMS,
+        max_inflight_bytes: 2 * DEFAULT_MAX_BODY_BYTES,
     };
+}
+
+/// The default in-flight budget: an eighth of physical memory, and room for two maximum bodies.
+fn default_max_inflight_bytes(max_body_bytes: usize) -> usize {
+    // SAFETY: sysconf reads two system constants.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let memory = if pages > 0 && page > 0 {
+        (pages as usize).saturating_mul(page as usize)
+    } else {
+        0
+    };
+    (memory / 8).max(max_body_bytes.saturating_mul(2))
 }
 
 /// The default connection cap: `DEFAULT_MAX_CONNECTIONS`, or less where the open-file limit is
@@ -356,6 +382,16 @@ impl Settings {
                     .http2_max_streams
                     .or(file.http2_max_streams)
                     .unwrap_or(DEFAULT_HTTP2_MAX_STREAMS),
+                max_inflight_bytes: args
+                    .max_inflight_bytes
+                    .or(file.max_inflight_bytes)
+                    .unwrap_or_else(|| {
+                        default_max_inflight_bytes(
+                            args.max_body_bytes
+                                .or(file.max_body_bytes)
+                                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+                        )
+                    }),
             },
         };
         s.validate()?;
@@ -442,6 +478,15 @@ impl Settings {
                     message: "expected at least 1".into(),
                 });
             }
+        }
+        if l.max_inflight_bytes < self.max_body_bytes {
+            return Err(SettingsError::Invalid {
+                field: "max_inflight_bytes",
+                message: format!(
+                    "must be at least max_body_bytes ({}), or a largest body could never be read",
+                    self.max_body_bytes
+                ),
+            });
         }
         if self.max_body_bytes == 0 {
             return Err(SettingsError::Invalid {

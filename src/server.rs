@@ -80,6 +80,12 @@ impl Server {
             accepting: Arc::new(AtomicBool::new(false)),
             max_body_bytes: settings.max_body_bytes,
             body_timeout: settings.limits.body_timeout,
+            inflight: Arc::new(tokio::sync::Semaphore::new(
+                settings
+                    .limits
+                    .max_inflight_bytes
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             security: security.clone(),
             model_control: settings.model_control,
             access_log: settings.access_log,

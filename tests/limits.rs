@@ -194,3 +194,56 @@ async fn a_long_request_id_is_echoed_capped() {
     let echoed = r.headers()["x-request-id"].as_bytes().len();
     assert!((256..300).contains(&echoed), "echoed {echoed} bytes");
 }
+
+/// `--max-inflight-bytes`: bodies being read count against one server-wide budget; a body that
+/// does not fit within a second gets 503 with `Retry-After`, and the budget comes back when the
+/// holding request ends.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_past_the_inflight_budget_get_503_and_the_budget_comes_back() {
+    let s = TestServer::start_with(Repo::new().with_digits(&[]), |c| {
+        c.max_body_bytes = 1000;
+        c.limits.max_inflight_bytes = 1000;
+    })
+    .await;
+    let infer = format!("{}/v2/models/digits/infer", s.url);
+    // A holds 800 of the 1000 bytes while it trickles.
+    let mut a = TcpStream::connect(addr(&s)).await.unwrap();
+    a.write_all(
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    a.write_all(&[b' '; 800]).await.unwrap();
+    // B needs 500: it waits, then 503 with Retry-After. Polled: A's bytes reach the server first.
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        let r = s
+            .client
+            .post(&infer)
+            .body(vec![b' '; 500])
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 503 {
+            assert_eq!(r.headers()["retry-after"], "1");
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert!(
+                body["error"].as_str().unwrap().contains("in flight"),
+                "{body}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never refused: {}", r.status());
+    }
+    // A finishes (a bad body: 400), giving its bytes back; B's size fits again.
+    a.write_all(&[b' '; 200]).await.unwrap();
+    assert!(read_response(&mut a).await.starts_with("HTTP/1.1 400"));
+    let r = s
+        .client
+        .post(&infer)
+        .body(vec![b' '; 500])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "a fitting body is read and judged");
+}

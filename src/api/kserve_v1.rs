@@ -55,7 +55,7 @@ async fn predict_on(
     body: Body,
 ) -> Result<Response, ApiError> {
     let lv = s.repo.get(model, version)?;
-    let bytes = read_body(&headers, body, s.max_body_bytes, s.body_timeout).await?;
+    let bytes = read_body(&s, &headers, body).await?;
     let batching = lv.config.max_batch_size > 0;
     let inputs = kserve_v1::decode_request(&bytes, &lv.config.inputs, batching)
         .map_err(|e| infer::invalid(&lv, e))?;

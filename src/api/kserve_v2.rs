@@ -136,7 +136,7 @@ async fn infer_on(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, s.max_body_bytes, s.body_timeout).await?;
+    let bytes = read_body(&s, &headers, body).await?;
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(

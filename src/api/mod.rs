@@ -62,6 +62,8 @@ pub struct AppInner {
     pub max_body_bytes: usize,
     /// The longest a client may take to send a body (`--body-timeout-secs`).
     pub body_timeout: std::time::Duration,
+    /// Request-body bytes being read or served at once (`--max-inflight-bytes`), one permit a byte.
+    pub inflight: Arc<tokio::sync::Semaphore>,
     /// Who may call what (`[auth]`), and their rate limits.
     pub security: Arc<Security>,
     /// Whether management routes are enabled (`--model-control`).
@@ -170,14 +172,35 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Reads a whole body, answering 413 past `limit` bytes and 408 when it has not all arrived within
-/// `timeout` (a body that stalls half-way would otherwise hold its buffer forever).
+/// How long a body waits for room under `--max-inflight-bytes` before it gets 503.
+const INFLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A request body read whole, and its share of the in-flight budget (given back when dropped: keep
+/// it while the body, or what was decoded from it, is alive).
+pub(crate) struct ReadBody {
+    pub bytes: Bytes,
+    pub _budget: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl std::ops::Deref for ReadBody {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads a whole body: 413 past `max_body_bytes`, 408 when it has not all arrived within the body
+/// timeout (a body that stalls half-way would otherwise hold its buffer forever), and 503 with
+/// `Retry-After` when the bodies being read and served at once would pass `--max-inflight-bytes`
+/// (per-request limits alone do not bound the process: 64 maximum bodies at once are 4 GiB).
+/// Budget is taken frame by frame as the bytes arrive, so a slow client holds only what it sent.
 pub(crate) async fn read_body(
+    s: &AppInner,
     headers: &HeaderMap,
     body: Body,
-    limit: usize,
-    timeout: std::time::Duration,
-) -> Result<Bytes, ApiError> {
+) -> Result<ReadBody, ApiError> {
+    use http_body_util::BodyExt;
+    let (limit, timeout) = (s.max_body_bytes, s.body_timeout);
     let too_large = || {
         ApiError::TooLarge(format!(
             "request body is larger than the limit of {limit} bytes"
@@ -190,25 +213,47 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
-        .await
-        .map_err(|_| {
-            ApiError::Timeout(format!(
-                "the request body did not arrive within {} s",
-                timeout.as_secs()
-            ))
+    let read = async {
+        let mut budget = s.inflight.clone().try_acquire_many_owned(0).map_err(|_| {
+            ApiError::Internal("the in-flight budget is closed. This is a bug.".into())
         })?;
-    read.map_err(|e| {
-        let inner = e.into_inner();
-        if inner
-            .downcast_ref::<http_body_util::LengthLimitError>()
-            .is_some()
-        {
-            too_large()
-        } else {
-            ApiError::BadRequest(format!("cannot read request body: {inner}"))
+        let mut body = body;
+        let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue; // trailers
+            };
+            if buf.len() + data.len() > limit {
+                return Err(too_large());
+            }
+            let n = u32::try_from(data.len()).map_err(|_| too_large())?;
+            let more =
+                tokio::time::timeout(INFLIGHT_WAIT, s.inflight.clone().acquire_many_owned(n))
+                    .await
+                    .map_err(|_| {
+                        ApiError::Overloaded(
+                            "too many request bytes in flight on this server; retry later".into(),
+                        )
+                    })?
+                    .map_err(|_| {
+                        ApiError::Internal("the in-flight budget is closed. This is a bug.".into())
+                    })?;
+            budget.merge(more);
+            buf.extend_from_slice(&data);
         }
-    })
+        Ok(ReadBody {
+            bytes: buf.freeze(),
+            _budget: budget,
+        })
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::Timeout(format!(
+            "the request body did not arrive within {} s",
+            timeout.as_secs()
+        ))
+    })?
 }
 
 /// tower-http's failure hook: a 503 (queue timeout, overload, not ready) is expected under load and

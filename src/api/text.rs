@@ -28,7 +28,7 @@ pub async fn read_request<T>(
             "server is shutting down or starting".into(),
         ));
     }
-    let bytes = read_body(headers, body, s.max_body_bytes, s.body_timeout).await?;
+    let bytes = read_body(s, headers, body).await?;
     let (decoded, model) = match decode(&bytes) {
         Ok(req) => {
             let model = model_of(&req).map(str::to_string);
