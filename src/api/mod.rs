@@ -218,14 +218,17 @@ pub(crate) async fn read_body(
             ApiError::Internal("the in-flight budget is closed. This is a bug.".into())
         })?;
         let mut body = body;
-        let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(limit));
+        // One frame (the usual small request) is kept as it came, without a copy.
+        let mut first: Option<Bytes> = None;
+        let mut buf = bytes::BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame
                 .map_err(|e| ApiError::BadRequest(format!("cannot read request body: {e}")))?;
             let Ok(data) = frame.into_data() else {
                 continue; // trailers
             };
-            if buf.len() + data.len() > limit {
+            let have = first.as_ref().map_or(0, Bytes::len) + buf.len();
+            if have + data.len() > limit {
                 return Err(too_large());
             }
             let n = u32::try_from(data.len()).map_err(|_| too_large())?;
@@ -241,10 +244,19 @@ pub(crate) async fn read_body(
                         ApiError::Internal("the in-flight budget is closed. This is a bug.".into())
                     })?;
             budget.merge(more);
-            buf.extend_from_slice(&data);
+            match first.take() {
+                None if buf.is_empty() => first = Some(data),
+                earlier => {
+                    if let Some(earlier) = earlier {
+                        buf.reserve(declared.unwrap_or(0).min(limit));
+                        buf.extend_from_slice(&earlier);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
         }
         Ok(ReadBody {
-            bytes: buf.freeze(),
+            bytes: first.unwrap_or_else(|| buf.freeze()),
             _budget: budget,
         })
     };
