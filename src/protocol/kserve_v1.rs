@@ -4,24 +4,30 @@
 
 use serde_json::{Map, Value};
 
-use super::json::{data_from_json, nested};
+use super::json::{data_from_raw_json, nested};
 use super::ProtocolError;
 use crate::spec::TensorSpec;
 use crate::tensor::Tensor;
 
-/// Decodes `{"instances": [...]}` into one tensor per declared input, rows = instances.
+#[derive(serde::Deserialize)]
+struct Instances<'a> {
+    #[serde(borrow)]
+    instances: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+/// Decodes `{"instances": [...]}` into one tensor per declared input, rows = instances. No tree of
+/// the data is built: each instance stays a slice of the body until it is decoded, in one typed
+/// pass, into its input's vector (`json::data_from_raw_json`).
 pub fn decode_request(
     body: &[u8],
     inputs: &[TensorSpec],
     batching: bool,
 ) -> Result<Vec<Tensor>, ProtocolError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| ProtocolError::Json(e.to_string()))?;
-    let instances = v
-        .get("instances")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            ProtocolError::Json("expected an object with an 'instances' array".into())
-        })?;
+    let parsed: Instances =
+        serde_json::from_slice(body).map_err(|e| ProtocolError::Json(e.to_string()))?;
+    let instances = parsed.instances.ok_or_else(|| {
+        ProtocolError::Json("expected an object with an 'instances' array".into())
+    })?;
     if instances.is_empty() {
         return Err(ProtocolError::Json("'instances' is empty".into()));
     }
@@ -31,32 +37,76 @@ pub fn decode_request(
             instances.len()
         )));
     }
+    let objects = instances[0].get().trim_start().starts_with('{');
+    if !objects && inputs.len() != 1 {
+        return Err(ProtocolError::Json(format!(
+            "this model has {} inputs: each instance must be an object keyed by input name",
+            inputs.len()
+        )));
+    }
+    // Objects: each instance's value per input, still as slices of the body.
+    let keyed: Vec<std::collections::HashMap<String, &serde_json::value::RawValue>> = if objects {
+        instances
+            .iter()
+            .map(|i| {
+                serde_json::from_str(i.get()).map_err(|_| {
+                    ProtocolError::Json(
+                        "every instance must be an object keyed by input name".into(),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
     inputs
         .iter()
         .map(|spec| {
-            let rows: Vec<&Value> = instances
-                .iter()
-                .map(|inst| match (inst, inputs.len()) {
-                    (Value::Object(m), _) => m.get(&spec.name).ok_or_else(|| ProtocolError::Input {
-                        name: spec.name.clone(),
-                        message: "missing from an instance".into(),
-                    }),
-                    (other, 1) => Ok(other),
-                    _ => Err(ProtocolError::Json(format!(
-                        "this model has {} inputs: each instance must be an object keyed by input name",
-                        inputs.len()
-                    ))),
-                })
-                .collect::<Result<_, _>>()?;
-            let inner = inner_shape(rows[0]);
-            let mut shape = if batching { vec![rows.len()] } else { Vec::new() };
+            let missing = || ProtocolError::Input {
+                name: spec.name.clone(),
+                message: "missing from an instance".into(),
+            };
+            let rows: Vec<&str> = if objects {
+                keyed
+                    .iter()
+                    .map(|m| m.get(&spec.name).map(|r| r.get()).ok_or_else(missing))
+                    .collect::<Result<_, _>>()?
+            } else {
+                instances.iter().map(|r| r.get()).collect()
+            };
+            let first: Value = serde_json::from_str(rows[0]).map_err(|e| ProtocolError::Input {
+                name: spec.name.clone(),
+                message: format!("malformed data: {e}"),
+            })?;
+            let inner = inner_shape(&first);
+            let per_row: usize = inner.iter().product();
+            let elements = per_row
+                .checked_mul(rows.len())
+                .ok_or_else(|| ProtocolError::Input {
+                    name: spec.name.clone(),
+                    message: "more elements than can be addressed".into(),
+                })?;
+            let mut shape = if batching {
+                vec![rows.len()]
+            } else {
+                Vec::new()
+            };
             shape.extend(inner);
-            let data = data_from_json(spec.datatype, &Value::Array(rows.into_iter().cloned().collect()), &spec.name)?;
+            // One array of the rows: the body's own text when it is all of `instances`.
+            let joined;
+            let text = if objects {
+                joined = format!("[{}]", rows.join(","));
+                joined.as_str()
+            } else {
+                instances_text(body).unwrap_or_default()
+            };
+            let data = data_from_raw_json(spec.datatype, text, elements, &spec.name)?;
             Ok(Tensor::new(spec.name.clone(), shape, data))
         })
         .collect()
 }
 
+/// Dimensions of a (nested) array, following first elements.
 fn inner_shape(v: &Value) -> Vec<usize> {
     let mut shape = Vec::new();
     let mut cur = v;
@@ -68,6 +118,18 @@ fn inner_shape(v: &Value) -> Vec<usize> {
         }
     }
     shape
+}
+
+/// The raw text of the body's `instances` array.
+fn instances_text(body: &[u8]) -> Option<&str> {
+    #[derive(serde::Deserialize)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        instances: &'a serde_json::value::RawValue,
+    }
+    serde_json::from_slice::<Raw>(body)
+        .ok()
+        .map(|r| r.instances.get())
 }
 
 /// Encodes outputs (each with a leading batch dim when `batching`) as `{"predictions": [...]}`.

@@ -188,29 +188,16 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
 
 /// JSON `data`: a flat array parses straight into the typed vector; nested arrays and values that
 /// do not fit take the general path, which also names the offending element.
-/// `data` as sent: flat arrays of the common types take serde's direct path; anything else (nested
-/// arrays, other types, a bad element) the one-pass typed decoder, which never builds a tree and
-/// stops at `max` elements (the shape's count).
+/// `data` as sent, flat or nested, in one typed pass that stops at `max` elements (the shape's
+/// count) and reserves exactly that (bounded by what the text can hold): no tree, and none of the
+/// doubling a growing vector does (serde's direct `Vec<f32>` path cost 6.7× the body at 11 MiB).
 fn data_from_raw(
     dt: DataType,
     raw: &str,
     max: usize,
     name: &str,
 ) -> Result<TensorData, ProtocolError> {
-    use serde_json::from_str;
-    let fast = match dt {
-        DataType::F32 => from_str(raw).ok().map(TensorData::F32),
-        DataType::F64 => from_str(raw).ok().map(TensorData::F64),
-        DataType::I64 => from_str(raw).ok().map(TensorData::I64),
-        DataType::I32 => from_str(raw).ok().map(TensorData::I32),
-        DataType::U8 => from_str(raw).ok().map(TensorData::U8),
-        DataType::Bool => from_str(raw).ok().map(TensorData::Bool),
-        _ => None,
-    };
-    match fast {
-        Some(d) => Ok(d),
-        None => super::json::data_from_raw_json(dt, raw, max, name),
-    }
+    super::json::data_from_raw_json(dt, raw, max, name)
 }
 
 /// Longest client string echoed back (request id, names in errors), in bytes.
