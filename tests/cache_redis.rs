@@ -36,8 +36,12 @@ fn free_port() -> u16 {
 
 /// One command in RESP, its reply's first line (enough for PING, DBSIZE, PTTL, KEYS count).
 fn redis_cmd(port: u16, args: &[&str]) -> std::io::Result<String> {
+    redis_cmd_within(port, args, Duration::from_secs(2))
+}
+
+fn redis_cmd_within(port: u16, args: &[&str], timeout: Duration) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_read_timeout(Some(timeout))?;
     let mut req = format!("*{}\r\n", args.len());
     for a in args {
         req += &format!("${}\r\n{a}\r\n", a.len());
@@ -72,6 +76,8 @@ impl Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            // DEBUG SLEEP: a Redis that stalls (the slow-Redis test).
+            .args(["--enable-debug-command", "local"])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -85,7 +91,10 @@ impl Redis {
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while redis_cmd(port, &["PING"]).ok().as_deref() != Some("+PONG") {
-            assert!(Instant::now() < deadline, "redis-server never answered PING");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server never answered PING"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         r
@@ -151,7 +160,9 @@ async fn start(repo: Repo, redis: &Redis) -> TestServer {
 }
 
 fn pixels(seed: f32) -> serde_json::Value {
-    let data: Vec<f32> = (0..64).map(|i| ((i as f32 + seed) % 17.0).floor()).collect();
+    let data: Vec<f32> = (0..64)
+        .map(|i| ((i as f32 + seed) % 17.0).floor())
+        .collect();
     common::v2_request("pixels", 1, 64, &data)
 }
 
@@ -192,7 +203,10 @@ async fn two_servers_share_redis_entries_with_ttl_and_versions_apart() {
         return;
     };
     let a = start(digits(&redis_only(600)), &redis).await;
-    let repo_b = digits(&redis_only(600)).copy_digits("short", &[("[metadata]", &format!("{}\n[metadata]", redis_only(1)))]);
+    let repo_b = digits(&redis_only(600)).copy_digits(
+        "short",
+        &[("[metadata]", &format!("{}\n[metadata]", redis_only(1)))],
+    );
     let b_dir = repo_b.path().join("digits");
     let b = start(repo_b, &redis).await;
     wait_connected(&a, &redis, "digits").await;
@@ -220,7 +234,11 @@ async fn two_servers_share_redis_entries_with_ttl_and_versions_apart() {
     loop {
         let (st, _) = infer(&b, "short", &body).await;
         if st.as_deref() == Some("miss") {
-            assert!(t0.elapsed() >= Duration::from_millis(900), "{:?}", t0.elapsed());
+            assert!(
+                t0.elapsed() >= Duration::from_millis(900),
+                "{:?}",
+                t0.elapsed()
+            );
             break;
         }
         assert!(Instant::now() < deadline, "the 1 s entry never expired");
@@ -229,13 +247,23 @@ async fn two_servers_share_redis_entries_with_ttl_and_versions_apart() {
 
     // A new version on B never reads version 1's entries, in Redis either.
     std::fs::create_dir_all(b_dir.join("2")).unwrap();
-    std::fs::copy(b_dir.join("1/model.safetensors"), b_dir.join("2/model.safetensors")).unwrap();
-    let r = b.post_json("/v2/repository/models/digits/load", &json!({})).await;
+    std::fs::copy(
+        b_dir.join("1/model.safetensors"),
+        b_dir.join("2/model.safetensors"),
+    )
+    .unwrap();
+    let r = b
+        .post_json("/v2/repository/models/digits/load", &json!({}))
+        .await;
     assert_eq!(r.status(), 200);
     let (st, from_v2) = infer(&b, "digits", &body).await;
     assert_eq!(st.as_deref(), Some("miss"));
     assert!(from_v2.contains("\"model_version\":\"2\""), "{from_v2}");
-    assert_eq!(infer(&a, "digits", &body).await.0.as_deref(), Some("hit"), "A's version 1 still hits");
+    assert_eq!(
+        infer(&a, "digits", &body).await.0.as_deref(),
+        Some("hit"),
+        "A's version 1 still hits"
+    );
     a.server.shutdown().await;
     b.server.shutdown().await;
 }
@@ -260,9 +288,25 @@ async fn redis_killed_mid_bench_costs_no_client_error_and_restart_restores_hits(
     std::fs::write(&input, lines.join("\n")).unwrap();
     let input = input.to_str().unwrap().to_string();
     let args = Cli::parse_from([
-        "bench", "-u", &s.url, "--metrics-url", &s.metrics_url, "-m", "digits",
-        "--input-data", &input, "--concurrency-range", "8", "--warmup-ms", "500",
-        "--measurement-interval-ms", "20000", "--max-windows", "1", "--client-threads", "1",
+        "bench",
+        "-u",
+        &s.url,
+        "--metrics-url",
+        &s.metrics_url,
+        "-m",
+        "digits",
+        "--input-data",
+        &input,
+        "--concurrency-range",
+        "8",
+        "--warmup-ms",
+        "500",
+        "--measurement-interval-ms",
+        "20000",
+        "--max-windows",
+        "1",
+        "--client-threads",
+        "1",
     ])
     .bench;
     let bench = tokio::spawn(async move {
@@ -283,7 +327,10 @@ async fn redis_killed_mid_bench_costs_no_client_error_and_restart_restores_hits(
     let step = &steps[0];
     assert!(step.errors.is_empty(), "client errors: {:?}", step.errors);
     assert!(step.ok > 1000, "only {} requests", step.ok);
-    assert!(s.metric(errors).await > errors_before, "the dead Redis is counted");
+    assert!(
+        s.metric(errors).await > errors_before,
+        "the dead Redis is counted"
+    );
 
     // Restarted (empty) on the same port: the server reconnects and hits come back.
     let redis = Redis::start_on(redis.port);
@@ -294,10 +341,58 @@ async fn redis_killed_mid_bench_costs_no_client_error_and_restart_restores_hits(
         if st.as_deref() == Some("hit") {
             break;
         }
-        assert!(Instant::now() < deadline, "hits never came back after Redis restarted");
+        assert!(
+            Instant::now() < deadline,
+            "hits never came back after Redis restarted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(redis);
+    s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_redis_costs_each_request_at_most_its_timeout() {
+    let Some(redis) = Redis::start("a_stalled_redis") else {
+        return;
+    };
+    let s = start(digits(&redis_only(600)), &redis).await;
+    wait_connected(&s, &redis, "digits").await;
+    let errors = r#"ferrite_cache_backend_errors_total{backend="redis"}"#;
+    let before = s.metric(errors).await;
+    // Redis answers nothing for 5 s (poll until a PING goes unanswered for 100 ms).
+    let port = redis.port;
+    let stall = std::thread::spawn(move || {
+        redis_cmd_within(port, &["DEBUG", "SLEEP", "5"], Duration::from_secs(30))
+    });
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while redis_cmd_within(port, &["PING"], Duration::from_millis(100)).is_ok() {
+        assert!(Instant::now() < deadline, "Redis never stalled");
+    }
+    let mut slowest = Duration::ZERO;
+    for i in 0..10 {
+        let t = Instant::now();
+        let (st, _) = infer(&s, "digits", &pixels(100.0 + i as f32)).await;
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(st.as_deref(), Some("miss"), "served uncached");
+    }
+    // 20 ms timeout per lookup; a second of slack for a loaded machine, against a 5 s stall.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a request waited {slowest:?} on a stalled Redis"
+    );
+    assert!(s.metric(errors).await > before, "the timeouts are counted");
+    stall.join().unwrap().unwrap();
+    // Redis is back: hits return once the server has reconnected (poll, 15 s deadline).
+    let body = pixels(7.0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while infer(&s, "digits", &body).await.0.as_deref() != Some("hit") {
+        assert!(
+            Instant::now() < deadline,
+            "hits never came back after the stall"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     s.server.shutdown().await;
 }
 
@@ -316,7 +411,15 @@ impl Drop for Proc {
 
 fn serve(repo: &Repo) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["serve", "--host", "127.0.0.1", "--http-port", "0", "--metrics-port", "0"])
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ])
         .arg("--model-repository")
         .arg(repo.path())
         .args(["--access-log", "false"])
@@ -335,13 +438,21 @@ fn serve(repo: &Repo) -> Proc {
     let mut url = None;
     let mut ready = false;
     while !(url.is_some() && ready) {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("server logs its address and readiness");
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server logs its address and readiness");
         if let Some(rest) = line.split("listening on http://").nth(1) {
-            url = Some(format!("http://{}", rest.split_whitespace().next().unwrap()));
+            url = Some(format!(
+                "http://{}",
+                rest.split_whitespace().next().unwrap()
+            ));
         }
         ready |= line.contains("server ready");
     }
-    Proc { child, url: url.unwrap() }
+    Proc {
+        child,
+        url: url.unwrap(),
+    }
 }
 
 fn rss_bytes(pid: u32) -> u64 {
@@ -369,7 +480,9 @@ async fn in_process_cache_filled_far_past_max_bytes_keeps_rss_within_budget() {
     let extra = format!("[response_cache]\nenable = true\nttl_secs = 600\nmax_bytes = {BUDGET}\n");
     let repo = Repo::new().with_debug("wide", 8, &extra);
     let cfg = repo.path().join("wide/config.toml");
-    let text = std::fs::read_to_string(&cfg).unwrap().replace("dims = [-1, 4]", &format!("dims = [-1, {WIDE}]"));
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("dims = [-1, 4]", &format!("dims = [-1, {WIDE}]"));
     std::fs::write(&cfg, text).unwrap();
     let p = serve(&repo);
     let client = reqwest::Client::new();
@@ -387,7 +500,10 @@ async fn in_process_cache_filled_far_past_max_bytes_keeps_rss_within_budget() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 200);
-            let st = r.headers().get("x-ferrite-cache").map(|v| v.to_str().unwrap().to_string());
+            let st = r
+                .headers()
+                .get("x-ferrite-cache")
+                .map(|v| v.to_str().unwrap().to_string());
             r.bytes().await.unwrap();
             st
         }
@@ -429,6 +545,12 @@ async fn in_process_cache_filled_far_past_max_bytes_keeps_rss_within_budget() {
     }
     let grown = rss_bytes(p.child.id()).saturating_sub(base);
     let inserted = total as u64 * per_entry;
+    eprintln!(
+        "RSS grew by {:.1} MiB after {} MiB inserted into a {} MiB cache",
+        grown as f64 / 1048576.0,
+        inserted >> 20,
+        BUDGET >> 20
+    );
     assert!(
         grown <= BUDGET + OVERHEAD,
         "RSS grew by {} MiB after inserting {} MiB into a {} MiB cache (+{} MiB allowed overhead)",

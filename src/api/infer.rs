@@ -105,7 +105,9 @@ pub async fn run(
     if let (Some(c), Some(p)) = (&lv.cache, &cache) {
         let key = cache::key::tensor_key(c.fingerprint(), p, &inputs);
         let mut lookup = c.get_many(&[key]).await;
-        let hit = lookup.values[0].as_deref().and_then(cache::value::decode_tensors);
+        let hit = lookup.values[0]
+            .as_deref()
+            .and_then(cache::value::decode_tensors);
         if let Some(outputs) = hit {
             c.fill(&lookup, Vec::new());
             let output = JobOutput {

@@ -68,5 +68,9 @@ async fn handle(
     let e = infer::embed(&lv, tm, ereq).await?;
     let headers = text::headers(&e, start.elapsed());
     let body = openai::encode_response(e.vectors, &lv.name, e.tokens, req.encoding_format);
-    Ok(infer::served(&lv, e.cache, (headers, Json(body)).into_response()))
+    Ok(infer::served(
+        &lv,
+        e.cache,
+        (headers, Json(body)).into_response(),
+    ))
 }

@@ -74,7 +74,11 @@ async fn handle(
     };
     let e = infer::embed(&lv, tm, ereq).await?;
     let headers = text::headers(&e, start.elapsed());
-    Ok(infer::served(&lv, e.cache, (headers, Json(e.vectors)).into_response()))
+    Ok(infer::served(
+        &lv,
+        e.cache,
+        (headers, Json(e.vectors)).into_response(),
+    ))
 }
 
 pub async fn info(State(s): State<AppState>) -> Response {

@@ -196,7 +196,8 @@ mod tests {
         q.quantization = Some(crate::spec::QuantFormat::Q8);
         assert_ne!(base, Fingerprint::new("m", 1, 42, &q, "cpu:avx512:f32"));
         let mut p = c.clone();
-        p.parameters.insert("normalize".into(), toml::Value::Boolean(false));
+        p.parameters
+            .insert("normalize".into(), toml::Value::Boolean(false));
         assert_ne!(base, Fingerprint::new("m", 1, 42, &p, "cpu:avx512:f32"));
         // Batching and metadata do not change outputs.
         let mut b = c.clone();
@@ -215,10 +216,42 @@ mod tests {
             text_key(FP, &s, b"Hello", OPTS),
             text_key(Fingerprint(8), &s, b"hello", OPTS),
             text_key(FP, &Partition::Principal("a".into()), b"hello", OPTS),
-            text_key(FP, &s, b"hello", TextOptions { truncate: true, ..OPTS }),
-            text_key(FP, &s, b"hello", TextOptions { normalize: false, ..OPTS }),
-            text_key(FP, &s, b"hello", TextOptions { dimensions: Some(0), ..OPTS }),
-            text_key(FP, &s, b"hello", TextOptions { dimensions: Some(8), ..OPTS }),
+            text_key(
+                FP,
+                &s,
+                b"hello",
+                TextOptions {
+                    truncate: true,
+                    ..OPTS
+                },
+            ),
+            text_key(
+                FP,
+                &s,
+                b"hello",
+                TextOptions {
+                    normalize: false,
+                    ..OPTS
+                },
+            ),
+            text_key(
+                FP,
+                &s,
+                b"hello",
+                TextOptions {
+                    dimensions: Some(0),
+                    ..OPTS
+                },
+            ),
+            text_key(
+                FP,
+                &s,
+                b"hello",
+                TextOptions {
+                    dimensions: Some(8),
+                    ..OPTS
+                },
+            ),
         ];
         for (i, v) in variants.iter().enumerate() {
             assert_ne!(*v, k, "variant {i}");
@@ -247,8 +280,16 @@ mod tests {
         let renamed = Tensor::new("c", vec![1], TensorData::I32(vec![3]));
         assert_ne!(k, tensor_key(FP, &s, &[a.clone(), renamed]));
         // BYTES elements are length-prefixed: ["ab", "c"] is not ["a", "bc"].
-        let x = Tensor::new("t", vec![2], TensorData::Bytes(vec![b"ab".to_vec(), b"c".to_vec()]));
-        let y = Tensor::new("t", vec![2], TensorData::Bytes(vec![b"a".to_vec(), b"bc".to_vec()]));
+        let x = Tensor::new(
+            "t",
+            vec![2],
+            TensorData::Bytes(vec![b"ab".to_vec(), b"c".to_vec()]),
+        );
+        let y = Tensor::new(
+            "t",
+            vec![2],
+            TensorData::Bytes(vec![b"a".to_vec(), b"bc".to_vec()]),
+        );
         assert_ne!(tensor_key(FP, &s, &[x]), tensor_key(FP, &s, &[y]));
     }
 }

@@ -93,7 +93,10 @@ impl VersionCache {
     ) -> VersionCache {
         let ttl = Duration::from_secs(cfg.ttl_secs.max(1));
         let local = (cfg.max_bytes > 0).then(|| {
-            let (size, expired) = (metrics.evicted_size.clone(), metrics.evicted_expired.clone());
+            let (size, expired) = (
+                metrics.evicted_size.clone(),
+                metrics.evicted_expired.clone(),
+            );
             let bytes = metrics.bytes.clone();
             moka::sync::Cache::builder()
                 .max_capacity(cfg.max_bytes)
@@ -267,8 +270,16 @@ mod tests {
         }
         let local = vc.local.as_ref().unwrap();
         local.run_pending_tasks();
-        assert!(local.weighted_size() <= 64 * 1024, "{}", local.weighted_size());
+        assert!(
+            local.weighted_size() <= 64 * 1024,
+            "{}",
+            local.weighted_size()
+        );
         assert!(c.evicted_size.get() > 0);
-        assert_eq!(c.bytes.get() as u64, local.weighted_size(), "the gauge follows evictions");
+        assert_eq!(
+            c.bytes.get() as u64,
+            local.weighted_size(),
+            "the gauge follows evictions"
+        );
     }
 }

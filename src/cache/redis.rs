@@ -23,7 +23,6 @@ const FILL_QUEUE: usize = 4096;
 /// Most fills in one pipeline.
 const FILL_BATCH: usize = 128;
 
-
 struct Fill {
     key: Key,
     value: Bytes,

@@ -143,7 +143,11 @@ mod tests {
     fn embedding_round_trips_and_garbage_is_none() {
         let v = encode_embedding(7, &[0.5, -0.25, 1e-9]);
         assert_eq!(decode_embedding(&v), Some((7, vec![0.5, -0.25, 1e-9])));
-        assert_eq!(decode_tensors(&v), None, "an embedding is not a tensor value");
+        assert_eq!(
+            decode_tensors(&v),
+            None,
+            "an embedding is not a tensor value"
+        );
         for cut in 0..v.len() {
             assert_eq!(decode_embedding(&v[..cut]), None, "cut at {cut}");
         }

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use crate::cache::{self, RedisLevel, VersionCache};
 use crate::batcher::{Queue, SubmitOptions};
+use crate::cache::{self, RedisLevel, VersionCache};
 use crate::device::{self, DeviceId, DeviceInfo};
 use crate::model::{self, LoadOptions, Model, ModelError};
 use crate::spec::{ConfigError, ModelConfig};
@@ -383,7 +383,10 @@ impl Repository {
             None => None,
         };
         let cache = match config.response_cache.enable {
-            true => Some(self.version_cache(name, version, &vdir, config, placement).await?),
+            true => Some(
+                self.version_cache(name, version, &vdir, config, placement)
+                    .await?,
+            ),
             false => None,
         };
         let queue = Queue::spawn(name, placement::batch_config(config), metrics.queue())
@@ -447,7 +450,9 @@ impl Repository {
             .and_then(|r| r.map_err(|e| e.to_string()))
             .map_err(|e| RepoError::Load {
                 model: name.into(),
-                message: format!("version {version}: cannot hash the weights for the response cache: {e}"),
+                message: format!(
+                    "version {version}: cannot hash the weights for the response cache: {e}"
+                ),
             })?;
         let precision = precision_path(config, placement);
         let fp = cache::Fingerprint::new(name, version, weights, config, &precision);
@@ -679,7 +684,8 @@ fn cpu_simd_level() -> &'static str {
         if std::arch::is_x86_feature_detected!("avx512f") {
             return "avx512";
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return "avx2";
         }
         "x86-64"
