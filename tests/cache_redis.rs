@@ -563,3 +563,80 @@ async fn in_process_cache_filled_far_past_max_bytes_keeps_rss_within_budget() {
     assert_eq!(send(fill + total - 1).await.as_deref(), Some("hit"));
     assert_eq!(send(0).await.as_deref(), Some("miss"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rediss_with_a_password_and_a_private_ca_serves_hits() {
+    use rcgen::{CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, KeyPair};
+    if Redis::start("rediss_with_a_password").is_none() {
+        return;
+    }
+    // A CA and a server certificate for 127.0.0.1, made here; no key is committed.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "cache test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let mut p = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &ca).unwrap();
+    let path = |f: &str| dir.path().join(f);
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("server.pem"), cert.pem()).unwrap();
+    std::fs::write(path("server.key"), key.serialize_pem()).unwrap();
+    let port = free_port();
+    let password = "s3cret-cache-pw";
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--tls-cert-file")
+        .arg(path("server.pem"))
+        .arg("--tls-key-file")
+        .arg(path("server.key"))
+        .args(["--tls-auth-clients", "no", "--requirepass", password])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("rediss://:{password}@127.0.0.1:{port}");
+    let ca_file = path("ca.pem");
+    let s = TestServer::start_with(digits(&redis_only(600)), move |c| {
+        c.cache_redis = Some(ferrite::config::RedisSettings {
+            url,
+            timeout: Duration::from_millis(200),
+            ca: Some(ca_file),
+        })
+    })
+    .await;
+    // Redis only (max_bytes = 0): a hit can only come through the TLS connection.
+    let body = pixels(5.0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while infer(&s, "digits", &body).await.0.as_deref() != Some("hit") {
+        assert!(Instant::now() < deadline, "no hit through rediss://");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = s.metrics_text().await;
+    assert!(
+        !metrics.contains(password),
+        "the password is in the metrics"
+    );
+    s.server.shutdown().await;
+    let _ = child.kill();
+    let _ = child.wait();
+}
