@@ -2,7 +2,8 @@
 //! free port with its data folder in a temporary directory) shared by two Ferrite servers, its
 //! per-entry TTL, a new version missing, Redis killed (`kill -9`) in the middle of a 20 s
 //! `ferrite bench` run (no client errors, counted backend errors) and restarted (hits come back),
-//! and a real `ferrite serve` process whose RSS stays within the in-process budget when filled far
+//! a stalled Redis (`DEBUG SLEEP`) costing each request at most its timeout, `rediss://` with a
+//! password and a private CA, and a real `ferrite serve` process whose RSS stays within the in-process budget when filled far
 //! past it. Without `redis-server` the Redis tests say SKIPPED, and fail when `CI` is set
 //! (scripts/test.sh installs it).
 
