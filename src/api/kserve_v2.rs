@@ -2,7 +2,7 @@
 //! (JSON and binary tensor extension).
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use super::infer::{self, parse_version};
 use super::{read_body, ApiError, AppState};
+use crate::auth::Principal;
 use crate::batcher::SubmitOptions;
 use crate::protocol::kserve_v2::{self as v2, HEADER_LENGTH};
 use crate::repository::LoadedVersion;
@@ -113,26 +114,29 @@ pub async fn model_ready_v(
 pub async fn infer(
     State(s): State<AppState>,
     Path(model): Path<String>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let lv = s.repo.get(&model, None)?;
-    infer_on(s, lv, headers, body).await
+    infer_on(s, lv, principal.map(|Extension(p)| p), headers, body).await
 }
 
 pub async fn infer_v(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
+    principal: Option<Extension<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let lv = s.repo.get(&model, Some(parse_version(&model, &version)?))?;
-    infer_on(s, lv, headers, body).await
+    infer_on(s, lv, principal.map(|Extension(p)| p), headers, body).await
 }
 
 async fn infer_on(
     s: AppState,
     lv: std::sync::Arc<LoadedVersion>,
+    principal: Option<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -158,7 +162,8 @@ async fn infer_on(
         timeout: req.timeout_us.map(std::time::Duration::from_micros),
         ..SubmitOptions::default()
     };
-    let done = infer::run(&s, &lv, req.inputs, opts).await?;
+    let cache = infer::cache_use(&lv, &headers, principal.as_ref(), req.cache);
+    let done = infer::run(&s, &lv, req.inputs, opts, cache).await?;
     let outputs: Vec<_> = names
         .iter()
         .filter_map(|n| done.output.outputs.iter().find(|t| &t.name == n).cloned())
@@ -183,7 +188,7 @@ async fn infer_on(
             );
         }
     }
-    Ok(infer::served(&lv, resp))
+    Ok(infer::served(&lv, done.cache, resp))
 }
 
 /// The outputs to return, in order, and whether each goes in binary form.

@@ -58,17 +58,20 @@ async fn handle(
         .expect("text_model returns text models. This is a bug.");
     // The API has no truncate parameter: texts are cut at the model's limit, as
     // sentence-transformers does.
-    let e = infer::embed(
-        &lv,
-        tm,
-        req.input,
-        true,
-        tm.normalize,
-        SubmitOptions::default(),
-    )
-    .await?;
+    let ereq = infer::EmbedRequest {
+        texts: req.input,
+        truncate: true,
+        normalize: tm.normalize,
+        dimensions: req.dimensions,
+        opts: SubmitOptions::default(),
+        cache: infer::cache_use(&lv, &headers, principal, None),
+    };
+    let e = infer::embed(&lv, tm, ereq).await?;
     let headers = text::headers(&e, start.elapsed());
-    let vectors = text::apply_dimensions(e.vectors, req.dimensions, tm.normalize)?;
-    let body = openai::encode_response(vectors, &lv.name, e.tokens, req.encoding_format);
-    Ok(infer::served(&lv, (headers, Json(body)).into_response()))
+    let body = openai::encode_response(e.vectors, &lv.name, e.tokens, req.encoding_format);
+    Ok(infer::served(
+        &lv,
+        e.cache,
+        (headers, Json(body)).into_response(),
+    ))
 }

@@ -66,11 +66,21 @@ async fn handle(
         let body = tei::encode_error("`inputs` cannot be empty", ErrorType::Empty);
         return Ok(ApiError::respond(StatusCode::BAD_REQUEST, body));
     }
-    let opts = SubmitOptions::default();
-    let e = infer::embed(&lv, tm, req.inputs, req.truncate, req.normalize, opts).await?;
+    let ereq = infer::EmbedRequest {
+        texts: req.inputs,
+        truncate: req.truncate,
+        normalize: req.normalize,
+        dimensions: req.dimensions,
+        opts: SubmitOptions::default(),
+        cache: infer::cache_use(&lv, &headers, principal, None),
+    };
+    let e = infer::embed(&lv, tm, ereq).await?;
     let headers = text::headers(&e, start.elapsed());
-    let vectors = text::apply_dimensions(e.vectors, req.dimensions, req.normalize)?;
-    Ok(infer::served(&lv, (headers, Json(vectors)).into_response()))
+    Ok(infer::served(
+        &lv,
+        e.cache,
+        (headers, Json(e.vectors)).into_response(),
+    ))
 }
 
 pub async fn info(State(s): State<AppState>) -> Response {

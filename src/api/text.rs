@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::http::{HeaderName, HeaderValue};
 
 use super::auth::check_model;
-use super::infer::{invalid, l2_normalized, ms, Embedded};
+use super::infer::{invalid, ms, Embedded};
 use super::{read_body, ApiError, AppState};
 use crate::auth::Principal;
 use crate::protocol::embeddings::DecodeError;
@@ -64,32 +64,6 @@ pub fn text_model(state: &AppState, name: Option<&str>) -> Result<Arc<LoadedVers
         .filter_map(|e| state.repo.get(&e.name, None).ok())
         .find(|lv| lv.text.is_some())
         .ok_or_else(|| ApiError::from(RepoError::ModelNotFound("(any embedding model)".into())))
-}
-
-/// Keeps the first `dims` values of each vector (renormalised when `normalize`).
-pub fn apply_dimensions(
-    vectors: Vec<Vec<f32>>,
-    dims: Option<usize>,
-    normalize: bool,
-) -> Result<Vec<Vec<f32>>, ApiError> {
-    let Some(d) = dims else { return Ok(vectors) };
-    let full = vectors.first().map_or(0, Vec::len);
-    if d == 0 || d > full {
-        return Err(ApiError::BadRequest(format!(
-            "'dimensions' must be within 1..={full}, got {d}"
-        )));
-    }
-    Ok(vectors
-        .into_iter()
-        .map(|mut v| {
-            v.truncate(d);
-            if normalize {
-                l2_normalized(v)
-            } else {
-                v
-            }
-        })
-        .collect())
 }
 
 /// TEI's timing headers (milliseconds) and token count.

@@ -58,6 +58,11 @@ pub struct BenchArgs {
     /// embeddings. Default: random data shaped from the model's metadata (random texts)
     #[arg(long)]
     pub input_data: Option<PathBuf>,
+    /// Draw each request from the inputs with a Zipf(S) distribution over their order (the first
+    /// is the most frequent; e.g. 1.1) instead of cycling through them in order: a workload with
+    /// repeats, for the response cache. Seeded by --seed
+    #[arg(long, value_name = "S")]
+    pub zipf: Option<f64>,
     /// Words per random text (embeddings)
     #[arg(long, default_value_t = 16)]
     pub text_words: usize,

@@ -20,6 +20,10 @@ fn read(path: &std::path::Path) -> Result<String, LoadgenError> {
     std::fs::read_to_string(path).map_err(|e| LoadgenError::io(path, e))
 }
 
+/// Requests drawn up front for `--zipf` (cycled through like any input list; at 1.1 over 10,000
+/// inputs, 2^20 draws reach the tail hundreds of times).
+const ZIPF_SEQUENCE: usize = 1 << 20;
+
 /// Builds the target: HTTP client, metrics URL and the requests to cycle through.
 pub async fn prepare(args: &BenchArgs) -> Result<Target, LoadgenError> {
     let client = HttpClient::with_options(&args.url, &args.client_options()?)?;
@@ -66,6 +70,10 @@ pub async fn prepare(args: &BenchArgs) -> Result<Target, LoadgenError> {
             "the input data file has no requests".into(),
         ));
     }
+    let payloads = match args.zipf {
+        None => payloads,
+        Some(s) => request::zipf_sequence(&payloads, s, ZIPF_SEQUENCE, &mut rng)?,
+    };
     Ok(Target {
         client,
         metrics_url: args.metrics_url(),

@@ -256,6 +256,24 @@ pub fn tei_payload(texts: &[String]) -> Payload {
     }
 }
 
+/// `len` requests drawn from `payloads` with a Zipf(`s`) distribution over their order (rank 1,
+/// the first, most often), each a cheap clone (the body is shared).
+pub fn zipf_sequence(
+    payloads: &[Payload],
+    s: f64,
+    len: usize,
+    rng: &mut impl rand::Rng,
+) -> Result<Vec<Payload>, LoadgenError> {
+    let zipf = rand_distr::Zipf::new(payloads.len() as f64, s)
+        .map_err(|e| LoadgenError::Args(format!("--zipf {s}: {e}")))?;
+    Ok((0..len)
+        .map(|_| {
+            let rank: f64 = rand_distr::Distribution::sample(&zipf, rng);
+            payloads[(rank as usize).clamp(1, payloads.len()) - 1].clone()
+        })
+        .collect())
+}
+
 /// Groups `texts` into requests of `batch` texts (the last may be shorter), cycling if there are
 /// fewer texts than one batch.
 pub fn text_payloads(
@@ -317,6 +335,21 @@ mod tests {
         assert_eq!(body(&ps[1]), json!({"inputs": ["c"]}));
         let ps = text_payloads(Protocol::Openai, "m", &texts[..1], 3);
         assert_eq!(body(&ps[0])["input"], json!(["a", "a", "a"]));
+    }
+
+    #[test]
+    fn zipf_sequence_favours_the_first_inputs() {
+        use rand::SeedableRng;
+        let texts: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let ps = text_payloads(Protocol::Tei, "m", &texts, 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let seq = zipf_sequence(&ps, 1.1, 20_000, &mut rng).unwrap();
+        let count = |i: usize| seq.iter().filter(|p| p.body == ps[i].body).count();
+        // Zipf(1.1) over 100: rank 1 has p = 1/H ≈ 0.23, rank 10 about 8x less.
+        assert!(count(0) > 3000 && count(0) < 6000, "{}", count(0));
+        assert!(count(0) > 5 * count(9), "{} vs {}", count(0), count(9));
+        assert!(count(99) > 0, "the tail is reached");
+        assert!(zipf_sequence(&ps, -1.0, 10, &mut rng).is_err());
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub struct V2Request {
     pub priority: u32,
     /// `parameters.timeout`, in microseconds.
     pub timeout_us: Option<u64>,
+    /// `parameters.cache`: false asks the response cache to be bypassed (neither read nor filled).
+    pub cache: Option<bool>,
 }
 
 fn param_u64(p: &Option<Map<String, Value>>, key: &str) -> Result<Option<u64>, ProtocolError> {
@@ -183,6 +185,7 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
             })?,
         },
         timeout_us: param_u64(&req.parameters, "timeout")?,
+        cache: param_bool(&req.parameters, "cache")?,
     })
 }
 

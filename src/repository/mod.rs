@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use crate::batcher::{Queue, SubmitOptions};
+use crate::cache::{self, RedisLevel, VersionCache};
 use crate::device::{self, DeviceId, DeviceInfo};
 use crate::model::{self, LoadOptions, Model, ModelError};
 use crate::spec::{ConfigError, ModelConfig};
@@ -60,6 +61,9 @@ pub struct LoadedVersion {
     pub placement: Vec<(DeviceId, usize)>,
     /// Set for models that take text: tokenization happens before enqueue.
     pub text: Option<TextModel>,
+    /// Set when the config enables `[response_cache]`: this version's entries (a new version
+    /// gets a new one, with a new fingerprint).
+    pub cache: Option<Arc<VersionCache>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -117,6 +121,8 @@ pub struct Repository {
     /// What each model folder looked like when it was last loaded (`poll_once` reloads on a
     /// change). Short sections, no await.
     fingerprints: Mutex<BTreeMap<String, Fingerprint>>,
+    /// The shared Redis level of every cached version (`--cache-redis-url`).
+    cache_redis: Option<Arc<RedisLevel>>,
 }
 
 /// A model folder's config file and version folders' files: (path, length, modified time).
@@ -180,7 +186,14 @@ impl Repository {
             models: RwLock::new(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
             fingerprints: Mutex::new(BTreeMap::new()),
+            cache_redis: None,
         }
+    }
+
+    /// Versions whose config enables `[response_cache]` use `redis` as their shared level.
+    pub fn with_cache_redis(mut self, redis: Option<Arc<RedisLevel>>) -> Repository {
+        self.cache_redis = redis;
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -369,6 +382,13 @@ impl Repository {
             Some(spec) => Some(TextModel::load(name, config, &spec).map_err(load_err)?),
             None => None,
         };
+        let cache = match config.response_cache.enable {
+            true => Some(
+                self.version_cache(name, version, &vdir, config, placement)
+                    .await?,
+            ),
+            false => None,
+        };
         let queue = Queue::spawn(name, placement::batch_config(config), metrics.queue())
             .map_err(|e| load_err(format!("cannot start the queue thread: {e}")))?;
         let lv = Arc::new(LoadedVersion {
@@ -379,6 +399,7 @@ impl Repository {
             metrics: metrics.clone(),
             placement: placement.to_vec(),
             text,
+            cache,
             workers: Mutex::new(Vec::new()),
         });
         for (dev, count, m) in models {
@@ -410,6 +431,47 @@ impl Repository {
             return Err(load_err(format!("warm-up failed: {e}")));
         }
         Ok(lv)
+    }
+
+    /// The response cache of a version: its fingerprint hashes the weights' files (blocking,
+    /// off the async threads) with the config and the precision path it runs.
+    async fn version_cache(
+        &self,
+        name: &str,
+        version: u64,
+        vdir: &Path,
+        config: &Arc<ModelConfig>,
+        placement: &[(DeviceId, usize)],
+    ) -> Result<Arc<VersionCache>, RepoError> {
+        let dir = vdir.to_path_buf();
+        let weights = tokio::task::spawn_blocking(move || cache::key::hash_weights(&dir))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| RepoError::Load {
+                model: name.into(),
+                message: format!(
+                    "version {version}: cannot hash the weights for the response cache: {e}"
+                ),
+            })?;
+        let precision = precision_path(config, placement);
+        let fp = cache::Fingerprint::new(name, version, weights, config, &precision);
+        tracing::info!(
+            model = name,
+            version,
+            precision = %precision,
+            ttl_secs = config.response_cache.ttl_secs,
+            max_bytes = config.response_cache.max_bytes,
+            shared = config.response_cache.shared,
+            redis = self.cache_redis.is_some(),
+            "response cache on"
+        );
+        Ok(Arc::new(VersionCache::new(
+            &config.response_cache,
+            fp,
+            self.cache_redis.clone(),
+            self.metrics.for_cache(name, version),
+        )))
     }
 
     /// `--model-control poll`: one rescan of the repository folder, the source of truth. Model
@@ -596,6 +658,40 @@ async fn load_on(
     .await
     .map_err(|e| format!("loader panicked: {e}"))?
     .map_err(|e: ModelError| e.to_string())
+}
+
+/// The precision path a version runs, for its cache fingerprint: the devices, the CPU's SIMD
+/// level (candle's and our kernels' dispatch differ in rounding between AVX-512, AVX2 and
+/// baseline) and the quantization applied at load. A CPU with a different path never shares
+/// entries.
+fn precision_path(config: &ModelConfig, placement: &[(DeviceId, usize)]) -> String {
+    let mut devices: Vec<String> = placement
+        .iter()
+        .map(|(d, _)| match d {
+            DeviceId::Cpu => format!("cpu-{}", cpu_simd_level()),
+            DeviceId::Gpu(_) => "cuda".to_string(),
+        })
+        .collect();
+    devices.sort();
+    devices.dedup();
+    let quant = config.quantization.map_or("as-stored", |q| q.suffix());
+    format!("{}:{quant}", devices.join("+"))
+}
+
+fn cpu_simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return "avx2";
+        }
+        "x86-64"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::env::consts::ARCH
 }
 
 async fn stop_all(versions: Vec<Arc<LoadedVersion>>) {

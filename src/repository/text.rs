@@ -38,6 +38,8 @@ pub enum TextError {
 pub struct TextRun {
     pub outputs: Vec<Vec<Tensor>>,
     pub tokens: usize,
+    /// Each text's tokens, in order.
+    pub token_counts: Vec<usize>,
     /// Per stage, the longest over the request's jobs.
     pub timings: Timings,
     pub tokenize: Duration,
@@ -79,7 +81,8 @@ impl TextModel {
         let start = Instant::now();
         let ids = self.pool.encode(texts, truncate).await?;
         let tokenize = start.elapsed();
-        let tokens = ids.iter().map(Vec::len).sum();
+        let token_counts: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let tokens = token_counts.iter().sum();
         let parts = (ids.len() > 1).then(|| Arc::new(AtomicBool::new(false)));
         let jobs = ids.into_iter().map(|ids| {
             let cost = ids.len();
@@ -114,6 +117,7 @@ impl TextModel {
         Ok(TextRun {
             outputs,
             tokens,
+            token_counts,
             timings,
             tokenize,
         })

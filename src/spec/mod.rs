@@ -104,6 +104,9 @@ pub struct ModelConfig {
     /// validated them (`benches/gpu.sh` runs MiniLM on the GPU both ways). The CPU always runs them.
     #[serde(default)]
     pub cuda_fused_ops: bool,
+    /// The response cache (`[response_cache]`; off unless `enable = true`).
+    #[serde(default)]
+    pub response_cache: ResponseCache,
     /// Architecture-specific settings.
     #[serde(default)]
     pub parameters: toml::Table,
@@ -138,6 +141,37 @@ impl Default for DynamicBatching {
             priority_levels: 1,
             default_priority_level: 0,
             max_batch_tokens: 0,
+        }
+    }
+}
+
+/// A model's response cache settings (`[response_cache]`). Entries are keyed by the model, its
+/// version, a fingerprint of the weights and precision path, and a hash of the input (see
+/// `cache::key`); the shared Redis level is the server's `--cache-redis-url`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResponseCache {
+    pub enable: bool,
+    /// How long an entry lives, in the in-process cache and in Redis.
+    pub ttl_secs: u64,
+    /// Budget of the in-process cache of each version, entries and bookkeeping counted; 0 = no
+    /// in-process level (Redis only, when the server has one).
+    pub max_bytes: u64,
+    /// With `[auth]` configured, entries are partitioned per principal unless this is true (one
+    /// tenant could otherwise learn what another asked by timing or by its hits).
+    pub shared: bool,
+}
+
+pub const DEFAULT_CACHE_TTL_SECS: u64 = 600;
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+impl Default for ResponseCache {
+    fn default() -> Self {
+        ResponseCache {
+            enable: false,
+            ttl_secs: DEFAULT_CACHE_TTL_SECS,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            shared: false,
         }
     }
 }
@@ -322,6 +356,9 @@ impl ModelConfig {
                 "instance_group",
                 "expected at least one group, each with count >= 1".into(),
             );
+        }
+        if self.response_cache.enable && self.response_cache.ttl_secs == 0 {
+            return err("response_cache.ttl_secs", "expected at least 1".into());
         }
         match &self.version_policy {
             VersionPolicy::Latest(0) => err("version_policy.latest", "expected at least 1".into()),

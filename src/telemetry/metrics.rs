@@ -98,7 +98,85 @@ pub struct Metrics {
     model_ready: IntGaugeVec,
     rate_limited: IntCounterVec,
     auth_reloads: IntCounterVec,
+    cache: CacheFamilies,
     host: HostGauges,
+}
+
+/// The response cache's families (`src/cache`): Triton's `nv_cache_*` per model plus ours.
+struct CacheFamilies {
+    hits: IntCounterVec,
+    misses: IntCounterVec,
+    hit_us: IntCounterVec,
+    miss_us: IntCounterVec,
+    bytes: IntGaugeVec,
+    evictions: IntCounterVec,
+    backend_errors: IntCounterVec,
+}
+
+impl CacheFamilies {
+    fn new(r: &Registry) -> CacheFamilies {
+        CacheFamilies {
+            hits: counter(
+                r,
+                "nv_cache_num_hits_per_model",
+                "Number of cache hits per model (one per request for tensor models, one per text for text models)",
+                MV,
+            ),
+            misses: counter(
+                r,
+                "nv_cache_num_misses_per_model",
+                "Number of cache misses per model (one per request for tensor models, one per text for text models)",
+                MV,
+            ),
+            hit_us: counter(
+                r,
+                "nv_cache_hit_duration_per_model",
+                "Total cache hit duration per model, in microseconds (lookups that hit)",
+                MV,
+            ),
+            miss_us: counter(
+                r,
+                "nv_cache_miss_duration_per_model",
+                "Total cache miss duration per model, in microseconds (lookups that missed, plus inserting the result)",
+                MV,
+            ),
+            bytes: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "ferrite_cache_bytes",
+                        "Bytes held by the in-process response cache of a model version (entries, keys and bookkeeping)",
+                    ),
+                    MV,
+                )
+                .expect("static metric. This is a bug."),
+            ),
+            evictions: counter(
+                r,
+                "ferrite_cache_evictions_total",
+                "Entries removed from the in-process response cache, by reason (size: over max_bytes; expired: past ttl_secs)",
+                &["model", "version", "reason"],
+            ),
+            backend_errors: counter(
+                r,
+                "ferrite_cache_backend_errors_total",
+                "Cache backend operations that failed or timed out (the request was served uncached), by backend",
+                &["backend"],
+            ),
+        }
+    }
+}
+
+/// Cache metric children of one model version; cheap to clone.
+#[derive(Clone)]
+pub struct CacheMetrics {
+    pub hits: IntCounter,
+    pub misses: IntCounter,
+    pub hit_us: IntCounter,
+    pub miss_us: IntCounter,
+    pub bytes: IntGauge,
+    pub evicted_size: IntCounter,
+    pub evicted_expired: IntCounter,
 }
 
 /// Gauges set by the telemetry sampler thread.
@@ -340,6 +418,7 @@ impl Metrics {
                 )
                 .expect("static metric. This is a bug."),
             ),
+            cache: CacheFamilies::new(&r),
             host: HostGauges::new(&r),
             pending,
             registry: r,
@@ -355,9 +434,16 @@ impl Metrics {
 
     /// Drops a version's readiness series (a version that is no longer selected at all).
     pub fn forget_model_version(&self, model: &str, version: u64) {
-        let _ = self
-            .model_ready
-            .remove_label_values(&[model, &version.to_string()]);
+        let v = version.to_string();
+        let _ = self.model_ready.remove_label_values(&[model, &v]);
+        let c = &self.cache;
+        for f in [&c.hits, &c.misses, &c.hit_us, &c.miss_us] {
+            let _ = f.remove_label_values(&[model, &v]);
+        }
+        let _ = c.bytes.remove_label_values(&[model, &v]);
+        for reason in ["size", "expired"] {
+            let _ = c.evictions.remove_label_values(&[model, &v, reason]);
+        }
     }
 
     /// Exports one host reading.
@@ -463,7 +549,28 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every family.
+    /// The response cache's children for one model version (created, so exported at 0).
+    pub fn for_cache(&self, model: &str, version: u64) -> CacheMetrics {
+        let v = version.to_string();
+        let l = [model, v.as_str()];
+        let c = &self.cache;
+        let evicted = |reason: &str| c.evictions.with_label_values(&[model, v.as_str(), reason]);
+        CacheMetrics {
+            hits: c.hits.with_label_values(&l),
+            misses: c.misses.with_label_values(&l),
+            hit_us: c.hit_us.with_label_values(&l),
+            miss_us: c.miss_us.with_label_values(&l),
+            bytes: c.bytes.with_label_values(&l),
+            evicted_size: evicted("size"),
+            evicted_expired: evicted("expired"),
+        }
+    }
+
+    /// `ferrite_cache_backend_errors_total{backend}` (created, so exported at 0).
+    pub fn cache_backend_errors(&self, backend: &str) -> IntCounter {
+        self.cache.backend_errors.with_label_values(&[backend])
+    }
+
     pub fn record_auth_reload(&self, ok: bool) {
         self.auth_reloads
             .with_label_values(&[if ok { "ok" } else { "failed" }])

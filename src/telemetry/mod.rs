@@ -9,5 +9,5 @@ pub mod metrics;
 pub mod sampler;
 pub mod system;
 
-pub use metrics::{FailureReason, Metrics, ModelMetrics};
+pub use metrics::{CacheMetrics, FailureReason, Metrics, ModelMetrics};
 pub use sampler::{Sampler, Snapshot, Telemetry};
