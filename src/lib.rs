@@ -7,6 +7,7 @@ pub mod batcher;
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod grpc;
 pub mod loadgen;
 pub mod model;
 pub mod net;

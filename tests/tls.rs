@@ -124,6 +124,8 @@ impl Proc {
                 "0",
                 "--metrics-port",
                 "0",
+                "--grpc-port",
+                "0",
             ])
             .arg("--model-repository")
             .arg(repo.path())
@@ -509,7 +511,15 @@ fn serve_refuses_to_start_with_mismatched_key() {
     pki.server("b");
     let repo = Repo::new();
     let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["serve", "--http-port", "0", "--metrics-port", "0"])
+        .args([
+            "serve",
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ])
         .arg("--model-repository")
         .arg(repo.path())
         .arg("--tls-cert")

@@ -44,20 +44,21 @@ fn audit(principal: Option<&Principal>, action: &str, model: &str, outcome: &Res
     }
 }
 
-async fn act(
+/// The one admin path for load and unload (HTTP and gRPC): checks `--model-control`, acts,
+/// writes the audit line. The `admin` scope was checked at the door's edge.
+pub(crate) async fn act(
     s: &AppState,
-    principal: Option<Extension<Principal>>,
+    principal: Option<&Principal>,
     action: &str,
     model: &str,
-) -> Result<Json<Value>, ApiError> {
-    let principal = principal.map(|Extension(p)| p);
+) -> Result<(), ApiError> {
     let outcome = match control_enabled(s) {
         Err(e) => Err(e),
         Ok(()) if action == "load" => s.repo.load(model).await.map_err(ApiError::from),
         Ok(()) => s.repo.unload(model).await.map_err(ApiError::from),
     };
-    audit(principal.as_ref(), action, model, &outcome);
-    outcome.map(|()| Json(json!({})))
+    audit(principal, action, model, &outcome);
+    outcome
 }
 
 pub async fn load(
@@ -65,7 +66,9 @@ pub async fn load(
     principal: Option<Extension<Principal>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    act(&s, principal, "load", &model).await
+    let principal = principal.map(|Extension(p)| p);
+    act(&s, principal.as_ref(), "load", &model).await?;
+    Ok(Json(json!({})))
 }
 
 pub async fn unload(
@@ -73,5 +76,7 @@ pub async fn unload(
     principal: Option<Extension<Principal>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    act(&s, principal, "unload", &model).await
+    let principal = principal.map(|Extension(p)| p);
+    act(&s, principal.as_ref(), "unload", &model).await?;
+    Ok(Json(json!({})))
 }

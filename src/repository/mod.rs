@@ -50,6 +50,9 @@ pub enum RepoError {
     Load { model: String, message: String },
 }
 
+/// The class labels file in a model folder (one label per line, by class index).
+pub const LABELS_FILE: &str = "labels.txt";
+
 /// One loaded version: its queue, metrics and worker threads.
 pub struct LoadedVersion {
     pub name: String,
@@ -60,6 +63,8 @@ pub struct LoadedVersion {
     pub placement: Vec<(DeviceId, usize)>,
     /// Set for models that take text: tokenization happens before enqueue.
     pub text: Option<TextModel>,
+    /// Class labels from the model folder's `labels.txt` (classification extension), by index.
+    pub labels: Option<Arc<Vec<String>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -369,6 +374,13 @@ impl Repository {
             Some(spec) => Some(TextModel::load(name, config, &spec).map_err(load_err)?),
             None => None,
         };
+        let labels = match std::fs::read_to_string(dir.join(LABELS_FILE)) {
+            Ok(text) => Some(Arc::new(
+                text.lines().map(|l| l.trim_end().to_string()).collect(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(load_err(format!("{LABELS_FILE}: {e}"))),
+        };
         let queue = Queue::spawn(name, placement::batch_config(config), metrics.queue())
             .map_err(|e| load_err(format!("cannot start the queue thread: {e}")))?;
         let lv = Arc::new(LoadedVersion {
@@ -379,6 +391,7 @@ impl Repository {
             metrics: metrics.clone(),
             placement: placement.to_vec(),
             text,
+            labels,
             workers: Mutex::new(Vec::new()),
         });
         for (dev, count, m) in models {
