@@ -30,7 +30,7 @@ pub fn top_k(
     } else {
         1
     };
-    let classes = if rows == 0 { 0 } else { values.len() / rows };
+    let classes = values.len().checked_div(rows).unwrap_or(0);
     let k = k.min(classes);
     let mut out = Vec::with_capacity(rows * k);
     for row in values.chunks(classes.max(1)).take(rows) {

@@ -325,7 +325,7 @@ pub fn config_json(c: &pb::ModelConfig) -> Value {
         None => Value::Null,
     };
     if let Some(pb::model_config::SchedulingChoice::DynamicBatching(d)) = &c.scheduling_choice {
-        let q = d.default_queue_policy.clone().unwrap_or_default();
+        let q = d.default_queue_policy.unwrap_or_default();
         v["dynamic_batching"] = json!({
             "preferred_batch_size": d.preferred_batch_size,
             "max_queue_delay_microseconds": d.max_queue_delay_microseconds,
