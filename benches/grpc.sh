@@ -21,7 +21,7 @@ if [[ ! -x "$PA" ]]; then
   mkdir -p "$CACHE"
   python3 -m pip download -q --no-deps --disable-pip-version-check -d "$CACHE" \
     tritonclient==2.50.0 nvidia-cuda-runtime-cu12==12.4.127
-  (cd "$CACHE" && unzip -q -o tritonclient-2.50.0-*.whl -d tc && unzip -q -o nvidia_cuda_runtime_cu12-*.whl -d cu)
+  (cd "$CACHE" && python3 -m zipfile -e tritonclient-2.50.0-*.whl tc && python3 -m zipfile -e nvidia_cuda_runtime_cu12-*.whl cu)
   chmod +x "$PA"
 fi
 dpkg -s libb64-0d >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null
