@@ -673,3 +673,84 @@ async fn auth_scopes_apply_to_grpc_methods_and_models() {
     assert!(!c.model_ready(ready).await.unwrap().into_inner().ready);
     s.server.shutdown().await;
 }
+
+/// A request whose client deadline passes while it waits in the queue is dropped there: never
+/// computed, counted as canceled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queued_request_past_its_deadline_is_dropped_not_computed() {
+    let repo = Repo::new().with_debug("slow", 1, "[parameters]\nsleep_us = 300000\n");
+    let s = TestServer::start(repo).await;
+    let c = client(&s).await;
+    let req = || pb::ModelInferRequest {
+        model_name: "slow".into(),
+        inputs: vec![InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 4],
+            contents: Some(pb::InferTensorContents {
+                fp32_contents: vec![1.0; 4],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let ahead: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut c, r) = (c.clone(), req());
+            tokio::spawn(async move { c.model_infer(r).await })
+        })
+        .collect();
+    // One computing, one proven queued behind it.
+    let pending = r#"nv_inference_pending_request_count{model="slow",version="1"}"#;
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while s.metric(pending).await < 1.0 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the second request never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let msg = prost::Message::encode_to_vec(&req());
+    let mut frame = vec![0u8];
+    frame.extend((msg.len() as u32).to_be_bytes());
+    frame.extend(msg);
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let late = h2
+        .post(format!(
+            "{}/inference.GRPCInferenceService/ModelInfer",
+            s.grpc_url
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "50m")
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        late.headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        Some("4")
+    );
+    for a in ahead {
+        a.await.unwrap().unwrap();
+    }
+    c.clone().model_infer(req()).await.unwrap();
+    let m = |k: &str| format!("nv_inference_{k}{{model=\"slow\",version=\"1\"}}");
+    assert_eq!(
+        s.metric(&m("exec_count")).await,
+        3.0,
+        "the late request was not computed"
+    );
+    assert_eq!(
+        s.metric(r#"nv_inference_request_failure{model="slow",reason="CANCELED",version="1"}"#)
+            .await,
+        1.0
+    );
+    s.server.shutdown().await;
+}
