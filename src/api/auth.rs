@@ -242,6 +242,11 @@ mod tests {
             Need::Infer(Some("digits"))
         );
         assert_eq!(need_of("/v2/models/digits"), Need::Infer(Some("digits")));
+        assert_eq!(need_of("/v2/models/stats"), Need::Infer(None));
+        assert_eq!(
+            need_of("/v2/models/digits/stats"),
+            Need::Infer(Some("digits"))
+        );
         assert_eq!(
             need_of("/v1/models/digits:predict"),
             Need::Infer(Some("digits"))
