@@ -9,7 +9,9 @@
 # perf_analyzer runs from ~/.cache/ferrite/perf_analyzer: extracted from the wheel (pip download, no
 # install beside the pinned tritonclient), with Debian's libb64-0d and libcudart.so.12 from the
 # nvidia-cuda-runtime-cu12 wheel on its library path. STABILITY (default 100: accept the 3 windows
-# as measured; a shared machine is too noisy for tighter) is perf_analyzer's --stability-percentage.
+# as measured; a shared machine is too noisy for tighter) is perf_analyzer's --stability-percentage;
+# PA_TIMEOUT (default 180 s) bounds one perf_analyzer run (see RESULTS.md: one --streaming run never
+# finished its windows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/ferrite}
@@ -42,7 +44,7 @@ metrics=$(grep -o 'metrics on http://[0-9.:]*' "$log" | head -1 | sed 's|metrics
 
 pa() { # protocol url batch extra...
   local out
-  out=$("$PA" -m digits -i "$1" -u "$2" -b "$3" --concurrency-range "$CONC" \
+  out=$(timeout "${PA_TIMEOUT:-180}" "$PA" -m digits -i "$1" -u "$2" -b "$3" --concurrency-range "$CONC" \
     --measurement-interval "$INTERVAL" --max-trials 10 --stability-percentage "${STABILITY:-100}" "${@:4}" 2>&1) || { echo "$out" >&2; return 1; }
   if grep -qiE "warn|error" <<<"$out"; then echo "perf_analyzer said:" >&2; grep -iE "warn|error" <<<"$out" >&2; fi
   # "Concurrency: 64, throughput: 1234.5 infer/sec, latency ..." (infer/sec counts rows: / batch)
