@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # CPU image of Ferrite (no CUDA code in the binary; runs on any x86_64/arm64 host).
 #   docker build -t ferrite:cpu .
-#   docker run --rm -p 8000:8000 -p 8002:8002 ferrite:cpu
+#   docker run --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 ferrite:cpu
 # The GPU image is Dockerfile.cuda.
 
 ARG RUST_VERSION=1.95
@@ -13,6 +13,9 @@ WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo ./.cargo
 COPY benches ./benches
+# build.rs compiles proto/ (gRPC) with protox: its build dependencies belong in the cached layer.
+COPY build.rs ./
+COPY proto ./proto
 RUN mkdir -p src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
@@ -37,11 +40,12 @@ COPY --chown=root:root models /models
 ENV FERRITE_MODEL_REPOSITORY=/models \
     FERRITE_HOST=0.0.0.0 \
     FERRITE_HTTP_PORT=8000 \
+    FERRITE_GRPC_PORT=8001 \
     FERRITE_METRICS_PORT=8002 \
     FERRITE_LOG_FORMAT=json \
     FERRITE_GPUS=none
 USER 10001:10001
-EXPOSE 8000 8002
+EXPOSE 8000 8001 8002
 # Warm-up happens before ready; start-period covers it. With TLS on (FERRITE_TLS_CERT), HTTPS
 # without verifying the certificate: the check is about the process, not the certificate.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \

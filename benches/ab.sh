@@ -51,7 +51,7 @@ declare -A url
 start() { # name bin extra-args
   local log="$tmp/$1.log" line
   # shellcheck disable=SC2086  # extra args are words
-  "$2" serve --model-repository "$MODELS" --host 127.0.0.1 --http-port 0 --metrics-port 0 $3 2>"$log" &
+  "$2" serve --model-repository "$MODELS" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 $3 2>"$log" &
   pids+=($!)
   for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done
   grep -q 'server ready' "$log" || { echo "ferrite $1 did not become ready:" >&2; cat "$log" >&2; exit 1; }

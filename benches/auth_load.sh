@@ -66,7 +66,7 @@ declare -A url hdr pid
 start() { # name extra-args...
   local name=$1 log="$tmp/$1.log" line
   shift
-  "$FERRITE_BIN" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 0 --metrics-port 0 "$@" 2>"$log" &
+  "$FERRITE_BIN" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 "$@" 2>"$log" &
   pids+=($!)
   pid[$name]=$!
   for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done

@@ -66,7 +66,7 @@ grep -q '^max_batch_size = 1$' "$tmp/repo-off/minilm/config.toml" || { echo "cou
 declare -A url metrics pidof
 start_ferrite() { # name repo intra-op-threads
   local log="$tmp/$1.log" line
-  "$FERRITE_BIN" serve --model-repository "$2" --host 127.0.0.1 --http-port 0 --metrics-port 0 \
+  "$FERRITE_BIN" serve --model-repository "$2" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 \
     --intra-op-threads "$3" 2>"$log" &
   pids+=($!)
   pidof[$1]=$!

@@ -108,7 +108,7 @@ start() {
   for port in "$2" $(($2 + 2)); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "port $port is already in use (set PORT=...)" >&2; return 1; fi
   done
-  "$BIN" serve --model-repository "$1" --host 127.0.0.1 --http-port "$2" --metrics-port $(($2 + 2)) \
+  "$BIN" serve --model-repository "$1" --host 127.0.0.1 --http-port "$2" --metrics-port $(($2 + 2)) --grpc-port $(($2 + 1)) \
     --metrics-interval-ms 200 >>"$tmp/server-$2.log" 2>&1 </dev/null &
   for _ in $(seq 300); do curl -sf -m 5 "localhost:$2/v2/health/ready" >/dev/null && return 0; sleep 0.2; done
   echo "server on $2 did not become ready:" >&2; tail -n 40 "$tmp/server-$2.log" >&2; return 1

@@ -20,7 +20,7 @@ T=${CARGO_TARGET_DIR:-target}/release
 tmp=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
-"$T/ferrite" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 18000 --metrics-port 18002 2>"$tmp/ferrite.log" &
+"$T/ferrite" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 18000 --metrics-port 18002 --grpc-port 18001 2>"$tmp/ferrite.log" &
 "$T/examples/hello_hyper" 18080 2>"$tmp/hello.log" &
 for _ in $(seq 100); do curl -sf localhost:18000/v2/health/ready >/dev/null && break; sleep 0.1; done
 curl -sf localhost:18000/v2/health/ready >/dev/null || { echo "ferrite did not become ready:" >&2; cat "$tmp/ferrite.log" >&2; exit 1; }

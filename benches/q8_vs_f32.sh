@@ -32,7 +32,7 @@ echo "|---|---|---|---|---|---|---|"
 for round in $(seq "$ROUNDS"); do
   for w in f32 q8; do
     log="$tmp/$w.log"
-    "$FERRITE_BIN" serve --model-repository "$tmp/$w" --host 127.0.0.1 --http-port 0 --metrics-port 0 2>"$log" &
+    "$FERRITE_BIN" serve --model-repository "$tmp/$w" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 2>"$log" &
     pid=$!
     addr=""
     for _ in $(seq 200); do

@@ -42,7 +42,7 @@ openssl x509 -req -in "$tmp/server.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -
 start() {
   local name=$1
   shift
-  "$BIN" serve --model-repository "$MODELS" --host 127.0.0.1 --http-port 0 --metrics-port 0 "$@" \
+  "$BIN" serve --model-repository "$MODELS" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 "$@" \
     2>"$tmp/$name.log" &
   pids+=($!)
   printf -v "PID_$name" '%s' "$!"

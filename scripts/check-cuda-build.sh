@@ -14,7 +14,7 @@ echo "building with --features cuda (CUDA 13.0 wheels, sm_${CUDA_COMPUTE_CAP:-90
 
 log=$(mktemp)
 LD_LIBRARY_PATH="$CU/lib/stubs:$CU/lib" "$TARGET/debug/ferrite" serve --model-repository models \
-  --host 127.0.0.1 --http-port 0 --metrics-port 0 2>"$log" &
+  --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 2>"$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$log"' EXIT
 passed=0

@@ -484,11 +484,15 @@ def cmd_consistency(a: argparse.Namespace) -> int:
 
 
 def strategic_merge(base, patch):
-    """Kubernetes' strategic merge, as far as deploy/k8s/tls/ needs it: maps merge key by key; lists
-    of maps merge on `name` (containers, env, volumes) or `mountPath` (volumeMounts)."""
+    """Kubernetes' strategic merge, as far as deploy/k8s/tls/ needs it: maps merge key by key (a null
+    deletes the key); lists of maps merge on `name` (containers, env, volumes) or `mountPath`
+    (volumeMounts)."""
     if isinstance(base, dict) and isinstance(patch, dict):
         out = dict(base)
         for k, v in patch.items():
+            if v is None:
+                out.pop(k, None)
+                continue
             out[k] = strategic_merge(base[k], v) if k in base else v
         return out
     if isinstance(base, list) and isinstance(patch, list) and all(isinstance(x, dict) for x in base + patch):

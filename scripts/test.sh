@@ -61,6 +61,25 @@ if [[ ! -x "$VENV/bin/python" || "$(cat "$STAMP" 2>/dev/null)" != "$want" ]]; th
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ"
   echo "$want" >"$STAMP"
 fi
+echo "== perf_analyzer (binary from the tritonclient 2.50.0 wheel, extracted, not pip-installed)"
+PA_DIR="$CACHE/perf_analyzer"
+export PERF_ANALYZER="$PA_DIR/tc/tritonclient-2.50.0.data/data/bin/perf_analyzer"
+export PERF_ANALYZER_LIBS="$PA_DIR/cu/nvidia/cuda_runtime/lib"
+if [[ ! -x "$PERF_ANALYZER" || ! -d "$PERF_ANALYZER_LIBS" ]]; then
+  "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$PA_DIR" \
+    tritonclient==2.50.0 nvidia-cuda-runtime-cu12==12.4.127
+  "$VENV/bin/python" -m zipfile -e "$PA_DIR"/tritonclient-2.50.0-*.whl "$PA_DIR/tc"
+  "$VENV/bin/python" -m zipfile -e "$PA_DIR"/nvidia_cuda_runtime_cu12-*.whl "$PA_DIR/cu"
+  chmod +x "$PERF_ANALYZER"
+fi
+if ! dpkg -s libb64-0d >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libb64-0d >/dev/null
+  else
+    echo "need Debian package libb64-0d (perf_analyzer) and not root" >&2
+    exit 1
+  fi
+fi
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/python
 
 stage "CUDA kernels: NVRTC + ptxas compile check for sm_80 and sm_90 (no GPU needed)"

@@ -179,7 +179,7 @@ for _ in $(seq 1 30); do # the binary may be being rebuilt by someone else
 done
 start_and_scrape() {
     [[ -x "$FERRITE_BIN" ]] || { echo "no ferrite binary at '$FERRITE_BIN'"; return 1; }
-    "$FERRITE_BIN" serve --model-repository models --host 127.0.0.1 --http-port 0 --metrics-port 0 \
+    "$FERRITE_BIN" serve --model-repository models --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 \
         --log-format text 2>"$WORK/server.log" >/dev/null &
     SERVER_PID=$!
     local http="" metrics="" line

@@ -11,6 +11,10 @@ pub const DEFAULT_MODEL_REPOSITORY: &str = "models";
 pub const DEFAULT_HOST: &str = "0.0.0.0";
 pub const DEFAULT_HTTP_PORT: u16 = 8000;
 pub const DEFAULT_METRICS_PORT: u16 = 8002;
+/// gRPC (KServe v2 / Triton `GRPCInferenceService`, grpc.health.v1): Triton's port.
+pub const DEFAULT_GRPC_PORT: u16 = 8001;
+/// Largest gRPC message, received or sent, in bytes (tonic's own default is 4 MiB).
+pub const DEFAULT_GRPC_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_EXIT_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
@@ -70,6 +74,13 @@ pub struct ServeArgs {
     /// Port for Prometheus /metrics; 0 picks a free port [default: 8002]
     #[arg(long, env = "FERRITE_METRICS_PORT")]
     pub metrics_port: Option<u16>,
+    /// gRPC port (KServe v2 / Triton GRPCInferenceService, grpc.health.v1); 0 picks a free port
+    /// [default: 8001]
+    #[arg(long, env = "FERRITE_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+    /// Largest gRPC message received or sent, in bytes [default: 67108864]
+    #[arg(long, env = "FERRITE_GRPC_MAX_MESSAGE_BYTES")]
+    pub grpc_max_message_bytes: Option<usize>,
     /// Log format [default: text]
     #[arg(long, env = "FERRITE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -151,6 +162,8 @@ struct FileSettings {
     host: Option<IpAddr>,
     http_port: Option<u16>,
     metrics_port: Option<u16>,
+    grpc_port: Option<u16>,
+    grpc_max_message_bytes: Option<usize>,
     log_format: Option<LogFormat>,
     exit_timeout_secs: Option<u64>,
     max_body_bytes: Option<usize>,
@@ -241,6 +254,8 @@ pub struct Settings {
     pub host: IpAddr,
     pub http_port: u16,
     pub metrics_port: u16,
+    pub grpc_port: u16,
+    pub grpc_max_message_bytes: usize,
     pub log_format: LogFormat,
     pub exit_timeout: Duration,
     pub max_body_bytes: usize,
@@ -382,6 +397,14 @@ impl Settings {
                 .metrics_port
                 .or(file.metrics_port)
                 .unwrap_or(DEFAULT_METRICS_PORT),
+            grpc_port: args
+                .grpc_port
+                .or(file.grpc_port)
+                .unwrap_or(DEFAULT_GRPC_PORT),
+            grpc_max_message_bytes: args
+                .grpc_max_message_bytes
+                .or(file.grpc_max_message_bytes)
+                .unwrap_or(DEFAULT_GRPC_MAX_MESSAGE_BYTES),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
             exit_timeout: Duration::from_secs(
                 args.exit_timeout_secs
@@ -465,6 +488,8 @@ impl Settings {
             host: DEFAULT_HOST.parse().expect("valid default. This is a bug."),
             http_port: DEFAULT_HTTP_PORT,
             metrics_port: DEFAULT_METRICS_PORT,
+            grpc_port: DEFAULT_GRPC_PORT,
+            grpc_max_message_bytes: DEFAULT_GRPC_MAX_MESSAGE_BYTES,
             log_format: LogFormat::default(),
             exit_timeout: Duration::from_secs(DEFAULT_EXIT_TIMEOUT_SECS),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -512,6 +537,23 @@ impl Settings {
             return Err(SettingsError::Invalid {
                 field: "metrics_port",
                 message: format!("must differ from http_port ({})", self.http_port),
+            });
+        }
+        if self.grpc_port != 0
+            && (self.grpc_port == self.http_port || self.grpc_port == self.metrics_port)
+        {
+            return Err(SettingsError::Invalid {
+                field: "grpc_port",
+                message: format!(
+                    "must differ from http_port ({}) and metrics_port ({})",
+                    self.http_port, self.metrics_port
+                ),
+            });
+        }
+        if self.grpc_max_message_bytes == 0 {
+            return Err(SettingsError::Invalid {
+                field: "grpc_max_message_bytes",
+                message: "expected at least 1".into(),
             });
         }
         if self.intra_op_threads == 0 {

@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod grpc;
 pub mod loadgen;
 pub mod model;
 pub mod net;

@@ -25,9 +25,11 @@ use crate::telemetry::{Metrics, Sampler};
 pub struct Server {
     http_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    grpc_addr: SocketAddr,
     state: AppState,
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
+    grpc: JoinHandle<std::io::Result<()>>,
     metrics: JoinHandle<std::io::Result<()>>,
     exit_timeout: std::time::Duration,
     sampler: Sampler,
@@ -119,10 +121,20 @@ impl Server {
                     settings.host, settings.metrics_port
                 )
             })?;
+        let grpc_l = TcpListener::bind((settings.host, settings.grpc_port))
+            .await
+            .with_context(|| {
+                format!("cannot listen on {}:{}", settings.host, settings.grpc_port)
+            })?;
         let (http_addr, metrics_addr) = (http.local_addr()?, metrics_l.local_addr()?);
+        let grpc_addr = grpc_l.local_addr()?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(
             "listening on {scheme}://{http_addr} (metrics on http://{metrics_addr}/metrics)"
+        );
+        tracing::info!(
+            "listening for gRPC on {}://{grpc_addr} (inference.GRPCInferenceService, grpc.health.v1)",
+            if tls.is_some() { "grpcs" } else { "grpc" }
         );
         if let Some(t) = &tls {
             tracing::info!(
@@ -137,6 +149,13 @@ impl Server {
         let http = net::serve(
             http,
             api::router(state.clone()),
+            tls.clone(),
+            limits,
+            stop_rx.clone(),
+        );
+        let grpc = net::serve(
+            grpc_l,
+            crate::grpc::router(state.clone(), settings.grpc_max_message_bytes),
             tls,
             limits,
             stop_rx.clone(),
@@ -158,9 +177,11 @@ impl Server {
         Ok(Server {
             http_addr,
             metrics_addr,
+            grpc_addr,
             state,
             stop,
             http,
+            grpc,
             metrics: metrics_task,
             exit_timeout: settings.exit_timeout,
             sampler,
@@ -174,6 +195,10 @@ impl Server {
 
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
     }
 
     pub fn state(&self) -> &AppState {
@@ -190,7 +215,11 @@ impl Server {
         self.state.accepting.store(false, Ordering::Release);
         self.tasks.iter().for_each(JoinHandle::abort);
         let _ = self.stop.send(true);
-        match tokio::time::timeout(self.exit_timeout, self.http).await {
+        let both = async {
+            let (http, grpc) = tokio::join!(self.http, self.grpc);
+            http.and_then(|h| grpc.map(|g| h.and(g)))
+        };
+        match tokio::time::timeout(self.exit_timeout, both).await {
             Ok(Ok(Ok(()))) => tracing::info!("in-flight requests drained"),
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),

@@ -51,6 +51,7 @@ async fn spawn_server(repo: &Repo, exit_timeout_secs: u64) -> Proc {
         .env("FERRITE_MODEL_REPOSITORY", repo.path())
         .env("FERRITE_HTTP_PORT", "0")
         .env("FERRITE_METRICS_PORT", "0")
+        .env("FERRITE_GRPC_PORT", "0")
         .env("FERRITE_CONFIG", &cfg)
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())

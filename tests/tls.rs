@@ -126,6 +126,8 @@ impl Proc {
                 "0",
                 "--metrics-port",
                 "0",
+                "--grpc-port",
+                "0",
             ])
             .arg("--model-repository")
             .arg(repo.path())
@@ -535,7 +537,15 @@ fn serve_refuses_to_start_with_mismatched_key() {
     pki.server("b");
     let repo = Repo::new();
     let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-        .args(["serve", "--http-port", "0", "--metrics-port", "0"])
+        .args([
+            "serve",
+            "--http-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--grpc-port",
+            "0",
+        ])
         .arg("--model-repository")
         .arg(repo.path())
         .arg("--tls-cert")
@@ -665,4 +675,68 @@ async fn client_certificate_name_is_the_principal_with_its_scopes() {
         401,
         "a verified certificate that no [[auth.clients]] entry names"
     );
+}
+
+/// The gRPC port shares the HTTP port's TLS (HTTP/2 by ALPN) and client-certificate principals: a
+/// raw gRPC call (5-byte frame + protobuf) over reqwest's rustls client.
+#[tokio::test(flavor = "multi_thread")]
+async fn grpc_port_serves_tls_and_client_certificate_principals() {
+    let pki = Pki::new("test CA");
+    pki.server("server");
+    pki.client("alice", "alice-batch");
+    let auth: ferrite::auth::AuthConfig =
+        toml::from_str("[[clients]]\nname = \"alice-batch\"\nscopes = [\"infer:digits\"]\n")
+            .unwrap();
+    let s = common::TestServer::start_with(Repo::new().with_digits(&[]), |c| {
+        c.tls = Some(pki.settings("server", true));
+        c.auth = Some(auth);
+    })
+    .await;
+    let url = |m: &str| {
+        format!(
+            "https://localhost:{}/inference.GRPCInferenceService/{m}",
+            s.server.grpc_addr().port()
+        )
+    };
+    let call = |client: reqwest::Client, method: &'static str, body: Vec<u8>| {
+        let u = url(method);
+        async move {
+            let mut frame = vec![0u8];
+            frame.extend((body.len() as u32).to_be_bytes());
+            frame.extend(body);
+            client
+                .post(u)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(frame)
+                .send()
+                .await
+        }
+    };
+    let alice = pki.reqwest(Some("alice"), false);
+    // ServerLive: open. Answer: frame of ServerLiveResponse { live: true } = 08 01.
+    let r = call(alice.clone(), "ServerLive", vec![]).await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        [0, 0, 0, 0, 2, 0x08, 0x01]
+    );
+    // ModelReady { name: "digits" } needs infer:digits, which alice's certificate name carries.
+    let ready_digits = [vec![0x0a, 6], b"digits".to_vec()].concat();
+    let r = call(alice.clone(), "ModelReady", ready_digits)
+        .await
+        .unwrap();
+    assert_eq!(r.headers().get("grpc-status"), None, "{:?}", r.headers());
+    assert_eq!(
+        r.bytes().await.unwrap().as_ref(),
+        [0, 0, 0, 0, 2, 0x08, 0x01]
+    );
+    // The repository needs admin: PERMISSION_DENIED (7), trailers-only.
+    let r = call(alice, "RepositoryIndex", vec![]).await.unwrap();
+    assert_eq!(r.headers()["grpc-status"], "7");
+    // No client certificate: the handshake is refused, as on the HTTP port.
+    assert!(call(pki.reqwest(None, false), "ServerLive", vec![])
+        .await
+        .is_err());
+    s.server.shutdown().await;
 }

@@ -88,6 +88,8 @@ pub fn need_of(path: &str) -> Need<'_> {
     }
     match path {
         "/v2/health/live" | "/v2/health/ready" => Need::Nothing,
+        // Every model's statistics: any infer scope (each model's own needs its name).
+        "/v2/models/stats" => Need::Infer(None),
         p if p == "/v2/repository" || p.starts_with("/v2/repository/") => Need::Admin,
         p => match (p.strip_prefix("/v2/models/"), p.strip_prefix("/v1/models/")) {
             (Some(rest), _) => Need::Infer(segment(rest)),
@@ -246,6 +248,11 @@ mod tests {
             Need::Infer(Some("digits"))
         );
         assert_eq!(need_of("/v2/models/digits"), Need::Infer(Some("digits")));
+        assert_eq!(need_of("/v2/models/stats"), Need::Infer(None));
+        assert_eq!(
+            need_of("/v2/models/digits/stats"),
+            Need::Infer(Some("digits"))
+        );
         assert_eq!(
             need_of("/v1/models/digits:predict"),
             Need::Infer(Some("digits"))

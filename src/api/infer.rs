@@ -391,3 +391,99 @@ pub fn parse_version(model: &str, v: &str) -> Result<u64, ApiError> {
     v.parse()
         .map_err(|_| ApiError::NotFound(format!("model '{model}' has no version '{v}'")))
 }
+
+/// The outputs a request asked for, in order: name, binary form, classification count.
+pub struct PickedOutputs {
+    pub names: Vec<String>,
+    pub binary: Vec<bool>,
+    pub classes: Vec<Option<usize>>,
+}
+
+/// Checks the requested outputs against the version's declared ones (every output when none is
+/// named) before anything runs: unknown names, classification of a non-numeric output or k = 0.
+pub fn select_outputs(
+    lv: &LoadedVersion,
+    req: &crate::protocol::kserve_v2::V2Request,
+) -> Result<PickedOutputs, ApiError> {
+    let declared = &lv.config.outputs;
+    if req.outputs.is_empty() {
+        return Ok(PickedOutputs {
+            names: declared.iter().map(|o| o.name.clone()).collect(),
+            binary: vec![req.binary_output; declared.len()],
+            classes: vec![None; declared.len()],
+        });
+    }
+    let mut p = PickedOutputs {
+        names: Vec::new(),
+        binary: Vec::new(),
+        classes: Vec::new(),
+    };
+    for o in &req.outputs {
+        let Some(spec) = declared.iter().find(|d| d.name == o.name) else {
+            return Err(ApiError::BadRequest(format!(
+                "unknown output '{}', model '{}' has outputs {:?}",
+                o.name,
+                lv.name,
+                declared.iter().map(|d| &d.name).collect::<Vec<_>>()
+            )));
+        };
+        if let Some(k) = o.classification {
+            let numeric = !matches!(
+                spec.datatype,
+                crate::tensor::DataType::Bytes | crate::tensor::DataType::Bool
+            );
+            if k == 0 || !numeric {
+                return Err(ApiError::BadRequest(format!(
+                    "output '{}': classification needs a count of at least 1 on a numeric \
+                     output (got {k} on {})",
+                    o.name, spec.datatype
+                )));
+            }
+        }
+        p.names.push(o.name.clone());
+        p.binary.push(o.binary.unwrap_or(req.binary_output));
+        p.classes.push(o.classification);
+    }
+    Ok(p)
+}
+
+/// The picked outputs out of a finished inference, classified where asked (top k on the host,
+/// over the raw values).
+pub fn pick_outputs(
+    lv: &LoadedVersion,
+    picked: &PickedOutputs,
+    outputs: &[Tensor],
+) -> Result<Vec<Tensor>, ApiError> {
+    let batched = lv.config.max_batch_size > 0;
+    picked
+        .names
+        .iter()
+        .zip(&picked.classes)
+        .filter_map(|(n, k)| outputs.iter().find(|t| &t.name == n).map(|t| (t, k)))
+        .map(|(t, k)| match k {
+            None => Ok(t.clone()),
+            Some(k) => crate::protocol::classification::top_k(
+                t,
+                *k,
+                batched,
+                lv.labels.as_deref().map(Vec::as_slice),
+            )
+            .map_err(ApiError::from),
+        })
+        .collect()
+}
+
+/// A model's configuration in Triton's shape (HTTP `/config` and gRPC `ModelConfig`).
+pub fn triton_config(
+    state: &AppState,
+    model: &str,
+) -> Result<crate::protocol::grpc::pb::ModelConfig, ApiError> {
+    let c = state.repo.config(model)?;
+    let labels = state
+        .repo
+        .root()
+        .join(model)
+        .join(crate::repository::LABELS_FILE)
+        .is_file();
+    Ok(crate::protocol::grpc::triton_config(model, &c, labels))
+}

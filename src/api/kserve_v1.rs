@@ -31,7 +31,7 @@ pub async fn status(
 pub async fn predict(
     State(s): State<AppState>,
     Path(segment): Path<String>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<std::sync::Arc<Principal>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -43,7 +43,7 @@ pub async fn predict(
 pub async fn predict_v(
     State(s): State<AppState>,
     Path((model, segment)): Path<(String, String)>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<std::sync::Arc<Principal>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -55,7 +55,7 @@ pub async fn predict_v(
 async fn predict_on(
     s: AppState,
     (model, version): (&str, Option<u64>),
-    principal: Option<Principal>,
+    principal: Option<std::sync::Arc<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -64,7 +64,7 @@ async fn predict_on(
     let batching = lv.config.max_batch_size > 0;
     let inputs = kserve_v1::decode_request(&bytes, &lv.config.inputs, batching)
         .map_err(|e| infer::invalid(&lv, e))?;
-    let cache = infer::cache_use(&lv, &headers, principal.as_ref(), None);
+    let cache = infer::cache_use(&lv, &headers, principal.as_deref(), None);
     let done = infer::run(&s, &lv, inputs, SubmitOptions::default(), cache).await?;
     let body = kserve_v1::encode_response(&done.output.outputs, batching);
     Ok(infer::served(

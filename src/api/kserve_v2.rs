@@ -17,7 +17,9 @@ use crate::repository::LoadedVersion;
 
 pub const EXTENSIONS: &[&str] = &[
     "binary_tensor_data",
+    "classification",
     "model_repository",
+    "statistics",
     "parameters",
     "schedule_policy",
 ];
@@ -82,12 +84,14 @@ pub async fn model_metadata_v(
     Ok(metadata(&lv, vec![lv.version.to_string()]))
 }
 
+/// Triton's model configuration JSON (the same fields gRPC ModelConfig returns).
 pub async fn model_config(
     State(s): State<AppState>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = s.repo.config(&model)?;
-    Ok(Json(serde_json::to_value(&*c).map_err(ApiError::internal)?))
+    Ok(Json(crate::protocol::grpc::config_json(
+        &infer::triton_config(&s, &model)?,
+    )))
 }
 
 pub async fn model_ready(
@@ -114,7 +118,7 @@ pub async fn model_ready_v(
 pub async fn infer(
     State(s): State<AppState>,
     Path(model): Path<String>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<std::sync::Arc<Principal>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -125,7 +129,7 @@ pub async fn infer(
 pub async fn infer_v(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
-    principal: Option<Extension<Principal>>,
+    principal: Option<Extension<std::sync::Arc<Principal>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -136,7 +140,7 @@ pub async fn infer_v(
 async fn infer_on(
     s: AppState,
     lv: std::sync::Arc<LoadedVersion>,
-    principal: Option<Principal>,
+    principal: Option<std::sync::Arc<Principal>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -156,19 +160,22 @@ async fn infer_on(
         ),
     };
     let req = v2::decode_request(&bytes, header_len).map_err(|e| infer::invalid(&lv, e))?;
-    let (names, binary) = select_outputs(&lv, &req).map_err(|e| infer::invalid(&lv, e))?;
+    let picked = infer::select_outputs(&lv, &req).map_err(|e| infer::invalid(&lv, e))?;
     let opts = SubmitOptions {
         priority: req.priority,
         timeout: req.timeout_us.map(std::time::Duration::from_micros),
         ..SubmitOptions::default()
     };
-    let cache = infer::cache_use(&lv, &headers, principal.as_ref(), req.cache);
+    let cache = infer::cache_use(&lv, &headers, principal.as_deref(), req.cache);
     let done = infer::run(&s, &lv, req.inputs, opts, cache).await?;
-    let outputs: Vec<_> = names
-        .iter()
-        .filter_map(|n| done.output.outputs.iter().find(|t| &t.name == n).cloned())
-        .collect();
-    let enc = v2::encode_response(&lv.name, lv.version, req.id.as_deref(), &outputs, &binary);
+    let outputs = infer::pick_outputs(&lv, &picked, &done.output.outputs)?;
+    let enc = v2::encode_response(
+        &lv.name,
+        lv.version,
+        req.id.as_deref(),
+        &outputs,
+        &picked.binary,
+    );
     let mut resp = (infer::timing_headers(&done), enc.body).into_response();
     let h = resp.headers_mut();
     match enc.header_len {
@@ -189,33 +196,4 @@ async fn infer_on(
         }
     }
     Ok(infer::served(&lv, done.cache, resp))
-}
-
-/// The outputs to return, in order, and whether each goes in binary form.
-fn select_outputs(
-    lv: &LoadedVersion,
-    req: &v2::V2Request,
-) -> Result<(Vec<String>, Vec<bool>), ApiError> {
-    let declared = &lv.config.outputs;
-    if req.outputs.is_empty() {
-        return Ok((
-            declared.iter().map(|o| o.name.clone()).collect(),
-            vec![req.binary_output; declared.len()],
-        ));
-    }
-    let mut names = Vec::new();
-    let mut binary = Vec::new();
-    for o in &req.outputs {
-        if !declared.iter().any(|d| d.name == o.name) {
-            return Err(ApiError::BadRequest(format!(
-                "unknown output '{}', model '{}' has outputs {:?}",
-                o.name,
-                lv.name,
-                declared.iter().map(|d| &d.name).collect::<Vec<_>>()
-            )));
-        }
-        names.push(o.name.clone());
-        binary.push(o.binary.unwrap_or(req.binary_output));
-    }
-    Ok((names, binary))
 }

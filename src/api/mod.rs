@@ -3,14 +3,15 @@
 //! touch a device.
 
 mod access;
-mod auth;
+pub(crate) mod auth;
 mod devices;
 mod error;
-mod infer;
+pub(crate) mod infer;
 mod kserve_v1;
-mod kserve_v2;
+pub(crate) mod kserve_v2;
 mod openai;
-mod repository;
+pub(crate) mod repository;
+pub(crate) mod stats;
 mod tei;
 mod text;
 
@@ -24,7 +25,7 @@ use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use access::{BodyKey, Served};
+pub use access::{request_id, BodyKey, Served, REQUEST_ID};
 pub use auth::Security;
 pub use error::ApiError;
 
@@ -96,6 +97,12 @@ pub fn router(state: AppState) -> Router {
             get(kserve_v2::model_ready_v),
         )
         .route("/v2/models/{model}/config", get(kserve_v2::model_config))
+        .route("/v2/models/stats", get(stats::all))
+        .route("/v2/models/{model}/stats", get(stats::model))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(stats::model_version),
+        )
         .route("/v2/models/{model}/infer", post(kserve_v2::infer))
         .route(
             "/v2/models/{model}/versions/{version}/infer",

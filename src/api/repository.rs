@@ -46,20 +46,21 @@ fn audit(principal: Option<&Principal>, action: &str, model: &str, outcome: &Res
     }
 }
 
-async fn act(
+/// The one admin path for load and unload (HTTP and gRPC): checks `--model-control`, acts,
+/// writes the audit line. The `admin` scope was checked at the door's edge.
+pub(crate) async fn act(
     s: &AppState,
-    principal: Option<Extension<Arc<Principal>>>,
+    principal: Option<&Principal>,
     action: &str,
     model: &str,
-) -> Result<Json<Value>, ApiError> {
-    let principal = principal.map(|Extension(p)| p);
+) -> Result<(), ApiError> {
     let outcome = match control_enabled(s) {
         Err(e) => Err(e),
         Ok(()) if action == "load" => s.repo.load(model).await.map_err(ApiError::from),
         Ok(()) => s.repo.unload(model).await.map_err(ApiError::from),
     };
-    audit(principal.as_deref(), action, model, &outcome);
-    outcome.map(|()| Json(json!({})))
+    audit(principal, action, model, &outcome);
+    outcome
 }
 
 pub async fn load(
@@ -67,7 +68,9 @@ pub async fn load(
     principal: Option<Extension<Arc<Principal>>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    act(&s, principal, "load", &model).await
+    let principal = principal.map(|Extension(p)| p);
+    act(&s, principal.as_deref(), "load", &model).await?;
+    Ok(Json(json!({})))
 }
 
 pub async fn unload(
@@ -75,5 +78,7 @@ pub async fn unload(
     principal: Option<Extension<Arc<Principal>>>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    act(&s, principal, "unload", &model).await
+    let principal = principal.map(|Extension(p)| p);
+    act(&s, principal.as_deref(), "unload", &model).await?;
+    Ok(Json(json!({})))
 }

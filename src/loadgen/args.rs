@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Wire protocol of the target
     #[arg(long, value_enum, default_value = "v2-json")]
     pub protocol: Protocol,
+    /// gRPC endpoint for `--protocol grpc` (`http://host:port`); default: the URL's host, port
+    /// 8001. Metadata and metrics are still read over HTTP.
+    #[arg(long)]
+    pub grpc_url: Option<String>,
     /// Prometheus endpoint for the server-side split: a URL, or `host:port` (then `http://` and
     /// `/metrics` are added); default: http:// on the URL's host, port 8002. `none` turns scraping
     /// off. A failed scrape is reported once and leaves the server-side columns empty.
@@ -173,7 +177,25 @@ impl BenchArgs {
                 .map(|h| parse_header(h))
                 .collect::<Result<_, _>>()?,
             cacert: self.cacert.clone(),
+            grpc_url: (self.protocol == super::request::Protocol::Grpc).then(|| self.grpc_url()),
         })
+    }
+
+    /// The gRPC endpoint: `--grpc-url`, or http:// on the URL's host, port 8001.
+    pub fn grpc_url(&self) -> String {
+        if let Some(u) = &self.grpc_url {
+            return u.clone();
+        }
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let host = rest.split('/').next().unwrap_or(rest);
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if !port.contains(']') => h,
+            _ => host,
+        };
+        format!("http://{host}:8001")
     }
 
     /// `--shape name:d1,d2` flags as a map.

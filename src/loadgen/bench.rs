@@ -31,8 +31,23 @@ pub async fn prepare(args: &BenchArgs) -> Result<Target, LoadgenError> {
     let payloads: Vec<Payload> = if args.protocol.is_v2() {
         let path = request::v2_path(&args.model, args.model_version.as_deref());
         let binary = args.protocol == Protocol::V2Binary;
+        let version = args.model_version.as_deref();
+        let make = |ins: &[crate::tensor::Tensor]| match args.protocol {
+            Protocol::Grpc => request::grpc_payload(&args.model, version, ins),
+            _ => request::v2_payload(&path, ins, binary),
+        };
         match &args.input_data {
-            Some(f) => request::v2_payloads_from_jsonl(&read(f)?, &path, binary)?,
+            Some(f) => request::v2_payloads_from_jsonl(&read(f)?, &path, binary)?
+                .into_iter()
+                .map(|p| match args.protocol {
+                    Protocol::Grpc => {
+                        let req = crate::protocol::kserve_v2::decode_request(&p.body, p.header_len)
+                            .expect("re-decoding a request we encoded. This is a bug.");
+                        make(&req.inputs)
+                    }
+                    _ => p,
+                })
+                .collect(),
             None => {
                 let meta_path = match &args.model_version {
                     Some(v) => format!("/v2/models/{}/versions/{v}", args.model),
@@ -49,7 +64,7 @@ pub async fn prepare(args: &BenchArgs) -> Result<Target, LoadgenError> {
                             .iter()
                             .map(|s| request::random_tensor(s, &mut rng))
                             .collect();
-                        request::v2_payload(&path, &ins, binary)
+                        make(&ins)
                     })
                     .collect()
             }

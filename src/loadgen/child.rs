@@ -125,7 +125,7 @@ impl ChildServer {
             std::fs::read_to_string(&cfg_path).map_err(|e| LoadgenError::io(&cfg_path, e))?;
         std::fs::write(&cfg_path, edit_config(&text, cfg)?)
             .map_err(|e| LoadgenError::io(&cfg_path, e))?;
-        let (http, metrics) = (free_port()?, free_port()?);
+        let (http, metrics, grpc) = (free_port()?, free_port()?, free_port()?);
         let log: PathBuf = dir.path().join("serve.log");
         let log_file = std::fs::File::create(&log).map_err(|e| LoadgenError::io(&log, e))?;
         let proc = Command::new(exe)
@@ -136,7 +136,8 @@ impl ChildServer {
                 "--http-port",
                 &http.to_string(),
             ])
-            .args(["--metrics-port", &metrics.to_string(), "--model-repository"])
+            .args(["--metrics-port", &metrics.to_string()])
+            .args(["--grpc-port", &grpc.to_string(), "--model-repository"])
             .arg(dir.path().join("models"))
             .stdout(Stdio::null())
             .stderr(log_file)

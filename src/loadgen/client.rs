@@ -49,6 +49,8 @@ pub struct ClientOptions {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// PEM CA certificate(s) that `https://` servers must chain to; required for `https://`.
     pub cacert: Option<PathBuf>,
+    /// The gRPC endpoint (`http://host:port`) gRPC payloads go to; one HTTP/2 connection.
+    pub grpc_url: Option<String>,
 }
 
 /// `NAME:VALUE` as a header (the value trimmed of surrounding spaces).
@@ -89,7 +91,12 @@ pub struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     base: String,
     headers: Arc<[(HeaderName, HeaderValue)]>,
+    grpc: Option<Grpc>,
 }
+
+type Grpc = crate::protocol::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient<
+    tonic::transport::Channel,
+>;
 
 impl HttpClient {
     /// `base` is `http://host:port` (no trailing slash needed).
@@ -135,10 +142,24 @@ impl HttpClient {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(usize::MAX)
             .build(conn);
+        let grpc = match &opts.grpc_url {
+            None => None,
+            Some(u) => {
+                let endpoint = tonic::transport::Endpoint::from_shared(u.clone())
+                    .map_err(|e| LoadgenError::Args(format!("bad gRPC URL '{u}': {e}")))?
+                    .tcp_nodelay(true);
+                Some(
+                    Grpc::new(endpoint.connect_lazy())
+                        .max_decoding_message_size(usize::MAX)
+                        .max_encoding_message_size(usize::MAX),
+                )
+            }
+        };
         Ok(HttpClient {
             client,
             base,
             headers: opts.headers.clone().into(),
+            grpc,
         })
     }
 
@@ -156,8 +177,46 @@ impl HttpClient {
             .map_err(|e| LoadgenError::Args(format!("bad path '{path}': {e}")))
     }
 
+    /// Sends one gRPC `ModelInfer`; a status counts as the HTTP status KServe gives that error.
+    async fn send_grpc(&self, req: &crate::protocol::grpc::pb::ModelInferRequest) -> Outcome {
+        let Some(mut c) = self.grpc.clone() else {
+            return Outcome::Transport("no-grpc-url");
+        };
+        let mut r = tonic::Request::new(req.clone());
+        for (k, v) in self.headers.iter() {
+            if let Ok(v) = tonic::metadata::MetadataValue::try_from(v.as_bytes()) {
+                r.metadata_mut().insert(
+                    tonic::metadata::MetadataKey::from_bytes(k.as_str().as_bytes())
+                        .expect("a header name is a metadata key. This is a bug."),
+                    v,
+                );
+            }
+        }
+        use tonic::Code;
+        match c.model_infer(r).await {
+            Ok(_) => Outcome::Ok,
+            Err(st) => match st.code() {
+                Code::InvalidArgument => Outcome::Status(400),
+                Code::Unauthenticated => Outcome::Status(401),
+                Code::PermissionDenied => Outcome::Status(403),
+                Code::NotFound => Outcome::Status(404),
+                Code::ResourceExhausted => Outcome::Status(429),
+                Code::Unavailable if st.metadata().get("retry-after").is_some() => {
+                    Outcome::Status(503)
+                }
+                // no answer from the server: the channel could not connect or broke
+                Code::Unavailable | Code::Unknown => Outcome::Transport("grpc"),
+                Code::DeadlineExceeded => Outcome::Status(504),
+                _ => Outcome::Status(500),
+            },
+        }
+    }
+
     /// Sends one request and reads the whole response body.
     pub async fn send(&self, p: &Payload) -> Outcome {
+        if let Some(req) = &p.grpc {
+            return self.send_grpc(req).await;
+        }
         let Ok(uri) = self.uri(&p.path) else {
             return Outcome::Transport("uri");
         };

@@ -26,11 +26,14 @@ pub enum Protocol {
     Openai,
     /// Hugging Face TEI `/embed`: `{"inputs": [texts]}`.
     Tei,
+    /// KServe v2 / Triton gRPC `ModelInfer` with `raw_input_contents` (to `--grpc-url`; metadata
+    /// still read over HTTP from `--url`).
+    Grpc,
 }
 
 impl Protocol {
     pub fn is_v2(self) -> bool {
-        matches!(self, Protocol::V2Json | Protocol::V2Binary)
+        matches!(self, Protocol::V2Json | Protocol::V2Binary | Protocol::Grpc)
     }
 }
 
@@ -42,6 +45,8 @@ pub struct Payload {
     pub content_type: &'static str,
     /// (`Inference-Header-Content-Length`, value) for binary bodies.
     pub header_len: Option<usize>,
+    /// A gRPC `ModelInfer` request (then `path` and `body` are unused).
+    pub grpc: Option<crate::protocol::grpc::pb::ModelInferRequest>,
 }
 
 impl Payload {
@@ -160,6 +165,7 @@ pub fn v2_payload(path: &str, inputs: &[Tensor], binary: bool) -> Payload {
             body: body.into(),
             content_type: "application/json",
             header_len: None,
+            grpc: None,
         };
     }
     let mut tail = Vec::new();
@@ -183,6 +189,41 @@ pub fn v2_payload(path: &str, inputs: &[Tensor], binary: bool) -> Payload {
         body: body.into(),
         content_type: "application/octet-stream",
         header_len: Some(header_len),
+        grpc: None,
+    }
+}
+
+/// A gRPC `ModelInfer` request for `inputs`, tensors in `raw_input_contents`.
+pub fn grpc_payload(model: &str, version: Option<&str>, inputs: &[Tensor]) -> Payload {
+    use crate::protocol::grpc::pb;
+    let req = pb::ModelInferRequest {
+        model_name: model.into(),
+        model_version: version.unwrap_or_default().into(),
+        inputs: inputs
+            .iter()
+            .map(|t| pb::model_infer_request::InferInputTensor {
+                name: t.name.clone(),
+                datatype: t.datatype().as_str().into(),
+                shape: t.shape.iter().map(|&d| d as i64).collect(),
+                ..Default::default()
+            })
+            .collect(),
+        raw_input_contents: inputs
+            .iter()
+            .map(|t| {
+                let mut b = Vec::new();
+                data_to_bytes(&t.data, &mut b);
+                b
+            })
+            .collect(),
+        ..Default::default()
+    };
+    Payload {
+        path: String::new(),
+        body: Bytes::new(),
+        content_type: "application/grpc",
+        header_len: None,
+        grpc: Some(req),
     }
 }
 
@@ -242,6 +283,7 @@ pub fn openai_payload(model: &str, texts: &[String]) -> Payload {
         body: body.into(),
         content_type: "application/json",
         header_len: None,
+        grpc: None,
     }
 }
 
@@ -253,6 +295,7 @@ pub fn tei_payload(texts: &[String]) -> Payload {
         body: body.into(),
         content_type: "application/json",
         header_len: None,
+        grpc: None,
     }
 }
 

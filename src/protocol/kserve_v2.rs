@@ -46,6 +46,9 @@ struct OutputJson {
 pub struct RequestedOutput {
     pub name: String,
     pub binary: Option<bool>,
+    /// Triton's classification extension: `parameters.classification` = k returns the top k
+    /// classes of this output as BYTES "value:index[:label]" (`classification::top_k`).
+    pub classification: Option<usize>,
 }
 
 /// A decoded inference request.
@@ -159,6 +162,7 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
             .map(|o| {
                 Ok(RequestedOutput {
                     binary: param_bool(&o.parameters, "binary_data")?,
+                    classification: param_u64(&o.parameters, "classification")?.map(|k| k as usize),
                     name: o.name,
                 })
             })

@@ -2,7 +2,9 @@
 //! Inference Protocol (JSON and Triton's binary tensor data extension), KServe v1 (`:predict`),
 //! OpenAI embeddings and TEI. No axum, no tokio, no models.
 
+pub mod classification;
 pub mod embeddings;
+pub mod grpc;
 pub mod json;
 pub mod kserve_v1;
 pub mod kserve_v2;

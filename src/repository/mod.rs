@@ -51,6 +51,9 @@ pub enum RepoError {
     Load { model: String, message: String },
 }
 
+/// The class labels file in a model folder (one label per line, by class index).
+pub const LABELS_FILE: &str = "labels.txt";
+
 /// One loaded version: its queue, metrics and worker threads.
 pub struct LoadedVersion {
     pub name: String,
@@ -64,6 +67,8 @@ pub struct LoadedVersion {
     /// Set when the config enables `[response_cache]`: this version's entries (a new version
     /// gets a new one, with a new fingerprint).
     pub cache: Option<Arc<VersionCache>>,
+    /// Class labels from the model folder's `labels.txt` (classification extension), by index.
+    pub labels: Option<Arc<Vec<String>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -389,6 +394,13 @@ impl Repository {
             ),
             false => None,
         };
+        let labels = match std::fs::read_to_string(dir.join(LABELS_FILE)) {
+            Ok(text) => Some(Arc::new(
+                text.lines().map(|l| l.trim_end().to_string()).collect(),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(load_err(format!("{LABELS_FILE}: {e}"))),
+        };
         let queue = Queue::spawn(name, placement::batch_config(config), metrics.queue())
             .map_err(|e| load_err(format!("cannot start the queue thread: {e}")))?;
         let lv = Arc::new(LoadedVersion {
@@ -400,6 +412,7 @@ impl Repository {
             placement: placement.to_vec(),
             text,
             cache,
+            labels,
             workers: Mutex::new(Vec::new()),
         });
         for (dev, count, m) in models {

@@ -546,6 +546,7 @@ impl Metrics {
             queue_seconds: self.queue_seconds.with_label_values(&l),
             batch_size: self.batch_size.with_label_values(&l),
             padding: self.padding.with_label_values(&l),
+            extra: Default::default(),
         }
     }
 
@@ -612,6 +613,71 @@ pub struct ModelMetrics {
     queue_seconds: prometheus::Histogram,
     batch_size: prometheus::Histogram,
     padding: prometheus::Histogram,
+    /// What the statistics extension reports beyond the Prometheus counters.
+    extra: std::sync::Arc<StatsExtra>,
+}
+
+/// Per-version totals the statistics extension needs and Prometheus does not export.
+#[derive(Default)]
+struct StatsExtra {
+    /// Milliseconds since the epoch of the last successful inference; 0 = none yet.
+    last_inference_ms: std::sync::atomic::AtomicU64,
+    /// Per batch size (rows): executions and their compute stage nanoseconds. Locked once per
+    /// executed batch (not per request), briefly, with no await.
+    batches: Mutex<std::collections::BTreeMap<usize, [u64; 4]>>,
+}
+
+/// A count and the total nanoseconds it took (Triton's `StatisticDuration`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StatDuration {
+    pub count: u64,
+    pub ns: u64,
+}
+
+/// Triton's `InferStatistics`: per request stage, how many and how long.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct InferStatistics {
+    pub success: StatDuration,
+    /// Count of failed requests (every reason); `ns` stays 0 (failure durations are not timed).
+    pub fail: StatDuration,
+    pub queue: StatDuration,
+    pub compute_input: StatDuration,
+    pub compute_infer: StatDuration,
+    pub compute_output: StatDuration,
+    pub cache_hit: StatDuration,
+    pub cache_miss: StatDuration,
+}
+
+/// Triton's `InferBatchStatistics`: executions of one batch size.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BatchStatistics {
+    pub batch_size: u64,
+    pub compute_input: StatDuration,
+    pub compute_infer: StatDuration,
+    pub compute_output: StatDuration,
+}
+
+/// Triton's `ModelStatistics` for one model version (the statistics extension, HTTP and gRPC).
+/// Request durations have microsecond resolution (the Prometheus counters'), batch stages
+/// nanosecond.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ModelStatistics {
+    pub name: String,
+    pub version: String,
+    /// Milliseconds since the epoch of the last successful inference; 0 = none yet.
+    pub last_inference: u64,
+    /// Rows inferred (a request of 3 rows counts 3), as `nv_inference_count`.
+    pub inference_count: u64,
+    /// Model executions (batches), as `nv_inference_exec_count`.
+    pub execution_count: u64,
+    pub inference_stats: InferStatistics,
+    pub batch_stats: Vec<BatchStatistics>,
+    /// Always empty (Ferrite does not report per-model memory).
+    pub memory_usage: [u8; 0],
+}
+
+fn ns(d: Duration) -> u64 {
+    d.as_nanos().min(u128::from(u64::MAX)) as u64
 }
 
 fn us(d: Duration) -> u64 {
@@ -637,6 +703,83 @@ impl ModelMetrics {
         self.output_us.inc_by(us(t.compute_output));
         self.request_seconds.observe(total.as_secs_f64());
         self.queue_seconds.observe(t.queue.as_secs_f64());
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.extra
+            .last_inference_ms
+            .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The compute stages of one executed batch of `rows` rows (statistics extension).
+    pub fn record_batch_stages(
+        &self,
+        rows: usize,
+        input: Duration,
+        infer: Duration,
+        output: Duration,
+    ) {
+        let mut b = self.extra.batches.lock().unwrap_or_else(|e| e.into_inner());
+        let e = b.entry(rows).or_default();
+        e[0] += 1;
+        e[1] += ns(input);
+        e[2] += ns(infer);
+        e[3] += ns(output);
+    }
+
+    /// This version's statistics (Triton's statistics extension).
+    pub fn statistics(&self, name: &str, version: u64) -> ModelStatistics {
+        let success = self.success.get();
+        let at = |us: &IntCounter| StatDuration {
+            count: success,
+            ns: us.get().saturating_mul(1000),
+        };
+        let failed = [
+            &self.rejected,
+            &self.timeout,
+            &self.canceled,
+            &self.backend,
+            &self.invalid,
+            &self.other,
+        ]
+        .iter()
+        .map(|c| c.get())
+        .sum();
+        let d = |count, ns| StatDuration { count, ns };
+        let batch_stats = self
+            .extra
+            .batches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(&rows, t)| BatchStatistics {
+                batch_size: rows as u64,
+                compute_input: d(t[0], t[1]),
+                compute_infer: d(t[0], t[2]),
+                compute_output: d(t[0], t[3]),
+            })
+            .collect();
+        ModelStatistics {
+            name: name.into(),
+            version: version.to_string(),
+            last_inference: self
+                .extra
+                .last_inference_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+            inference_count: self.inference_count.get(),
+            execution_count: self.exec_count.get(),
+            inference_stats: InferStatistics {
+                success: at(&self.request_us),
+                fail: d(failed, 0),
+                queue: at(&self.queue_us),
+                compute_input: at(&self.input_us),
+                compute_infer: at(&self.infer_us),
+                compute_output: at(&self.output_us),
+                ..InferStatistics::default()
+            },
+            batch_stats,
+            memory_usage: [],
+        }
     }
 
     pub fn record_failure(&self, reason: FailureReason) {

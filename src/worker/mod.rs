@@ -274,6 +274,12 @@ fn compute(
             Ok(Ok(outs)) if outs.len() == batch.jobs.len() => {
                 if batch.counted_rows() > 0 {
                     metrics.record_execution(batch.counted_rows());
+                    metrics.record_batch_stages(
+                        batch.counted_rows(),
+                        stages.input,
+                        stages.infer,
+                        stages.output,
+                    );
                     if report_padding {
                         metrics.record_padding(batch.padding_efficiency());
                     }

@@ -64,6 +64,7 @@ impl Repo {
             dst.join("test-split.safetensors"),
         )
         .unwrap();
+        std::fs::copy(src.join("labels.txt"), dst.join("labels.txt")).unwrap();
         let mut cfg = std::fs::read_to_string(src.join("config.toml")).unwrap();
         cfg = cfg.replace("name = \"digits\"\n", "");
         for (from, to) in edits {
@@ -109,6 +110,7 @@ pub fn settings(repo: &Path) -> Settings {
         host: "127.0.0.1".parse().unwrap(),
         http_port: 0,
         metrics_port: 0,
+        grpc_port: 0,
         log_format: LogFormat::Text,
         exit_timeout: Duration::from_secs(10),
         gpus: GpuSelection::None,
@@ -125,6 +127,8 @@ pub struct TestServer {
     pub server: Server,
     pub url: String,
     pub metrics_url: String,
+    /// `http://127.0.0.1:PORT` of the gRPC port (what tonic's `Endpoint` takes).
+    pub grpc_url: String,
     pub client: reqwest::Client,
     _repo: Repo,
 }
@@ -163,6 +167,7 @@ impl TestServer {
         TestServer {
             url: format!("http://{}", server.http_addr()),
             metrics_url: format!("http://{}/metrics", server.metrics_addr()),
+            grpc_url: format!("http://{}", server.grpc_addr()),
             server,
             client: reqwest::Client::new(),
             _repo: repo,

@@ -63,7 +63,7 @@ leeway_secs = 5
     log = open(log_path, "w")
     proc = subprocess.Popen(
         [binary, "serve", "--model-repository", os.path.join(ROOT, "models"), "--config", f"{tmp}/ferrite.toml",
-         "--host", "127.0.0.1", "--http-port", "0", "--metrics-port", "0", "--model-control", "explicit"],
+         "--host", "127.0.0.1", "--http-port", "0", "--metrics-port", "0", "--grpc-port", "0", "--model-control", "explicit"],
         stderr=log, env={**os.environ, "RUST_LOG": "trace"})
     addr = None
     deadline = time.time() + 120

@@ -50,7 +50,7 @@ def pki(tmp_path_factory):
 def start(pki, mutual):
     binary = os.environ.get("FERRITE_BIN", os.path.join(ROOT, "target", "debug", "ferrite"))
     cmd = [binary, "serve", "--model-repository", os.path.join(ROOT, "models"),
-           "--host", "127.0.0.1", "--http-port", "0", "--metrics-port", "0",
+           "--host", "127.0.0.1", "--http-port", "0", "--metrics-port", "0", "--grpc-port", "0",
            "--tls-cert", pki("server.pem"), "--tls-key", pki("server.key")]
     if mutual:
         cmd += ["--tls-client-ca", pki("ca.pem")]

@@ -22,7 +22,7 @@ def server():
     binary = os.environ.get("FERRITE_BIN", os.path.join(ROOT, "target", "debug", "ferrite"))
     proc = subprocess.Popen(
         [binary, "serve", "--model-repository", os.path.join(ROOT, "models"),
-         "--host", "127.0.0.1", "--http-port", "0", "--metrics-port", "0",
+         "--host", "127.0.0.1", "--http-port", "0", "--metrics-port", "0", "--grpc-port", "0",
          "--model-control", "explicit"],
         stderr=subprocess.PIPE, text=True)
     addr = {}
