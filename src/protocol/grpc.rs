@@ -58,24 +58,8 @@ pub fn decode_infer(req: ModelInferRequest) -> Result<V2Request, ProtocolError> 
             name: input.name.clone(),
             message,
         };
-        let dt = DataType::parse(&input.datatype)
-            .ok_or_else(|| bad(format!("unknown datatype '{}'", input.datatype)))?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| bad(format!("shape {:?} has a negative dimension", input.shape)))?;
-        let addressable = shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .and_then(|n| n.checked_mul(dt.byte_size().unwrap_or(1)));
-        if addressable.is_none() {
-            return Err(bad(format!(
-                "shape {:?} holds more elements than can be addressed",
-                input.shape
-            )));
-        }
+        let (dt, shape, _) =
+            super::kserve_v2::tensor_header(&input.datatype, &input.shape).map_err(bad)?;
         let data = match (raw.next(), input.contents) {
             (Some(_), Some(c)) if c != InferTensorContents::default() => {
                 return Err(bad(

@@ -109,25 +109,7 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
             name: input.name.clone(),
             message,
         };
-        let dt = DataType::parse(&input.datatype)
-            .ok_or_else(|| bad(format!("unknown datatype '{}'", input.datatype)))?;
-        let shape = input
-            .shape
-            .iter()
-            .map(|&d| usize::try_from(d))
-            .collect::<Result<Vec<usize>, _>>()
-            .map_err(|_| bad(format!("shape {:?} has a negative dimension", input.shape)))?;
-        // Elements and bytes must be addressable (checked: a hostile shape must not overflow).
-        let elements = shape
-            .iter()
-            .try_fold(1usize, |n, &d| n.checked_mul(d))
-            .filter(|n| n.checked_mul(dt.byte_size().unwrap_or(1)).is_some())
-            .ok_or_else(|| {
-                bad(format!(
-                    "shape {:?} holds more elements than can be addressed",
-                    input.shape
-                ))
-            })?;
+        let (dt, shape, elements) = tensor_header(&input.datatype, &input.shape).map_err(bad)?;
         let data = match (
             param_u64(&input.parameters, "binary_data_size")?,
             &input.data,
@@ -205,6 +187,27 @@ fn data_from_raw(
     name: &str,
 ) -> Result<TensorData, ProtocolError> {
     super::json::data_from_raw_json(dt, raw, max, name)
+}
+
+/// A request tensor's datatype, shape and element count, checked: a known datatype, no negative
+/// dimension, and elements and bytes addressable (a hostile shape must not overflow). Shared by
+/// the JSON and gRPC decoders; the error is the message for the input.
+pub(crate) fn tensor_header(
+    datatype: &str,
+    dims: &[i64],
+) -> Result<(DataType, Vec<usize>, usize), String> {
+    let dt = DataType::parse(datatype).ok_or_else(|| format!("unknown datatype '{datatype}'"))?;
+    let shape = dims
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<Result<Vec<usize>, _>>()
+        .map_err(|_| format!("shape {dims:?} has a negative dimension"))?;
+    let elements = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|n| n.checked_mul(dt.byte_size().unwrap_or(1)).is_some())
+        .ok_or_else(|| format!("shape {dims:?} holds more elements than can be addressed"))?;
+    Ok((dt, shape, elements))
 }
 
 /// Longest client string echoed back (request id, names in errors), in bytes.
