@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::{ServeArgs, Settings, DEFAULT_MODEL_REPOSITORY};
@@ -48,6 +49,24 @@ pub enum Command {
     /// Write a quantized copy of a model version (q8 or q4) as a new version, with its measured
     /// quality against the source in quantization.json.
     Quantize(crate::quantize::QuantizeArgs),
+    /// Run a model version's validation gate (`[validation]` in its config, its validation set)
+    /// in this process: prints a table, writes the JSON report with --json, exits 1 when it fails.
+    Validate {
+        /// The model (a folder of the repository)
+        model: String,
+        /// The version folder to validate
+        #[arg(long)]
+        version: u64,
+        /// Model repository folder
+        #[arg(long, env = "FERRITE_MODEL_REPOSITORY", default_value = DEFAULT_MODEL_REPOSITORY)]
+        model_repository: PathBuf,
+        /// GPUs to use: all, none, or ordinals like 0,1
+        #[arg(long, env = "FERRITE_GPUS", default_value = "all")]
+        gpus: GpuSelection,
+        /// Also write the report as JSON to this file ("-" for stdout, after the table)
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Make a new random API key: prints the key once, alone on the first line of stdout, then the
     /// `[[auth.api_keys]]` stanza (its SHA-256, never the key) to paste into the file given to
     /// `ferrite serve --config`.
@@ -71,11 +90,63 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench(args),
         Command::Capacity(args) => capacity(args),
         Command::Quantize(args) => crate::quantize::run(&args),
+        Command::Validate {
+            model,
+            version,
+            model_repository,
+            gpus,
+            json,
+        } => validate(&model, version, &model_repository, &gpus, json.as_deref()),
         Command::Keygen { name, scopes } => {
             print!("{}", keygen(&name, &scopes)?);
             Ok(())
         }
     }
+}
+
+/// `ferrite validate`: the gate of one version, offline.
+fn validate(
+    model: &str,
+    version: u64,
+    root: &std::path::Path,
+    gpus: &GpuSelection,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(async {
+        let devices = device::discover(gpus);
+        let metrics = std::sync::Arc::new(crate::telemetry::Metrics::new());
+        let repo = crate::repository::Repository::new(root.to_path_buf(), devices, metrics);
+        repo.validate_offline(model, version).await
+    })?;
+    let fig = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.6}"));
+    println!("model {model} version {version}: {}", report.summary());
+    println!("{:<16} {}", "set", report.set.as_deref().unwrap_or("-"));
+    println!("{:<16} {}", "rows", report.rows);
+    println!("{:<16} {}", "accuracy", fig(report.accuracy));
+    println!("{:<16} {}", "min cosine", fig(report.min_cosine));
+    println!("{:<16} {}", "mean abs diff", fig(report.mean_abs_diff));
+    println!(
+        "{:<16} {}",
+        "compared to",
+        report.compared_to.as_deref().unwrap_or("-")
+    );
+    println!("{:<16} {}", "p99 ms", fig(report.p99_ms));
+    for f in &report.failures {
+        println!("FAILED: {f}");
+    }
+    let text = serde_json::to_string_pretty(&report)?;
+    match json {
+        Some(p) if p.as_os_str() == "-" => println!("{text}"),
+        Some(p) => {
+            std::fs::write(p, text + "\n").with_context(|| format!("writing {}", p.display()))?
+        }
+        None => {}
+    }
+    if !report.passed {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 /// The key (first line) and the TOML stanza for it.

@@ -107,6 +107,10 @@ pub struct ServeArgs {
     /// With --model-control poll: seconds between repository rescans [default: 15]
     #[arg(long, env = "FERRITE_REPOSITORY_POLL_SECS")]
     pub repository_poll_secs: Option<u64>,
+    /// Folder where live routing changes (routing, promote, rollback, automatic rollbacks) are
+    /// persisted and read back at restart [default: none, live changes last until restart]
+    #[arg(long, env = "FERRITE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// One info line per request (request id, principal, route, model, version, status, sizes,
     /// duration, a keyed hash of the body; never payloads) [default: true]
     #[arg(long, env = "FERRITE_ACCESS_LOG", action = clap::ArgAction::Set)]
@@ -172,6 +176,7 @@ struct FileSettings {
     metrics_interval_ms: Option<u64>,
     model_control: Option<ModelControl>,
     repository_poll_secs: Option<u64>,
+    state_dir: Option<PathBuf>,
     access_log: Option<bool>,
     /// Access control (`[auth]`): API keys, JWT, client certificates, rate limits.
     auth: Option<crate::auth::AuthConfig>,
@@ -264,6 +269,8 @@ pub struct Settings {
     pub metrics_interval: Duration,
     pub model_control: ModelControl,
     pub repository_poll: Duration,
+    /// Where live routing state is persisted; `None`: until restart.
+    pub state_dir: Option<PathBuf>,
     pub access_log: bool,
     /// `[auth]` from the settings file; `None`: unauthenticated (local use).
     pub auth: Option<crate::auth::AuthConfig>,
@@ -377,6 +384,7 @@ impl Settings {
                     .or(file.repository_poll_secs)
                     .unwrap_or(DEFAULT_REPOSITORY_POLL_SECS),
             ),
+            state_dir: args.state_dir.clone().or(file.state_dir),
             access_log: args.access_log.or(file.access_log).unwrap_or(true),
             auth: file.auth,
             config_file: args.config.clone(),
@@ -498,6 +506,7 @@ impl Settings {
             metrics_interval: Duration::from_millis(DEFAULT_METRICS_INTERVAL_MS),
             model_control: ModelControl::default(),
             repository_poll: Duration::from_secs(DEFAULT_REPOSITORY_POLL_SECS),
+            state_dir: None,
             access_log: true,
             auth: None,
             config_file: None,

@@ -18,6 +18,7 @@ pub mod protocol;
 pub mod quant;
 pub mod quantize;
 pub mod repository;
+pub mod rollout;
 pub mod server;
 pub mod shutdown;
 pub mod spec;

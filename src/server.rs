@@ -64,7 +64,8 @@ impl Server {
         };
         let repo = Arc::new(
             Repository::new(settings.model_repository.clone(), devices, metrics.clone())
-                .with_cache_redis(cache_redis),
+                .with_cache_redis(cache_redis)
+                .with_state_dir(settings.state_dir.clone()),
         );
         let security = Arc::new(
             Security::new(settings.auth.as_ref()).map_err(|e| anyhow::anyhow!("[auth]: {e}"))?,
@@ -172,6 +173,7 @@ impl Server {
         if settings.model_control == ModelControl::Poll {
             tasks.push(poll_task(repo.clone(), settings.repository_poll));
         }
+        tasks.push(guard_task(repo.clone()));
         state.accepting.store(true, Ordering::Release);
         tracing::info!(models = repo.index().len(), "server ready");
         Ok(Server {
@@ -303,6 +305,21 @@ fn reload_auth_task(
                     tracing::warn!(reason = why, error = %e, "access control reload failed; the previous keys stay in force")
                 }
             }
+        }
+    })
+}
+
+/// How often the rollout guard compares canaries with their live versions.
+const GUARD_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The rollout guard (`[routing.guard]`): one pass a second over the models that have a canary.
+fn guard_task(repo: Arc<Repository>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut memory = crate::repository::rollout_api::GuardMemory::default();
+        let mut tick = tokio::time::interval(GUARD_PERIOD);
+        loop {
+            tick.tick().await;
+            repo.guard_tick(&mut memory, std::time::Instant::now());
         }
     })
 }

@@ -32,6 +32,12 @@ fn minilm_repo(cache: &str) -> Repo {
     for f in ["model.safetensors", "tokenizer.json", "config.json"] {
         std::os::unix::fs::symlink(src.join("1").join(f), dst.join(f)).unwrap();
     }
+    // The gate's validation set (models/minilm/config.toml [validation]).
+    std::os::unix::fs::symlink(
+        src.join("validation.jsonl"),
+        dst.parent().unwrap().join("validation.jsonl"),
+    )
+    .unwrap();
     let cfg = std::fs::read_to_string(src.join("config.toml")).unwrap();
     let cfg = cfg.replace("[metadata]", &format!("{cache}\n[metadata]"));
     std::fs::write(repo.path().join("minilm/config.toml"), cfg).unwrap();

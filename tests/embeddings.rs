@@ -33,6 +33,12 @@ fn minilm_repo(edits: &[(&str, &str)]) -> Repo {
     for f in ["model.safetensors", "tokenizer.json", "config.json"] {
         std::os::unix::fs::symlink(src.join("1").join(f), dst.join(f)).unwrap();
     }
+    // The gate's validation set (models/minilm/config.toml [validation]).
+    std::os::unix::fs::symlink(
+        src.join("validation.jsonl"),
+        dst.parent().unwrap().join("validation.jsonl"),
+    )
+    .unwrap();
     let mut cfg = std::fs::read_to_string(src.join("config.toml")).unwrap();
     for (from, to) in edits {
         assert!(cfg.contains(from), "config has no '{from}'");

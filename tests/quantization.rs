@@ -173,6 +173,12 @@ async fn minilm_q8_and_q4_meet_cosine_bars_and_q8_serves() {
     for f in ["model.safetensors", "tokenizer.json", "config.json"] {
         std::os::unix::fs::symlink(src.join("1").join(f), dst.join(f)).unwrap();
     }
+    // The gate's validation set (models/minilm/config.toml [validation]).
+    std::os::unix::fs::symlink(
+        src.join("validation.jsonl"),
+        dst.parent().unwrap().join("validation.jsonl"),
+    )
+    .unwrap();
     std::fs::copy(
         src.join("config.toml"),
         repo.path().join("minilm/config.toml"),

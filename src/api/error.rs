@@ -28,6 +28,8 @@ pub enum ApiError {
     Unavailable(String),
     /// A model failed to load from its files: 500 with the reason (admin routes only).
     LoadFailed(String),
+    /// A rollout action that cannot apply to the model's current state (409).
+    Conflict(String),
     /// Anything else that is the server's fault: the client sees only "internal error, request id
     /// ..." (`ApiError::internal` logs the detail).
     Internal(String),
@@ -43,6 +45,7 @@ impl ApiError {
             ApiError::Forbidden(_) | ApiError::Disabled(_) => StatusCode::FORBIDDEN,
             ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::LoadFailed(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -57,6 +60,7 @@ impl ApiError {
             | ApiError::Overloaded(m)
             | ApiError::Unavailable(m)
             | ApiError::LoadFailed(m)
+            | ApiError::Conflict(m)
             | ApiError::Internal(m) => m,
         }
     }
@@ -101,7 +105,12 @@ impl From<RepoError> for ApiError {
                 state: ModelState::Loading,
                 ..
             } => ApiError::Unavailable(e.to_string()),
+            RepoError::NotReady {
+                state: ModelState::FailedValidation,
+                ..
+            } => ApiError::Unavailable(e.to_string()),
             RepoError::NotReady { .. } => ApiError::NotFound(e.to_string()),
+            RepoError::Conflict { .. } => ApiError::Conflict(e.to_string()),
             // The model's own files (config, weights) failed: the server's side, with the reason
             // (only admin routes load).
             RepoError::Config(_) | RepoError::Load { .. } => ApiError::LoadFailed(e.to_string()),

@@ -353,11 +353,66 @@ pub fn served(
             HeaderValue::from_static(c.as_str()),
         );
     }
+    resp.headers_mut().insert(
+        HeaderName::from_static(VERSION_HEADER),
+        HeaderValue::from(lv.version),
+    );
     resp.extensions_mut().insert(super::Served {
         model: lv.name.clone(),
         version: lv.version,
     });
     resp
+}
+
+/// The version that served a request, on every inference door.
+pub const VERSION_HEADER: &str = "x-ferrite-model-version";
+/// A request's routing key: the same key gets the same version for a given split.
+pub const ROUTING_KEY_HEADER: &str = "x-ferrite-routing-key";
+
+/// The routing key a request carries (header `x-ferrite-routing-key`), if any.
+pub fn routing_key(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(ROUTING_KEY_HEADER)
+        .map(|v| v.as_bytes())
+        .filter(|k| !k.is_empty())
+}
+
+/// What a shadow copy of these (not yet validated) inputs runs: texts for a text model, the
+/// tensors otherwise; `None` when they cannot be copied meaningfully (the live run reports why).
+pub fn shadow_input(lv: &LoadedVersion, inputs: &[Tensor]) -> Option<super::shadow::ShadowInput> {
+    use super::shadow::ShadowInput;
+    if lv.text.is_some() {
+        let TensorData::Bytes(items) = &inputs.first()?.data else {
+            return None;
+        };
+        let texts = items
+            .iter()
+            .map(|b| String::from_utf8(b.clone()).ok())
+            .collect::<Option<Vec<_>>>()?;
+        return Some(ShadowInput::Texts(texts));
+    }
+    let rows = if lv.config.max_batch_size > 0 {
+        *inputs.first()?.shape.first()?
+    } else {
+        1
+    };
+    Some(ShadowInput::Tensors {
+        inputs: inputs.to_vec(),
+        rows,
+    })
+}
+
+/// Mirrors a finished request to the shadow candidate (when the router chose one).
+pub fn mirror(
+    state: &AppState,
+    lv: &LoadedVersion,
+    shadow: Option<(crate::repository::ShadowPlan, super::shadow::ShadowInput)>,
+    live: impl FnOnce() -> Option<super::shadow::LiveOutput>,
+) {
+    let Some((plan, input)) = shadow else { return };
+    if let Some(out) = live() {
+        super::shadow::spawn(state.repo.rollout_metrics(), lv, plan, input, out);
+    }
 }
 
 /// Records an invalid request against a model version (decode failures before `run`).

@@ -59,13 +59,23 @@ async fn predict_on(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let lv = s.repo.get(model, version)?;
+    let (lv, shadow) = match version {
+        Some(_) => (s.repo.get(model, version)?, None),
+        None => {
+            let r = s.repo.route(model, infer::routing_key(&headers))?;
+            (r.lv, r.shadow)
+        }
+    };
     let bytes = read_body(&s, &headers, body).await?;
     let batching = lv.config.max_batch_size > 0;
     let inputs = kserve_v1::decode_request(&bytes, &lv.config.inputs, batching)
         .map_err(|e| infer::invalid(&lv, e))?;
     let cache = infer::cache_use(&lv, &headers, principal.as_deref(), None);
+    let shadow = shadow.and_then(|p| Some((p, infer::shadow_input(&lv, &inputs)?)));
     let done = infer::run(&s, &lv, inputs, SubmitOptions::default(), cache).await?;
+    infer::mirror(&s, &lv, shadow, || {
+        super::shadow::LiveOutput::of_tensors(&done.output.outputs)
+    });
     let body = kserve_v1::encode_response(&done.output.outputs, batching);
     Ok(infer::served(
         &lv,

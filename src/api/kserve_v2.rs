@@ -9,11 +9,12 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::infer::{self, parse_version};
+use super::shadow::LiveOutput as ShadowOut;
 use super::{read_body, ApiError, AppState};
 use crate::auth::Principal;
 use crate::batcher::SubmitOptions;
 use crate::protocol::kserve_v2::{self as v2, HEADER_LENGTH};
-use crate::repository::LoadedVersion;
+use crate::repository::{LoadedVersion, ShadowPlan};
 
 pub const EXTENSIONS: &[&str] = &[
     "binary_tensor_data",
@@ -51,6 +52,7 @@ fn metadata(lv: &LoadedVersion, versions: Vec<String>) -> Json<Value> {
             .map(|s| json!({"name": s.name, "datatype": s.datatype.as_str(), "shape": s.dims}))
             .collect()
     };
+    let gate = lv.gate();
     Json(json!({
         "name": lv.name,
         "versions": versions,
@@ -58,6 +60,9 @@ fn metadata(lv: &LoadedVersion, versions: Vec<String>) -> Json<Value> {
         "inputs": specs(&c.inputs),
         "outputs": specs(&c.outputs),
         "parameters": { "max_batch_size": c.max_batch_size, "metadata": c.metadata },
+        "state": lv.state(),
+        "version_meta": lv.meta,
+        "validation": gate.configured.then_some(gate),
     }))
 }
 
@@ -80,7 +85,10 @@ pub async fn model_metadata_v(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let lv = s.repo.get(&model, Some(parse_version(&model, &version)?))?;
+    // A version whose gate failed still has metadata (with its figures).
+    let lv = s
+        .repo
+        .version_any(&model, Some(parse_version(&model, &version)?))?;
     Ok(metadata(&lv, vec![lv.version.to_string()]))
 }
 
@@ -122,8 +130,9 @@ pub async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let lv = s.repo.get(&model, None)?;
-    infer_on(s, lv, principal.map(|Extension(p)| p), headers, body).await
+    let routed = s.repo.route(&model, infer::routing_key(&headers))?;
+    let p = principal.map(|Extension(p)| p);
+    infer_on(s, routed.lv, routed.shadow, p, headers, body).await
 }
 
 pub async fn infer_v(
@@ -134,12 +143,13 @@ pub async fn infer_v(
     body: Body,
 ) -> Result<Response, ApiError> {
     let lv = s.repo.get(&model, Some(parse_version(&model, &version)?))?;
-    infer_on(s, lv, principal.map(|Extension(p)| p), headers, body).await
+    infer_on(s, lv, None, principal.map(|Extension(p)| p), headers, body).await
 }
 
 async fn infer_on(
     s: AppState,
     lv: std::sync::Arc<LoadedVersion>,
+    shadow: Option<ShadowPlan>,
     principal: Option<std::sync::Arc<Principal>>,
     headers: HeaderMap,
     body: Body,
@@ -167,7 +177,11 @@ async fn infer_on(
         ..SubmitOptions::default()
     };
     let cache = infer::cache_use(&lv, &headers, principal.as_deref(), req.cache);
+    let shadow = shadow.and_then(|p| Some((p, infer::shadow_input(&lv, &req.inputs)?)));
     let done = infer::run(&s, &lv, req.inputs, opts, cache).await?;
+    infer::mirror(&s, &lv, shadow, || {
+        ShadowOut::of_tensors(&done.output.outputs)
+    });
     let outputs = infer::pick_outputs(&lv, &picked, &done.output.outputs)?;
     let enc = v2::encode_response(
         &lv.name,

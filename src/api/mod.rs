@@ -11,6 +11,8 @@ mod kserve_v1;
 pub(crate) mod kserve_v2;
 mod openai;
 pub(crate) mod repository;
+mod rollout;
+pub mod shadow;
 pub(crate) mod stats;
 mod tei;
 mod text;
@@ -115,6 +117,19 @@ pub fn router(state: AppState) -> Router {
             "/v2/repository/models/{model}/unload",
             post(repository::unload),
         )
+        .route(
+            "/v2/repository/models/{model}/routing",
+            axum::routing::put(rollout::routing),
+        )
+        .route(
+            "/v2/repository/models/{model}/promote",
+            post(rollout::promote),
+        )
+        .route(
+            "/v2/repository/models/{model}/rollback",
+            post(rollout::rollback),
+        )
+        .route("/v2/models/{model}/rollout", get(rollout::status))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/embed", post(tei::embed))
         .route("/info", get(tei::info))

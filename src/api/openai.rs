@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::shadow::{LiveOutput, ShadowInput};
 use super::{infer, text, ApiError, AppState};
 use crate::auth::Principal;
 use crate::batcher::SubmitOptions;
@@ -47,17 +48,25 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let (req, lv) =
-        text::read_request(&s, principal, &headers, body, openai::decode_request, |r| {
-            r.model.as_deref()
-        })
-        .await?;
+    let text::Picked { req, lv, shadow } = text::read_request(
+        &s,
+        principal,
+        &headers,
+        body,
+        openai::decode_request,
+        |r| r.model.as_deref(),
+        |r| r.user.as_deref(),
+    )
+    .await?;
     let tm = lv
         .text
         .as_ref()
         .expect("text_model returns text models. This is a bug.");
     // The API has no truncate parameter: texts are cut at the model's limit, as
     // sentence-transformers does.
+    let shadow = shadow
+        .filter(|_| req.dimensions.is_none())
+        .map(|p| (p, ShadowInput::Texts(req.input.clone())));
     let ereq = infer::EmbedRequest {
         texts: req.input,
         truncate: true,
@@ -67,6 +76,7 @@ async fn handle(
         cache: infer::cache_use(&lv, &headers, principal, None),
     };
     let e = infer::embed(&lv, tm, ereq).await?;
+    infer::mirror(&s, &lv, shadow, || Some(LiveOutput::of_vectors(&e.vectors)));
     let headers = text::headers(&e, start.elapsed());
     let body = openai::encode_response(e.vectors, &lv.name, e.tokens, req.encoding_format);
     Ok(infer::served(

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::shadow::{LiveOutput, ShadowInput};
 use super::{infer, text, ApiError, AppState};
 use crate::auth::Principal;
 use crate::batcher::SubmitOptions;
@@ -27,6 +28,7 @@ fn tei_error(e: ApiError) -> Response {
         }
         ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorType::Overloaded),
         ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorType::Unhealthy),
+        ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorType::Validation),
         ApiError::Internal(_) | ApiError::LoadFailed(_) => {
             (StatusCode::FAILED_DEPENDENCY, ErrorType::Backend)
         }
@@ -53,9 +55,15 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
-    let (req, lv) = text::read_request(&s, principal, &headers, body, tei::decode_request, |r| {
-        r.model.as_deref()
-    })
+    let text::Picked { req, lv, shadow } = text::read_request(
+        &s,
+        principal,
+        &headers,
+        body,
+        tei::decode_request,
+        |r| r.model.as_deref(),
+        |_| None,
+    )
     .await?;
     let tm = lv
         .text
@@ -66,6 +74,9 @@ async fn handle(
         let body = tei::encode_error("`inputs` cannot be empty", ErrorType::Empty);
         return Ok(ApiError::respond(StatusCode::BAD_REQUEST, body));
     }
+    let shadow = shadow
+        .filter(|_| req.dimensions.is_none())
+        .map(|p| (p, ShadowInput::Texts(req.inputs.clone())));
     let ereq = infer::EmbedRequest {
         texts: req.inputs,
         truncate: req.truncate,
@@ -75,6 +86,7 @@ async fn handle(
         cache: infer::cache_use(&lv, &headers, principal, None),
     };
     let e = infer::embed(&lv, tm, ereq).await?;
+    infer::mirror(&s, &lv, shadow, || Some(LiveOutput::of_vectors(&e.vectors)));
     let headers = text::headers(&e, start.elapsed());
     Ok(infer::served(
         &lv,

@@ -11,10 +11,19 @@ use super::infer::{invalid, ms, Embedded};
 use super::{read_body, ApiError, AppState};
 use crate::auth::Principal;
 use crate::protocol::embeddings::DecodeError;
-use crate::repository::{LoadedVersion, ModelState, RepoError};
+use crate::repository::{LoadedVersion, ModelState, RepoError, Routed, ShadowPlan};
 
-/// Reads the body and decodes it with `decode`, then picks the text model it names (or the
-/// default one). A body with a bad field counts as INVALID against that model.
+/// A decoded embedding request, the version the router picked and its shadow copy, if any.
+pub struct Picked<T> {
+    pub req: T,
+    pub lv: Arc<LoadedVersion>,
+    pub shadow: Option<ShadowPlan>,
+}
+
+/// Reads the body and decodes it with `decode`, then routes to the text model it names (or the
+/// default one); the routing key is the `x-ferrite-routing-key` header, else what `key_of`
+/// finds in the body (OpenAI's `user`). A body with a bad field counts as INVALID against that
+/// model.
 pub async fn read_request<T>(
     s: &AppState,
     principal: Option<&Principal>,
@@ -22,27 +31,55 @@ pub async fn read_request<T>(
     body: axum::body::Body,
     decode: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
     model_of: impl FnOnce(&T) -> Option<&str>,
-) -> Result<(T, Arc<LoadedVersion>), ApiError> {
+    key_of: impl FnOnce(&T) -> Option<&str>,
+) -> Result<Picked<T>, ApiError> {
     if !s.is_accepting() {
         return Err(ApiError::Unavailable(
             "server is shutting down or starting".into(),
         ));
     }
     let bytes = read_body(s, headers, body).await?;
-    let (decoded, model) = match decode(&bytes) {
+    let (decoded, model, key) = match decode(&bytes) {
         Ok(req) => {
             let model = model_of(&req).map(str::to_string);
-            (Ok(req), model)
+            let key = match super::infer::routing_key(headers) {
+                Some(k) => Some(k.to_vec()),
+                None => key_of(&req).map(|k| k.as_bytes().to_vec()),
+            };
+            (Ok(req), model, key)
         }
         Err(DecodeError::Malformed(e)) => return Err(e.into()),
-        Err(DecodeError::Field { model, error }) => (Err(error), model),
+        Err(DecodeError::Field { model, error }) => (Err(error), model, None),
     };
-    let lv = text_model(s, model.as_deref())?;
-    check_model(principal, &lv.name)?;
+    let routed = route_text(s, model.as_deref(), key.as_deref())?;
+    check_model(principal, &routed.lv.name)?;
     match decoded {
-        Ok(req) => Ok((req, lv)),
-        Err(error) => Err(invalid(&lv, error)),
+        Ok(req) => Ok(Picked {
+            req,
+            lv: routed.lv,
+            shadow: routed.shadow,
+        }),
+        Err(error) => Err(invalid(&routed.lv, error)),
     }
+}
+
+/// `text_model`, through the model's router.
+fn route_text(
+    state: &AppState,
+    name: Option<&str>,
+    key: Option<&[u8]>,
+) -> Result<Routed, ApiError> {
+    let name = match name.filter(|n| !n.is_empty()) {
+        Some(n) => n.to_string(),
+        None => text_model(state, None)?.name.clone(),
+    };
+    let r = state.repo.route(&name, key)?;
+    if r.lv.text.is_none() {
+        return Err(ApiError::BadRequest(format!(
+            "model '{name}' does not take text (it is not an embedding model)"
+        )));
+    }
+    Ok(r)
 }
 
 /// The named model (it must take text), or the first loaded text model by name.

@@ -62,10 +62,18 @@ async fn infer_one(
     s: &AppState,
     principal: Option<&Principal>,
     req: pb::ModelInferRequest,
+    routing_key: Option<String>,
 ) -> Result<pb::ModelInferResponse, ApiError> {
     crate::api::auth::check_model(principal, &req.model_name)?;
     let version = version_of(&req.model_name, &req.model_version)?;
-    let lv = s.repo.get(&req.model_name, version)?;
+    let (lv, shadow) = match version {
+        Some(_) => (s.repo.get(&req.model_name, version)?, None),
+        None => {
+            let key = routing_key.as_ref().map(|k| k.as_bytes());
+            let r = s.repo.route(&req.model_name, key)?;
+            (r.lv, r.shadow)
+        }
+    };
     let req = proto::decode_infer(req).map_err(|e| infer::invalid(&lv, e))?;
     let picked = infer::select_outputs(&lv, &req).map_err(|e| infer::invalid(&lv, e))?;
     let opts = SubmitOptions {
@@ -74,7 +82,11 @@ async fn infer_one(
         ..SubmitOptions::default()
     };
     // The response cache is not consulted on the gRPC door yet (issue 19 follow-up).
+    let shadow = shadow.and_then(|p| Some((p, infer::shadow_input(&lv, &req.inputs)?)));
     let done = infer::run(s, &lv, req.inputs, opts, None).await?;
+    infer::mirror(s, &lv, shadow, || {
+        crate::api::shadow::LiveOutput::of_tensors(&done.output.outputs)
+    });
     let outputs = infer::pick_outputs(&lv, &picked, &done.output.outputs)?;
     Ok(proto::encode_infer(
         &lv.name,
@@ -234,7 +246,12 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Inference {
             .extensions()
             .get::<std::sync::Arc<Principal>>()
             .cloned();
-        let run = infer_one(&self.state, principal.as_deref(), request.into_inner());
+        let key = request
+            .metadata()
+            .get(crate::api::infer::ROUTING_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let run = infer_one(&self.state, principal.as_deref(), request.into_inner(), key);
         let result = match deadline {
             None => run.await,
             Some(d) => match tokio::time::timeout(d, run).await {
@@ -247,7 +264,17 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Inference {
                 }
             },
         };
-        result.map(Response::new).map_err(status_of)
+        let r = result.map_err(status_of)?;
+        let version = r
+            .model_version
+            .parse::<tonic::metadata::MetadataValue<_>>()
+            .ok();
+        let mut resp = Response::new(r);
+        if let Some(v) = version {
+            resp.metadata_mut()
+                .insert(crate::api::infer::VERSION_HEADER, v);
+        }
+        Ok(resp)
     }
 
     type ModelStreamInferStream = InferStream;
@@ -386,7 +413,7 @@ async fn run_stream(
                     in_flight.push(async move {
                         let (id, model, version) =
                             (req.id.clone(), req.model_name.clone(), req.model_version.clone());
-                        match infer_one(&state, principal.as_deref(), req).await {
+                        match infer_one(&state, principal.as_deref(), req, None).await {
                             Ok(r) => pb::ModelStreamInferResponse {
                                 error_message: String::new(),
                                 infer_response: Some(r),

@@ -71,6 +71,7 @@ pub fn status_of(e: ApiError) -> Status {
             return retryable(Code::Unavailable, e.message().to_string(), RETRY_AFTER)
         }
         ApiError::LoadFailed(_) | ApiError::Internal(_) => Code::Internal,
+        ApiError::Conflict(_) => Code::FailedPrecondition,
     };
     Status::new(code, e.message())
 }

@@ -3,7 +3,8 @@
 //! their rows (which fails, for the whole batch, when their non-batch shapes differ) and `compute`
 //! splits the result back per request. It can be told (config `[parameters]`) to sleep per batch in `compute` (`sleep_us`, a known service
 //! time) and in `stage` (`stage_sleep_us`, a known input time), to panic (`panic_on`) or fail
-//! (`fail_on`) when any input element equals a value.
+//! (`fail_on`) when any input element equals a value, or to fail a share of batches
+//! (`fail_fraction`, evenly spread: a canary that fails that share of requests).
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,9 @@ pub struct DebugModel {
     stage_sleep: Duration,
     panic_on: Option<f64>,
     fail_on: Option<f64>,
+    /// Fail this share of batches, evenly spread (batch n fails when floor((n+1)f) > floor(nf)).
+    fail_fraction: f64,
+    batches: std::sync::atomic::AtomicU64,
 }
 
 impl DebugModel {
@@ -46,6 +50,10 @@ impl DebugModel {
             ),
             panic_on: param(config, "panic_on")?,
             fail_on: param(config, "fail_on")?,
+            fail_fraction: param::<f64>(config, "fail_fraction")?
+                .unwrap_or(0.0)
+                .clamp(0.0, 1.0),
+            batches: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
@@ -92,6 +100,18 @@ impl Model for DebugModel {
             if contains(&x, v) {
                 return Err(ModelError::Failed(format!(
                     "debug model asked to fail on {v}"
+                )));
+            }
+        }
+        if self.fail_fraction > 0.0 {
+            let n = self
+                .batches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64;
+            let f = self.fail_fraction;
+            if ((n + 1.0) * f).floor() > (n * f).floor() {
+                return Err(ModelError::Failed(format!(
+                    "debug model asked to fail {:.0}% of batches",
+                    100.0 * f
                 )));
             }
         }

@@ -1,12 +1,26 @@
 //! The model repository (Triton-like): `models/<name>/config.toml` plus numbered version folders.
 //! Loads a model's selected versions (weights, queue, workers, warm-up), unloads them, and answers
 //! lookups by name/version and readiness. A model that fails to load never stops the others.
+//! Reloads keep unchanged versions running and swap changed ones without failing a request;
+//! each new version passes its validation gate (`gate.rs`) before requests are routed to it, and
+//! a model's rollout state (split, shadow, guard; `rollout.rs`) decides which version serves a
+//! request that names none.
 
+pub mod gate;
 pub mod placement;
+mod rollout;
 mod text;
+
+/// The rollout types the API speaks.
+pub mod rollout_api {
+    pub use super::rollout::{
+        GuardMemory, RolloutStatus, RoutingChange, ShadowSummary, VersionStatus,
+    };
+}
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
@@ -14,11 +28,15 @@ use crate::batcher::{Queue, SubmitOptions};
 use crate::cache::{self, RedisLevel, VersionCache};
 use crate::device::{self, DeviceId, DeviceInfo};
 use crate::model::{self, LoadOptions, Model, ModelError};
-use crate::spec::{ConfigError, ModelConfig};
+use crate::rollout::{CompareKind, GuardConfig, RolloutState};
+use crate::spec::{ConfigError, ModelConfig, VersionMeta};
+use crate::telemetry::rollout::RolloutMetrics;
 use crate::telemetry::{Metrics, ModelMetrics};
 use crate::tensor::{DataType, Tensor, TensorData};
 use crate::worker::{self, WorkerSpec};
+pub use gate::GateReport;
 pub use placement::PlacementError;
+pub use rollout::{Routed, ShadowPlan};
 pub use text::{TextError, TextModel, TextRun};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -27,6 +45,9 @@ pub enum ModelState {
     Loading,
     Ready,
     Unavailable,
+    /// Loaded, but its validation gate failed: never routed to (a version state).
+    #[serde(rename = "FAILED_VALIDATION")]
+    FailedValidation,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +70,9 @@ pub enum RepoError {
     Config(#[from] ConfigError),
     #[error("model '{model}': {message}")]
     Load { model: String, message: String },
+    /// A rollout action that cannot apply now (unknown or failed version, nothing to roll back).
+    #[error("model '{model}': {message}")]
+    Conflict { model: String, message: String },
 }
 
 /// The class labels file in a model folder (one label per line, by class index).
@@ -69,10 +93,49 @@ pub struct LoadedVersion {
     pub cache: Option<Arc<VersionCache>>,
     /// Class labels from the model folder's `labels.txt` (classification extension), by index.
     pub labels: Option<Arc<Vec<String>>>,
+    /// The version folder's `version.toml`.
+    pub meta: VersionMeta,
+    /// The validation gate's figures (set once, right after warm-up).
+    gate: Mutex<GateReport>,
+    /// Requests may be routed here: the gate passed (or there is none), or a forced promotion.
+    servable: AtomicBool,
+    forced: AtomicBool,
+    /// Hash of the version folder's files and the effective config (a reload with the same stamp
+    /// keeps this version running).
+    stamp: u64,
+    /// Shadow copies in flight on this version (a full semaphore drops new ones).
+    pub shadow_slots: Arc<tokio::sync::Semaphore>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl LoadedVersion {
+    /// Whether requests that name no version may be routed here.
+    pub fn servable(&self) -> bool {
+        self.servable.load(Ordering::Relaxed)
+    }
+
+    pub fn gate(&self) -> GateReport {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn forced(&self) -> bool {
+        self.forced.load(Ordering::Relaxed)
+    }
+
+    /// This version's state in the index: READY, or FAILED_VALIDATION until forced.
+    pub fn state(&self) -> ModelState {
+        if self.servable() {
+            ModelState::Ready
+        } else {
+            ModelState::FailedValidation
+        }
+    }
+
+    fn set_gate(&self, report: GateReport) {
+        self.servable.store(report.passed, Ordering::Relaxed);
+        *self.gate.lock().unwrap_or_else(|e| e.into_inner()) = report;
+    }
+
     /// Closes the queue (queued requests are still served) and joins the workers. Blocking.
     fn stop_blocking(&self) {
         self.queue.close();
@@ -92,7 +155,49 @@ impl LoadedVersion {
 struct ModelEntry {
     state: ModelState,
     reason: String,
+    /// Every loaded version, including those whose gate failed.
     versions: BTreeMap<u64, Arc<LoadedVersion>>,
+    /// Selected versions that failed to load (bad checksum, corrupt weights, ...): why.
+    failed: BTreeMap<u64, String>,
+    rollout: RolloutState,
+    guard: Option<GuardConfig>,
+    compare: CompareKind,
+    /// Whether `rollout` was set up from the config or a persisted state yet.
+    rollout_ready: bool,
+}
+
+impl ModelEntry {
+    fn new(state: ModelState) -> ModelEntry {
+        ModelEntry {
+            state,
+            reason: String::new(),
+            versions: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            rollout: RolloutState::from_config(Default::default(), None, 0),
+            guard: None,
+            compare: CompareKind::MaxAbsDiff,
+            rollout_ready: false,
+        }
+    }
+
+    /// The newest servable version: where unnamed requests go without a split.
+    fn default_version(&self) -> Option<&Arc<LoadedVersion>> {
+        self.versions.values().rev().find(|lv| lv.servable())
+    }
+
+    /// The version the split gives most weight (when servable), else the default.
+    fn primary(&self) -> Option<&Arc<LoadedVersion>> {
+        self.rollout
+            .split
+            .primary()
+            .and_then(|v| self.versions.get(&v))
+            .filter(|lv| lv.servable())
+            .or_else(|| self.default_version())
+    }
+
+    fn any_servable(&self) -> bool {
+        self.versions.values().any(|lv| lv.servable())
+    }
 }
 
 /// Instances of one model version on one device (for `GET /v2/devices`).
@@ -113,6 +218,9 @@ pub struct IndexEntry {
     pub version: Option<String>,
     pub state: ModelState,
     pub reason: String,
+    /// The version's gate figures (versions only, when a gate is configured).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validation: Option<GateReport>,
 }
 
 pub struct Repository {
@@ -128,6 +236,11 @@ pub struct Repository {
     fingerprints: Mutex<BTreeMap<String, Fingerprint>>,
     /// The shared Redis level of every cached version (`--cache-redis-url`).
     cache_redis: Option<Arc<RedisLevel>>,
+    /// Where live routing changes are persisted (`--state-dir`); none: until restart.
+    state_dir: Option<PathBuf>,
+    /// Keyless requests routed so far (their routing sequence).
+    seq: AtomicU64,
+    rollout_metrics: RolloutMetrics,
 }
 
 /// A model folder's config file and version folders' files: (path, length, modified time).
@@ -187,12 +300,21 @@ impl Repository {
         Repository {
             root,
             devices,
-            metrics,
             models: RwLock::new(BTreeMap::new()),
             admin: tokio::sync::Mutex::new(()),
             fingerprints: Mutex::new(BTreeMap::new()),
             cache_redis: None,
+            state_dir: None,
+            seq: AtomicU64::new(0),
+            rollout_metrics: RolloutMetrics::new(metrics.registry()),
+            metrics,
         }
+    }
+
+    /// Live routing changes are persisted under `dir` and read back at the next load.
+    pub fn with_state_dir(mut self, dir: Option<PathBuf>) -> Repository {
+        self.state_dir = dir;
+        self
     }
 
     /// Versions whose config enables `[response_cache]` use `redis` as their shared level.
@@ -230,7 +352,10 @@ impl Repository {
         }
     }
 
-    /// (Re)loads a model: new versions are loaded and warmed up before they replace the old ones.
+    /// (Re)loads a model. Versions whose folder and effective config are unchanged keep running;
+    /// new or changed ones are loaded, warmed up and gated before they replace the old ones, and
+    /// the old ones drain (in-flight requests finish on them) before their workers exit. A
+    /// version that fails to load or to pass its gate never takes traffic from a serving one.
     pub async fn load(&self, name: &str) -> Result<(), RepoError> {
         let _admin = self.admin.lock().await;
         let dir = self.root.join(name);
@@ -242,46 +367,128 @@ impl Repository {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.into(), fingerprint(&dir));
-        self.write()
-            .entry(name.into())
-            .and_modify(|e| {
-                e.state = if e.versions.is_empty() {
-                    ModelState::Loading
-                } else {
-                    e.state
-                }
-            })
-            .or_insert(ModelEntry {
-                state: ModelState::Loading,
-                reason: String::new(),
-                versions: BTreeMap::new(),
-            });
-        let loaded = self.load_versions(name, &dir).await;
+        let current = {
+            let mut models = self.write();
+            let e = models
+                .entry(name.into())
+                .or_insert_with(|| ModelEntry::new(ModelState::Loading));
+            if e.versions.is_empty() {
+                e.state = ModelState::Loading;
+            }
+            e.versions.clone()
+        };
+        let loaded = self.load_versions(name, &dir, &current).await;
         let old = {
             let mut models = self.write();
             let entry = models
                 .get_mut(name)
                 .expect("entry inserted above. This is a bug.");
             match &loaded {
-                Ok(new) => {
-                    entry.state = ModelState::Ready;
-                    entry.reason.clear();
-                    std::mem::replace(&mut entry.versions, new.clone())
-                }
+                Ok(out) => self.apply(name, entry, out),
                 Err(e) => {
                     if entry.versions.is_empty() {
                         entry.state = ModelState::Unavailable;
                     }
                     entry.reason = e.to_string();
-                    BTreeMap::new()
+                    Vec::new()
                 }
             }
         };
-        self.export_readiness(name, &dir, &loaded, &old);
-        stop_all(old.into_values().collect()).await;
-        loaded.map(|v| {
-            tracing::info!(model = name, versions = ?v.keys().collect::<Vec<_>>(), "model ready");
-        })
+        self.export_readiness(name, &dir, loaded.as_ref().map(|o| &o.versions), &old);
+        self.persist(name);
+        self.export_weights(name);
+        retire(old);
+        let out = loaded?;
+        let (serving, why) = self
+            .read()
+            .get(name)
+            .map(|e| (e.any_servable(), e.reason.clone()))
+            .unwrap_or_default();
+        if !why.is_empty() {
+            let tail = if serving {
+                " (the serving versions keep serving)"
+            } else {
+                ""
+            };
+            return Err(RepoError::Load {
+                model: name.into(),
+                message: format!("{why}{tail}"),
+            });
+        }
+        tracing::info!(model = name, versions = ?out.versions.keys().collect::<Vec<_>>(), "model ready");
+        Ok(())
+    }
+
+    /// Installs a load's outcome in the model's entry; returns the versions to retire.
+    fn apply(
+        &self,
+        name: &str,
+        entry: &mut ModelEntry,
+        out: &LoadOutcome,
+    ) -> Vec<Arc<LoadedVersion>> {
+        let new_servable = out.versions.values().any(|lv| lv.servable());
+        let mut next = out.versions.clone();
+        if !new_servable {
+            // Nothing new may serve: the versions serving now stay (beyond the version policy).
+            for (v, lv) in &entry.versions {
+                if lv.servable() {
+                    next.entry(*v).or_insert_with(|| lv.clone());
+                }
+            }
+        }
+        let old = std::mem::replace(&mut entry.versions, next);
+        let retired = old
+            .into_iter()
+            .filter(|(v, lv)| !entry.versions.get(v).is_some_and(|n| Arc::ptr_eq(n, lv)))
+            .map(|(_, lv)| lv)
+            .collect();
+        entry.failed = out.failed.clone();
+        let mut problems: Vec<String> = out
+            .failed
+            .iter()
+            .map(|(v, e)| format!("version {v}: {e}"))
+            .collect();
+        problems.extend(
+            out.versions
+                .values()
+                .filter(|lv| !lv.servable())
+                .map(|lv| format!("version {}: {}", lv.version, lv.gate().summary())),
+        );
+        entry.reason = problems.join("; ");
+        entry.state = if entry.any_servable() {
+            ModelState::Ready
+        } else {
+            ModelState::Unavailable
+        };
+        let routing = &out.config.routing;
+        let hash = routing.hash();
+        if !entry.rollout_ready {
+            entry.rollout = self
+                .persisted(name)
+                .filter(|p| p.config_hash == hash)
+                .unwrap_or_else(|| {
+                    RolloutState::from_config(routing.split(), routing.shadow.clone(), hash)
+                });
+            entry.rollout_ready = true;
+        } else if entry.rollout.config_hash != hash {
+            tracing::info!(
+                model = name,
+                "[routing] changed in config.toml: it replaces the live routing"
+            );
+            entry.rollout =
+                RolloutState::from_config(routing.split(), routing.shadow.clone(), hash);
+        }
+        let loaded: Vec<u64> = entry.versions.keys().copied().collect();
+        entry.rollout.retain_loaded(&loaded);
+        entry.guard = routing.guard.clone();
+        entry.compare = routing.compare.unwrap_or(if out.text {
+            CompareKind::Cosine
+        } else if out.labels {
+            CompareKind::Argmax
+        } else {
+            CompareKind::MaxAbsDiff
+        });
+        retired
     }
 
     /// `ferrite_model_ready`: 1 for the versions now serving, 0 for selected versions that failed
@@ -290,26 +497,38 @@ impl Repository {
         &self,
         name: &str,
         dir: &Path,
-        loaded: &Result<BTreeMap<u64, Arc<LoadedVersion>>, RepoError>,
-        replaced: &BTreeMap<u64, Arc<LoadedVersion>>,
+        loaded: Result<&BTreeMap<u64, Arc<LoadedVersion>>, &RepoError>,
+        replaced: &[Arc<LoadedVersion>],
     ) {
         let m = &self.metrics;
         let present = present_versions(dir);
+        let now: BTreeMap<u64, bool> = self
+            .read()
+            .get(name)
+            .map(|e| {
+                e.versions
+                    .iter()
+                    .map(|(v, lv)| (*v, lv.servable()))
+                    .collect()
+            })
+            .unwrap_or_default();
         match loaded {
-            Ok(new) => {
-                for v in present.iter().chain(replaced.keys()) {
-                    if !new.contains_key(v) {
+            Ok(_) => {
+                for v in present.iter().chain(replaced.iter().map(|lv| &lv.version)) {
+                    if !now.contains_key(v) {
                         m.forget_model_version(name, *v);
                     }
                 }
-                new.keys().for_each(|v| m.set_model_ready(name, *v, true));
+                for (v, ok) in &now {
+                    m.set_model_ready(name, *v, *ok);
+                    self.rollout_metrics
+                        .gate_passed
+                        .with_label_values(&[name, &v.to_string()])
+                        .set(i64::from(*ok));
+                }
             }
             Err(_) => {
-                let serving = self
-                    .read()
-                    .get(name)
-                    .is_some_and(|e| !e.versions.is_empty());
-                if !serving {
+                if now.is_empty() {
                     let selected = ModelConfig::load(dir)
                         .map(|c| c.version_policy.select(&present))
                         .unwrap_or(present);
@@ -325,7 +544,8 @@ impl Repository {
         &self,
         name: &str,
         dir: &Path,
-    ) -> Result<BTreeMap<u64, Arc<LoadedVersion>>, RepoError> {
+        current: &BTreeMap<u64, Arc<LoadedVersion>>,
+    ) -> Result<LoadOutcome, RepoError> {
         let config = Arc::new(ModelConfig::load(dir)?);
         let present = present_versions(dir);
         let selected = config.version_policy.select(&present);
@@ -341,19 +561,77 @@ impl Repository {
         }
         let placement = placement::place(&config.instance_group, &self.devices)
             .map_err(|e: PlacementError| load_err(e.to_string()))?;
-        let mut versions = BTreeMap::new();
+        let mut out = LoadOutcome {
+            versions: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            text: false,
+            labels: dir.join(LABELS_FILE).is_file(),
+            config: config.clone(),
+        };
+        // The version serving now: what `compare_to = "live"` gates against.
+        let live = {
+            let models = self.read();
+            models.get(name).and_then(|e| e.primary().cloned())
+        };
         for v in selected {
-            match self.start_version(name, v, dir, &config, &placement).await {
+            let vdir = dir.join(v.to_string());
+            let prepared = VersionMeta::load(&vdir)
+                .map_err(|e| e.to_string())
+                .and_then(|meta| Ok((effective_config(&config, &meta)?, meta)));
+            let (vconfig, meta) = match prepared {
+                Ok(p) => p,
+                Err(e) => {
+                    out.failed.insert(v, e);
+                    continue;
+                }
+            };
+            let stamp = version_stamp(&vdir, &vconfig);
+            if let Some(lv) = current.get(&v).filter(|lv| lv.stamp == stamp) {
+                out.text |= lv.text.is_some();
+                out.versions.insert(v, lv.clone());
+                continue;
+            }
+            if let Err(e) = verify_weights(&vdir, &meta).await {
+                tracing::error!(model = name, version = v, error = %e, "version refused");
+                out.failed.insert(v, e);
+                continue;
+            }
+            let started = self
+                .start_version(name, v, dir, &Arc::new(vconfig), &placement, (meta, stamp))
+                .await;
+            match started {
                 Ok(lv) => {
-                    versions.insert(v, lv);
+                    let live = live.as_ref().filter(|l| l.version != v);
+                    let report = gate::run(&lv, dir, live.map(|l| l.as_ref())).await;
+                    if report.configured {
+                        match report.passed {
+                            true => {
+                                tracing::info!(model = name, version = v, report = ?report, "validation passed")
+                            }
+                            false => {
+                                tracing::warn!(model = name, version = v, failures = ?report.failures, "validation failed: the version is loaded but never routed to")
+                            }
+                        }
+                    }
+                    lv.set_gate(report);
+                    out.text |= lv.text.is_some();
+                    out.versions.insert(v, lv);
                 }
                 Err(e) => {
-                    stop_all(versions.into_values().collect()).await;
-                    return Err(e);
+                    tracing::error!(model = name, version = v, error = %e, "version failed to load");
+                    out.failed.insert(v, e.to_string());
                 }
             }
         }
-        Ok(versions)
+        if out.versions.is_empty() {
+            let why: Vec<String> = out
+                .failed
+                .iter()
+                .map(|(v, e)| format!("version {v}: {e}"))
+                .collect();
+            return Err(load_err(why.join("; ")));
+        }
+        Ok(out)
     }
 
     async fn start_version(
@@ -363,6 +641,7 @@ impl Repository {
         dir: &Path,
         config: &Arc<ModelConfig>,
         placement: &[(DeviceId, usize)],
+        (meta, stamp): (VersionMeta, u64),
     ) -> Result<Arc<LoadedVersion>, RepoError> {
         let metrics = self.metrics.for_model(name, version);
         let load_err = |message: String| RepoError::Load {
@@ -413,6 +692,14 @@ impl Repository {
             text,
             cache,
             labels,
+            meta,
+            gate: Mutex::new(GateReport::not_configured()),
+            servable: AtomicBool::new(false),
+            forced: AtomicBool::new(false),
+            stamp,
+            shadow_slots: Arc::new(tokio::sync::Semaphore::new(
+                (config.dynamic_batching.max_queue_size / 4).clamp(1, 1024),
+            )),
             workers: Mutex::new(Vec::new()),
         });
         for (dev, count, m) in models {
@@ -542,15 +829,34 @@ impl Repository {
         Ok(())
     }
 
-    /// The version to run: the given one or the newest loaded.
+    /// The version to run: the given one (refused while its gate failed), or the live one (the
+    /// split's primary, else the newest servable). Inference doors use `route` instead, which
+    /// applies the split.
     pub fn get(&self, name: &str, version: Option<u64>) -> Result<Arc<LoadedVersion>, RepoError> {
+        let lv = self.version_any(name, version)?;
+        if version.is_some() && !lv.servable() {
+            return Err(RepoError::NotReady {
+                model: name.into(),
+                state: ModelState::FailedValidation,
+                reason: format!("version {}: {}", lv.version, lv.gate().summary()),
+            });
+        }
+        Ok(lv)
+    }
+
+    /// Like `get`, but a given version is returned even when its gate failed (metadata, status).
+    pub fn version_any(
+        &self,
+        name: &str,
+        version: Option<u64>,
+    ) -> Result<Arc<LoadedVersion>, RepoError> {
         let models = self.read();
         let entry = models
             .get(name)
             .ok_or_else(|| RepoError::ModelNotFound(name.into()))?;
         let found = match version {
             Some(v) => entry.versions.get(&v),
-            None => entry.versions.values().next_back(),
+            None => entry.primary(),
         };
         match (found, version) {
             (Some(lv), _) => Ok(lv.clone()),
@@ -590,24 +896,45 @@ impl Repository {
         for name in model_names(&self.root) {
             match models.get(&name) {
                 Some(e) if !e.versions.is_empty() => {
-                    out.extend(e.versions.keys().map(|v| IndexEntry {
+                    out.extend(e.versions.values().map(|lv| {
+                        let gate = lv.gate();
+                        IndexEntry {
+                            name: name.clone(),
+                            version: Some(lv.version.to_string()),
+                            state: if e.state == ModelState::Loading {
+                                e.state
+                            } else {
+                                lv.state()
+                            },
+                            reason: if gate.configured && !lv.servable() {
+                                gate.summary()
+                            } else {
+                                String::new()
+                            },
+                            validation: gate.configured.then_some(gate),
+                        }
+                    }));
+                    out.extend(e.failed.iter().map(|(v, why)| IndexEntry {
                         name: name.clone(),
                         version: Some(v.to_string()),
-                        state: e.state,
-                        reason: e.reason.clone(),
-                    }))
+                        state: ModelState::Unavailable,
+                        reason: why.clone(),
+                        validation: None,
+                    }));
                 }
                 Some(e) => out.push(IndexEntry {
                     name,
                     version: None,
                     state: e.state,
                     reason: e.reason.clone(),
+                    validation: None,
                 }),
                 None => out.push(IndexEntry {
                     name,
                     version: None,
                     state: ModelState::Unavailable,
                     reason: "not loaded".into(),
+                    validation: None,
                 }),
             }
         }
@@ -707,12 +1034,109 @@ fn cpu_simd_level() -> &'static str {
     std::env::consts::ARCH
 }
 
+/// Longest a retired version waits for the requests that hold it before its queue closes.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Stops versions once every request that picked them has let go (each in-flight request holds
+/// its version), so a swap fails no request; then closes their queues (queued work is still
+/// served) and joins their workers. Blocking work runs on the blocking pool.
 async fn stop_all(versions: Vec<Arc<LoadedVersion>>) {
     if versions.is_empty() {
         return;
     }
-    let _ =
-        tokio::task::spawn_blocking(move || versions.iter().for_each(|v| v.stop_blocking())).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let until = std::time::Instant::now() + DRAIN_LIMIT;
+        for v in &versions {
+            // Ours is the one reference left when the version is idle.
+            while Arc::strong_count(v) > 1 && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            v.stop_blocking();
+        }
+    })
+    .await;
+}
+
+/// `stop_all` in the background: a reload returns while replaced versions drain.
+fn retire(versions: Vec<Arc<LoadedVersion>>) {
+    if !versions.is_empty() {
+        tokio::spawn(stop_all(versions));
+    }
+}
+
+/// What loading a model's selected versions gave.
+struct LoadOutcome {
+    versions: BTreeMap<u64, Arc<LoadedVersion>>,
+    failed: BTreeMap<u64, String>,
+    /// The model takes text / has class labels (the shadow comparison's default).
+    text: bool,
+    labels: bool,
+    config: Arc<ModelConfig>,
+}
+
+/// The model's config with a version's `[parameters]` overrides.
+fn effective_config(config: &ModelConfig, meta: &VersionMeta) -> Result<ModelConfig, String> {
+    let mut c = config.clone();
+    for (k, v) in &meta.parameters {
+        c.parameters.insert(k.clone(), v.clone());
+    }
+    Ok(c)
+}
+
+/// Hash of a version folder's files (path, size, mtime) and its effective config without
+/// `[routing]` (a routing change reloads nothing).
+fn version_stamp(vdir: &Path, config: &ModelConfig) -> u64 {
+    let mut c = config.clone();
+    c.routing = Default::default();
+    let mut files: Vec<(PathBuf, u64, Option<std::time::SystemTime>)> = std::fs::read_dir(vdir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((e.path(), m.len(), m.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    let text = format!(
+        "{files:?}|{}",
+        serde_json::to_string(&c).unwrap_or_default()
+    );
+    xxhash_rust::xxh3::xxh3_64(text.as_bytes())
+}
+
+/// Checks `model.safetensors` against `version.toml`'s `weights_sha256` (when given), off the
+/// async threads.
+async fn verify_weights(vdir: &Path, meta: &VersionMeta) -> Result<(), String> {
+    let Some(want) = meta.weights_sha256.clone() else {
+        return Ok(());
+    };
+    let file = vdir.join("model.safetensors");
+    let got = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut f = std::fs::File::open(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    if got.eq_ignore_ascii_case(&want) {
+        Ok(())
+    } else {
+        Err(format!(
+            "model.safetensors has SHA-256 {got} but version.toml says weights_sha256 = {want}: refusing to load it"
+        ))
+    }
 }
 
 /// One forward pass per warm-up batch size, through the queue and workers (text models: through the
@@ -771,5 +1195,71 @@ fn zeros(dt: DataType, n: usize) -> TensorData {
         DataType::F32 => TensorData::F32(vec![0.0; n]),
         DataType::F64 => TensorData::F64(vec![0.0; n]),
         DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
+    }
+}
+
+impl Repository {
+    /// `ferrite validate`: loads `version` of `name` in this process (weights checksum, warm-up),
+    /// runs its gate (against the live version when `compare_to = "live"`: the config's routing
+    /// primary, else the newest other version present) and stops it again.
+    pub async fn validate_offline(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<GateReport, RepoError> {
+        let dir = self.root.join(name);
+        if !dir.join("config.toml").is_file() {
+            return Err(RepoError::ModelNotFound(name.into()));
+        }
+        let config = Arc::new(ModelConfig::load(&dir)?);
+        let load_err = |message: String| RepoError::Load {
+            model: name.into(),
+            message,
+        };
+        let placement = placement::place(&config.instance_group, &self.devices)
+            .map_err(|e: PlacementError| load_err(e.to_string()))?;
+        let start = |v: u64| {
+            let (dir, config, placement) = (dir.clone(), config.clone(), placement.clone());
+            async move {
+                let vdir = dir.join(v.to_string());
+                if !vdir.is_dir() {
+                    return Err(load_err(format!(
+                        "version {v}: no folder {}",
+                        vdir.display()
+                    )));
+                }
+                let meta = VersionMeta::load(&vdir)?;
+                let vconfig = effective_config(&config, &meta).map_err(load_err)?;
+                verify_weights(&vdir, &meta)
+                    .await
+                    .map_err(|e| load_err(format!("version {v}: {e}")))?;
+                let stamp = version_stamp(&vdir, &vconfig);
+                self.start_version(name, v, &dir, &Arc::new(vconfig), &placement, (meta, stamp))
+                    .await
+            }
+        };
+        let candidate = start(version).await?;
+        let compare_live = config
+            .validation
+            .as_ref()
+            .is_some_and(|v| v.compare_to == crate::spec::CompareTo::Live);
+        let live_version = config
+            .routing
+            .split()
+            .primary()
+            .filter(|&v| v != version)
+            .or_else(|| {
+                present_versions(&dir)
+                    .into_iter()
+                    .rev()
+                    .find(|&v| v != version)
+            });
+        let live = match (compare_live, live_version) {
+            (true, Some(v)) => Some(start(v).await?),
+            _ => None,
+        };
+        let report = gate::run(&candidate, &dir, live.as_deref()).await;
+        stop_all(std::iter::once(candidate).chain(live).collect()).await;
+        Ok(report)
     }
 }

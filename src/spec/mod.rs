@@ -5,12 +5,14 @@
 //! against the declared inputs (`validate_inputs`). Plain data: no models, devices, queues or I/O
 //! beyond reading the config file. Depends on `tensor` only.
 
+mod rollout;
 mod tensor_spec;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use rollout::{CompareTo, RoutingConfig, Validation, VersionMeta, VERSION_FILE};
 pub use tensor_spec::{validate_inputs, TensorSpec, ValidationError};
 
 /// The architectures a config may name (`architecture = "bert"`); `model::load` builds each.
@@ -107,6 +109,13 @@ pub struct ModelConfig {
     /// The response cache (`[response_cache]`; off unless `enable = true`).
     #[serde(default)]
     pub response_cache: ResponseCache,
+    /// The gate a version passes before requests are routed to it (`[validation]`; none when
+    /// absent).
+    #[serde(default)]
+    pub validation: Option<Validation>,
+    /// Split, shadow and guard of requests that name no version (`[routing]`).
+    #[serde(default)]
+    pub routing: RoutingConfig,
     /// Architecture-specific settings.
     #[serde(default)]
     pub parameters: toml::Table,
@@ -356,6 +365,10 @@ impl ModelConfig {
                 "instance_group",
                 "expected at least one group, each with count >= 1".into(),
             );
+        }
+        self.routing.validate()?;
+        if let Some(v) = &self.validation {
+            v.validate()?;
         }
         if self.response_cache.enable && self.response_cache.ttl_secs == 0 {
             return err("response_cache.ttl_secs", "expected at least 1".into());

@@ -794,6 +794,22 @@ impl ModelMetrics {
         .inc();
     }
 
+    /// Cumulative successes, server-side failures (backend, timeout, other: not the client's
+    /// invalid or rejected requests) and the request-latency histogram as (upper bound,
+    /// cumulative count): what the rollout guard compares between versions.
+    pub fn request_totals(&self) -> (u64, u64, Vec<(f64, u64)>) {
+        use prometheus::core::Metric;
+        let errors = self.backend.get() + self.timeout.get() + self.other.get();
+        let m = self.request_seconds.metric();
+        let buckets = m
+            .get_histogram()
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect();
+        (self.success.get(), errors, buckets)
+    }
+
     /// Padding efficiency of one sequence batch (real tokens / padded tokens).
     pub fn record_padding(&self, efficiency: f64) {
         self.padding.observe(efficiency);
