@@ -57,7 +57,9 @@ for _ in $(seq 100); do redis-cli -p "$rport" ping 2>/dev/null | grep -q PONG &&
 repo() { # dir cache-table
   mkdir -p "$1/minilm/1" "$1/digits/1"
   for f in "$MODELS"/minilm/1/*; do ln -sf "$(realpath "$f")" "$1/minilm/1/"; done
+  ln -sf "$(realpath "$MODELS/minilm/validation.jsonl")" "$1/minilm/"   # the [validation] gate's set
   ln -sf "$(realpath "$MODELS/digits/1/model.safetensors")" "$1/digits/1/"
+  ln -sf "$(realpath "$MODELS/digits/test-split.safetensors")" "$1/digits/"
   cp "$MODELS/digits/config.toml" "$1/digits/config.toml"
   { cat "$MODELS/minilm/config.toml"; printf '\n%b' "$2"; } >"$1/minilm/config.toml"
 }

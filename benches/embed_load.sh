@@ -53,6 +53,7 @@ python3 benches/embed/make_sentences.py tests/fixtures/minilm-reference.json "$t
 repo() { # dir max_batch_size|""
   mkdir -p "$1/minilm/1"
   for f in "$MODELS"/minilm/1/*; do ln -sf "$(realpath "$f")" "$1/minilm/1/"; done
+  ln -sf "$(realpath "$MODELS/minilm/validation.jsonl")" "$1/minilm/"   # the [validation] gate's set
   if [[ -n "$2" ]]; then
     sed -E "s/^max_batch_size = [0-9]+/max_batch_size = $2/" "$MODELS/minilm/config.toml" >"$1/minilm/config.toml"
   else

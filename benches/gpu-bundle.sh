@@ -46,7 +46,7 @@ XZ_OPT="-9e -T1" tar -C "$B.tmp" -cJf "$B.tmp/bin.tar.xz" bin
 rm -rf "$B.tmp/bin" "$B.tmp/cargo.json"
 
 cp -r models/digits "$B.tmp/root/models/"
-cp models/minilm/config.toml "$B.tmp/root/models/minilm/"
+cp models/minilm/config.toml models/minilm/validation.jsonl "$B.tmp/root/models/minilm/"
 cp models/minilm/1/tokenizer.json models/minilm/1/config.json "$B.tmp/root/models/minilm/1/"
 cp tests/fixtures/minilm-reference.json "$B.tmp/root/tests/fixtures/"
 # f32 -> f16 safetensors (stdlib only): same names, shapes and order; header padded to 8 bytes.

@@ -199,6 +199,7 @@ minilm_repo() {
   local cfg="$1/minilm/config.toml" line key
   mkdir -p "$1/minilm/1"
   for f in "$MODELS"/minilm/1/*; do ln -sf "$(realpath "$f")" "$1/minilm/1/"; done
+  ln -sf "$(realpath "$MODELS/minilm/validation.jsonl")" "$1/minilm/"   # the [validation] gate's set
   sed -e "s/^kind = .*/kind = \"$2\"/" -e "s/^architecture = .*/&\nprefetch = $3/" \
     "$MODELS/minilm/config.toml" >"$cfg"
   while IFS= read -r line; do

@@ -20,10 +20,10 @@ python3 benches/embed/make_sentences.py tests/fixtures/minilm-reference.json "$t
 
 mkdir -p "$tmp/f32/minilm/1" "$tmp/q8/minilm/1"
 for f in "$MODELS"/minilm/1/*; do ln -sf "$(realpath "$f")" "$tmp/f32/minilm/1/"; done
-cp "$MODELS/minilm/config.toml" "$tmp/f32/minilm/"
+cp "$MODELS/minilm/config.toml" "$MODELS/minilm/validation.jsonl" "$tmp/f32/minilm/"
 "$FERRITE_BIN" quantize minilm --version 1 --to q8 --model-repository "$tmp/f32" >&2
 cp "$tmp/f32/minilm/2/"* "$tmp/q8/minilm/1/"
-cp "$MODELS/minilm/config.toml" "$tmp/q8/minilm/"
+cp "$MODELS/minilm/config.toml" "$MODELS/minilm/validation.jsonl" "$tmp/q8/minilm/"
 rm -rf "$tmp/f32/minilm/2"
 
 rss() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }

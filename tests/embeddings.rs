@@ -58,6 +58,7 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
 async fn embed(s: &TestServer, body: Value) -> Vec<Vec<f32>> {
     let r = s.post_json("/embed", &body).await;
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ferrite-model-version"], "1");
     r.json().await.unwrap()
 }
 
@@ -111,6 +112,7 @@ async fn openai_embeddings_shape_base64_and_dimensions() {
         )
         .await;
     assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ferrite-model-version"], "1");
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "list");
     assert_eq!(v["model"], "minilm");

@@ -227,8 +227,10 @@ async fn raw_and_typed_inference_agree_with_http() {
     let raw = c
         .model_infer(raw_request("digits", "r1", 3, &x))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    // The version that served, in the response metadata as on the HTTP doors.
+    assert_eq!(raw.metadata().get("x-ferrite-model-version").unwrap(), "1");
+    let raw = raw.into_inner();
     assert_eq!(
         (
             raw.id.as_str(),

@@ -402,8 +402,13 @@ async fn repository_index_unload_and_load() {
         .json()
         .await
         .unwrap();
+    // The bundled digits config gates versions on its held-out split (0.9778 for version 1).
+    let acc = idx[0]["validation"]["accuracy"].as_f64().unwrap();
+    assert!((acc - 0.9778).abs() < 1e-3, "{idx}");
+    let mut row = idx[0].clone();
+    row.as_object_mut().unwrap().remove("validation");
     assert_eq!(
-        idx,
+        json!([row]),
         json!([{"name": "digits", "version": "1", "state": "READY", "reason": ""}])
     );
     let x = pixels(8, 1);

@@ -142,7 +142,7 @@ struct Tally {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn swap_under_load_validate_promote_rollback_fails_nothing() {
+async fn swap_under_load_validate_promote_rollback_reload_fails_nothing() {
     let repo = gated_digits("{ latest = 2 }", "[routing]\nweights = { \"1\" = 100 }");
     let root = repo.path().to_path_buf();
     let s = Arc::new(
@@ -232,6 +232,37 @@ async fn swap_under_load_validate_promote_rollback_fails_nothing() {
         Duration::from_secs(30),
         "traffic back on version 1",
         || async { count("1") > one + 200 },
+    )
+    .await;
+    // A batching change in config.toml reloads both versions (new queues and workers, gated
+    // again) while the old ones serve and then drain: still nothing fails.
+    let cfg = root.join("digits/config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("max_queue_delay_us = 200"));
+    std::fs::write(
+        &cfg,
+        text.replace("max_queue_delay_us = 200", "max_queue_delay_us = 300"),
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(60),
+        "the changed batching config serving",
+        || async {
+            let c: Value = s
+                .get("/v2/models/digits/config")
+                .await
+                .json()
+                .await
+                .unwrap();
+            c["dynamic_batching"]["max_queue_delay_microseconds"] == 300
+        },
+    )
+    .await;
+    let after = tally.lock().unwrap().ok;
+    wait_until(
+        Duration::from_secs(30),
+        "traffic after the reload",
+        || async { tally.lock().unwrap().ok > after + 200 },
     )
     .await;
     stop.store(true, Ordering::Relaxed);
