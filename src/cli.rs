@@ -1,5 +1,5 @@
 //! The command line: `ferrite serve`, `ferrite models` (models, their placement, and the devices),
-//! `ferrite bench`, `ferrite capacity`, `ferrite quantize` and `ferrite keygen`.
+//! `ferrite bench`, `ferrite capacity`, `ferrite quantize`, `ferrite profile` and `ferrite keygen`.
 
 use std::path::PathBuf;
 
@@ -48,6 +48,14 @@ pub enum Command {
     /// Write a quantized copy of a model version (q8 or q4) as a new version, with its measured
     /// quality against the source in quantization.json.
     Quantize(crate::quantize::QuantizeArgs),
+    /// Write a model version's reference profile (`profile.json` in the version folder) from a
+    /// reference sample: per-feature sketches of its inputs and outputs that `[monitoring]`
+    /// compares live traffic against (drift: KS, PSI, JS).
+    Profile(crate::profile::ProfileArgs),
+    /// Drift statistics of two samples through the monitor's sketch (JSON on stdin and stdout;
+    /// for tests against independent implementations).
+    #[command(hide = true)]
+    DriftStats,
     /// Make a new random API key: prints the key once, alone on the first line of stdout, then the
     /// `[[auth.api_keys]]` stanza (its SHA-256, never the key) to paste into the file given to
     /// `ferrite serve --config`.
@@ -71,6 +79,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench(args),
         Command::Capacity(args) => capacity(args),
         Command::Quantize(args) => crate::quantize::run(&args),
+        Command::Profile(args) => crate::profile::run(&args),
+        Command::DriftStats => crate::profile::drift_stats(),
         Command::Keygen { name, scopes } => {
             print!("{}", keygen(&name, &scopes)?);
             Ok(())

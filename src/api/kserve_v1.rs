@@ -65,7 +65,8 @@ async fn predict_on(
     let inputs = kserve_v1::decode_request(&bytes, &lv.config.inputs, batching)
         .map_err(|e| infer::invalid(&lv, e))?;
     let cache = infer::cache_use(&lv, &headers, principal.as_deref(), None);
-    let done = infer::run(&s, &lv, inputs, SubmitOptions::default(), cache).await?;
+    let mut done = infer::run(&s, &lv, inputs, SubmitOptions::default(), cache).await?;
+    infer::tap(&lv, done.sample.take(), None);
     let body = kserve_v1::encode_response(&done.output.outputs, batching);
     Ok(infer::served(
         &lv,

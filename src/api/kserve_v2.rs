@@ -167,8 +167,9 @@ async fn infer_on(
         ..SubmitOptions::default()
     };
     let cache = infer::cache_use(&lv, &headers, principal.as_deref(), req.cache);
-    let done = infer::run(&s, &lv, req.inputs, opts, cache).await?;
+    let mut done = infer::run(&s, &lv, req.inputs, opts, cache).await?;
     let outputs = infer::pick_outputs(&lv, &picked, &done.output.outputs)?;
+    infer::tap(&lv, done.sample.take(), req.id.as_deref());
     let enc = v2::encode_response(
         &lv.name,
         lv.version,

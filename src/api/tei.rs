@@ -74,7 +74,8 @@ async fn handle(
         opts: SubmitOptions::default(),
         cache: infer::cache_use(&lv, &headers, principal, None),
     };
-    let e = infer::embed(&lv, tm, ereq).await?;
+    let mut e = infer::embed(&lv, tm, ereq).await?;
+    infer::tap(&lv, e.sample.take(), None);
     let headers = text::headers(&e, start.elapsed());
     Ok(infer::served(
         &lv,

@@ -74,8 +74,9 @@ async fn infer_one(
         ..SubmitOptions::default()
     };
     // The response cache is not consulted on the gRPC door yet (issue 19 follow-up).
-    let done = infer::run(s, &lv, req.inputs, opts, None).await?;
+    let mut done = infer::run(s, &lv, req.inputs, opts, None).await?;
     let outputs = infer::pick_outputs(&lv, &picked, &done.output.outputs)?;
+    infer::tap(&lv, done.sample.take(), req.id.as_deref());
     Ok(proto::encode_infer(
         &lv.name,
         lv.version,

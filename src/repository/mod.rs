@@ -69,6 +69,9 @@ pub struct LoadedVersion {
     pub cache: Option<Arc<VersionCache>>,
     /// Class labels from the model folder's `labels.txt` (classification extension), by index.
     pub labels: Option<Arc<Vec<String>>>,
+    /// Set when the config enables `[monitoring]`: the version's model-quality monitor (live
+    /// traffic only; `api::infer::tap`).
+    pub monitor: Option<Arc<crate::monitor::Monitor>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -401,6 +404,20 @@ impl Repository {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(load_err(format!("{LABELS_FILE}: {e}"))),
         };
+        let monitor = match config.monitoring.enable {
+            true => Some(
+                crate::monitor::Monitor::spawn(crate::monitor::MonitorSpec {
+                    model: name,
+                    version,
+                    config,
+                    version_dir: &vdir,
+                    text: text.is_some(),
+                    metrics: self.metrics.for_monitor(name, version),
+                })
+                .map_err(|e| load_err(format!("cannot start the monitor thread: {e}")))?,
+            ),
+            false => None,
+        };
         let queue = Queue::spawn(name, placement::batch_config(config), metrics.queue())
             .map_err(|e| load_err(format!("cannot start the queue thread: {e}")))?;
         let lv = Arc::new(LoadedVersion {
@@ -413,6 +430,7 @@ impl Repository {
             text,
             cache,
             labels,
+            monitor,
             workers: Mutex::new(Vec::new()),
         });
         for (dev, count, m) in models {

@@ -5,12 +5,14 @@
 //! against the declared inputs (`validate_inputs`). Plain data: no models, devices, queues or I/O
 //! beyond reading the config file. Depends on `tensor` only.
 
+mod monitoring;
 mod tensor_spec;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use monitoring::Monitoring;
 pub use tensor_spec::{validate_inputs, TensorSpec, ValidationError};
 
 /// The architectures a config may name (`architecture = "bert"`); `model::load` builds each.
@@ -107,6 +109,9 @@ pub struct ModelConfig {
     /// The response cache (`[response_cache]`; off unless `enable = true`).
     #[serde(default)]
     pub response_cache: ResponseCache,
+    /// Model-quality monitoring (`[monitoring]`; off unless `enable = true`).
+    #[serde(default)]
+    pub monitoring: Monitoring,
     /// Architecture-specific settings.
     #[serde(default)]
     pub parameters: toml::Table,
@@ -357,6 +362,7 @@ impl ModelConfig {
                 "expected at least one group, each with count >= 1".into(),
             );
         }
+        self.monitoring.validate()?;
         if self.response_cache.enable && self.response_cache.ttl_secs == 0 {
             return err("response_cache.ttl_secs", "expected at least 1".into());
         }
