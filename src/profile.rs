@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use candle_core::Device;
 
+use crate::model::{self, LoadOptions, StageTimings};
 use crate::monitor::profile::{self, layout, InputFeatures, OutputReader, Profile};
 use crate::monitor::stats::{self, FeatureProfile};
-use crate::model::{self, LoadOptions, StageTimings};
 use crate::preprocess;
 use crate::spec::ModelConfig;
 use crate::tensor::{Tensor, TensorData};
@@ -92,9 +92,9 @@ pub fn run(a: &ProfileArgs) -> anyhow::Result<()> {
             };
             let mut cols = Vec::new();
             for (name, width) in names {
-                let x = t.get(name).with_context(|| {
-                    format!("{} has no tensor '{name}'", a.sample.display())
-                })?;
+                let x = t
+                    .get(name)
+                    .with_context(|| format!("{} has no tensor '{name}'", a.sample.display()))?;
                 let v: Vec<f32> = x
                     .to_dtype(candle_core::DType::F32)?
                     .flatten_all()?

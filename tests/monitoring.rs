@@ -78,8 +78,10 @@ async fn metric_becomes(s: &TestServer, series: &str, want: f64) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn digits_drift_stays_under_threshold_on_held_out_data_and_rises_when_scaled() {
-    let s =
-        TestServer::start(monitored_digits("window = 360\nmin_rows = 100\nperiod_ms = 100")).await;
+    let s = TestServer::start(monitored_digits(
+        "window = 360\nmin_rows = 100\nperiod_ms = 100",
+    ))
+    .await;
     let before = drift(&s).await;
     assert_eq!(before["status"], "warming_up", "{before}");
     // No drift series before a window was computed (never a 0 that reads as "no drift").
@@ -129,7 +131,11 @@ async fn digits_drift_stays_under_threshold_on_held_out_data_and_rises_when_scal
     infer_rows(&s, &shifted, 8, None).await;
     let d = drift(&s).await;
     let over = d["summary"]["over_threshold"].as_u64().unwrap();
-    assert!(over >= 20, "most pixels drift when scaled: {}", d["summary"]);
+    assert!(
+        over >= 20,
+        "most pixels drift when scaled: {}",
+        d["summary"]
+    );
     assert!(d["summary"]["max_ks"].as_f64().unwrap() > 0.5);
     let text = metric_becomes(
         &s,
@@ -192,10 +198,17 @@ async fn feedback_for_1000_predictions_gives_the_exact_accuracy_and_counts_unkno
         .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!((v["unknown"].as_u64(), v["duplicate"].as_u64()), (Some(1), Some(1)), "{v}");
+    assert_eq!(
+        (v["unknown"].as_u64(), v["duplicate"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
     // A label outside the classes is the client's error.
     let r = s
-        .post_json("/v2/models/digits/feedback", &json!({"id": "fb-2", "label": 10}))
+        .post_json(
+            "/v2/models/digits/feedback",
+            &json!({"id": "fb-2", "label": 10}),
+        )
         .await;
     assert_eq!(r.status(), 400);
     let text = s.metrics_text().await;
@@ -205,7 +218,10 @@ async fn feedback_for_1000_predictions_gives_the_exact_accuracy_and_counts_unkno
             &format!("ferrite_feedback_total{{model=\"digits\",outcome=\"{o}\",version=\"1\"}}"),
         )
     };
-    assert_eq!((m("joined"), m("unknown"), m("duplicate")), (1000.0, 1.0, 1.0));
+    assert_eq!(
+        (m("joined"), m("unknown"), m("duplicate")),
+        (1000.0, 1.0, 1.0)
+    );
     assert_eq!(
         metric_in(
             &text,
@@ -221,11 +237,17 @@ async fn unmonitored_model_has_no_drift_route_and_no_monitor_series() {
     let s = TestServer::start(Repo::new().with_digits(&[])).await;
     assert_eq!(s.get("/v2/models/digits/drift").await.status(), 404);
     let r = s
-        .post_json("/v2/models/digits/feedback", &json!({"id": "a", "label": 1}))
+        .post_json(
+            "/v2/models/digits/feedback",
+            &json!({"id": "a", "label": 1}),
+        )
         .await;
     assert_eq!(r.status(), 404);
     let text = s.metrics_text().await;
-    assert!(!text.contains("ferrite_monitor_dropped_samples_total{"), "{text}");
+    assert!(
+        !text.contains("ferrite_monitor_dropped_samples_total{"),
+        "{text}"
+    );
     s.server.shutdown().await;
 }
 
@@ -238,7 +260,8 @@ fn tool_present(bin: &str, package: &str) -> bool {
         .status()
         .is_ok();
     if !ok {
-        let why = format!("{bin} not found (Debian package `{package}`; scripts/test.sh installs it)");
+        let why =
+            format!("{bin} not found (Debian package `{package}`; scripts/test.sh installs it)");
         assert!(!tools_required(), "{why}, and CI is set: install it");
         println!("SKIPPED: {why}; with CI set this fails");
     }
@@ -255,8 +278,12 @@ fn alert_rules_pass_their_promtool_unit_tests() {
         .current_dir(repo_root().join("deploy/prometheus"))
         .output()
         .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && report.contains("SUCCESS"), "{report}");
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && report.contains("SUCCESS"),
+        "{report}"
+    );
 }
 
 #[test]
@@ -269,7 +296,8 @@ fn alertmanager_example_config_is_valid() {
         .current_dir(repo_root())
         .output()
         .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let report =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
     assert!(report.contains("3 receivers"), "{report}");
 }
@@ -318,8 +346,10 @@ async fn drift_alert_fires_in_prometheus_and_reaches_a_webhook_through_alertmana
     {
         return;
     }
-    let s =
-        TestServer::start(monitored_digits("window = 360\nmin_rows = 100\nperiod_ms = 100")).await;
+    let s = TestServer::start(monitored_digits(
+        "window = 360\nmin_rows = 100\nperiod_ms = 100",
+    ))
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let (hook, mut alerts) = webhook().await;
     // Alertmanager: the test's webhook, no waiting to group.
@@ -333,7 +363,10 @@ async fn drift_alert_fires_in_prometheus_and_reaches_a_webhook_through_alertmana
     .unwrap();
     let _am = Proc(
         Command::new("prometheus-alertmanager")
-            .arg(format!("--config.file={}/alertmanager.yml", dir.path().display()))
+            .arg(format!(
+                "--config.file={}/alertmanager.yml",
+                dir.path().display()
+            ))
             .arg(format!("--storage.path={}/am", dir.path().display()))
             .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
             .arg("--cluster.listen-address=")
@@ -348,7 +381,11 @@ async fn drift_alert_fires_in_prometheus_and_reaches_a_webhook_through_alertmana
         .find("- alert: FerriteInputDrift")
         .expect("alerts.yml has the drift rule");
     let for_at = drift_rule + rules[drift_rule..].find("for: 15m").unwrap();
-    let rules = format!("{}for: 2s{}", &rules[..for_at], &rules[for_at + "for: 15m".len()..]);
+    let rules = format!(
+        "{}for: 2s{}",
+        &rules[..for_at],
+        &rules[for_at + "for: 15m".len()..]
+    );
     std::fs::write(dir.path().join("alerts.yml"), rules).unwrap();
     let target = s
         .metrics_url
@@ -365,7 +402,10 @@ async fn drift_alert_fires_in_prometheus_and_reaches_a_webhook_through_alertmana
     let prom_port = free_port();
     let _prom = Proc(
         Command::new("prometheus")
-            .arg(format!("--config.file={}/prometheus.yml", dir.path().display()))
+            .arg(format!(
+                "--config.file={}/prometheus.yml",
+                dir.path().display()
+            ))
             .arg(format!("--storage.tsdb.path={}/data", dir.path().display()))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(Stdio::null())
@@ -379,7 +419,12 @@ async fn drift_alert_fires_in_prometheus_and_reaches_a_webhook_through_alertmana
     assert_eq!(drift(&s).await["summary"]["over_threshold"], 0);
     let shifted: Vec<f32> = pixels.iter().map(|p| p * 0.6).collect();
     infer_rows(&s, &shifted, 8, None).await;
-    assert!(drift(&s).await["summary"]["over_threshold"].as_u64().unwrap() > 0);
+    assert!(
+        drift(&s).await["summary"]["over_threshold"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     let got = tokio::time::timeout(Duration::from_secs(90), async {
         loop {
             let v = alerts.recv().await.expect("webhook channel open");

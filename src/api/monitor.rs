@@ -89,17 +89,16 @@ pub fn decode_feedback(
     labels: Option<&[String]>,
 ) -> Result<Vec<(Box<str>, Vec<u32>)>, ApiError> {
     let bad = |m: String| ApiError::BadRequest(m);
-    let items = match serde_json::from_slice::<FeedbackBody>(body) {
-        Ok(FeedbackBody::One(i)) => vec![i],
-        Ok(FeedbackBody::Many(v)) => v,
-        Err(_) => {
-            return Err(bad(
+    let items =
+        match serde_json::from_slice::<FeedbackBody>(body) {
+            Ok(FeedbackBody::One(i)) => vec![i],
+            Ok(FeedbackBody::Many(v)) => v,
+            Err(_) => return Err(bad(
                 "expected {\"id\": \"<request id>\", \"label\": <class>} (label: a class index or \
                  name, or a list of them for a multi-row request), or a list of such objects"
                     .into(),
-            ))
-        }
-    };
+            )),
+        };
     if items.is_empty() {
         return Err(bad("no feedback items given".into()));
     }
@@ -114,9 +113,9 @@ pub fn decode_feedback(
             Label::Index(i) => *i as usize,
             Label::Name(n) => match labels.and_then(|ls| ls.iter().position(|x| x == n)) {
                 Some(i) => i,
-                None => n.parse().map_err(|_| {
-                    bad(format!("label '{n}' is not a class name of this model"))
-                })?,
+                None => n
+                    .parse()
+                    .map_err(|_| bad(format!("label '{n}' is not a class name of this model")))?,
             },
         };
         if i >= classes {

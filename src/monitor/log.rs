@@ -66,10 +66,9 @@ impl PredictionLog {
     }
 
     fn record(&self, s: &Sample, classes: Option<&[u32]>) -> String {
-        let ms = s
-            .at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let ms =
+            s.at.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
         let mut bytes = Vec::new();
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         for t in s.inputs.iter().flatten() {
@@ -135,10 +134,7 @@ impl PredictionLog {
             let len = f.metadata()?.len();
             self.file = Some((BufWriter::new(f), len, Instant::now()));
         }
-        let (w, n, _) = self
-            .file
-            .as_mut()
-            .expect("opened above. This is a bug.");
+        let (w, n, _) = self.file.as_mut().expect("opened above. This is a bug.");
         w.write_all(line)?;
         // One line per request at most a period late is not worth a lost tail: flush each line
         // (the thread is off the request path).

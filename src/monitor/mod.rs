@@ -174,7 +174,13 @@ impl Monitor {
             row: Vec::new(),
         };
         if let Some(w) = &state.window {
-            tracing::info!(model = spec.model, version = spec.version, features = w.features().len(), window_bytes = w.bytes(), "monitoring drift against profile.json");
+            tracing::info!(
+                model = spec.model,
+                version = spec.version,
+                features = w.features().len(),
+                window_bytes = w.bytes(),
+                "monitoring drift against profile.json"
+            );
         }
         std::thread::Builder::new()
             .name(format!("ferrite-mon-{}-{}", spec.model, spec.version))

@@ -29,7 +29,10 @@ pub const DEFAULT_SEED: u64 = 0x5eed_f3a7_0017;
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum OutputFeatures {
     /// The argmax of `output` over its `classes` columns.
-    Class { output: String, classes: usize },
+    Class {
+        output: String,
+        classes: usize,
+    },
     /// `count` random projections of the `dim`-wide `output`.
     Projection {
         output: String,

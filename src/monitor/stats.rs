@@ -277,8 +277,14 @@ mod tests {
         let p = FeatureProfile::from_values("x", &mut normal(&mut rng, 4000, 0.0)).unwrap();
         let same = drift(&p, &histogram(&p, &normal(&mut rng, 2000, 0.0))).unwrap();
         let moved = drift(&p, &histogram(&p, &normal(&mut rng, 2000, 1.0))).unwrap();
-        assert!(same.ks < 0.05 && same.psi < 0.05 && same.js < 0.05, "{same:?}");
-        assert!(moved.ks > 0.3 && moved.psi > 0.5 && moved.js > 0.1, "{moved:?}");
+        assert!(
+            same.ks < 0.05 && same.psi < 0.05 && same.js < 0.05,
+            "{same:?}"
+        );
+        assert!(
+            moved.ks > 0.3 && moved.psi > 0.5 && moved.js > 0.1,
+            "{moved:?}"
+        );
         assert_eq!(p.deciles.len(), 9);
     }
 
@@ -306,7 +312,17 @@ mod tests {
         assert!((d.psi - want_psi).abs() < 1e-12, "{} vs {want_psi}", d.psi);
         // JS bins: <1, =1, (1,2], ..., (6,7], >7
         let r = [0.0, 0.2, 0.1, 0.3, 0.1, 0.1, 0.1, 0.1, 0.0];
-        let l = [1.0 / 6.0, 1.0 / 6.0, 0.0, 2.0 / 6.0, 0.0, 0.0, 0.0, 0.0, 2.0 / 6.0];
+        let l = [
+            1.0 / 6.0,
+            1.0 / 6.0,
+            0.0,
+            2.0 / 6.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            2.0 / 6.0,
+        ];
         let kl = |a: &[f64], m: &[f64]| -> f64 {
             a.iter()
                 .zip(m)

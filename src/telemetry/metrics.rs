@@ -570,7 +570,11 @@ impl Metrics {
     }
 
     /// The model-quality monitor's children for one model version (`telemetry::monitor`).
-    pub fn for_monitor(&self, model: &str, version: u64) -> crate::telemetry::monitor::MonitorMetrics {
+    pub fn for_monitor(
+        &self,
+        model: &str,
+        version: u64,
+    ) -> crate::telemetry::monitor::MonitorMetrics {
         self.monitor.for_version(model, version)
     }
 

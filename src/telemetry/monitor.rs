@@ -4,7 +4,9 @@
 //! computed window or without labels exports no drift or accuracy series (never a 0 that reads as
 //! "no drift" or "always wrong").
 
-use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 const MV: &[&str] = &["model", "version"];
 const MVF: &[&str] = &["model", "version", "feature"];
