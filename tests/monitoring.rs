@@ -449,3 +449,64 @@ async fn drift_alert_fires_in_prometheus_and_reaches_a_webhook_through_alertmana
     );
     s.server.shutdown().await;
 }
+
+/// MiniLM with `[monitoring]` on and its shipped profile (weights from scripts/fetch-models.sh).
+fn monitored_minilm(extra: &str) -> Repo {
+    let src = repo_root().join("models/minilm");
+    assert!(
+        src.join("1/model.safetensors").is_file(),
+        "models/minilm/1 is missing: run scripts/fetch-models.sh (scripts/test.sh does)"
+    );
+    let repo = Repo::new();
+    let dst = repo.path().join("minilm/1");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["model.safetensors", "tokenizer.json", "config.json"] {
+        std::os::unix::fs::symlink(src.join("1").join(f), dst.join(f)).unwrap();
+    }
+    std::fs::copy(src.join("1/profile.json"), dst.join("profile.json")).unwrap();
+    let cfg = std::fs::read_to_string(src.join("config.toml")).unwrap();
+    let cfg = cfg.replace(
+        "[metadata]",
+        &format!("[monitoring]\nenable = true\n{extra}\n\n[metadata]"),
+    );
+    std::fs::write(repo.path().join("minilm/config.toml"), cfg).unwrap();
+    repo
+}
+
+async fn embed_all(s: &TestServer, texts: &[String]) {
+    for chunk in texts.chunks(32) {
+        let r = s.post_json("/embed", &json!({"inputs": chunk})).await;
+        assert_eq!(r.status(), 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn minilm_projection_drift_stays_low_on_held_out_docs_and_rises_on_code() {
+    let s = TestServer::start(monitored_minilm("window = 240\nmin_rows = 100")).await;
+    let f: Value = serde_json::from_str(&common::fixture("minilm-drift-sentences.json")).unwrap();
+    let take = |k: &str| -> Vec<String> {
+        serde_json::from_value::<Vec<String>>(f[k].clone()).unwrap()[..240].to_vec()
+    };
+    embed_all(&s, &take("heldout")).await;
+    let r = s.get("/v2/models/minilm/drift").await;
+    let d: Value = r.json().await.unwrap();
+    assert_eq!(d["status"], "ok", "{d}");
+    assert_eq!(d["window_rows"], 240);
+    assert_eq!(
+        d["features"].as_array().unwrap().len(),
+        17,
+        "tokens + 16 projections"
+    );
+    assert_eq!(d["summary"]["over_threshold"], 0, "same distribution: {d}");
+    embed_all(&s, &take("code")).await;
+    let d: Value = s.get("/v2/models/minilm/drift").await.json().await.unwrap();
+    let projections_over = d["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["feature"].as_str().unwrap().starts_with("embedding.proj"))
+        .filter(|f| f["status"] == "over_threshold")
+        .count();
+    assert!(projections_over >= 4, "code is another domain: {d}");
+    s.server.shutdown().await;
+}
