@@ -99,7 +99,7 @@ pub fn run(a: &ProfileArgs) -> anyhow::Result<()> {
                     .to_dtype(candle_core::DType::F32)?
                     .flatten_all()?
                     .to_vec1()?;
-                if v.len() % width != 0 {
+                if !v.len().is_multiple_of(*width) {
                     bail!("tensor '{name}' is not a whole number of rows of {width}");
                 }
                 cols.push((name.clone(), *width, v));

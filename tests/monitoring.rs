@@ -510,3 +510,69 @@ async fn minilm_projection_drift_stays_low_on_held_out_docs_and_rises_on_code() 
     assert!(projections_over >= 4, "code is another domain: {d}");
     s.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prediction_log_writes_a_line_per_request_and_a_broken_log_never_fails_one() {
+    let logs = tempfile::tempdir().unwrap();
+    let not_a_dir = logs.path().join("file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let section = |dir: &std::path::Path| {
+        format!(
+            "[monitoring]\nenable = true\nlog_dir = \"{}\"\n\n[metadata]",
+            dir.display()
+        )
+    };
+    let (good, bad) = (section(logs.path()), section(&not_a_dir));
+    let repo = Repo::new()
+        .copy_digits("digits", &[("[metadata]", &good)])
+        .copy_digits("broken", &[("[metadata]", &bad)]);
+    let s = TestServer::start(repo).await;
+    let (pixels, _) = held_out();
+    for model in ["digits", "broken"] {
+        for i in 0..5 {
+            let body = json!({"id": format!("log-{i}"), "inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": &pixels[i * 128..(i + 1) * 128]}]});
+            let r = s
+                .post_json(&format!("/v2/models/{model}/infer"), &body)
+                .await;
+            assert_eq!(r.status(), 200, "a broken log never fails a request");
+        }
+        // A round trip through the monitor's queue: every sample before it was handled.
+        let d: Value = s
+            .get(&format!("/v2/models/{model}/drift"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(d["status"], "no_profile", "{d}");
+    }
+    let text = std::fs::read_to_string(logs.path().join("digits-1.jsonl")).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[3]["id"], "log-3");
+    assert_eq!(lines[3]["rows"], 2);
+    assert_eq!(lines[3]["classes"].as_array().unwrap().len(), 2);
+    assert!(lines[3]["input_xxh3"].is_string());
+    assert!(
+        lines[3].get("inputs").is_none(),
+        "no payloads unless log_payloads"
+    );
+    let m = s.metrics_text().await;
+    assert_eq!(
+        metric_in(
+            &m,
+            "ferrite_prediction_log_errors_total{model=\"broken\",version=\"1\"}"
+        ),
+        5.0
+    );
+    assert_eq!(
+        metric_in(
+            &m,
+            "ferrite_prediction_log_errors_total{model=\"digits\",version=\"1\"}"
+        ),
+        0.0
+    );
+    s.server.shutdown().await;
+}

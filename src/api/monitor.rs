@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::infer::parse_version;
 use super::{read_body, ApiError, AppState};
 use crate::monitor::feedback::Outcome;
-use crate::monitor::{DriftReport, Monitor};
+use crate::monitor::{DriftReport, FeedbackItem, Monitor};
 use crate::repository::LoadedVersion;
 
 /// Most feedback items in one request.
@@ -87,7 +87,7 @@ pub fn decode_feedback(
     body: &[u8],
     classes: usize,
     labels: Option<&[String]>,
-) -> Result<Vec<(Box<str>, Vec<u32>)>, ApiError> {
+) -> Result<Vec<FeedbackItem>, ApiError> {
     let bad = |m: String| ApiError::BadRequest(m);
     let items =
         match serde_json::from_slice::<FeedbackBody>(body) {
@@ -164,7 +164,7 @@ pub async fn feedback(
 async fn join(
     s: &AppState,
     lv: &Arc<LoadedVersion>,
-    items: Vec<(Box<str>, Vec<u32>)>,
+    items: Vec<FeedbackItem>,
 ) -> Result<Value, ApiError> {
     let mut versions = vec![lv.clone()];
     for e in s.repo.index() {

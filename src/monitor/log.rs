@@ -52,7 +52,7 @@ impl PredictionLog {
     }
 
     /// Writes one record; `Err` is counted by the caller (the first one is logged here).
-    pub fn write(&mut self, s: &Sample, classes: Option<&[u32]>) -> Result<(), ()> {
+    pub fn write(&mut self, s: &Sample, classes: Option<&[u32]>) -> std::io::Result<()> {
         let line = self.record(s, classes);
         let r = self.append(line.as_bytes());
         if let Err(e) = &r {
@@ -62,7 +62,7 @@ impl PredictionLog {
             }
             self.file = None;
         }
-        r.map_err(|_| ())
+        r
     }
 
     fn record(&self, s: &Sample, classes: Option<&[u32]>) -> String {

@@ -27,6 +27,9 @@ use feedback::{Outcome, Store};
 use profile::{layout, InputFeatures, OutputFeatures, OutputReader, Profile};
 use window::{FeatureDrift, Summary, Window};
 
+/// One feedback item: the prediction id and a class label per row.
+pub type FeedbackItem = (Box<str>, Vec<u32>);
+
 /// What the request path hands over for one live request.
 pub struct Sample {
     /// The id feedback joins on (the KServe body `id`, else `x-request-id`).
@@ -52,7 +55,7 @@ pub struct Capture {
 enum Command {
     Sample(Box<Sample>),
     Feedback {
-        items: Vec<(Box<str>, Vec<u32>)>,
+        items: Vec<FeedbackItem>,
         reply: tokio::sync::oneshot::Sender<FeedbackReply>,
     },
     Report {
@@ -287,7 +290,7 @@ impl Monitor {
     }
 
     /// Joins labels with predictions; `None` when the monitor thread is gone.
-    pub async fn feedback(&self, items: Vec<(Box<str>, Vec<u32>)>) -> Option<FeedbackReply> {
+    pub async fn feedback(&self, items: Vec<FeedbackItem>) -> Option<FeedbackReply> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         self.tx
             .send_async(Command::Feedback { items, reply })
