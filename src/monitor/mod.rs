@@ -374,7 +374,10 @@ impl State {
                 });
             }
             Command::Report { reply } => {
-                let _ = reply.send(self.report());
+                // What the route answers is also what the metrics say from now on.
+                let r = self.report();
+                self.export_report(&r);
+                let _ = reply.send(r);
             }
         }
     }
@@ -466,6 +469,10 @@ impl State {
     /// Computes the window's drift and exports it (nothing while warming up).
     fn export(&mut self) {
         let r = self.report();
+        self.export_report(&r);
+    }
+
+    fn export_report(&mut self, r: &DriftReport) {
         let Some(s) = &r.summary else { return };
         let mut top: Vec<&FeatureDrift> = r.features.iter().filter(|f| f.ks.is_some()).collect();
         top.sort_by(|a, b| b.ks.unwrap_or(0.0).total_cmp(&a.ks.unwrap_or(0.0)));
