@@ -389,7 +389,7 @@ pub fn served(
 /// not call it.
 pub fn tap(lv: &LoadedVersion, sample: Option<Sample>, id: Option<&str>) {
     if let (Some(m), Some(s)) = (&lv.monitor, sample) {
-        let id = match id {
+        let id = match id.filter(|id| !id.is_empty()) {
             Some(id) => id.into(),
             None => super::request_id().into_boxed_str(),
         };
