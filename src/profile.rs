@@ -55,104 +55,17 @@ pub fn run(a: &ProfileArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let text = m.text_input();
     let (inputs, outputs) = layout(&cfg, text.is_some(), (a.projections, a.seed));
-    let reader = OutputReader::new(outputs.clone());
-    // Feature values, row-major.
-    let (mut in_vals, mut out_vals) = (Vec::new(), Vec::new());
-    let mut run_jobs = |jobs: Vec<Vec<Tensor>>, normalize: bool| -> anyhow::Result<()> {
-        let views: Vec<&[Tensor]> = jobs.iter().map(Vec::as_slice).collect();
-        let out = m
-            .forward(&views, &mut StageTimings::default())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        for o in out {
-            let name = outputs.output();
-            if let Some(TensorData::F32(v)) = o
-                .iter()
-                .find(|t| Some(t.name.as_str()) == name)
-                .map(|t| &t.data)
-            {
-                let mut v = v.clone();
-                if normalize {
-                    // As the server's text path does (`api::infer::l2_normalized`).
-                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                    if norm > 0.0 {
-                        v.iter_mut().for_each(|x| *x /= norm);
-                    }
-                }
-                reader.extract(&v, &mut out_vals);
-            }
-        }
-        Ok(())
+    let mut r = Runner {
+        model: m.as_ref(),
+        reader: OutputReader::new(outputs.clone()),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
     };
     let rows = match &text {
-        None => {
-            let t = candle_core::safetensors::load(&a.sample, &Device::Cpu)
-                .with_context(|| format!("reading {}", a.sample.display()))?;
-            let InputFeatures::Elements { inputs: names } = &inputs else {
-                bail!("the model takes no numeric inputs")
-            };
-            let mut cols = Vec::new();
-            for (name, width) in names {
-                let x = t
-                    .get(name)
-                    .with_context(|| format!("{} has no tensor '{name}'", a.sample.display()))?;
-                let v: Vec<f32> = x
-                    .to_dtype(candle_core::DType::F32)?
-                    .flatten_all()?
-                    .to_vec1()?;
-                if !v.len().is_multiple_of(*width) {
-                    bail!("tensor '{name}' is not a whole number of rows of {width}");
-                }
-                cols.push((name.clone(), *width, v));
-            }
-            let n = cols.first().map_or(0, |c| c.2.len() / c.1);
-            if cols.iter().any(|c| c.2.len() / c.1 != n) || n == 0 {
-                bail!("the sample's inputs have different (or no) rows");
-            }
-            for start in (0..n).step_by(BATCH) {
-                let end = (start + BATCH).min(n);
-                let job: Vec<Tensor> = cols
-                    .iter()
-                    .map(|(name, w, v)| {
-                        Tensor::new(
-                            name.clone(),
-                            vec![end - start, *w],
-                            TensorData::F32(v[start * w..end * w].to_vec()),
-                        )
-                    })
-                    .collect();
-                inputs.extract(&job, end - start, &mut in_vals);
-                run_jobs(vec![job], false)?;
-            }
-            n
-        }
-        Some(spec) => {
-            let sentences = read_sentences(&a.sample)?;
-            let max_len = model::param::<i64>(&options, "max_seq_length")
-                .ok()
-                .flatten()
-                .map_or(spec.max_positions, |v| v.max(2) as usize)
-                .min(spec.max_positions);
-            let normalize = model::param::<bool>(&options, "normalize")
-                .ok()
-                .flatten()
-                .unwrap_or(true);
-            let tok = preprocess::load_tokenizer(&spec.tokenizer)?;
-            for (c, chunk) in sentences.chunks(BATCH).enumerate() {
-                let mut jobs = Vec::new();
-                for (i, s) in chunk.iter().enumerate() {
-                    let ids = preprocess::encode_text(&tok, c * BATCH + i, s, true, max_len)?;
-                    in_vals.push(ids.len() as f64);
-                    jobs.push(vec![Tensor::new(
-                        spec.input.clone(),
-                        vec![1, ids.len()],
-                        TensorData::I64(ids.into_iter().map(i64::from).collect()),
-                    )]);
-                }
-                run_jobs(jobs, normalize)?;
-            }
-            sentences.len()
-        }
+        None => tensor_sample(&a.sample, &inputs, &mut r)?,
+        Some(spec) => text_sample(&a.sample, &options, spec, &mut r)?,
     };
+    let (in_vals, out_vals) = (r.inputs, r.outputs);
     let p = Profile {
         model: a.model.clone(),
         version: a.version,
@@ -176,6 +89,116 @@ pub fn run(a: &ProfileArgs) -> anyhow::Result<()> {
         p.outputs.len()
     );
     Ok(())
+}
+
+/// Runs the model on the sample and keeps the feature values (row-major).
+struct Runner<'a> {
+    model: &'a dyn model::Model,
+    reader: OutputReader,
+    inputs: Vec<f64>,
+    outputs: Vec<f64>,
+}
+
+impl Runner<'_> {
+    /// One forward pass over `jobs`; the monitored output's features of each (L2-normalised
+    /// first when `normalize`, as the server's text path does).
+    fn run(&mut self, jobs: Vec<Vec<Tensor>>, normalize: bool) -> anyhow::Result<()> {
+        let views: Vec<&[Tensor]> = jobs.iter().map(Vec::as_slice).collect();
+        let out = self
+            .model
+            .forward(&views, &mut StageTimings::default())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let name = self.reader.features.output();
+        for o in out {
+            let found = o.iter().find(|t| Some(t.name.as_str()) == name);
+            if let Some(TensorData::F32(v)) = found.map(|t| &t.data) {
+                let mut v = v.clone();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if normalize && norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+                self.reader.extract(&v, &mut self.outputs);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tensor model's sample: one safetensors tensor per numeric input. Returns the rows.
+fn tensor_sample(path: &Path, inputs: &InputFeatures, r: &mut Runner) -> anyhow::Result<usize> {
+    let t = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let InputFeatures::Elements { inputs: names } = inputs else {
+        bail!("the model takes no numeric inputs")
+    };
+    let mut cols = Vec::new();
+    for (name, width) in names {
+        let x = t
+            .get(name)
+            .with_context(|| format!("{} has no tensor '{name}'", path.display()))?;
+        let v: Vec<f32> = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        if !v.len().is_multiple_of(*width) {
+            bail!("tensor '{name}' is not a whole number of rows of {width}");
+        }
+        cols.push((name.clone(), *width, v));
+    }
+    let n = cols.first().map_or(0, |c| c.2.len() / c.1);
+    if cols.iter().any(|c| c.2.len() / c.1 != n) || n == 0 {
+        bail!("the sample's inputs have different (or no) rows");
+    }
+    for start in (0..n).step_by(BATCH) {
+        let end = (start + BATCH).min(n);
+        let job: Vec<Tensor> = cols
+            .iter()
+            .map(|(name, w, v)| {
+                Tensor::new(
+                    name.clone(),
+                    vec![end - start, *w],
+                    TensorData::F32(v[start * w..end * w].to_vec()),
+                )
+            })
+            .collect();
+        inputs.extract(&job, end - start, &mut r.inputs);
+        r.run(vec![job], false)?;
+    }
+    Ok(n)
+}
+
+/// A text model's sample: tokenized and cut exactly as the server does. Returns the rows.
+fn text_sample(
+    path: &Path,
+    options: &LoadOptions,
+    spec: &model::TextSpec,
+    r: &mut Runner,
+) -> anyhow::Result<usize> {
+    let sentences = read_sentences(path)?;
+    let max_len = model::param::<i64>(options, "max_seq_length")
+        .ok()
+        .flatten()
+        .map_or(spec.max_positions, |v| v.max(2) as usize)
+        .min(spec.max_positions);
+    let normalize = model::param::<bool>(options, "normalize")
+        .ok()
+        .flatten()
+        .unwrap_or(true);
+    let tok = preprocess::load_tokenizer(&spec.tokenizer)?;
+    for (c, chunk) in sentences.chunks(BATCH).enumerate() {
+        let mut jobs = Vec::new();
+        for (i, s) in chunk.iter().enumerate() {
+            let ids = preprocess::encode_text(&tok, c * BATCH + i, s, true, max_len)?;
+            r.inputs.push(ids.len() as f64);
+            jobs.push(vec![Tensor::new(
+                spec.input.clone(),
+                vec![1, ids.len()],
+                TensorData::I64(ids.into_iter().map(i64::from).collect()),
+            )]);
+        }
+        r.run(jobs, normalize)?;
+    }
+    Ok(sentences.len())
 }
 
 /// One profile per feature out of row-major values.

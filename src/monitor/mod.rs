@@ -307,6 +307,10 @@ impl Monitor {
     }
 }
 
+/// How often the monitor thread drains its queue (the latency of the drift and feedback routes'
+/// answers, and of samples reaching the window).
+const DRAIN: Duration = Duration::from_millis(5);
+
 /// What the monitor thread owns.
 struct State {
     model: String,
@@ -328,19 +332,25 @@ struct State {
 }
 
 impl State {
+    /// Drains the queue every `DRAIN` instead of blocking on it: a receiver blocked on the channel
+    /// would be woken (a futex wake and a context switch) by every request's `try_send`; measured on
+    /// digits at 64 connections, that cost 19% of the throughput with a blocking receive.
     fn run(&mut self, rx: flume::Receiver<Command>) {
         let period = Duration::from_millis(self.cfg.period_ms);
         let mut next = Instant::now() + period;
         loop {
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(flume::TryRecvError::Empty) => break,
+                    Err(flume::TryRecvError::Disconnected) => return,
+                }
+            }
             if Instant::now() >= next {
                 self.export();
                 next = Instant::now() + period;
             }
-            match rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                Ok(cmd) => self.handle(cmd),
-                Err(flume::RecvTimeoutError::Timeout) => {}
-                Err(flume::RecvTimeoutError::Disconnected) => break,
-            }
+            std::thread::sleep(DRAIN.min(next.saturating_duration_since(Instant::now())));
         }
     }
 
