@@ -5,7 +5,8 @@
 # (monitoring off); side B the same models with `[monitoring] enable = true, sample_rate = 1.0`
 # (and their profile.json: drift computed every second). The sides take turns, ROUNDS times per
 # workload, one under load at a time. Prints each round, the medians (req/s and p99) and B's
-# monitor counters (dropped samples, rows seen) scraped at the end.
+# monitor counters (dropped samples, rows seen) scraped at the end. Also the server's CPU time per
+# request (user + system from /proc, over each round): less sensitive to a shared machine than req/s.
 # Usage: benches/monitoring.sh BIN [DUR=10] [CONN=64] [ROUNDS=3]
 # Env: WRK_THREADS (default 2), WORKLOADS (default "digits embed").
 set -euo pipefail
@@ -62,11 +63,14 @@ with open(f"{tmp}/embed.jsonl", "w") as f:
             f.write(json.dumps({"inputs": line.rstrip("\n")}) + "\n")
 PY
 
-declare -A url murl
+declare -A url murl pid
+# CPU seconds (user + system) the process has used so far.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 start() { # side models
   local log="$tmp/$1.log" line
   "$BIN" serve --model-repository "$2" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 2>"$log" &
   pids+=($!)
+  pid[$1]=$!
   for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done
   grep -q 'server ready' "$log" || { echo "ferrite $1 did not become ready:" >&2; cat "$log" >&2; exit 1; }
   line=$(sed 's/\x1b\[[0-9;]*m//g' "$log" | grep -o 'listening on http://[^ ]* (metrics on http://[^ ]*/metrics)' | head -1)
@@ -78,31 +82,37 @@ start B "$tmp/on"
 grep -o 'monitoring drift against profile.json.*' "$tmp/B.log" | sed 's/\x1b\[[0-9;]*m//g' || true
 
 path_of() { case $1 in digits) echo /v2/models/digits/infer ;; embed) echo /embed ;; esac; }
-declare -A rps_of p99_of
+declare -A rps_of p99_of cpu_of_req
 for w in $WORKLOADS; do
   for side in A B; do # warm-up
     BODIES="$tmp/$w.jsonl" wrk -t"$THREADS" -c"$CONN" -d2s -s benches/embed/rotate.lua "${url[$side]}$(path_of "$w")" >/dev/null
   done
   for r in $(seq "$ROUNDS"); do
     for side in A B; do
+      c0=$(cpu_of "${pid[$side]}")
       out=$(BODIES="$tmp/$w.jsonl" wrk -t"$THREADS" -c"$CONN" -d"${DUR}s" --latency -s benches/embed/rotate.lua "${url[$side]}$(path_of "$w")")
+      c1=$(cpu_of "${pid[$side]}")
       rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+      reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+      us=$(awk -v a="$c0" -v b="$c1" -v n="$reqs" 'BEGIN {printf "%.1f", (b - a) * 1e6 / n}')
       p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; print v}' <<<"$out")
       errs=$(awk '/Non-2xx/ {print $NF} /Socket errors/ {print}' <<<"$out" | paste -sd' ')
-      echo "$w round $r $side: ${rps} req/s, p99 ${p99} ms${errs:+, errors: $errs}"
+      echo "$w round $r $side: ${rps} req/s, p99 ${p99} ms, server CPU ${us} us/request${errs:+, errors: $errs}"
       rps_of[$w.$side]+="$rps "
+      cpu_of_req[$w.$side]+="$us "
       p99_of[$w.$side]+="$p99 "
     done
   done
 done
 med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo
-echo "| workload | off req/s | on req/s | on/off | off p99 ms | on p99 ms | on/off p99 |"
-echo "|---|---|---|---|---|---|---|"
+echo "| workload | off req/s | on req/s | on/off | off p99 ms | on p99 ms | on/off p99 | off CPU us/req | on CPU us/req | on/off CPU |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for w in $WORKLOADS; do
   a=$(med "${rps_of[$w.A]}"); b=$(med "${rps_of[$w.B]}")
   pa=$(med "${p99_of[$w.A]}"); pb=$(med "${p99_of[$w.B]}")
-  echo "| $w | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", b/a}') | $pa | $pb | $(awk -v a="$pa" -v b="$pb" 'BEGIN {printf "%.3f", b/a}') |"
+  ca=$(med "${cpu_of_req[$w.A]}"); cb=$(med "${cpu_of_req[$w.B]}")
+  echo "| $w | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", b/a}') | $pa | $pb | $(awk -v a="$pa" -v b="$pb" 'BEGIN {printf "%.3f", b/a}') | $ca | $cb | $(awk -v a="$ca" -v b="$cb" 'BEGIN {printf "%.3f", b/a}') |"
 done
 echo
 echo "monitor counters of side B:"

@@ -1,7 +1,8 @@
 //! Model-quality monitoring of live traffic, off the request path: one owner thread per monitored
 //! model version (`ferrite-mon-{model}-{version}`) fed by a bounded channel. The request path only
 //! copies a sampled request's rows into a message and `try_send`s it (`Monitor::capture`,
-//! `Monitor::send`): a full queue drops the sample and counts it, it never waits. The thread owns
+//! `Monitor::send`): a full queue drops the sample and counts it, it never waits, and it wakes no
+//! one (the thread drains the queue every 5 ms rather than blocking on it). The thread owns
 //! the drift window (`window`), the feedback store (`feedback`) and the prediction log (`log`);
 //! every `period_ms` it computes KS/PSI/JS (`stats`) against the version's `profile.json`
 //! (`profile`) and exports them (`telemetry::monitor`).
