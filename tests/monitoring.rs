@@ -8,7 +8,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{metric_in, metric_value, repo_root, tools_required, Repo, TestServer};
 use serde_json::{json, Value};
