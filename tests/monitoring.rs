@@ -569,3 +569,50 @@ async fn prediction_log_writes_a_line_per_request_and_a_broken_log_never_fails_o
     );
     s.server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn feedback_needs_the_feedback_or_admin_scope_when_auth_is_configured() {
+    use ferrite::auth::{sha256_hex, AuthConfig};
+    let keys = [
+        ("infer", "key-infer-only"),
+        ("feedback", "key-feedback-only"),
+        ("admin", "key-admin-only"),
+    ];
+    let mut text = String::new();
+    for (scope, key) in keys {
+        text += &format!(
+            "[[api_keys]]\nname = \"{scope}\"\nsha256 = \"{}\"\nscopes = [\"{scope}\"]\n",
+            sha256_hex(key)
+        );
+    }
+    let auth: AuthConfig = toml::from_str(&text).unwrap();
+    let s = TestServer::start_with(monitored_digits(""), |c| c.auth = Some(auth)).await;
+    let post = |key: Option<&'static str>| {
+        let mut r = s
+            .client
+            .post(format!("{}/v2/models/digits/feedback", s.url))
+            .json(&json!({"id": "nobody", "label": 1}));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send()
+    };
+    assert_eq!(post(None).await.unwrap().status(), 401);
+    assert_eq!(post(Some("key-infer-only")).await.unwrap().status(), 403);
+    for k in ["key-feedback-only", "key-admin-only"] {
+        let r = post(Some(k)).await.unwrap();
+        assert_eq!(r.status(), 200, "{k}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["unknown"], 1);
+    }
+    // The drift table is model information: the infer scope reads it, feedback alone does not.
+    let get = |k: &'static str| {
+        s.client
+            .get(format!("{}/v2/models/digits/drift", s.url))
+            .bearer_auth(k)
+            .send()
+    };
+    assert_eq!(get("key-infer-only").await.unwrap().status(), 200);
+    assert_eq!(get("key-feedback-only").await.unwrap().status(), 403);
+    s.server.shutdown().await;
+}
