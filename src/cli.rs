@@ -1,5 +1,5 @@
 //! The command line: `ferrite serve`, `ferrite models` (models, their placement, and the devices),
-//! `ferrite bench`, `ferrite capacity`, `ferrite quantize` and `ferrite keygen`.
+//! `ferrite bench`, `ferrite capacity`, `ferrite quantize`, `ferrite profile` and `ferrite keygen`.
 
 use std::path::PathBuf;
 
@@ -67,6 +67,14 @@ pub enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Write a model version's reference profile (`profile.json` in the version folder) from a
+    /// reference sample: per-feature sketches of its inputs and outputs that `[monitoring]`
+    /// compares live traffic against (drift: KS, PSI, JS).
+    Profile(crate::profile::ProfileArgs),
+    /// Drift statistics of two samples through the monitor's sketch (JSON on stdin and stdout;
+    /// for tests against independent implementations).
+    #[command(hide = true)]
+    DriftStats,
     /// Make a new random API key: prints the key once, alone on the first line of stdout, then the
     /// `[[auth.api_keys]]` stanza (its SHA-256, never the key) to paste into the file given to
     /// `ferrite serve --config`.
@@ -97,6 +105,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             gpus,
             json,
         } => validate(&model, version, &model_repository, &gpus, json.as_deref()),
+        Command::Profile(args) => crate::profile::run(&args),
+        Command::DriftStats => crate::profile::drift_stats(),
         Command::Keygen { name, scopes } => {
             print!("{}", keygen(&name, &scopes)?);
             Ok(())

@@ -91,6 +91,8 @@ pub fn need_of(path: &str) -> Need<'_> {
         // Every model's statistics: any infer scope (each model's own needs its name).
         "/v2/models/stats" => Need::Infer(None),
         p if p == "/v2/repository" || p.starts_with("/v2/repository/") => Need::Admin,
+        // Ground truth: the `feedback` scope (or `admin`), not `infer`.
+        p if p.starts_with("/v2/models/") && p.ends_with("/feedback") => Need::Feedback,
         p => match (p.strip_prefix("/v2/models/"), p.strip_prefix("/v1/models/")) {
             (Some(rest), _) => Need::Infer(segment(rest)),
             // `/v1/models/{model}:predict` carries `:predict` in the same segment.
@@ -249,6 +251,11 @@ mod tests {
         );
         assert_eq!(need_of("/v2/models/digits"), Need::Infer(Some("digits")));
         assert_eq!(need_of("/v2/models/stats"), Need::Infer(None));
+        assert_eq!(need_of("/v2/models/digits/feedback"), Need::Feedback);
+        assert_eq!(
+            need_of("/v2/models/digits/drift"),
+            Need::Infer(Some("digits"))
+        );
         assert_eq!(
             need_of("/v2/models/digits/stats"),
             Need::Infer(Some("digits"))

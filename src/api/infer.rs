@@ -11,6 +11,7 @@ use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::batcher::{JobOutput, SubmitOptions, Timings};
 use crate::cache::{self, CacheStatus, Partition, TextOptions};
+use crate::monitor::Sample;
 use crate::preprocess::PreprocessError;
 use crate::repository::{LoadedVersion, TextError, TextModel};
 use crate::spec::validate_inputs;
@@ -22,6 +23,8 @@ pub struct Inferred {
     pub output: JobOutput,
     pub total: Duration,
     pub cache: Option<CacheStatus>,
+    /// What the version's monitor gets once the door answered (`tap`); `None` when unmonitored.
+    pub sample: Option<Sample>,
 }
 
 /// Whether a request reads and fills its version's response cache, and under which partition:
@@ -98,8 +101,15 @@ pub async fn run(
             output,
             total: start.elapsed(),
             cache: e.cache,
+            sample: e.sample,
         });
     }
+    // Live traffic only: the rows are copied here (when sampled) and handed over by `tap`.
+    let capture = lv.monitor.as_ref().map(|m| m.capture(&inputs));
+    let finish = |capture: Option<crate::monitor::Capture>, outputs: &[Tensor]| {
+        let m = lv.monitor.as_ref()?;
+        m.finish(capture?, rows, outputs)
+    };
     // A tensor request is one entry (Triton's semantics).
     let mut cached = None;
     if let (Some(c), Some(p)) = (&lv.cache, &cache) {
@@ -117,6 +127,7 @@ pub async fn run(
             let total = start.elapsed();
             lv.metrics.record_success(total, &output.timings);
             return Ok(Inferred {
+                sample: finish(capture, &output.outputs),
                 output,
                 total,
                 cache: Some(CacheStatus::Hit),
@@ -134,6 +145,7 @@ pub async fn run(
             let total = start.elapsed();
             lv.metrics.record_success(total, &output.timings);
             Ok(Inferred {
+                sample: finish(capture, &output.outputs),
                 output,
                 total,
                 cache: cached.map(|_| CacheStatus::Miss),
@@ -177,6 +189,8 @@ pub struct Embedded {
     pub timings: Timings,
     pub tokenize: Duration,
     pub cache: Option<CacheStatus>,
+    /// For the version's monitor (`tap`), when monitored and sampled.
+    pub sample: Option<Sample>,
 }
 
 /// What to embed and how.
@@ -282,21 +296,30 @@ pub async fn embed(
     }
     let status = cached.map(|_| CacheStatus::of(n - missing.len(), n));
     let mut tokens = 0;
-    let vectors = slots
+    let mut counts = Vec::new();
+    let vectors: Vec<Vec<f32>> = slots
         .into_iter()
         .map(|s| {
             let (t, v) = s.expect("every text was cached or computed. This is a bug.");
             tokens += t;
+            if lv.monitor.is_some() {
+                counts.push(t as u32);
+            }
             v
         })
         .collect();
     lv.metrics.record_success(start.elapsed(), &timings);
+    let sample = lv
+        .monitor
+        .as_ref()
+        .and_then(|m| m.text_sample(&counts, &vectors));
     Ok(Embedded {
         vectors,
         tokens,
         timings,
         tokenize,
         cache: status,
+        sample,
     })
 }
 
@@ -412,6 +435,20 @@ pub fn mirror(
     let Some((plan, input)) = shadow else { return };
     if let Some(out) = live() {
         super::shadow::spawn(state.repo.rollout_metrics(), lv, plan, input, out);
+    }
+}
+
+/// The monitor tap: hands a live request's sample to its version's monitor (a `try_send`; never
+/// waits). Called by the doors once the answer is ready, with the id feedback will name (the KServe
+/// body `id`, else the request's `x-request-id`). Shadow copies, bulk jobs and validation runs do
+/// not call it.
+pub fn tap(lv: &LoadedVersion, sample: Option<Sample>, id: Option<&str>) {
+    if let (Some(m), Some(s)) = (&lv.monitor, sample) {
+        let id = match id.filter(|id| !id.is_empty()) {
+            Some(id) => id.into(),
+            None => super::request_id().into_boxed_str(),
+        };
+        m.send(s, Some(id));
     }
 }
 

@@ -72,10 +72,11 @@ async fn predict_on(
         .map_err(|e| infer::invalid(&lv, e))?;
     let cache = infer::cache_use(&lv, &headers, principal.as_deref(), None);
     let shadow = shadow.and_then(|p| Some((p, infer::shadow_input(&lv, &inputs)?)));
-    let done = infer::run(&s, &lv, inputs, SubmitOptions::default(), cache).await?;
+    let mut done = infer::run(&s, &lv, inputs, SubmitOptions::default(), cache).await?;
     infer::mirror(&s, &lv, shadow, || {
         super::shadow::LiveOutput::of_tensors(&done.output.outputs)
     });
+    infer::tap(&lv, done.sample.take(), None);
     let body = kserve_v1::encode_response(&done.output.outputs, batching);
     Ok(infer::served(
         &lv,

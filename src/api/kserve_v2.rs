@@ -178,11 +178,12 @@ async fn infer_on(
     };
     let cache = infer::cache_use(&lv, &headers, principal.as_deref(), req.cache);
     let shadow = shadow.and_then(|p| Some((p, infer::shadow_input(&lv, &req.inputs)?)));
-    let done = infer::run(&s, &lv, req.inputs, opts, cache).await?;
+    let mut done = infer::run(&s, &lv, req.inputs, opts, cache).await?;
     infer::mirror(&s, &lv, shadow, || {
         ShadowOut::of_tensors(&done.output.outputs)
     });
     let outputs = infer::pick_outputs(&lv, &picked, &done.output.outputs)?;
+    infer::tap(&lv, done.sample.take(), req.id.as_deref());
     let enc = v2::encode_response(
         &lv.name,
         lv.version,

@@ -9,6 +9,7 @@ mod error;
 pub(crate) mod infer;
 mod kserve_v1;
 pub(crate) mod kserve_v2;
+pub(crate) mod monitor;
 mod openai;
 pub(crate) mod repository;
 mod rollout;
@@ -110,6 +111,12 @@ pub fn router(state: AppState) -> Router {
             "/v2/models/{model}/versions/{version}/infer",
             post(kserve_v2::infer_v),
         )
+        .route("/v2/models/{model}/drift", get(monitor::drift))
+        .route(
+            "/v2/models/{model}/versions/{version}/drift",
+            get(monitor::drift_v),
+        )
+        .route("/v2/models/{model}/feedback", post(monitor::feedback))
         .route("/v2/devices", get(devices::devices))
         .route("/v2/repository/index", post(repository::index))
         .route("/v2/repository/models/{model}/load", post(repository::load))

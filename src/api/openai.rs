@@ -75,8 +75,9 @@ async fn handle(
         opts: SubmitOptions::default(),
         cache: infer::cache_use(&lv, &headers, principal, None),
     };
-    let e = infer::embed(&lv, tm, ereq).await?;
+    let mut e = infer::embed(&lv, tm, ereq).await?;
     infer::mirror(&s, &lv, shadow, || Some(LiveOutput::of_vectors(&e.vectors)));
+    infer::tap(&lv, e.sample.take(), None);
     let headers = text::headers(&e, start.elapsed());
     let body = openai::encode_response(e.vectors, &lv.name, e.tokens, req.encoding_format);
     Ok(infer::served(

@@ -85,8 +85,9 @@ async fn handle(
         opts: SubmitOptions::default(),
         cache: infer::cache_use(&lv, &headers, principal, None),
     };
-    let e = infer::embed(&lv, tm, ereq).await?;
+    let mut e = infer::embed(&lv, tm, ereq).await?;
     infer::mirror(&s, &lv, shadow, || Some(LiveOutput::of_vectors(&e.vectors)));
+    infer::tap(&lv, e.sample.take(), None);
     let headers = text::headers(&e, start.elapsed());
     Ok(infer::served(
         &lv,

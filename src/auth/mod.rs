@@ -117,7 +117,8 @@ impl Principal {
                 .iter()
                 .any(|s| *s == Scope::Infer || matches!(s, Scope::InferModel(x) if x == m)),
             Need::Admin => has(&Scope::Admin),
-            Need::Feedback => has(&Scope::Feedback),
+            // Ground truth: a dedicated scope, or admin.
+            Need::Feedback => has(&Scope::Feedback) || has(&Scope::Admin),
             Need::Jobs => has(&Scope::Jobs),
             Need::Metrics => has(&Scope::Metrics),
         }

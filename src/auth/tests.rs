@@ -236,3 +236,16 @@ fn keygen_key_hashes_to_what_verify_accepts() {
     let a = Authenticator::new(&cfg).unwrap();
     assert_eq!(a.verify(&bearer(&key), None, now()).unwrap().name, "k");
 }
+
+#[test]
+fn feedback_needs_the_feedback_or_admin_scope_not_infer() {
+    let with = |scopes: Vec<Scope>| Principal {
+        name: "p".into(),
+        scopes,
+        rate: RateLimit::NONE,
+    };
+    assert!(with(vec![Scope::Feedback]).allows(Need::Feedback));
+    assert!(with(vec![Scope::Admin]).allows(Need::Feedback));
+    assert!(!with(vec![Scope::Infer]).allows(Need::Feedback));
+    assert!(!with(vec![Scope::Feedback]).allows(Need::Admin));
+}

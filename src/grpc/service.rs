@@ -83,11 +83,12 @@ async fn infer_one(
     };
     // The response cache is not consulted on the gRPC door yet (issue 19 follow-up).
     let shadow = shadow.and_then(|p| Some((p, infer::shadow_input(&lv, &req.inputs)?)));
-    let done = infer::run(s, &lv, req.inputs, opts, None).await?;
+    let mut done = infer::run(s, &lv, req.inputs, opts, None).await?;
     infer::mirror(s, &lv, shadow, || {
         crate::api::shadow::LiveOutput::of_tensors(&done.output.outputs)
     });
     let outputs = infer::pick_outputs(&lv, &picked, &done.output.outputs)?;
+    infer::tap(&lv, done.sample.take(), req.id.as_deref());
     Ok(proto::encode_infer(
         &lv.name,
         lv.version,

@@ -105,6 +105,9 @@ pub struct LoadedVersion {
     stamp: u64,
     /// Shadow copies in flight on this version (a full semaphore drops new ones).
     pub shadow_slots: Arc<tokio::sync::Semaphore>,
+    /// Set when the config enables `[monitoring]`: the version's model-quality monitor (live
+    /// traffic only; `api::infer::tap`).
+    pub monitor: Option<Arc<crate::monitor::Monitor>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -680,6 +683,20 @@ impl Repository {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(load_err(format!("{LABELS_FILE}: {e}"))),
         };
+        let monitor = match config.monitoring.enable {
+            true => Some(
+                crate::monitor::Monitor::spawn(crate::monitor::MonitorSpec {
+                    model: name,
+                    version,
+                    config,
+                    version_dir: &vdir,
+                    text: text.is_some(),
+                    metrics: self.metrics.for_monitor(name, version),
+                })
+                .map_err(|e| load_err(format!("cannot start the monitor thread: {e}")))?,
+            ),
+            false => None,
+        };
         let queue = Queue::spawn(name, placement::batch_config(config), metrics.queue())
             .map_err(|e| load_err(format!("cannot start the queue thread: {e}")))?;
         let lv = Arc::new(LoadedVersion {
@@ -700,6 +717,7 @@ impl Repository {
             shadow_slots: Arc::new(tokio::sync::Semaphore::new(
                 (config.dynamic_batching.max_queue_size / 4).clamp(1, 1024),
             )),
+            monitor,
             workers: Mutex::new(Vec::new()),
         });
         for (dev, count, m) in models {

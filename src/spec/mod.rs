@@ -5,6 +5,7 @@
 //! against the declared inputs (`validate_inputs`). Plain data: no models, devices, queues or I/O
 //! beyond reading the config file. Depends on `tensor` only.
 
+mod monitoring;
 mod rollout;
 mod tensor_spec;
 
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use monitoring::Monitoring;
 pub use rollout::{CompareTo, RoutingConfig, Validation, VersionMeta, VERSION_FILE};
 pub use tensor_spec::{validate_inputs, TensorSpec, ValidationError};
 
@@ -116,6 +118,9 @@ pub struct ModelConfig {
     /// Split, shadow and guard of requests that name no version (`[routing]`).
     #[serde(default)]
     pub routing: RoutingConfig,
+    /// Model-quality monitoring (`[monitoring]`; off unless `enable = true`).
+    #[serde(default)]
+    pub monitoring: Monitoring,
     /// Architecture-specific settings.
     #[serde(default)]
     pub parameters: toml::Table,
@@ -370,6 +375,7 @@ impl ModelConfig {
         if let Some(v) = &self.validation {
             v.validate()?;
         }
+        self.monitoring.validate()?;
         if self.response_cache.enable && self.response_cache.ttl_secs == 0 {
             return err("response_cache.ttl_secs", "expected at least 1".into());
         }

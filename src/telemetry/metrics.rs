@@ -100,6 +100,7 @@ pub struct Metrics {
     auth_reloads: IntCounterVec,
     cache: CacheFamilies,
     host: HostGauges,
+    monitor: crate::telemetry::monitor::MonitorFamilies,
 }
 
 /// The response cache's families (`src/cache`): Triton's `nv_cache_*` per model plus ours.
@@ -420,6 +421,7 @@ impl Metrics {
             ),
             cache: CacheFamilies::new(&r),
             host: HostGauges::new(&r),
+            monitor: crate::telemetry::monitor::MonitorFamilies::new(&r),
             pending,
             registry: r,
         }
@@ -565,6 +567,15 @@ impl Metrics {
             evicted_size: evicted("size"),
             evicted_expired: evicted("expired"),
         }
+    }
+
+    /// The model-quality monitor's children for one model version (`telemetry::monitor`).
+    pub fn for_monitor(
+        &self,
+        model: &str,
+        version: u64,
+    ) -> crate::telemetry::monitor::MonitorMetrics {
+        self.monitor.for_version(model, version)
     }
 
     /// `ferrite_cache_backend_errors_total{backend}` (created, so exported at 0).

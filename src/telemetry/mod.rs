@@ -6,6 +6,7 @@
 pub mod gpu;
 pub mod logging;
 pub mod metrics;
+pub mod monitor;
 pub mod rollout;
 pub mod sampler;
 pub mod system;
