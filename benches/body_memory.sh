@@ -42,7 +42,7 @@ PY
 printf '| body | MiB | status | peak RSS growth MiB | growth / body |\n|---|---|---|---|---|\n'
 for kind in v2-nested v2-flat v2-int16 v1; do
   log="$tmp/$kind.log"
-  "$FERRITE_BIN" serve --model-repository "$tmp/repo" --host 127.0.0.1 --http-port 0 --metrics-port 0 \
+  "$FERRITE_BIN" serve --model-repository "$tmp/repo" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 \
     --access-log=false --max-body-bytes $((SIZE * 2 * 1024 * 1024)) 2>"$log" &
   pid=$!
   for _ in $(seq 300); do grep -q 'server ready' "$log" && break; sleep 0.1; done

@@ -71,7 +71,7 @@ declare -A url metrics
 start_ferrite() { # name repo [flags]
   local name=$1 repo=$2 log="$tmp/$1.log" line
   shift 2
-  "$FERRITE_BIN" serve --model-repository "$repo" --host 127.0.0.1 --http-port 0 --metrics-port 0 \
+  "$FERRITE_BIN" serve --model-repository "$repo" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 \
     --access-log=false "$@" 2>"$log" &
   pids+=($!)
   for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done
