@@ -48,6 +48,9 @@ pub enum Command {
     /// Write a quantized copy of a model version (q8 or q4) as a new version, with its measured
     /// quality against the source in quantization.json.
     Quantize(crate::quantize::QuantizeArgs),
+    /// Embed or score a whole input file offline with the server's engine (in-process, no HTTP):
+    /// streaming, with a progress bar, rejects file and resume after any interruption.
+    Batch(crate::jobs::cli::BatchArgs),
     /// Make a new random API key: prints the key once, alone on the first line of stdout, then the
     /// `[[auth.api_keys]]` stanza (its SHA-256, never the key) to paste into the file given to
     /// `ferrite serve --config`.
@@ -71,6 +74,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench(args),
         Command::Capacity(args) => capacity(args),
         Command::Quantize(args) => crate::quantize::run(&args),
+        Command::Batch(args) => batch(args),
         Command::Keygen { name, scopes } => {
             print!("{}", keygen(&name, &scopes)?);
             Ok(())
@@ -124,6 +128,24 @@ fn capacity(args: CapacityArgs) -> anyhow::Result<()> {
         eprintln!("report written to {}", args.report.display());
         anyhow::Ok(())
     })
+}
+
+/// `ferrite batch`: exits 130 when interrupted (rerun to resume).
+fn batch(args: crate::jobs::cli::BatchArgs) -> anyhow::Result<()> {
+    logging::init(crate::config::LogFormat::Text);
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", args.intra_op_threads.to_string());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferrite-io")
+        .build()?;
+    let done = rt.block_on(crate::jobs::cli::run(&args));
+    logging::flush();
+    if !done? {
+        std::process::exit(crate::jobs::cli::INTERRUPTED);
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

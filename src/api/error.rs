@@ -23,6 +23,8 @@ pub enum ApiError {
     Forbidden(String),
     /// Management is not enabled (`--model-control`): 403.
     Disabled(String),
+    /// The resource is not in a state that allows this (a bulk job's result before it is done): 409.
+    Conflict(String),
     /// Queue full: the server is overloaded (503 in KServe, 429 in the OpenAI/TEI doors).
     Overloaded(String),
     Unavailable(String),
@@ -41,6 +43,7 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Forbidden(_) | ApiError::Disabled(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::LoadFailed(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -54,6 +57,7 @@ impl ApiError {
             | ApiError::Timeout(m)
             | ApiError::Forbidden(m)
             | ApiError::Disabled(m)
+            | ApiError::Conflict(m)
             | ApiError::Overloaded(m)
             | ApiError::Unavailable(m)
             | ApiError::LoadFailed(m)

@@ -7,6 +7,7 @@ pub(crate) mod auth;
 mod devices;
 mod error;
 pub(crate) mod infer;
+mod jobs;
 mod kserve_v1;
 pub(crate) mod kserve_v2;
 mod openai;
@@ -72,6 +73,8 @@ pub struct AppInner {
     /// Per-request access log (`--access-log`) and its body-hash key.
     pub access_log: bool,
     pub body_key: Arc<BodyKey>,
+    /// Bulk jobs (`--jobs-state-dir`; off without it).
+    pub jobs: Arc<crate::jobs::Manager>,
 }
 
 impl AppInner {
@@ -108,6 +111,10 @@ pub fn router(state: AppState) -> Router {
             "/v2/models/{model}/versions/{version}/infer",
             post(kserve_v2::infer_v),
         )
+        .route("/v2/models/{model}/jobs", post(jobs::create))
+        .route("/v2/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/v2/jobs/{id}/result", get(jobs::result))
+        .route("/v2/jobs/{id}/rejects", get(jobs::rejects))
         .route("/v2/devices", get(devices::devices))
         .route("/v2/repository/index", post(repository::index))
         .route("/v2/repository/models/{model}/load", post(repository::load))
