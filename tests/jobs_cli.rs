@@ -166,7 +166,7 @@ async fn batch_digits_equals_online_and_rejects_exactly_the_planted_rows() {
     }
 }
 
-/// Seeded sentences of 3 to 30 words.
+/// Seeded sentences of 4 to 13 words.
 fn sentences(n: usize) -> Vec<String> {
     const WORDS: &[&str] = &[
         "the",
@@ -203,7 +203,7 @@ fn sentences(n: usize) -> Vec<String> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(21);
     (0..n)
         .map(|i| {
-            let len = rng.random_range(3..=30);
+            let len = rng.random_range(3..=12);
             let mut s: Vec<&str> = (0..len)
                 .map(|_| WORDS[rng.random_range(0..WORDS.len())])
                 .collect();

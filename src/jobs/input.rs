@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn jsonl_v2_rows_decode_with_the_online_decoder() {
         let input = br#"{"id": "r1", "inputs": [{"name": "pixels", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}
-{"id": "r2", "inputs": [{"name": "pixels", "shape": [1, 2], "datatype": "FP32", "data": [1]}]}
+{"id": "r2", "inputs": [{"name": "pixels", "shape": [1, 2], "datatype": "FP99", "data": [1, 2]}]}
 "#;
         let recs = read_all(input, &InputSpec::default());
         assert_eq!(items(&recs)[0], Ok("r1=<1 tensors>".into()));
