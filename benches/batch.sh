@@ -30,16 +30,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 python3 benches/embed/make_sentences.py tests/fixtures/minilm-reference.json "$tmp/sent" 400 >/dev/null
-python3 - "$tmp/sent/sentences.txt" "$tmp/corpus.jsonl" "$N" "$tmp/tei.jsonl" <<'PY'
+python3 - "$tmp/sent/sentences.txt" "$tmp/corpus.jsonl" "$N" <<'PY'
 import json, sys
 sents = [l.rstrip("\n") for l in open(sys.argv[1]) if l.strip()]
 n = int(sys.argv[3])
 with open(sys.argv[2], "w") as f:
     for i in range(n):
         f.write(json.dumps({"id": f"doc-{i}", "text": sents[i % len(sents)]}) + "\n")
-with open(sys.argv[4], "w") as f:
-    for s in sents:
-        f.write(json.dumps({"inputs": s}) + "\n")
 PY
 echo "# corpus: $N records, $(du -h "$tmp/corpus.jsonl" | cut -f1)" >&2
 
@@ -60,7 +57,7 @@ metrics=$(grep -o 'metrics on http://[0-9.:]*' "$tmp/server.log" | head -1 | sed
 
 online() { # connections texts_per_request -> sentences/s
   "$FERRITE_BIN" bench -u "$url" --metrics-url "$metrics" -m minilm --protocol tei \
-    --input-data "$tmp/tei.jsonl" -b "$2" --concurrency-range "$1" --warmup-ms 2000 \
+    --input-data "$tmp/sent/sentences.txt" -b "$2" --concurrency-range "$1" --warmup-ms 2000 \
     --measurement-interval-ms "$DUR_MS" --max-windows 1 --json "$tmp/bench.json" >/dev/null 2>&1
   python3 -c "import json,sys; s=json.load(open('$tmp/bench.json'))['steps'][0]; print(round(s['throughput']*$2, 1))"
 }
