@@ -81,26 +81,15 @@ pub async fn create(
             .await
             .map(|p| (p, true)),
     };
-    let (input, uploaded) = match input {
+    let spec = input.and_then(|(input, uploaded)| {
+        input_spec(&q, uploaded, &input).map(|spec| (input, uploaded, spec))
+    });
+    let (input, uploaded, spec) = match spec {
         Ok(i) => i,
         Err(e) => {
             let _ = tokio::fs::remove_dir_all(&dir).await;
             return Err(e);
         }
-    };
-    let format = match (&q.format, uploaded) {
-        (Some(f), _) => InputFormat::parse(f).ok_or_else(|| {
-            ApiError::BadRequest(format!("format '{f}': expected jsonl, csv or text"))
-        })?,
-        (None, true) => InputFormat::Jsonl,
-        (None, false) => InputFormat::of(&input),
-    };
-    let d = InputSpec::default();
-    let spec = InputSpec {
-        format,
-        id_field: q.id_field.unwrap_or(d.id_field),
-        text_field: q.text_field.unwrap_or(d.text_field),
-        max_record_bytes: d.max_record_bytes,
     };
     let view = jobs
         .create(NewJob {
@@ -121,6 +110,28 @@ pub async fn create(
         Json(view),
     )
         .into_response())
+}
+
+/// How to read the input: uploads are JSON lines; a path's format is `format=` or its extension.
+fn input_spec(
+    q: &CreateQuery,
+    uploaded: bool,
+    input: &std::path::Path,
+) -> Result<InputSpec, ApiError> {
+    let format = match (&q.format, uploaded) {
+        (Some(f), _) => InputFormat::parse(f).ok_or_else(|| {
+            ApiError::BadRequest(format!("format '{f}': expected jsonl, csv or text"))
+        })?,
+        (None, true) => InputFormat::Jsonl,
+        (None, false) => InputFormat::of(input),
+    };
+    let d = InputSpec::default();
+    Ok(InputSpec {
+        format,
+        id_field: q.id_field.clone().unwrap_or(d.id_field),
+        text_field: q.text_field.clone().unwrap_or(d.text_field),
+        max_record_bytes: d.max_record_bytes,
+    })
 }
 
 /// Streams the request body into `path`: 413 past the upload limit (checked on `Content-Length`
