@@ -75,6 +75,9 @@ pub enum Command {
     /// for tests against independent implementations).
     #[command(hide = true)]
     DriftStats,
+    /// Embed or score a whole input file offline with the server's engine (in-process, no HTTP):
+    /// streaming, with a progress bar, rejects file and resume after any interruption.
+    Batch(crate::jobs::cli::BatchArgs),
     /// Make a new random API key: prints the key once, alone on the first line of stdout, then the
     /// `[[auth.api_keys]]` stanza (its SHA-256, never the key) to paste into the file given to
     /// `ferrite serve --config`.
@@ -107,6 +110,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => validate(&model, version, &model_repository, &gpus, json.as_deref()),
         Command::Profile(args) => crate::profile::run(&args),
         Command::DriftStats => crate::profile::drift_stats(),
+        Command::Batch(args) => batch(args),
         Command::Keygen { name, scopes } => {
             print!("{}", keygen(&name, &scopes)?);
             Ok(())
@@ -205,6 +209,24 @@ fn capacity(args: CapacityArgs) -> anyhow::Result<()> {
         eprintln!("report written to {}", args.report.display());
         anyhow::Ok(())
     })
+}
+
+/// `ferrite batch`: exits 130 when interrupted (rerun to resume).
+fn batch(args: crate::jobs::cli::BatchArgs) -> anyhow::Result<()> {
+    logging::init(crate::config::LogFormat::Text);
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", args.intra_op_threads.to_string());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferrite-io")
+        .build()?;
+    let done = rt.block_on(crate::jobs::cli::run(&args));
+    logging::flush();
+    if !done? {
+        std::process::exit(crate::jobs::cli::INTERRUPTED);
+    }
+    Ok(())
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -157,6 +157,24 @@ pub struct ServeArgs {
     /// [default: none]
     #[arg(long, env = "FERRITE_CACHE_REDIS_CA")]
     pub cache_redis_ca: Option<PathBuf>,
+    /// Folder where bulk jobs (`POST /v2/models/{m}/jobs`) keep their state, inputs and results;
+    /// unfinished jobs there resume at start [default: none, the jobs API is off]
+    #[arg(long, env = "FERRITE_JOBS_STATE_DIR")]
+    pub jobs_state_dir: Option<PathBuf>,
+    /// Folder a job may name its input in (`input_path`, resolved inside it) [default: none,
+    /// uploads only]
+    #[arg(long, env = "FERRITE_JOBS_INPUT_DIR")]
+    pub jobs_input_dir: Option<PathBuf>,
+    /// Largest uploaded job input, in bytes (not --max-body-bytes: it streams to disk)
+    /// [default: 1073741824]
+    #[arg(long, env = "FERRITE_JOBS_MAX_UPLOAD_BYTES")]
+    pub jobs_max_upload_bytes: Option<u64>,
+    /// Seconds a finished job's results are kept [default: 604800, a week]
+    #[arg(long, env = "FERRITE_JOBS_RETENTION_SECS")]
+    pub jobs_retention_secs: Option<u64>,
+    /// Jobs running at once; more wait in order [default: 2]
+    #[arg(long, env = "FERRITE_JOBS_MAX_RUNNING")]
+    pub jobs_max_running: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +209,42 @@ struct FileSettings {
     cache_redis_url: Option<String>,
     cache_redis_timeout_ms: Option<u64>,
     cache_redis_ca: Option<PathBuf>,
+    jobs_state_dir: Option<PathBuf>,
+    jobs_input_dir: Option<PathBuf>,
+    jobs_max_upload_bytes: Option<u64>,
+    jobs_retention_secs: Option<u64>,
+    jobs_max_running: Option<usize>,
+}
+
+/// Bulk jobs (`--jobs-*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobsSettings {
+    /// Where jobs live; `None`: the jobs API is off.
+    pub state_dir: Option<PathBuf>,
+    /// The folder a job may name its input in (`input_path`); `None`: uploads only.
+    pub input_dir: Option<PathBuf>,
+    /// Largest uploaded input.
+    pub max_upload_bytes: u64,
+    /// How long a finished job's results are kept.
+    pub retention: Duration,
+    /// Jobs running at once.
+    pub max_running: usize,
+}
+
+pub const DEFAULT_JOBS_MAX_UPLOAD_BYTES: u64 = 1 << 30;
+pub const DEFAULT_JOBS_RETENTION_SECS: u64 = 7 * 24 * 3600;
+pub const DEFAULT_JOBS_MAX_RUNNING: usize = 2;
+
+impl Default for JobsSettings {
+    fn default() -> Self {
+        JobsSettings {
+            state_dir: None,
+            input_dir: None,
+            max_upload_bytes: DEFAULT_JOBS_MAX_UPLOAD_BYTES,
+            retention: Duration::from_secs(DEFAULT_JOBS_RETENTION_SECS),
+            max_running: DEFAULT_JOBS_MAX_RUNNING,
+        }
+    }
 }
 
 /// Limits on each port's connections (`net::serve`) and on reading a request body.
@@ -281,6 +335,7 @@ pub struct Settings {
     pub limits: ConnectionLimits,
     /// The response cache's shared Redis level; `None`: in-process only.
     pub cache_redis: Option<RedisSettings>,
+    pub jobs: JobsSettings,
 }
 
 /// How to reach Redis (`--cache-redis-url`, `--cache-redis-timeout-ms`, `--cache-redis-ca`).
@@ -386,6 +441,23 @@ impl Settings {
             ),
             state_dir: args.state_dir.clone().or(file.state_dir),
             access_log: args.access_log.or(file.access_log).unwrap_or(true),
+            jobs: JobsSettings {
+                state_dir: args.jobs_state_dir.clone().or(file.jobs_state_dir),
+                input_dir: args.jobs_input_dir.clone().or(file.jobs_input_dir),
+                max_upload_bytes: args
+                    .jobs_max_upload_bytes
+                    .or(file.jobs_max_upload_bytes)
+                    .unwrap_or(DEFAULT_JOBS_MAX_UPLOAD_BYTES),
+                retention: Duration::from_secs(
+                    args.jobs_retention_secs
+                        .or(file.jobs_retention_secs)
+                        .unwrap_or(DEFAULT_JOBS_RETENTION_SECS),
+                ),
+                max_running: args
+                    .jobs_max_running
+                    .or(file.jobs_max_running)
+                    .unwrap_or(DEFAULT_JOBS_MAX_RUNNING),
+            },
             auth: file.auth,
             config_file: args.config.clone(),
             model_repository: args
@@ -513,6 +585,7 @@ impl Settings {
             tls: None,
             limits: ConnectionLimits::DEFAULT,
             cache_redis: None,
+            jobs: JobsSettings::default(),
         }
     }
 
@@ -529,6 +602,20 @@ impl Settings {
                 field: "auth",
                 message,
             })?;
+        }
+        if self.jobs.max_running == 0 || self.jobs.max_upload_bytes == 0 {
+            return Err(SettingsError::Invalid {
+                field: "jobs_max_running / jobs_max_upload_bytes",
+                message: "expected at least 1".into(),
+            });
+        }
+        if let Some(d) = &self.jobs.input_dir {
+            if !d.is_dir() {
+                return Err(SettingsError::Invalid {
+                    field: "jobs_input_dir",
+                    message: format!("{} is not a folder", d.display()),
+                });
+            }
         }
         if self.repository_poll.is_zero() {
             return Err(SettingsError::Invalid {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod device;
 pub mod grpc;
+pub mod jobs;
 pub mod loadgen;
 pub mod model;
 pub mod monitor;

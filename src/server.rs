@@ -103,6 +103,7 @@ impl Server {
             model_control: settings.model_control,
             access_log: settings.access_log,
             body_key: Arc::new(BodyKey::random()),
+            jobs: crate::jobs::Manager::new(settings.jobs.clone(), repo.clone()),
         });
         // Bad certificate files stop the start, before anything listens.
         let tls = match &settings.tls {
@@ -170,6 +171,11 @@ impl Server {
         );
         let mut tasks = vec![reload_auth_task(settings, security, state.metrics.clone())];
         repo.load_all().await;
+        // Unfinished bulk jobs resume once their models are loaded.
+        state
+            .jobs
+            .resume()
+            .context("cannot open --jobs-state-dir")?;
         if settings.model_control == ModelControl::Poll {
             tasks.push(poll_task(repo.clone(), settings.repository_poll));
         }
@@ -228,6 +234,8 @@ impl Server {
             Err(_) => tracing::warn!("drain timed out; remaining requests are dropped"),
         }
         self.state.repo.shutdown().await;
+        // Running bulk jobs see their model gone and record that they paused (resumed at start).
+        self.state.jobs.wait_stopped(self.exit_timeout).await;
         self.metrics.abort();
         // Joins the sampler thread: at most one sample late.
         let mut sampler = self.sampler;

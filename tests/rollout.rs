@@ -716,3 +716,66 @@ async fn live_routing_survives_a_restart_with_state_dir() {
     assert_eq!(r.status(), 200);
     assert!(["1", "2"].contains(&version_of(&r).as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_against_the_live_version_with_p99_and_mean_difference() {
+    // Version 1 has nothing live to compare with (it passes on its other figures); version 2 (the
+    // same weights) matches it; version 3 (classes 0 and 1 swapped) does not.
+    let repo = Repo::new().with_digits(&[
+        (
+            "version_policy = { latest = 1 }",
+            "version_policy = { latest = 3 }",
+        ),
+        (
+            "min_accuracy = 0.95\n",
+            "min_accuracy = 0.5\ncompare_to = \"live\"\nmin_cosine = 0.999\n\
+             max_mean_abs_diff = 0.001\nmax_p99_ms = 10000\np99_requests = 20\n",
+        ),
+    ]);
+    let root = repo.path().join("digits");
+    digits_weights(&root.join("2/model.safetensors"), |_, _| {});
+    digits_weights(&root.join("3/model.safetensors"), |n, v| {
+        let w = if n == "layers.1.weight" { 64 } else { 1 };
+        if n.starts_with("layers.1.") {
+            for i in 0..w {
+                v.swap(i, w + i);
+            }
+        }
+    });
+    let s = TestServer::start(repo).await;
+    let st = status(&s, "digits").await;
+    let gate = |v: &str| {
+        st["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["version"] == v)
+            .unwrap_or_else(|| panic!("no version {v}: {st}"))
+            .clone()
+    };
+    let (g1, g2, g3) = (gate("1"), gate("2"), gate("3"));
+    assert_eq!(g1["state"], "READY", "{g1}");
+    assert_eq!(
+        g1["validation"]["compared_to"],
+        "live (none serving: skipped)"
+    );
+    assert_eq!(g2["state"], "READY", "{g2}");
+    assert_eq!(g2["validation"]["compared_to"], "live version 1");
+    assert!(g2["validation"]["min_cosine"].as_f64().unwrap() > 0.999999);
+    assert!(g2["validation"]["mean_abs_diff"].as_f64().unwrap() < 1e-6);
+    assert!(g2["validation"]["p99_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(g3["state"], "FAILED_VALIDATION", "{g3}");
+    let failures = g3["validation"]["failures"].to_string();
+    assert!(
+        failures.contains("min cosine") && failures.contains("mean abs diff"),
+        "{failures}"
+    );
+    // Unnamed requests go to the newest version that passed.
+    let r = s
+        .post_json(
+            "/v2/models/digits/infer",
+            &v2_request("pixels", 1, 64, &[1.0; 64]),
+        )
+        .await;
+    assert_eq!(version_of(&r), "2");
+}

@@ -93,6 +93,8 @@ pub fn need_of(path: &str) -> Need<'_> {
         p if p == "/v2/repository" || p.starts_with("/v2/repository/") => Need::Admin,
         // Ground truth: the `feedback` scope (or `admin`), not `infer`.
         p if p.starts_with("/v2/models/") && p.ends_with("/feedback") => Need::Feedback,
+        // Bulk jobs: creating one on a model, and everything under /v2/jobs.
+        p if p.starts_with("/v2/jobs/") || is_jobs_create(p) => Need::Jobs,
         p => match (p.strip_prefix("/v2/models/"), p.strip_prefix("/v1/models/")) {
             (Some(rest), _) => Need::Infer(segment(rest)),
             // `/v1/models/{model}:predict` carries `:predict` in the same segment.
@@ -104,6 +106,13 @@ pub fn need_of(path: &str) -> Need<'_> {
             _ => Need::Infer(None),
         },
     }
+}
+
+/// `/v2/models/{m}/jobs`.
+fn is_jobs_create(path: &str) -> bool {
+    path.strip_prefix("/v2/models/")
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(_, tail)| tail == "jobs")
 }
 
 fn now() -> u64 {
@@ -255,6 +264,13 @@ mod tests {
         assert_eq!(
             need_of("/v2/models/digits/drift"),
             Need::Infer(Some("digits"))
+        );
+        assert_eq!(need_of("/v2/models/minilm/jobs"), Need::Jobs);
+        assert_eq!(need_of("/v2/jobs/1234/result"), Need::Jobs);
+        assert_eq!(
+            need_of("/v2/models/jobs"),
+            Need::Infer(Some("jobs")),
+            "a model named jobs"
         );
         assert_eq!(
             need_of("/v2/models/digits/stats"),

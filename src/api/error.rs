@@ -23,13 +23,14 @@ pub enum ApiError {
     Forbidden(String),
     /// Management is not enabled (`--model-control`): 403.
     Disabled(String),
+    /// The resource is not in a state that allows this (a bulk job's result before it is done, a
+    /// rollout action the model's versions do not allow): 409.
+    Conflict(String),
     /// Queue full: the server is overloaded (503 in KServe, 429 in the OpenAI/TEI doors).
     Overloaded(String),
     Unavailable(String),
     /// A model failed to load from its files: 500 with the reason (admin routes only).
     LoadFailed(String),
-    /// A rollout action that cannot apply to the model's current state (409).
-    Conflict(String),
     /// Anything else that is the server's fault: the client sees only "internal error, request id
     /// ..." (`ApiError::internal` logs the detail).
     Internal(String),
@@ -43,9 +44,9 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Forbidden(_) | ApiError::Disabled(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Overloaded(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::LoadFailed(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -57,10 +58,10 @@ impl ApiError {
             | ApiError::Timeout(m)
             | ApiError::Forbidden(m)
             | ApiError::Disabled(m)
+            | ApiError::Conflict(m)
             | ApiError::Overloaded(m)
             | ApiError::Unavailable(m)
             | ApiError::LoadFailed(m)
-            | ApiError::Conflict(m)
             | ApiError::Internal(m) => m,
         }
     }

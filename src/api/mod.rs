@@ -7,6 +7,7 @@ pub(crate) mod auth;
 mod devices;
 mod error;
 pub(crate) mod infer;
+mod jobs;
 mod kserve_v1;
 pub(crate) mod kserve_v2;
 pub(crate) mod monitor;
@@ -75,6 +76,8 @@ pub struct AppInner {
     /// Per-request access log (`--access-log`) and its body-hash key.
     pub access_log: bool,
     pub body_key: Arc<BodyKey>,
+    /// Bulk jobs (`--jobs-state-dir`; off without it).
+    pub jobs: Arc<crate::jobs::Manager>,
 }
 
 impl AppInner {
@@ -117,6 +120,10 @@ pub fn router(state: AppState) -> Router {
             get(monitor::drift_v),
         )
         .route("/v2/models/{model}/feedback", post(monitor::feedback))
+        .route("/v2/models/{model}/jobs", post(jobs::create))
+        .route("/v2/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/v2/jobs/{id}/result", get(jobs::result))
+        .route("/v2/jobs/{id}/rejects", get(jobs::rejects))
         .route("/v2/devices", get(devices::devices))
         .route("/v2/repository/index", post(repository::index))
         .route("/v2/repository/models/{model}/load", post(repository::load))

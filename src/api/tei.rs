@@ -22,13 +22,13 @@ fn tei_error(e: ApiError) -> Response {
         ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorType::Validation),
         ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, ErrorType::Validation),
         ApiError::BadRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, ErrorType::Validation),
+        ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorType::Validation),
         ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorType::Validation),
         ApiError::Forbidden(_) | ApiError::Disabled(_) => {
             (StatusCode::FORBIDDEN, ErrorType::Unauthorized)
         }
         ApiError::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, ErrorType::Overloaded),
         ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ErrorType::Unhealthy),
-        ApiError::Conflict(_) => (StatusCode::CONFLICT, ErrorType::Validation),
         ApiError::Internal(_) | ApiError::LoadFailed(_) => {
             (StatusCode::FAILED_DEPENDENCY, ErrorType::Backend)
         }

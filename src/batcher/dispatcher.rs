@@ -10,16 +10,22 @@
 //! thread over a channel): one futex wake and context switch per submit cost ~15% of digits
 //! throughput at 64 connections (benches/RESULTS.md, issue 13).
 //!
+//! The job lane (`Lane::Bulk`) is a second `QueueState` beside the online one: an idle worker the
+//! online policy does not use now takes a full job batch at once if `policy::bulk_may_dispatch`
+//! allows it (the batches in flight per lane are counted by the `InFlight` guard each batch
+//! carries until the worker drops it).
+//!
 //! It never runs a model and never sees HTTP.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::policy::{self, BatchConfig, Decision};
 use super::state::QueueState;
-use super::{Batch, Job, JobError, Layout, QueueMetrics};
+use super::{Batch, InFlight, Job, JobError, Lane, Layout, QueueMetrics};
 
 pub(super) enum Command {
     Submit(Job),
@@ -37,6 +43,14 @@ pub(super) struct Pull {
 
 pub(super) struct Dispatcher {
     state: QueueState,
+    /// The job lane: one level, no deadlines.
+    bulk: QueueState,
+    /// Batches in flight per lane (online, bulk).
+    busy: [Arc<AtomicUsize>; 2],
+    /// The last online submit (online traffic is active for `bulk_quiet` after it).
+    last_online: Option<Instant>,
+    /// The most workers seen at once (idle + busy): a worker between two batches is neither.
+    workers: usize,
     idle: VecDeque<Pull>,
     cfg: Arc<BatchConfig>,
     model: Arc<str>,
@@ -50,6 +64,10 @@ impl Dispatcher {
     pub fn new(model: Arc<str>, cfg: Arc<BatchConfig>, metrics: QueueMetrics) -> Dispatcher {
         Dispatcher {
             state: QueueState::new(cfg.priority_levels, cfg.max_queue_size),
+            bulk: QueueState::new(1, cfg.max_queue_size),
+            busy: Default::default(),
+            last_online: None,
+            workers: 0,
             idle: VecDeque::new(),
             cfg,
             model,
@@ -74,7 +92,8 @@ impl Dispatcher {
 
     /// Closed and drained, or no handle left to pull: the runner stops.
     pub fn finished(&self) -> bool {
-        self.disconnected || (self.closing && self.state.pending_jobs() == 0)
+        self.disconnected
+            || (self.closing && self.state.pending_jobs() == 0 && self.bulk.pending_jobs() == 0)
     }
 
     /// Idle workers see their sender dropped (busy ones find the channel closed on their next
@@ -82,7 +101,8 @@ impl Dispatcher {
     /// unavailable.
     pub fn shut_down(&mut self) {
         self.idle.clear();
-        for job in self.state.drain_all() {
+        let bulk = self.bulk.drain_all();
+        for job in self.state.drain_all().into_iter().chain(bulk) {
             self.reject(job, "the model is being unloaded");
         }
         self.metrics.pending.set(0);
@@ -92,7 +112,15 @@ impl Dispatcher {
         if self.closing {
             return self.reject(job, "the model is being unloaded");
         }
-        match self.state.push(job) {
+        let lane = job.lane;
+        let state = match lane {
+            Lane::Online => {
+                self.last_online = Some(job.enqueued_at);
+                &mut self.state
+            }
+            Lane::Bulk => &mut self.bulk,
+        };
+        match state.push(job) {
             Ok(()) => self.metrics.pending.inc(),
             Err((job, full)) => {
                 let _ = job.reply.send(Err(JobError::QueueFull {
@@ -109,7 +137,10 @@ impl Dispatcher {
     /// Takes the queue's count of dropped canceled jobs into the metrics: the pending gauge counts
     /// jobs, the canceled counter requests.
     fn settle_canceled(&mut self) {
-        let gone = self.state.take_canceled();
+        let mut gone = self.state.take_canceled();
+        let bulk = self.bulk.take_canceled();
+        gone.jobs += bulk.jobs;
+        gone.requests += bulk.requests;
         self.metrics.pending.sub(gone.jobs as i64);
         self.metrics.canceled.inc_by(gone.requests as u64);
     }
@@ -131,6 +162,8 @@ impl Dispatcher {
             }));
         }
         let mut wake = None;
+        let busy: usize = self.busy.iter().map(|b| b.load(Ordering::Acquire)).sum();
+        self.workers = self.workers.max(self.idle.len() + busy);
         while !self.idle.is_empty() {
             let pending = policy::Pending {
                 rows: self.state.pending_rows(),
@@ -150,9 +183,22 @@ impl Dispatcher {
                 )),
                 Decision::WaitUntil(t) => {
                     wake = Some(t);
-                    break;
+                    if !self.dispatch_bulk(now) {
+                        break;
+                    }
                 }
-                Decision::Idle => break,
+                Decision::Idle => {
+                    if !self.dispatch_bulk(now) {
+                        break;
+                    }
+                }
+            }
+        }
+        // Online traffic turns quiet later: look again then if job rows wait for a worker.
+        if !self.idle.is_empty() && self.bulk.pending_jobs() > 0 {
+            let quiet_at = self.last_online.map(|t| t + self.cfg.bulk_quiet);
+            if let Some(t) = quiet_at.filter(|&t| t > now) {
+                wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
             }
         }
         match (wake, self.state.next_deadline()) {
@@ -161,16 +207,48 @@ impl Dispatcher {
         }
     }
 
-    /// Hands the first idle worker a batch of at most `max_rows` rows.
+    /// Gives the first idle worker a full job-lane batch if there is one and the cap allows it
+    /// (`policy::bulk_may_dispatch`); false when it did not (the worker stays idle).
+    fn dispatch_bulk(&mut self, now: Instant) -> bool {
+        if self.bulk.pending_jobs() == 0 {
+            return false;
+        }
+        let busy_bulk = self.busy[1].load(Ordering::Acquire);
+        let view = policy::BulkView {
+            online_active: policy::online_active(
+                self.state.pending_jobs(),
+                self.last_online,
+                now,
+                self.cfg.bulk_quiet,
+            ),
+            busy_bulk,
+            workers: self.workers,
+        };
+        if !policy::bulk_may_dispatch(view, self.cfg.bulk_share) {
+            return false;
+        }
+        let before = self.idle.len();
+        self.dispatch_lane(Lane::Bulk, self.cfg.max_batch_size.max(1));
+        self.idle.len() < before
+    }
+
+    /// Hands the first idle worker an online batch of at most `max_rows` rows.
     fn dispatch(&mut self, max_rows: usize) {
+        self.dispatch_lane(Lane::Online, max_rows)
+    }
+
+    /// Hands the first idle worker a batch of at most `max_rows` rows from `lane`.
+    fn dispatch_lane(&mut self, lane: Lane, max_rows: usize) {
         let layout = self
             .idle
             .front()
             .expect("dispatch is only called with an idle worker. This is a bug.")
             .layout;
-        let jobs = self
-            .state
-            .take_batch(max_rows, self.cfg.max_batch_tokens, layout);
+        let state = match lane {
+            Lane::Online => &mut self.state,
+            Lane::Bulk => &mut self.bulk,
+        };
+        let jobs = state.take_batch(max_rows, self.cfg.max_batch_tokens, layout);
         self.metrics.pending.sub(jobs.len() as i64);
         self.settle_canceled();
         if jobs.is_empty() {
@@ -180,13 +258,21 @@ impl Dispatcher {
             .idle
             .pop_front()
             .expect("dispatch is only called with an idle worker. This is a bug.");
+        let in_flight = Some(InFlight::new(&self.busy[(lane == Lane::Bulk) as usize]));
         // Capacity 1 and one batch per request: only a departed worker makes this fail.
         if let Err(flume::TrySendError::Disconnected(batch) | flume::TrySendError::Full(batch)) =
-            worker.tx.try_send(Batch { jobs })
+            worker.tx.try_send(Batch {
+                jobs,
+                lane,
+                _in_flight: in_flight,
+            })
         {
             // That worker has gone away: keep its jobs for the next one.
             self.metrics.pending.add(batch.jobs.len() as i64);
-            self.state.requeue_front(batch.jobs);
+            match lane {
+                Lane::Online => self.state.requeue_front(batch.jobs),
+                Lane::Bulk => self.bulk.requeue_front(batch.jobs),
+            }
         }
     }
 }

@@ -4,12 +4,17 @@
 //! each submit and pull; a named OS thread wakes it for timed events (deadlines, batching delays).
 //! It answers expired requests at once, drops requests whose client has gone and applies
 //! `policy::decide`. It never runs a model and never sees HTTP.
+//!
+//! Two lanes share the workers: the online lane (requests from the front doors, with priorities,
+//! deadlines and the batching delay) and the job lane (`Lane::Bulk`: rows of bulk jobs, no deadline,
+//! dispatched at once). A worker the online lane does not need takes a job batch, capped at a share
+//! of the workers while online traffic is active (`policy::bulk_may_dispatch`).
 
 mod dispatcher;
 pub mod policy;
 pub mod state;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -76,12 +81,43 @@ pub struct Job {
     /// Shared by all jobs of a client request submitted as several (`SubmitOptions::parts`); set
     /// once the request has been counted as canceled.
     pub parts: Option<Arc<AtomicBool>>,
+    /// Which lane it was queued in.
+    pub lane: Lane,
     pub reply: oneshot::Sender<Result<JobOutput, JobError>>,
 }
 
-/// What a worker gets: jobs in queue order.
+/// The two lanes of a queue: online requests, and the rows of bulk jobs (`crate::jobs`), which get
+/// the workers online traffic leaves (a capped share while it is active, all of them otherwise).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lane {
+    #[default]
+    Online,
+    Bulk,
+}
+
+/// Counts a batch as in flight (being staged or computed) until the worker drops it.
+pub(crate) struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicUsize>) -> InFlight {
+        counter.fetch_add(1, Ordering::AcqRel);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What a worker gets: jobs in queue order, all of one lane.
 pub struct Batch {
     pub jobs: Vec<Job>,
+    pub lane: Lane,
+    /// Dropped with the batch (once its answers are sent): the dispatcher's count of batches in
+    /// flight per lane, from which it caps the job lane.
+    pub(crate) _in_flight: Option<InFlight>,
 }
 
 impl Batch {
@@ -120,6 +156,9 @@ pub struct SubmitOptions {
     /// Set when a client request is submitted as several jobs (one per text): every job of the
     /// request carries the same flag, so that the request counts once as canceled.
     pub parts: Option<Arc<AtomicBool>>,
+    /// `Lane::Bulk` for the rows of a bulk job: no deadline, no priority, served from the workers
+    /// online traffic leaves.
+    pub lane: Lane,
 }
 
 impl Job {
@@ -339,6 +378,9 @@ impl Queue {
         opts: SubmitOptions,
     ) -> Result<JobOutput, JobError> {
         let levels = self.cfg.priority_levels.max(1);
+        if opts.lane == Lane::Bulk {
+            return self.submit_bulk(inputs, rows, opts).await;
+        }
         if opts.priority > levels {
             return Err(JobError::BadPriority {
                 model: self.model.to_string(),
@@ -368,6 +410,34 @@ impl Queue {
             timeout_us: timeout.map_or(0, |t| t.as_micros() as u64),
             warmup: opts.warmup,
             parts: opts.parts,
+            lane: Lane::Online,
+            reply,
+        };
+        self.shared.apply(Some(Command::Submit(job)));
+        rx.await
+            .unwrap_or_else(|_| Err(self.unavailable("the model was unloaded")))
+    }
+
+    /// A job-lane submit: no deadline (a bulk job bounds what it has in flight itself), one level.
+    async fn submit_bulk(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        opts: SubmitOptions,
+    ) -> Result<JobOutput, JobError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            inputs,
+            rows,
+            cost: if opts.cost == 0 { rows } else { opts.cost },
+            ragged: opts.cost != 0,
+            priority: 1,
+            enqueued_at: Instant::now(),
+            deadline: None,
+            timeout_us: 0,
+            warmup: false,
+            parts: opts.parts,
+            lane: Lane::Bulk,
             reply,
         };
         self.shared.apply(Some(Command::Submit(job)));
@@ -427,6 +497,8 @@ impl Queue {
     }
 }
 
+#[cfg(test)]
+mod lane_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

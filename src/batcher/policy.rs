@@ -25,6 +25,12 @@ pub struct BatchConfig {
     /// For sequence models: most tokens in one batch: rows x longest for a worker whose model pads
     /// its batch, the real tokens (sum of costs) for one that packs it (`Layout`).
     pub max_batch_tokens: Option<usize>,
+    /// The job lane (bulk jobs, `Lane::Bulk`): the share of the workers its batches may hold while
+    /// online traffic is active (`bulk_cap`); with no online traffic it uses every idle worker.
+    pub bulk_share: f64,
+    /// Online traffic counts as active while a request is queued and for this long after the last
+    /// online submit (so that workers are held back for online traffic between its arrivals).
+    pub bulk_quiet: Duration,
 }
 
 impl Default for BatchConfig {
@@ -38,6 +44,8 @@ impl Default for BatchConfig {
             priority_levels: 1,
             default_priority: 1,
             max_batch_tokens: None,
+            bulk_share: 0.5,
+            bulk_quiet: Duration::from_millis(100),
         }
     }
 }
@@ -133,9 +141,101 @@ pub fn preferred_share(
     largest_preferred(preferred, share).unwrap_or(size)
 }
 
+/// What the job lane's decision looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BulkView {
+    /// Online requests are queued, or one was submitted within `bulk_quiet`.
+    pub online_active: bool,
+    /// Job-lane batches being computed (or staged) now.
+    pub busy_bulk: usize,
+    /// Every worker of the queue: idle, busy with an online batch or with a job batch.
+    pub workers: usize,
+}
+
+/// Most job-lane batches in flight while online traffic is active: `share` of the workers,
+/// rounded down, at least one, but never every worker when there are several (one is always kept
+/// for online traffic); 0 for a single worker (online first; the job runs in its pauses).
+pub fn bulk_cap(workers: usize, share: f64) -> usize {
+    let share = if share.is_finite() {
+        share.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let cap = ((workers as f64) * share).floor() as usize;
+    cap.max(1).min(workers.saturating_sub(1))
+}
+
+/// Whether an idle worker the online lane does not need now (its queue is empty or waiting for
+/// company) may take a job-lane batch: always when online traffic is quiet (jobs use idle capacity
+/// fully), else only while fewer than `bulk_cap` job batches are in flight. A running batch is never
+/// interrupted: the cap only holds back new job batches.
+pub fn bulk_may_dispatch(view: BulkView, share: f64) -> bool {
+    !view.online_active || view.busy_bulk < bulk_cap(view.workers, share)
+}
+
+/// Whether online traffic is active at `now`: requests queued, or the last online submit within
+/// `quiet`.
+pub fn online_active(
+    online_pending: usize,
+    last_online: Option<Instant>,
+    now: Instant,
+    quiet: Duration,
+) -> bool {
+    online_pending > 0 || last_online.is_some_and(|t| now < t + quiet)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_cap_keeps_a_worker_for_online_traffic() {
+        assert_eq!(bulk_cap(1, 0.5), 0, "one worker: online first");
+        assert_eq!(bulk_cap(2, 0.5), 1);
+        assert_eq!(bulk_cap(2, 1.0), 1, "never every worker");
+        assert_eq!(bulk_cap(4, 0.5), 2);
+        assert_eq!(bulk_cap(4, 0.1), 1, "at least one with several workers");
+        assert_eq!(bulk_cap(8, 0.25), 2);
+        assert_eq!(bulk_cap(3, f64::NAN), 1);
+        assert_eq!(bulk_cap(0, 0.5), 0);
+    }
+
+    #[test]
+    fn bulk_may_dispatch_uses_every_idle_worker_when_online_is_quiet() {
+        let quiet = BulkView {
+            online_active: false,
+            busy_bulk: 3,
+            workers: 4,
+        };
+        assert!(bulk_may_dispatch(quiet, 0.5));
+        let active = BulkView {
+            online_active: true,
+            ..quiet
+        };
+        assert!(!bulk_may_dispatch(active, 0.5));
+        assert!(bulk_may_dispatch(
+            BulkView {
+                busy_bulk: 1,
+                ..active
+            },
+            0.5
+        ));
+    }
+
+    #[test]
+    fn online_active_while_queued_or_within_quiet() {
+        let t = Instant::now();
+        let q = Duration::from_millis(100);
+        assert!(online_active(1, None, t, q));
+        assert!(!online_active(0, None, t, q));
+        assert!(online_active(
+            0,
+            Some(t),
+            t + q - Duration::from_nanos(1),
+            q
+        ));
+        assert!(!online_active(0, Some(t), t + q, q));
+    }
 
     fn cfg() -> BatchConfig {
         BatchConfig {

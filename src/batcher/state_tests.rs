@@ -48,6 +48,7 @@ fn make(
         timeout_us: 0,
         warmup: false,
         parts: None,
+        lane: crate::batcher::Lane::Online,
         reply,
     };
     (job, rx)

@@ -67,11 +67,11 @@ pub fn status_of(e: ApiError) -> Status {
         ApiError::BadRequest(_) | ApiError::TooLarge(_) => Code::InvalidArgument,
         ApiError::Timeout(_) => Code::DeadlineExceeded,
         ApiError::Forbidden(_) | ApiError::Disabled(_) => Code::PermissionDenied,
+        ApiError::Conflict(_) => Code::FailedPrecondition,
         ApiError::Overloaded(_) | ApiError::Unavailable(_) => {
             return retryable(Code::Unavailable, e.message().to_string(), RETRY_AFTER)
         }
         ApiError::LoadFailed(_) | ApiError::Internal(_) => Code::Internal,
-        ApiError::Conflict(_) => Code::FailedPrecondition,
     };
     Status::new(code, e.message())
 }

@@ -572,7 +572,9 @@ impl Repository {
             config: config.clone(),
         };
         // The version serving now: what `compare_to = "live"` gates against.
-        let live = {
+        // With nothing serving yet (a first load), the first version that passes becomes the
+        // reference for the later ones.
+        let mut live = {
             let models = self.read();
             models.get(name).and_then(|e| e.primary().cloned())
         };
@@ -604,8 +606,8 @@ impl Repository {
                 .await;
             match started {
                 Ok(lv) => {
-                    let live = live.as_ref().filter(|l| l.version != v);
-                    let report = gate::run(&lv, dir, live.map(|l| l.as_ref())).await;
+                    let reference = live.as_ref().filter(|l| l.version != v);
+                    let report = gate::run(&lv, dir, reference.map(|l| l.as_ref())).await;
                     if report.configured {
                         match report.passed {
                             true => {
@@ -617,6 +619,9 @@ impl Repository {
                         }
                     }
                     lv.set_gate(report);
+                    if live.is_none() && lv.servable() {
+                        live = Some(lv.clone());
+                    }
                     out.text |= lv.text.is_some();
                     out.versions.insert(v, lv);
                 }

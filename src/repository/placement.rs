@@ -109,6 +109,8 @@ pub fn batch_config(config: &ModelConfig) -> BatchConfig {
             p => p,
         },
         max_batch_tokens: (db.max_batch_tokens > 0).then_some(db.max_batch_tokens),
+        bulk_share: f64::from(db.job_share_percent) / 100.0,
+        bulk_quiet: Duration::from_millis(db.job_quiet_ms),
     }
 }
 

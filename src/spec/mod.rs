@@ -143,6 +143,11 @@ pub struct DynamicBatching {
     pub default_priority_level: u32,
     /// Sequence models: most tokens in one batch counting padding (rows x longest); 0 = no limit.
     pub max_batch_tokens: usize,
+    /// Bulk jobs (the job lane): the percentage of the workers their batches may hold while online
+    /// traffic is active (at least one, never all of several); all idle workers otherwise.
+    pub job_share_percent: u32,
+    /// Online traffic counts as active this long after its last request (job batches stay capped).
+    pub job_quiet_ms: u64,
 }
 
 impl Default for DynamicBatching {
@@ -155,6 +160,8 @@ impl Default for DynamicBatching {
             priority_levels: 1,
             default_priority_level: 0,
             max_batch_tokens: 0,
+            job_share_percent: 50,
+            job_quiet_ms: 100,
         }
     }
 }
@@ -363,6 +370,12 @@ impl ModelConfig {
                     "expected 0..={} (priority_levels), got {}",
                     db.priority_levels, db.default_priority_level
                 ),
+            );
+        }
+        if db.job_share_percent > 100 {
+            return err(
+                "dynamic_batching.job_share_percent",
+                format!("expected 0..=100, got {}", db.job_share_percent),
             );
         }
         if self.instance_group.is_empty() || self.instance_group.iter().any(|g| g.count == 0) {
