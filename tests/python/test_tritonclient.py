@@ -96,7 +96,11 @@ def test_bad_shape_raises_with_message(server):
 
 def test_repository_index_and_unload_load(server):
     index = server.get_model_repository_index()
-    assert {"name": "digits", "version": "1", "state": "READY", "reason": ""} in index
+    # Each version also carries its validation gate's figures (digits: its held-out split).
+    rows = [{k: e.get(k) for k in ("name", "version", "state", "reason")} for e in index]
+    assert {"name": "digits", "version": "1", "state": "READY", "reason": ""} in rows
+    gate = next(e["validation"] for e in index if e["name"] == "digits")
+    assert gate["passed"] and abs(gate["accuracy"] - 0.9778) < 1e-3
     server.unload_model("digits")
     assert not server.is_model_ready("digits")
     server.load_model("digits")
