@@ -288,9 +288,15 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Inference {
             .extensions()
             .get::<std::sync::Arc<Principal>>()
             .cloned();
+        // The stream's routing key (metadata), for every request on it.
+        let key = request
+            .metadata()
+            .get(crate::api::infer::ROUTING_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
-        tokio::spawn(run_stream(self.state.clone(), principal, inbound, tx));
+        tokio::spawn(run_stream(self.state.clone(), principal, key, inbound, tx));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -401,6 +407,7 @@ fn refuse_parameters(p: &HashMap<String, pb::ModelRepositoryParameter>) -> Resul
 async fn run_stream(
     state: AppState,
     principal: Option<std::sync::Arc<Principal>>,
+    key: Option<String>,
     mut inbound: Streaming<pb::ModelInferRequest>,
     tx: tokio::sync::mpsc::Sender<Result<pb::ModelStreamInferResponse, Status>>,
 ) {
@@ -410,11 +417,11 @@ async fn run_stream(
         tokio::select! {
             msg = inbound.message(), if reading && in_flight.len() < STREAM_IN_FLIGHT => match msg {
                 Ok(Some(req)) => {
-                    let (state, principal) = (state.clone(), principal.clone());
+                    let (state, principal, key) = (state.clone(), principal.clone(), key.clone());
                     in_flight.push(async move {
                         let (id, model, version) =
                             (req.id.clone(), req.model_name.clone(), req.model_version.clone());
-                        match infer_one(&state, principal.as_deref(), req, None).await {
+                        match infer_one(&state, principal.as_deref(), req, key).await {
                             Ok(r) => pb::ModelStreamInferResponse {
                                 error_message: String::new(),
                                 infer_response: Some(r),

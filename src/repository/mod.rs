@@ -1060,10 +1060,11 @@ fn cpu_simd_level() -> &'static str {
 /// Longest a retired version waits for the requests that hold it before its queue closes.
 const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Stops versions once every request that picked them has let go (each in-flight request holds
-/// its version), so a swap fails no request; then closes their queues (queued work is still
-/// served) and joins their workers. Blocking work runs on the blocking pool.
-async fn stop_all(versions: Vec<Arc<LoadedVersion>>) {
+/// Closes versions' queues (queued work is still served) and joins their workers, on the
+/// blocking pool. With `drain`, each version first waits (up to `DRAIN_LIMIT`) until every request
+/// that picked it has let go (an in-flight request holds its version), so a swap fails no request.
+/// Unload and shutdown close at once: a bulk job holding a version must see it go.
+async fn stop_versions(versions: Vec<Arc<LoadedVersion>>, drain: bool) {
     if versions.is_empty() {
         return;
     }
@@ -1071,7 +1072,7 @@ async fn stop_all(versions: Vec<Arc<LoadedVersion>>) {
         let until = std::time::Instant::now() + DRAIN_LIMIT;
         for v in &versions {
             // Ours is the one reference left when the version is idle.
-            while Arc::strong_count(v) > 1 && std::time::Instant::now() < until {
+            while drain && Arc::strong_count(v) > 1 && std::time::Instant::now() < until {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             v.stop_blocking();
@@ -1080,10 +1081,14 @@ async fn stop_all(versions: Vec<Arc<LoadedVersion>>) {
     .await;
 }
 
-/// `stop_all` in the background: a reload returns while replaced versions drain.
+async fn stop_all(versions: Vec<Arc<LoadedVersion>>) {
+    stop_versions(versions, false).await
+}
+
+/// Replaced versions drain in the background: a reload returns at once.
 fn retire(versions: Vec<Arc<LoadedVersion>>) {
     if !versions.is_empty() {
-        tokio::spawn(stop_all(versions));
+        tokio::spawn(stop_versions(versions, true));
     }
 }
 
