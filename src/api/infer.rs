@@ -354,14 +354,7 @@ fn dimensions(mut v: Vec<f32>, dims: Option<usize>, normalize: bool) -> Result<V
     Ok(if normalize { l2_normalized(v) } else { v })
 }
 
-/// `v / |v|` (unchanged when |v| is 0).
-pub fn l2_normalized(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-    v
-}
+pub use crate::tensor::l2_normalized;
 
 /// Marks `resp` as served by `lv` (the access log reads it), with `x-ferrite-cache: hit|miss|partial`
 /// when the request went through the cache.

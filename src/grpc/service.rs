@@ -97,6 +97,13 @@ async fn infer_one(
     ))
 }
 
+/// The request's routing key (`x-ferrite-routing-key` metadata), as on the HTTP doors.
+fn routing_key(meta: &tonic::metadata::MetadataMap) -> Option<String> {
+    meta.get(crate::api::infer::ROUTING_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
 /// The `grpc-timeout` header (an integer of at most 8 digits and a unit: H M S m u n).
 fn client_deadline(meta: &tonic::metadata::MetadataMap) -> Option<Duration> {
     let v = meta.get("grpc-timeout")?.to_str().ok()?;
@@ -247,11 +254,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Inference {
             .extensions()
             .get::<std::sync::Arc<Principal>>()
             .cloned();
-        let key = request
-            .metadata()
-            .get(crate::api::infer::ROUTING_KEY_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let key = routing_key(request.metadata());
         let run = infer_one(&self.state, principal.as_deref(), request.into_inner(), key);
         let result = match deadline {
             None => run.await,
@@ -289,11 +292,7 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for Inference {
             .get::<std::sync::Arc<Principal>>()
             .cloned();
         // The stream's routing key (metadata), for every request on it.
-        let key = request
-            .metadata()
-            .get(crate::api::infer::ROUTING_KEY_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let key = routing_key(request.metadata());
         let inbound = request.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
         tokio::spawn(run_stream(self.state.clone(), principal, key, inbound, tx));

@@ -14,7 +14,7 @@ use super::LoadedVersion;
 use crate::batcher::SubmitOptions;
 use crate::rollout::compare::{argmax, cosine};
 use crate::spec::{CompareTo, Validation};
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{l2_normalized, Tensor, TensorData};
 
 /// A version's gate result (shown in the version's metadata, the repository index and the
 /// rollout status).
@@ -417,12 +417,4 @@ fn check(cfg: &Validation, r: &mut GateReport) {
     }
     r.passed = f.is_empty();
     r.failures = f;
-}
-
-fn l2_normalized(mut v: Vec<f32>) -> Vec<f32> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if norm > 0.0 {
-        v.iter_mut().for_each(|x| *x /= norm);
-    }
-    v
 }

@@ -582,7 +582,7 @@ impl Repository {
             let vdir = dir.join(v.to_string());
             let prepared = VersionMeta::load(&vdir)
                 .map_err(|e| e.to_string())
-                .and_then(|meta| Ok((effective_config(&config, &meta)?, meta)));
+                .map(|meta| (effective_config(&config, &meta), meta));
             let (vconfig, meta) = match prepared {
                 Ok(p) => p,
                 Err(e) => {
@@ -1103,12 +1103,12 @@ struct LoadOutcome {
 }
 
 /// The model's config with a version's `[parameters]` overrides.
-fn effective_config(config: &ModelConfig, meta: &VersionMeta) -> Result<ModelConfig, String> {
+fn effective_config(config: &ModelConfig, meta: &VersionMeta) -> ModelConfig {
     let mut c = config.clone();
     for (k, v) in &meta.parameters {
         c.parameters.insert(k.clone(), v.clone());
     }
-    Ok(c)
+    c
 }
 
 /// Hash of a version folder's files (path, size, mtime) and its effective config without
@@ -1257,7 +1257,7 @@ impl Repository {
                     )));
                 }
                 let meta = VersionMeta::load(&vdir)?;
-                let vconfig = effective_config(&config, &meta).map_err(load_err)?;
+                let vconfig = effective_config(&config, &meta);
                 verify_weights(&vdir, &meta)
                     .await
                     .map_err(|e| load_err(format!("version {v}: {e}")))?;

@@ -379,6 +379,15 @@ impl Tensor {
     }
 }
 
+/// `v / |v|` (unchanged when |v| is 0).
+pub fn l2_normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
