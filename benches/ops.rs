@@ -75,7 +75,7 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     // q8_matmul: m = 1 takes the GEMV path; 512 and 4096 the VNNI int8 path where the CPU has
-    // AVX-512 VNNI, the tiled f32 one otherwise.
+    // AVX-512 VNNI, the tiled f32 one otherwise. bf16_matmul with each bf16 kernel the CPU runs.
     let mut g = c.benchmark_group("q8_matmul_cpu");
     g.sample_size(10);
     let (k, n) = (h, i);
@@ -92,6 +92,7 @@ fn bench(c: &mut Criterion) {
         .flat_map(|(r, s)| r.iter().map(move |v| (v / s).round() as i8 as u8))
         .collect();
     let q = Tensor::from_vec(bytes, (n, k), &Device::Cpu).unwrap();
+    let wb = std::sync::Arc::new(ops::Bf16Weights::pack(&rows.concat(), n, k));
     let scale = Tensor::from_vec(scales, n, &Device::Cpu).unwrap();
     for m in [1usize, 512, 4096] {
         let x = randn(&[m, k]);
@@ -102,6 +103,13 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("f32_matmul_{m}x{k}x{n}"), |bn| {
             bn.iter(|| x.matmul(&w_t).unwrap())
         });
+        for kernel in [ops::Bf16Kernel::Amx, ops::Bf16Kernel::Avx512] {
+            if kernel.available() {
+                g.bench_function(format!("bf16_{}_{m}x{k}x{n}", kernel.as_str()), |bn| {
+                    bn.iter(|| ops::bf16_matmul_with(&x, &wb, kernel).unwrap())
+                });
+            }
+        }
     }
     g.finish();
 }

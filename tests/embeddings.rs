@@ -99,6 +99,19 @@ async fn reference_embeddings_match_alone_and_in_a_mixed_batch() {
     // The test server runs on the CPU, where BERT packs a batch without padding: no padding
     // ratio is recorded for it (only padded batches have one, e.g. on a GPU).
     assert_eq!(count, 0.0, "padding ratio recorded for packed batches");
+    // The precision path `auto` picked on this CPU (bf16 where it has bf16 instructions) is the
+    // one the metadata and the metrics report.
+    let cfg = ferrite::spec::ModelConfig::parse(
+        &std::fs::read_to_string(repo_root().join("models/minilm/config.toml")).unwrap(),
+        "minilm",
+    )
+    .unwrap();
+    let path = ferrite::quant::resolve(&cfg, true).to_string();
+    let md: Value = s.get("/v2/models/minilm").await.json().await.unwrap();
+    assert_eq!(md["parameters"]["precision"], path.as_str());
+    let series =
+        format!(r#"ferrite_model_precision{{model="minilm",precision="{path}",version="1"}}"#);
+    assert_eq!(metric_value(&text, &series), Some(1.0), "{series}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -369,6 +382,58 @@ fn packed_cpu_path_equals_padded_path() {
     for r in 0..3 {
         let c = cosine(&p[r], &q[r]);
         assert!(c >= 0.99999, "row {r}: padded vs packed cosine {c}");
+    }
+}
+
+/// Every precision path this CPU runs embeds every fixture sentence at cosine >= 0.999 to
+/// sentence-transformers and says which path it runs: f32, and bf16 with each hardware kernel the
+/// CPU has (AMX, AVX512_BF16). The portable bf16 kernel (for CPUs without bf16 instructions) is
+/// checked against its reference at the op level (`ops::bf16_matmul`'s tests); a whole model through
+/// it in an unoptimised test build takes minutes.
+#[test]
+fn each_precision_path_matches_the_reference() {
+    use ferrite::model::Model;
+    use ferrite::ops::Bf16Kernel;
+    use ferrite::quant::Path;
+    let f = fixture();
+    let repo = minilm_repo(&[]);
+    let dir = repo.path().join("minilm");
+    let base = ferrite::spec::ModelConfig::load(&dir).unwrap();
+    // The server's tokenizer setup (unpadded) and truncation (max_seq_length 256).
+    let tok = ferrite::preprocess::load_tokenizer(&dir.join("1/tokenizer.json")).unwrap();
+    let seqs: Vec<Vec<u32>> = f
+        .sentences
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ferrite::preprocess::encode_text(&tok, i, s, true, 256).unwrap())
+        .collect();
+    let views: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    let mut paths = vec![(ferrite::spec::Precision::F32, None, Path::F32)];
+    for k in [Bf16Kernel::Amx, Bf16Kernel::Avx512] {
+        if k.available() {
+            paths.push((ferrite::spec::Precision::Bf16, Some(k), Path::Bf16(k)));
+        } else {
+            eprintln!("bf16 kernel {}: SKIPPED, not on this CPU", k.as_str());
+        }
+    }
+    for (precision, kernel, want) in paths {
+        let mut cfg = base.clone();
+        cfg.precision = precision;
+        let mut opts = ferrite::model::LoadOptions::from_config(&cfg);
+        opts.bf16_kernel = kernel;
+        let bert =
+            ferrite::model::bert::Bert::load(&opts, &dir.join("1"), &candle_core::Device::Cpu)
+                .unwrap();
+        assert_eq!(bert.precision(), want);
+        let name = want.to_string();
+        let all: Vec<Vec<f32>> = bert.encode_packed(&views).unwrap().to_vec2().unwrap();
+        let mut worst = 1f64;
+        for (i, (got, reference)) in all.iter().zip(&f.embeddings).enumerate() {
+            let c = cosine(got, reference);
+            assert!(c >= 0.999, "{name}: sentence {i}: cosine {c}");
+            worst = worst.min(c);
+        }
+        eprintln!("{name}: min cosine {worst:.6}");
     }
 }
 

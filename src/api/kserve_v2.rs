@@ -59,7 +59,11 @@ fn metadata(lv: &LoadedVersion, versions: Vec<String>) -> Json<Value> {
         "platform": format!("ferrite_{}", c.architecture),
         "inputs": specs(&c.inputs),
         "outputs": specs(&c.outputs),
-        "parameters": { "max_batch_size": c.max_batch_size, "metadata": c.metadata },
+        "parameters": {
+            "max_batch_size": c.max_batch_size,
+            "metadata": c.metadata,
+            "precision": lv.precision.join("+"),
+        },
         "state": lv.state(),
         "version_meta": lv.meta,
         "validation": gate.configured.then_some(gate),

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor as CT, D};
 
 use super::{gather_input, LoadOptions, Model, ModelError, StageTimings, Staged, TextSpec};
 use crate::device::Transfer;
-use crate::quant::{Embedding, Format, Linear};
+use crate::quant::{Embedding, Linear, Path as PrecisionPath, WeightOptions};
 use crate::tensor::{Tensor, TensorData};
 
 /// Tokens per group in the packed CPU path (see `Bert::encode_packed`).
@@ -106,8 +106,7 @@ struct Weights {
     prefix: &'static str,
     path: String,
     device: Device,
-    quantize: Option<Format>,
-    q8_kernel: bool,
+    opts: WeightOptions,
 }
 
 impl Weights {
@@ -122,19 +121,13 @@ impl Weights {
 
     fn linear(&mut self, name: &str) -> Result<Linear, ModelError> {
         let full = format!("{}{name}", self.prefix);
-        Linear::load(
-            &mut self.map,
-            &full,
-            &self.device,
-            self.quantize,
-            self.q8_kernel,
-        )
-        .map_err(|e| self.err(e))
+        Linear::load(&mut self.map, &full, &self.device, &self.opts).map_err(|e| self.err(e))
     }
 
     fn embedding(&mut self, name: &str) -> Result<Embedding, ModelError> {
         let full = format!("{}{name}", self.prefix);
-        Embedding::load(&mut self.map, &full, &self.device, self.quantize).map_err(|e| self.err(e))
+        Embedding::load(&mut self.map, &full, &self.device, self.opts.quantize)
+            .map_err(|e| self.err(e))
     }
 
     fn err(&self, e: candle_core::Error) -> ModelError {
@@ -186,8 +179,7 @@ impl Bert {
             prefix,
             path: path.display().to_string(),
             device: device.clone(),
-            quantize: config.quantization,
-            q8_kernel: config.cuda_fused_ops,
+            opts: config.weights(device),
         };
         let eps = cfg.layer_norm_eps;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -479,6 +471,12 @@ impl Model for Bert {
     fn is_padded(&self) -> bool {
         !self.device.is_cpu()
     }
+
+    fn precision(&self) -> PrecisionPath {
+        self.layers
+            .first()
+            .map_or(PrecisionPath::F32, |l| l.inter.path())
+    }
 }
 
 /// Runs `f` on the elements of a contiguous CPU tensor as f32 (borrowed when f32).
@@ -563,7 +561,12 @@ mod tests {
             "tiny",
         )
         .unwrap();
-        let bert = Bert::load(&LoadOptions::from_config(&cfg), dir.path(), &Device::Cpu).unwrap();
+        // These tests compare op paths with each other at f32 tolerances: pinned to f32 (`auto`
+        // would be bf16 on a CPU with bf16 instructions; bf16 is checked in `ops::bf16_matmul` and
+        // tests/embeddings.rs).
+        let mut opts = LoadOptions::from_config(&cfg);
+        opts.precision = crate::spec::Precision::F32;
+        let bert = Bert::load(&opts, dir.path(), &Device::Cpu).unwrap();
         (dir, bert)
     }
 

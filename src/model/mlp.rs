@@ -48,14 +48,8 @@ impl Mlp {
                 break;
             }
             layers.push(
-                Linear::load(
-                    &mut w,
-                    &prefix,
-                    device,
-                    config.quantization,
-                    config.cuda_fused_ops,
-                )
-                .map_err(|e| load_err(e.to_string()))?,
+                Linear::load(&mut w, &prefix, device, &config.weights(device))
+                    .map_err(|e| load_err(e.to_string()))?,
             );
         }
         if layers.is_empty() {
@@ -94,6 +88,10 @@ struct MlpStaged {
 }
 
 impl Model for Mlp {
+    fn precision(&self) -> crate::quant::Path {
+        self.layers[0].path()
+    }
+
     fn device(&self) -> &Device {
         &self.device
     }

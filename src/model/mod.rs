@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::device::Transfer;
-use crate::spec::{Architecture, ModelConfig, QuantFormat, TensorSpec};
+use crate::quant::{Path as PrecisionPath, WeightOptions};
+use crate::spec::{Architecture, ModelConfig, Precision, QuantFormat, TensorSpec};
 use crate::tensor::{Tensor, TensorError};
 
 /// What an architecture needs from a model's spec to load: a narrow view of `spec::ModelConfig`
@@ -27,6 +28,12 @@ pub struct LoadOptions<'a> {
     pub outputs: &'a [TensorSpec],
     /// Quantize dense weights while loading (versions already quantized load as they are).
     pub quantization: Option<QuantFormat>,
+    /// The config's `precision` (see `quant::resolve`).
+    pub precision: Precision,
+    pub architecture: Architecture,
+    /// The bf16 kernel when the path is bf16 (`None`: the fastest the CPU runs); tests and
+    /// measurements pin one.
+    pub bf16_kernel: Option<crate::ops::Bf16Kernel>,
     /// On CUDA, run through the custom kernels (see `ModelConfig::cuda_fused_ops`).
     pub cuda_fused_ops: bool,
     /// The config's `[parameters]` table (architecture-specific settings).
@@ -39,9 +46,28 @@ impl<'a> LoadOptions<'a> {
             inputs: &config.inputs,
             outputs: &config.outputs,
             quantization: config.quantization,
+            precision: config.precision,
+            architecture: config.architecture,
+            bf16_kernel: None,
             cuda_fused_ops: config.cuda_fused_ops,
             parameters: &config.parameters,
         }
+    }
+
+    /// How the linear layers keep their weights on `device` (`quant::resolve`).
+    pub fn weights(&self, device: &candle_core::Device) -> WeightOptions {
+        let path = match crate::quant::resolve_parts(
+            self.quantization,
+            self.precision,
+            self.architecture,
+            device.is_cpu(),
+        ) {
+            PrecisionPath::Bf16(detected) => {
+                PrecisionPath::Bf16(self.bf16_kernel.unwrap_or(detected))
+            }
+            other => other,
+        };
+        WeightOptions::for_path(path, self.cuda_fused_ops)
     }
 }
 
@@ -144,6 +170,12 @@ pub trait Model: Send + Sync {
     fn is_padded(&self) -> bool {
         true
     }
+
+    /// What the linear layers run in, as loaded (reported in metadata and metrics, and part of
+    /// the response cache's fingerprint). Models without weights say f32.
+    fn precision(&self) -> PrecisionPath {
+        PrecisionPath::F32
+    }
 }
 
 /// Instances on one GPU share the model's candle `CudaDevice` and with it one cuBLAS handle, which
@@ -190,6 +222,10 @@ impl Model for SerialCompute {
 
     fn is_padded(&self) -> bool {
         self.inner.is_padded()
+    }
+
+    fn precision(&self) -> PrecisionPath {
+        self.inner.precision()
     }
 }
 

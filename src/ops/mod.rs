@@ -11,6 +11,7 @@
 //! CPU paths compute in f32 whatever the storage dtype (f32, f16, bf16) and round once at the end.
 
 mod add_layer_norm;
+mod bf16_matmul;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod gelu_bias;
@@ -22,6 +23,9 @@ pub(crate) mod simd;
 mod softmax_topk;
 
 pub use add_layer_norm::{add_layer_norm, add_layer_norm_ref};
+pub use bf16_matmul::{
+    bf16_matmul, bf16_matmul_ref, bf16_matmul_with, Bf16Weights, Kernel as Bf16Kernel,
+};
 pub use gelu_bias::{gelu_bias, gelu_bias_ref};
 pub use mean_pool::{mean_pool_l2, mean_pool_l2_ref};
 pub use q8_matmul::{q8_matmul, q8_matmul_ref};

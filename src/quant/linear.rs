@@ -4,13 +4,17 @@
 //! matrix dequantized per call); q4 is dequantized per call into a temporary f32 matrix (about
 //! in x out work, small next to the matmul's rows x in x out). On a GPU, q8 weights stay int8 on
 //! the device and run through the same op's CUDA kernel when the model asks for it
-//! (`cuda_fused_ops`); otherwise, and for q4, they are dequantized once at load.
+//! (`cuda_fused_ops`); otherwise, and for q4, they are dequantized once at load. Dense weights
+//! load as f32, or, for the CPU's bf16 path (`Path::Bf16`), packed as bf16 for
+//! `ops::bf16_matmul`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{bail, DType, Device, Result, Tensor};
 
-use super::{Format, QMatrix};
+use super::{Format, Path, QMatrix};
+use crate::ops::{Bf16Kernel, Bf16Weights};
 
 enum Weight {
     /// Transposed: [in, out].
@@ -20,6 +24,36 @@ enum Weight {
     Q8 { q: Tensor, scale: Tensor },
     /// q4 on the CPU (dequantized per call).
     Quant(QMatrix),
+    /// bf16 on the CPU, packed for `ops::bf16_matmul` with this kernel.
+    Bf16(Arc<Bf16Weights>, Bf16Kernel),
+}
+
+/// How `Linear::load` keeps dense weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightOptions {
+    /// Quantize dense weights to this format (weights stored quantized load as they are).
+    pub quantize: Option<Format>,
+    /// Pack dense weights as bf16 for this kernel (CPU only; the layer stays f32 on a GPU).
+    pub bf16: Option<Bf16Kernel>,
+    /// Keep q8 weights int8 on a GPU for the `q8_matmul` kernel (`cuda_fused_ops`).
+    pub q8_kernel: bool,
+}
+
+impl WeightOptions {
+    /// The options for a resolved precision path.
+    pub fn for_path(path: Path, q8_kernel: bool) -> WeightOptions {
+        let (quantize, bf16) = match path {
+            Path::F32 => (None, None),
+            Path::Bf16(k) => (None, Some(k)),
+            Path::Q8 => (Some(Format::Q8), None),
+            Path::Q4 => (Some(Format::Q4), None),
+        };
+        WeightOptions {
+            quantize,
+            bf16,
+            q8_kernel,
+        }
+    }
 }
 
 pub struct Linear {
@@ -86,15 +120,16 @@ fn take_matrix(
 impl Linear {
     /// `prefix.weight` ([out, in], dense or quantized) and `prefix.bias` (optional).
     /// Loads `prefix.weight` (dense, or `.q8` / `.q4` with scales) and `prefix.bias`. q8 weights stay
-    /// int8 for `ops::q8_matmul` on the CPU, and on other devices when `q8_kernel` is set.
+    /// int8 for `ops::q8_matmul` on the CPU, and on other devices when `q8_kernel` is set; dense
+    /// weights are packed as bf16 on the CPU when `opts.bf16` says so.
     pub fn load(
         map: &mut HashMap<String, Tensor>,
         prefix: &str,
         device: &Device,
-        quantize: Option<Format>,
-        q8_kernel: bool,
+        opts: &WeightOptions,
     ) -> Result<Linear> {
-        let w = match take_matrix(map, &format!("{prefix}.weight"), quantize)? {
+        let q8_kernel = opts.q8_kernel;
+        let w = match take_matrix(map, &format!("{prefix}.weight"), opts.quantize)? {
             Taken::Quant(QMatrix::Q8 {
                 q,
                 scale,
@@ -110,7 +145,14 @@ impl Linear {
                 (q.cols(), q.rows()),
                 device,
             )?),
-            Taken::Dense(dense) => Weight::Dense(dense.t()?.contiguous()?),
+            Taken::Dense(dense) => match opts.bf16 {
+                Some(kernel) if device.is_cpu() => {
+                    let (n, k) = dense.dims2()?;
+                    let w = Bf16Weights::pack(&f32_vec(&dense)?, n, k);
+                    Weight::Bf16(Arc::new(w), kernel)
+                }
+                _ => Weight::Dense(dense.t()?.contiguous()?),
+            },
         };
         let b = match map.remove(&format!("{prefix}.bias")) {
             Some(b) => Some(b.to_dtype(DType::F32)?),
@@ -128,6 +170,7 @@ impl Linear {
         match &self.w {
             Weight::Dense(w_t) => x.matmul(w_t),
             Weight::Q8 { q, scale } => crate::ops::q8_matmul(x, q, scale),
+            Weight::Bf16(w, kernel) => crate::ops::bf16_matmul_with(x, w, *kernel),
             Weight::Quant(q) => {
                 // Row-major dequantization, then W^T as a strided view: no transposing copy.
                 let w = Tensor::from_vec(q.dequantize(), (q.rows(), q.cols()), &self.device)?;
@@ -151,6 +194,17 @@ impl Linear {
 
     pub fn is_quantized(&self) -> bool {
         matches!(self.w, Weight::Quant(_) | Weight::Q8 { .. })
+    }
+
+    /// The path this layer runs, as loaded (weights stored quantized run as stored).
+    pub fn path(&self) -> Path {
+        match &self.w {
+            Weight::Dense(_) => Path::F32,
+            Weight::Bf16(_, k) => Path::Bf16(*k),
+            Weight::Q8 { .. } => Path::Q8,
+            Weight::Quant(QMatrix::Q8 { .. }) => Path::Q8,
+            Weight::Quant(QMatrix::Q4 { .. }) => Path::Q4,
+        }
     }
 }
 
@@ -232,6 +286,14 @@ impl Embedding {
 mod tests {
     use super::*;
 
+    fn opts(quantize: Option<Format>) -> WeightOptions {
+        WeightOptions {
+            quantize,
+            bf16: None,
+            q8_kernel: false,
+        }
+    }
+
     fn weights(out: usize, inp: usize) -> HashMap<String, Tensor> {
         let w = Tensor::randn(0f32, 0.5, (out, inp), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 0.5, out, &Device::Cpu).unwrap();
@@ -242,7 +304,7 @@ mod tests {
     fn quantized_linear_is_close_to_dense() {
         let x = Tensor::randn(0f32, 1.0, (7, 64), &Device::Cpu).unwrap();
         let w0 = weights(33, 64);
-        let dense = Linear::load(&mut w0.clone(), "l", &Device::Cpu, None, false).unwrap();
+        let dense = Linear::load(&mut w0.clone(), "l", &Device::Cpu, &opts(None)).unwrap();
         let want: Vec<f32> = dense
             .forward(&x)
             .unwrap()
@@ -252,7 +314,7 @@ mod tests {
             .unwrap();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (format, tol) in [(Format::Q8, 0.02), (Format::Q4, 0.2)] {
-            let q = Linear::load(&mut w0.clone(), "l", &Device::Cpu, Some(format), false).unwrap();
+            let q = Linear::load(&mut w0.clone(), "l", &Device::Cpu, &opts(Some(format))).unwrap();
             assert!(q.is_quantized());
             let got: Vec<f32> = q
                 .forward(&x)
@@ -269,6 +331,56 @@ mod tests {
                 err <= tol * scale,
                 "{format:?}: max error {err} vs output scale {scale}"
             );
+        }
+    }
+
+    /// A bf16 layer (each kernel the CPU runs) gives the dense layer's output within bf16 rounding
+    /// of x and W (relative 2^-8 each, summed over k products), and says what it runs.
+    #[test]
+    fn bf16_linear_is_close_to_dense_and_reports_its_path() {
+        let x = Tensor::randn(0f32, 1.0, (7, 64), &Device::Cpu).unwrap();
+        let w0 = weights(33, 64);
+        let dense = Linear::load(&mut w0.clone(), "l", &Device::Cpu, &opts(None)).unwrap();
+        assert_eq!(dense.path(), Path::F32);
+        let want: Vec<f32> = dense
+            .forward(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let ws: Vec<f32> = w0["l.weight"].flatten_all().unwrap().to_vec1().unwrap();
+        for kernel in [Bf16Kernel::Amx, Bf16Kernel::Avx512, Bf16Kernel::Portable] {
+            if !kernel.available() {
+                eprintln!("bf16 kernel {}: SKIPPED, not on this CPU", kernel.as_str());
+                continue;
+            }
+            let o = WeightOptions {
+                bf16: Some(kernel),
+                ..opts(None)
+            };
+            let l = Linear::load(&mut w0.clone(), "l", &Device::Cpu, &o).unwrap();
+            assert_eq!(l.path(), Path::Bf16(kernel));
+            assert!(!l.is_quantized());
+            let got: Vec<f32> = l
+                .forward(&x)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                let (i, j) = (idx / 33, idx % 33);
+                let abs: f32 = (0..64)
+                    .map(|c| (xs[i * 64 + c] * ws[j * 64 + c]).abs())
+                    .sum();
+                let tol = 2.0 * 2f32.powi(-8) * abs + 1e-5;
+                assert!(
+                    (g - w).abs() <= tol,
+                    "{kernel:?} ({i}, {j}): {g} vs {w} ({tol})"
+                );
+            }
         }
     }
 

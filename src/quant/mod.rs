@@ -13,10 +13,93 @@
 pub mod convert;
 mod linear;
 
-pub use linear::{Embedding, Linear};
+pub use linear::{Embedding, Linear, WeightOptions};
 
 /// A quantization format (declared in the model spec, where configs name it).
 pub use crate::spec::QuantFormat as Format;
+
+use crate::ops::Bf16Kernel;
+use crate::spec::{Architecture, ModelConfig, Precision};
+
+/// What a version's linear layers run in on one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    F32,
+    /// bf16 weights and activations, f32 sums (`ops::bf16_matmul`), CPU only.
+    Bf16(Bf16Kernel),
+    Q8,
+    Q4,
+}
+
+impl Path {
+    /// Every name `as_str` gives (metrics drop a version's series by these).
+    pub const NAMES: [&'static str; 6] = [
+        "f32",
+        "bf16-amx",
+        "bf16-avx512",
+        "bf16-portable",
+        "q8",
+        "q4",
+    ];
+
+    /// "f32", "bf16-amx", "bf16-avx512", "bf16-portable", "q8" or "q4".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Path::F32 => "f32",
+            Path::Bf16(Bf16Kernel::Amx) => "bf16-amx",
+            Path::Bf16(Bf16Kernel::Avx512) => "bf16-avx512",
+            Path::Bf16(Bf16Kernel::Portable) => "bf16-portable",
+            Path::Q8 => "q8",
+            Path::Q4 => "q4",
+        }
+    }
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// The path a version's config asks for on a device (weights stored quantized still load as
+/// stored; `Linear::path` says what a layer actually runs):
+/// - `quantization = "q8" | "q4"` or `precision = "q8"`: that format;
+/// - `precision = "f32"`: f32;
+/// - `precision = "bf16"`: bf16 on the CPU with the fastest kernel it runs (the portable one on a
+///   CPU without bf16 instructions); GPU instances run f32;
+/// - `precision = "auto"` (the default): bf16 on a CPU with bf16 instructions for `bert` (its
+///   embeddings are held to cosine 0.999 against sentence-transformers in bf16 too, see
+///   tests/embeddings.rs), f32 otherwise (`mlp` is a few small layers with nothing to gain, and
+///   its outputs are compared with f32 references).
+pub fn resolve(config: &ModelConfig, on_cpu: bool) -> Path {
+    resolve_parts(
+        config.quantization,
+        config.precision,
+        config.architecture,
+        on_cpu,
+    )
+}
+
+/// `resolve` from the config's fields.
+pub fn resolve_parts(
+    quantization: Option<Format>,
+    precision: Precision,
+    architecture: Architecture,
+    on_cpu: bool,
+) -> Path {
+    match (quantization, precision) {
+        (Some(Format::Q4), _) => Path::Q4,
+        (Some(Format::Q8), _) | (None, Precision::Q8) => Path::Q8,
+        (None, Precision::F32) => Path::F32,
+        (None, Precision::Bf16) if on_cpu => Path::Bf16(Bf16Kernel::detect()),
+        (None, Precision::Auto)
+            if on_cpu && architecture == Architecture::Bert && Bf16Kernel::hardware() =>
+        {
+            Path::Bf16(Bf16Kernel::detect())
+        }
+        (None, _) => Path::F32,
+    }
+}
 
 /// Group size of the 4-bit format along the input dimension.
 pub const Q4_GROUP: usize = 16;

@@ -95,6 +95,9 @@ pub struct LoadedVersion {
     pub labels: Option<Arc<Vec<String>>>,
     /// The version folder's `version.toml`.
     pub meta: VersionMeta,
+    /// What the linear layers run in on each of its devices (`Model::precision`), distinct and
+    /// sorted: "f32", "bf16-amx", "q8", ...
+    pub precision: Vec<&'static str>,
     /// The validation gate's figures (set once, right after warm-up).
     gate: Mutex<GateReport>,
     /// Requests may be routed here: the gate passed (or there is none), or a forced promotion.
@@ -516,7 +519,10 @@ impl Repository {
             })
             .unwrap_or_default();
         match loaded {
-            Ok(_) => {
+            Ok(map) => {
+                for (v, lv) in map {
+                    m.set_model_precision(name, *v, &lv.precision);
+                }
                 for v in present.iter().chain(replaced.iter().map(|lv| &lv.version)) {
                     if !now.contains_key(v) {
                         m.forget_model_version(name, *v);
@@ -669,6 +675,12 @@ impl Repository {
             };
             models.push((dev, count, m));
         }
+        let mut precision: Vec<&'static str> = models
+            .iter()
+            .map(|(_, _, m)| m.precision().as_str())
+            .collect();
+        precision.sort_unstable();
+        precision.dedup();
         // A model that takes text says so; its version tokenizes before enqueue.
         let text = match models.first().and_then(|(_, _, m)| m.text_input()) {
             Some(spec) => Some(TextModel::load(name, config, &spec).map_err(load_err)?),
@@ -676,7 +688,7 @@ impl Repository {
         };
         let cache = match config.response_cache.enable {
             true => Some(
-                self.version_cache(name, version, &vdir, config, placement)
+                self.version_cache(name, version, &vdir, config, (placement, &precision))
                     .await?,
             ),
             false => None,
@@ -715,6 +727,7 @@ impl Repository {
             cache,
             labels,
             meta,
+            precision,
             gate: Mutex::new(GateReport::not_configured()),
             servable: AtomicBool::new(false),
             forced: AtomicBool::new(false),
@@ -764,7 +777,7 @@ impl Repository {
         version: u64,
         vdir: &Path,
         config: &Arc<ModelConfig>,
-        placement: &[(DeviceId, usize)],
+        (placement, paths): (&[(DeviceId, usize)], &[&str]),
     ) -> Result<Arc<VersionCache>, RepoError> {
         let dir = vdir.to_path_buf();
         let weights = tokio::task::spawn_blocking(move || cache::key::hash_weights(&dir))
@@ -777,7 +790,7 @@ impl Repository {
                     "version {version}: cannot hash the weights for the response cache: {e}"
                 ),
             })?;
-        let precision = precision_path(config, placement);
+        let precision = precision_path(placement, paths);
         let fp = cache::Fingerprint::new(name, version, weights, config, &precision);
         tracing::info!(
             model = name,
@@ -1025,9 +1038,9 @@ async fn load_on(
 
 /// The precision path a version runs, for its cache fingerprint: the devices, the CPU's SIMD
 /// level (candle's and our kernels' dispatch differ in rounding between AVX-512, AVX2 and
-/// baseline) and the quantization applied at load. A CPU with a different path never shares
-/// entries.
-fn precision_path(config: &ModelConfig, placement: &[(DeviceId, usize)]) -> String {
+/// baseline) and what the linear layers run in as loaded (`Model::precision`: f32, bf16 with
+/// its kernel, q8, q4). A CPU with a different path never shares entries.
+fn precision_path(placement: &[(DeviceId, usize)], paths: &[&str]) -> String {
     let mut devices: Vec<String> = placement
         .iter()
         .map(|(d, _)| match d {
@@ -1037,8 +1050,7 @@ fn precision_path(config: &ModelConfig, placement: &[(DeviceId, usize)]) -> Stri
         .collect();
     devices.sort();
     devices.dedup();
-    let quant = config.quantization.map_or("as-stored", |q| q.suffix());
-    format!("{}:{quant}", devices.join("+"))
+    format!("{}:{}", devices.join("+"), paths.join("+"))
 }
 
 fn cpu_simd_level() -> &'static str {

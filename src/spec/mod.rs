@@ -74,6 +74,29 @@ impl QuantFormat {
     }
 }
 
+/// The arithmetic of a model's linear layers (`precision = "auto" | "f32" | "bf16" | "q8"`); what
+/// each means on a device: `quant::resolve`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    Q8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+            Precision::Q8 => "q8",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
@@ -97,6 +120,11 @@ pub struct ModelConfig {
     /// Quantize dense weights when loading: "q8" or "q4" (versions already quantized load as is).
     #[serde(default)]
     pub quantization: Option<QuantFormat>,
+    /// The arithmetic of the linear layers: "auto" (default), "f32", "bf16" or "q8" (pins it, for
+    /// fleets that need the same outputs on every CPU). `quantization` is the older spelling of
+    /// "q8" and the only one of "q4"; the two must not disagree.
+    #[serde(default)]
+    pub precision: Precision,
     /// Stage batch N+1 (gather inputs, copy them to the device through pinned buffers) on a second
     /// thread while batch N computes, one batch deep. Default: on for GPU instances, off on the CPU
     /// (there staging is a few microseconds and the compute owns the cores).
@@ -310,6 +338,19 @@ impl ModelConfig {
                 );
             }
         }
+        match (self.precision, self.quantization) {
+            (Precision::Auto, _) | (Precision::Q8, Some(QuantFormat::Q8)) | (_, None) => {}
+            (p, Some(q)) => {
+                return err(
+                    "precision",
+                    format!(
+                        "\"{}\" contradicts quantization = \"{}\" (set one of them)",
+                        p.as_str(),
+                        q.suffix()
+                    ),
+                )
+            }
+        }
         for (field, specs) in [("input", &self.inputs), ("output", &self.outputs)] {
             if specs.is_empty() {
                 return err(
@@ -493,6 +534,39 @@ semantic_version = "1.0.0"
         assert!(msg.contains("resnet") && msg.contains("bert"), "{msg}");
         let text = format!("bogus = 1\n{GOOD}");
         assert_eq!(ModelConfig::parse(&text, "m").unwrap_err().0, "bogus");
+    }
+
+    #[test]
+    fn parse_precision_defaults_to_auto_and_must_agree_with_quantization() {
+        assert_eq!(
+            ModelConfig::parse(GOOD, "m").unwrap().precision,
+            Precision::Auto
+        );
+        for (p, want) in [
+            ("f32", Precision::F32),
+            ("bf16", Precision::Bf16),
+            ("q8", Precision::Q8),
+        ] {
+            let text = format!("precision = \"{p}\"\n{GOOD}");
+            assert_eq!(
+                ModelConfig::parse(&text, "m").unwrap().precision,
+                want,
+                "{p}"
+            );
+        }
+        let text = format!("precision = \"q8\"\nquantization = \"q8\"\n{GOOD}");
+        assert_eq!(
+            ModelConfig::parse(&text, "m").unwrap().precision,
+            Precision::Q8
+        );
+        for (p, q) in [("bf16", "q8"), ("f32", "q4"), ("q8", "q4")] {
+            let text = format!("precision = \"{p}\"\nquantization = \"{q}\"\n{GOOD}");
+            let (field, msg) = ModelConfig::parse(&text, "m").unwrap_err();
+            assert_eq!(field, "precision", "{p} vs {q}");
+            assert!(msg.contains("contradicts"), "{msg}");
+        }
+        let text = format!("precision = \"fp8\"\n{GOOD}");
+        assert!(ModelConfig::parse(&text, "m").is_err());
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub struct Metrics {
     batch_size: HistogramVec,
     padding: HistogramVec,
     model_ready: IntGaugeVec,
+    model_precision: IntGaugeVec,
     rate_limited: IntCounterVec,
     auth_reloads: IntCounterVec,
     cache: CacheFamilies,
@@ -408,6 +409,17 @@ impl Metrics {
                 "Padding efficiency of sequence batches: real tokens / (rows x longest); 1 = no padding",
                 RATIO_BUCKETS,
             ),
+            model_precision: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "ferrite_model_precision",
+                        "1 for each path a loaded version's linear layers run in (f32, bf16-amx, bf16-avx512, bf16-portable, q8, q4)",
+                    ),
+                    &["model", "version", "precision"],
+                )
+                .expect("static metric. This is a bug."),
+            ),
             model_ready: register(
                 &r,
                 IntGaugeVec::new(
@@ -434,10 +446,31 @@ impl Metrics {
             .set(i64::from(ready));
     }
 
-    /// Drops a version's readiness series (a version that is no longer selected at all).
+    /// Sets `ferrite_model_precision{model,version,precision}` to 1 for each path (and drops the
+    /// version's other paths: a reload may have changed them).
+    pub fn set_model_precision(&self, model: &str, version: u64, paths: &[&str]) {
+        let v = version.to_string();
+        for p in crate::quant::Path::NAMES
+            .iter()
+            .filter(|p| !paths.contains(p))
+        {
+            let _ = self.model_precision.remove_label_values(&[model, &v, p]);
+        }
+        for p in paths {
+            self.model_precision
+                .with_label_values(&[model, &v, p])
+                .set(1);
+        }
+    }
+
+    /// Drops a version's readiness and precision series (a version that is no longer selected
+    /// at all).
     pub fn forget_model_version(&self, model: &str, version: u64) {
         let v = version.to_string();
         let _ = self.model_ready.remove_label_values(&[model, &v]);
+        for p in crate::quant::Path::NAMES {
+            let _ = self.model_precision.remove_label_values(&[model, &v, p]);
+        }
         let c = &self.cache;
         for f in [&c.hits, &c.misses, &c.hit_us, &c.miss_us] {
             let _ = f.remove_label_values(&[model, &v]);
