@@ -227,9 +227,9 @@ impl CustomOp1 for Bf16Matmul {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_view(s, l, "bf16_matmul x")?;
-        let (m, _) = l.shape().dims2()?;
+        let (m, k) = l.shape().dims2()?;
         let n = self.w.n;
-        let y = if m == 0 || n == 0 {
+        let y = if m == 0 || n == 0 || k == 0 {
             vec![0f32; m * n]
         } else {
             forward(&x, m, &self.w, self.kernel)
@@ -238,32 +238,32 @@ impl CustomOp1 for Bf16Matmul {
     }
 }
 
-/// y [m, n] = x [m, k] · Wᵀ.
+/// Least work (m_pad · n_pad · k_pad products) split over threads: below it a thread's start
+/// (~20-50 µs) costs more than it saves.
+const PARALLEL_MIN_WORK: usize = 1 << 24;
+
+/// y [m, n] = x [m, k] · Wᵀ. With more than one CPU thread per forward pass (candle's
+/// `get_num_threads`, set by `--intra-op-threads`), large products split their rows over scoped
+/// threads: each runs the kernel on its own rows of x and y (the weights are shared, read-only).
 fn forward(x: &[f32], m: usize, w: &Bf16Weights, kernel: Kernel) -> Vec<f32> {
-    let m_pad = m.next_multiple_of(kernel.row_block());
+    let rb = kernel.row_block();
+    let m_pad = m.next_multiple_of(rb);
     let mut a = vec![0u16; m_pad * w.k_pad];
     let mut c = vec![0f32; m_pad * w.n_pad];
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Amx => {
-            // SAFETY: `bf16_matmul_with` checked `available()`; sizes are the ones `forward` made.
-            unsafe {
-                x86::to_bf16_rows(x, w.k, w.k_pad, &mut a);
-                x86::amx(&a, m_pad, w, &mut c);
+    let threads = candle_core::utils::get_num_threads().min(m_pad / rb).max(1);
+    if threads > 1 && m_pad * w.n_pad * w.k_pad >= PARALLEL_MIN_WORK {
+        let rows = (m_pad / threads).next_multiple_of(rb);
+        std::thread::scope(|s| {
+            let chunks = x
+                .chunks(rows * w.k)
+                .zip(a.chunks_mut(rows * w.k_pad))
+                .zip(c.chunks_mut(rows * w.n_pad));
+            for ((x, a), c) in chunks {
+                s.spawn(move || rows_of(x, a, w, c, kernel));
             }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => {
-            // SAFETY: as above.
-            unsafe {
-                x86::to_bf16_rows(x, w.k, w.k_pad, &mut a);
-                x86::avx512(&a, m_pad, w, &mut c);
-            }
-        }
-        _ => {
-            portable_to_bf16_rows(x, w.k, w.k_pad, &mut a);
-            portable(&a, m_pad, w, &mut c);
-        }
+        });
+    } else {
+        rows_of(x, &mut a, w, &mut c, kernel);
     }
     if w.n_pad == w.n {
         c.truncate(m * w.n);
@@ -274,6 +274,34 @@ fn forward(x: &[f32], m: usize, w: &Bf16Weights, kernel: Kernel) -> Vec<f32> {
         y.extend_from_slice(&row[..w.n]);
     }
     y
+}
+
+/// c = a · Wᵀ for the rows of one chunk: x [r, k] converted into a [r_pad, k_pad] (r_pad a
+/// multiple of the kernel's row block; rows past r stay zero), c [r_pad, n_pad].
+fn rows_of(x: &[f32], a: &mut [u16], w: &Bf16Weights, c: &mut [f32], kernel: Kernel) {
+    let r_pad = a.len() / w.k_pad.max(1);
+    match kernel {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Amx => {
+            // SAFETY: `bf16_matmul_with` checked `available()`; `forward` sized a and c.
+            unsafe {
+                x86::to_bf16_rows(x, w.k, w.k_pad, a);
+                x86::amx(a, r_pad, w, c);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => {
+            // SAFETY: as above.
+            unsafe {
+                x86::to_bf16_rows(x, w.k, w.k_pad, a);
+                x86::avx512(a, r_pad, w, c);
+            }
+        }
+        _ => {
+            portable_to_bf16_rows(x, w.k, w.k_pad, a);
+            portable(a, r_pad, w, c);
+        }
+    }
 }
 
 /// Rows of x [m, k] as bf16 into a [_, k_pad] (the padding stays zero).
@@ -592,7 +620,8 @@ mod tests {
         }
     }
 
-    /// MiniLM's shapes (k = 384 and 1536, n = 384 and 1536) over a packed batch of many tokens.
+    /// MiniLM's shapes (k = 384 and 1536, n = 384 and 1536) over a packed batch of many tokens; big
+    /// enough to split over threads when candle runs more than one (`forward`).
     #[test]
     fn bf16_matmul_each_kernel_matches_ref_on_model_shapes() {
         for kernel in kernels() {
@@ -647,6 +676,10 @@ mod tests {
         assert_eq!(bf16_matmul(&x, &w).unwrap().dims(), [0, 8]);
         let x = Tensor::zeros((3, 15), DType::F32, &Device::Cpu).unwrap();
         assert!(bf16_matmul(&x, &w).is_err());
+        let w0 = Arc::new(Bf16Weights::pack(&[], 5, 0));
+        let x = Tensor::zeros((3, 0), DType::F32, &Device::Cpu).unwrap();
+        let y = vec1(&bf16_matmul(&x, &w0).unwrap());
+        assert_eq!(y, vec![0f32; 15]);
         let x = Tensor::zeros((2, 3, 16), DType::F32, &Device::Cpu).unwrap();
         assert!(bf16_matmul(&x, &w).is_err());
         let x = Tensor::zeros((2, 16), DType::U8, &Device::Cpu).unwrap();
