@@ -32,16 +32,6 @@ pub enum Path {
 }
 
 impl Path {
-    /// Every name `as_str` gives (metrics drop a version's series by these).
-    pub const NAMES: [&'static str; 6] = [
-        "f32",
-        "bf16-amx",
-        "bf16-avx512",
-        "bf16-portable",
-        "q8",
-        "q4",
-    ];
-
     /// "f32", "bf16-amx", "bf16-avx512", "bf16-portable", "q8" or "q4".
     pub fn as_str(self) -> &'static str {
         match self {

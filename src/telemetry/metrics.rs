@@ -450,11 +450,10 @@ impl Metrics {
     /// version's other paths: a reload may have changed them).
     pub fn set_model_precision(&self, model: &str, version: u64, paths: &[&str]) {
         let v = version.to_string();
-        for p in crate::quant::Path::NAMES
-            .iter()
-            .filter(|p| !paths.contains(p))
-        {
-            let _ = self.model_precision.remove_label_values(&[model, &v, p]);
+        for p in self.precisions_of(model, &v) {
+            if !paths.contains(&p.as_str()) {
+                let _ = self.model_precision.remove_label_values(&[model, &v, &p]);
+            }
         }
         for p in paths {
             self.model_precision
@@ -463,13 +462,34 @@ impl Metrics {
         }
     }
 
+    /// The `precision` labels exported for a version.
+    fn precisions_of(&self, model: &str, version: &str) -> Vec<String> {
+        use prometheus::core::Collector;
+        let label = |m: &prometheus::proto::Metric, name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.get_name() == name)
+                .map(|l| l.get_value().to_string())
+        };
+        self.model_precision
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                label(m, "model").as_deref() == Some(model)
+                    && label(m, "version").as_deref() == Some(version)
+            })
+            .filter_map(|m| label(m, "precision"))
+            .collect()
+    }
+
     /// Drops a version's readiness and precision series (a version that is no longer selected
     /// at all).
     pub fn forget_model_version(&self, model: &str, version: u64) {
         let v = version.to_string();
         let _ = self.model_ready.remove_label_values(&[model, &v]);
-        for p in crate::quant::Path::NAMES {
-            let _ = self.model_precision.remove_label_values(&[model, &v, p]);
+        for p in self.precisions_of(model, &v) {
+            let _ = self.model_precision.remove_label_values(&[model, &v, &p]);
         }
         let c = &self.cache;
         for f in [&c.hits, &c.misses, &c.hit_us, &c.miss_us] {
@@ -930,5 +950,29 @@ mod gpu_series_tests {
         ]);
         let text = m.encode();
         assert_eq!(value(&text, "nv_energy_consumption", "GPU-b"), Some(0.0));
+    }
+
+    /// A version's precision series follow what it runs now: a reload that changes the path
+    /// replaces the series, and forgetting the version drops them (another version keeps its own).
+    #[test]
+    fn precision_series_follow_the_version_and_go_with_it() {
+        let m = Metrics::new();
+        let series = |v: &str, p: &str| {
+            format!("ferrite_model_precision{{model=\"m\",precision=\"{p}\",version=\"{v}\"}} 1")
+        };
+        m.set_model_precision("m", 1, &["bf16-amx"]);
+        m.set_model_precision("m", 2, &["f32", "q8"]);
+        let text = m.encode();
+        for (v, p) in [("1", "bf16-amx"), ("2", "f32"), ("2", "q8")] {
+            assert!(text.contains(&series(v, p)), "{v} {p}:\n{text}");
+        }
+        m.set_model_precision("m", 1, &["f32"]);
+        let text = m.encode();
+        assert!(text.contains(&series("1", "f32")));
+        assert!(!text.contains(&series("1", "bf16-amx")));
+        m.forget_model_version("m", 2);
+        let text = m.encode();
+        assert!(!text.contains("version=\"2\""), "{text}");
+        assert!(text.contains(&series("1", "f32")));
     }
 }
