@@ -348,7 +348,10 @@ fn npy_ids(output: &Path) -> Vec<String> {
 /// The committed records of a `part committed` log line (`records=N`).
 fn committed_records(line: &str) -> Option<u64> {
     let at = line.find("records=")? + "records=".len();
-    let digits: String = line[at..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().ok()
 }
 
