@@ -7,7 +7,11 @@
 #            --protocol tei`, closed loop: 64 connections x 1 text, and 8 connections x 32 texts per
 #            request; the better of the two is the online best (sentences/s)
 #   offline  `ferrite batch` over the corpus to .parquet (rows/s from its summary line; peak RSS from
-#            /usr/bin/time -v, or VmHWM)
+#            /usr/bin/time -v)
+# Also, for a shared machine where the two sides get different CPU shares: texts per CPU-second,
+# online = texts the server computed during the bench (nv_inference_count) / (server + client CPU
+# seconds over the same run), offline = rows / the batch process's CPU seconds (model load and
+# validation gate included).
 # Usage: benches/batch.sh [N=20000] [ROUNDS=3] [DUR_MS=10000]
 # Env: FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), MODELS (default models).
 set -euo pipefail
@@ -55,30 +59,48 @@ url=$(grep -o 'listening on http://[0-9.:]*' "$tmp/server.log" | head -1 | sed '
 metrics=$(grep -o 'metrics on http://[0-9.:]*' "$tmp/server.log" | head -1 | sed 's/metrics on //')
 [[ -n "$url" ]] || { cat "$tmp/server.log" >&2; exit 1; }
 
-online() { # connections texts_per_request -> sentences/s
-  "$FERRITE_BIN" bench -u "$url" --metrics-url "$metrics" -m minilm --protocol tei \
-    --input-data "$tmp/sent/sentences.txt" -b "$2" --concurrency-range "$1" --warmup-ms 2000 \
-    --measurement-interval-ms "$DUR_MS" --max-windows 1 --json "$tmp/bench.json" >/dev/null 2>&1
-  python3 -c "import json,sys; s=json.load(open('$tmp/bench.json'))['steps'][0]; print(round(s['throughput']*$2, 1))"
+server_cpu() { # the server's user + system CPU seconds so far
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$server/stat"
 }
 
-offline() { # -> "rows/s peak_rss_MiB"
+texts_done() { # texts the server has computed so far
+  curl -s "$metrics/metrics" | awk '/^nv_inference_count\{model="minilm"/ {print $2}'
+}
+
+online() { # connections texts_per_request -> "sentences/s texts_per_cpu_second"
+  local c0 n0 c1 n1 client
+  c0=$(server_cpu); n0=$(texts_done)
+  rm -f "$tmp/bench.json"
+  # A window in which no request completed (a starved machine) is reported as "-", not a failure.
+  /usr/bin/time -f "%U %S" -o "$tmp/client.time" "$FERRITE_BIN" bench -u "$url" \
+    --metrics-url "$metrics" -m minilm --protocol tei \
+    --input-data "$tmp/sent/sentences.txt" -b "$2" --concurrency-range "$1" --warmup-ms 2000 \
+    --measurement-interval-ms "$DUR_MS" --max-windows 1 --json "$tmp/bench.json" \
+    >"$tmp/bench.log" 2>&1 || { echo "- -"; tail -3 "$tmp/bench.log" >&2; return 0; }
+  c1=$(server_cpu); n1=$(texts_done)
+  client=$(awk '{print $1 + $2}' "$tmp/client.time")
+  python3 -c "import json; s=json.load(open('$tmp/bench.json'))['steps'][0]; print(round(s['throughput']*$2, 1), round(($n1-$n0)/($c1-$c0+$client), 1))"
+}
+
+offline() { # -> "rows/s rows_per_cpu_second peak_rss_MiB"
   rm -rf "$tmp/out.parquet" "$tmp/out.parquet.parts"
   /usr/bin/time -v "$FERRITE_BIN" batch --gpus none --no-progress --model-repository "$tmp/repo" \
     -m minilm --input "$tmp/corpus.jsonl" --output "$tmp/out.parquet" 2>"$tmp/batch.log"
-  local rate rss
+  local rate rss cpu
   rate=$(grep -o '[0-9]* rows/s' "$tmp/batch.log" | tail -1 | cut -d' ' -f1)
   rss=$(grep 'Maximum resident set size' "$tmp/batch.log" | awk '{print int($6/1024)}')
-  echo "$rate $rss"
+  cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {print s}' "$tmp/batch.log")
+  echo "$rate $(python3 -c "print(round($N / $cpu, 1))") $rss"
 }
 
 command -v /usr/bin/time >/dev/null || { echo "installing time (Debian package)" >&2; apt-get install -y time >/dev/null; }
-echo "| round | online 64x1 (sent/s) | online 8x32 (sent/s) | offline (rows/s) | offline peak RSS (MiB) |"
-echo "|---|---|---|---|---|"
+echo "| round | online 64x1 (sent/s) | online 8x32 (sent/s) | offline (rows/s) | offline / online best | online texts per CPU-s (64x1, 8x32) | offline rows per CPU-s | offline peak RSS (MiB) |"
+echo "|---|---|---|---|---|---|---|---|"
 for r in $(seq "$ROUNDS"); do
-  a=$(online 64 1)
-  b=$(online 8 32)
+  read -r a acpu < <(online 64 1)
+  read -r b bcpu < <(online 8 32)
   # The server idles (its workers wait) while the offline run has the cores.
-  read -r rate rss < <(offline)
-  echo "| $r | $a | $b | $rate | $rss |"
+  read -r rate rcpu rss < <(offline)
+  ratio=$(python3 -c "print(round($rate / max(float(x) for x in ['$a', '$b'] if x != '-'), 2))" 2>/dev/null || echo -)
+  echo "| $r | $a | $b | $rate | $ratio | $acpu, $bcpu | $rcpu | $rss |"
 done

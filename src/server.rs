@@ -103,7 +103,7 @@ impl Server {
             model_control: settings.model_control,
             access_log: settings.access_log,
             body_key: Arc::new(BodyKey::random()),
-            jobs: crate::jobs::Manager::new(settings.jobs.clone(), repo.clone()),
+            jobs: crate::jobs::Manager::new(settings.jobs.clone(), repo.clone(), &metrics),
         });
         // Bad certificate files stop the start, before anything listens.
         let tls = match &settings.tls {

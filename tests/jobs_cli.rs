@@ -345,9 +345,19 @@ fn npy_ids(output: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The committed records of a `part committed` log line (`records=N`).
+fn committed_records(line: &str) -> Option<u64> {
+    let at = line.find("records=")? + "records=".len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
 #[test]
 fn batch_killed_half_way_resumes_and_writes_every_id_once() {
-    let n = 60_000usize;
+    let n = 20_000usize;
     let rows = digit_rows(360);
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("big.jsonl");
@@ -359,9 +369,9 @@ fn batch_killed_half_way_resumes_and_writes_every_id_once() {
     let repo = Repo::new().with_digits(&[]);
     let output: PathBuf = dir.path().join("probs.npy");
 
-    // First run: killed (SIGKILL) as soon as its first part is committed.
+    // First run: killed (SIGKILL) half-way, as soon as half the records are committed.
     let mut c = batch_cmd(repo.path(), "digits", &input, &output);
-    c.args(["--part-records", "2000"])
+    c.args(["--part-records", "1000"])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .stdout(Stdio::null());
@@ -371,11 +381,12 @@ fn batch_killed_half_way_resumes_and_writes_every_id_once() {
     loop {
         let line = lines
             .next()
-            .unwrap_or_else(|| panic!("the run ended before a part was committed: {seen:?}"))
+            .unwrap_or_else(|| panic!("the run ended before half was committed: {seen:?}"))
             .unwrap();
-        let committed = line.contains("part committed");
+        let half_way = line.contains("part committed")
+            && committed_records(&line).is_some_and(|r| r >= n as u64 / 2);
         seen.push(line);
-        if committed {
+        if half_way {
             break;
         }
     }
@@ -390,15 +401,22 @@ fn batch_killed_half_way_resumes_and_writes_every_id_once() {
     )
     .unwrap();
     let committed = ckpt["parts"].as_array().unwrap().len();
-    assert!(committed >= 1 && committed < n / 2000, "{committed} parts");
+    assert!(
+        committed >= n / 2000 && committed < n / 1000,
+        "{committed} parts of 1000"
+    );
 
     // Second run: resumes from the checkpoint and finishes.
     let mut c = batch_cmd(repo.path(), "digits", &input, &output);
-    c.args(["--part-records", "2000"]).env("RUST_LOG", "info");
+    c.args(["--part-records", "1000"]).env("RUST_LOG", "info");
     let stderr = run_ok(c);
     assert!(
         stderr.contains("resuming from the checkpoint"),
         "the rerun resumed: {stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{} records resumed", committed * 1000)),
+        "the committed half was not recomputed: {stderr}"
     );
     let ids = npy_ids(&output);
     assert_eq!(ids.len(), n);

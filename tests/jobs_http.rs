@@ -3,7 +3,8 @@
 //! 2 ms where 20% is less: the timer resolution of a debug build on a shared machine), finishes with
 //! the right rows, and a cancel stops a job within one second; input paths stay inside the jobs
 //! input folder; uploads have their own limit; jobs belong to their owner; a job survives a
-//! restart and resumes from its checkpoint.
+//! restart and resumes from its checkpoint; a finished job is deleted after its retention; the job
+//! metrics (`ferrite_jobs`, `ferrite_job_*`) are read back from `/metrics`.
 //!
 //! The online/job model is `debug` (echo) sleeping 20 ms per batch, two instances: a known service
 //! time that does not compete for the CPU with the rest of the machine.
@@ -288,6 +289,34 @@ async fn bad_rows_go_to_the_rejects_and_limits_and_paths_are_enforced() {
         .collect();
     assert_eq!(records, [4, 5, 6]);
     assert!(rej.contains("\"id\":\"bad\""), "{rej}");
+    // The job metrics, read back from /metrics (a missing series fails: `metric` panics).
+    let mv = "model=\"sleepy\",version=\"1\"";
+    assert_eq!(
+        s.metric(&format!("ferrite_job_rows_total{{{mv}}}")).await,
+        5.0
+    );
+    let rejected = |reason: &str| {
+        format!(
+            "ferrite_job_rows_rejected_total{{model=\"sleepy\",reason=\"{reason}\",version=\"1\"}}"
+        )
+    };
+    assert_eq!(s.metric(&rejected("invalid")).await, 1.0, "the wrong shape");
+    assert_eq!(
+        s.metric(&rejected("malformed")).await,
+        2.0,
+        "not JSON, empty"
+    );
+    assert_eq!(s.metric(&rejected("backend")).await, 0.0);
+    let batches = s
+        .metric(&format!("ferrite_job_batches_total{{{mv}}}"))
+        .await;
+    assert!(
+        (1.0..=5.0).contains(&batches),
+        "5 rows in 1 to 5 batches: {batches}"
+    );
+    let jobs = |state: &str| format!("ferrite_jobs{{model=\"sleepy\",state=\"{state}\"}}");
+    assert_eq!(s.metric(&jobs("succeeded")).await, 1.0);
+    assert_eq!(s.metric(&jobs("running")).await, 0.0);
 
     // Uploads have their own limit (not --max-body-bytes).
     let r = create(&s, "sleepy", "", rows(100, 0), None).await;
@@ -313,8 +342,48 @@ async fn bad_rows_go_to_the_rejects_and_limits_and_paths_are_enforced() {
     })
     .await;
     assert_eq!(done["rows_done"], 10);
+    assert_eq!(
+        s.metric(&format!("ferrite_job_rows_total{{{mv}}}")).await,
+        15.0
+    );
+    assert_eq!(s.metric(&jobs("succeeded")).await, 2.0);
     assert_eq!(create(&s, "nope", "", rows(1, 0), None).await.status(), 404);
     assert_eq!(s.get("/v2/jobs/not-a-job").await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn finished_job_is_deleted_after_its_retention() {
+    let state = tempfile::tempdir().unwrap();
+    let s = start(sleepy_repo(), state.path(), |c| {
+        c.jobs.retention = Duration::from_secs(1);
+    })
+    .await;
+    let r = create(&s, "sleepy", "", rows(3, 0), None).await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(&s, &id, Duration::from_secs(30), |v| {
+        v["state"] == "succeeded"
+    })
+    .await;
+    assert_eq!(s.get(&format!("/v2/jobs/{id}/result")).await.status(), 200);
+    assert!(state.path().join(&id).is_dir());
+    // Gone (404, its folder deleted) once a second has passed since it finished: the sweep runs
+    // every second at this retention, so within a few.
+    let until = Instant::now() + Duration::from_secs(10);
+    while s.get(&format!("/v2/jobs/{id}")).await.status() != 404 {
+        assert!(
+            Instant::now() < until,
+            "job still there after its retention"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!state.path().join(&id).exists(), "its folder is deleted");
+    assert_eq!(s.get(&format!("/v2/jobs/{id}/result")).await.status(), 404);
+    let succeeded = "ferrite_jobs{model=\"sleepy\",state=\"succeeded\"}";
+    assert_eq!(s.metric(succeeded).await, 0.0, "no longer counted");
 }
 
 #[tokio::test(flavor = "multi_thread")]

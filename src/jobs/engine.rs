@@ -13,10 +13,45 @@ use crate::batcher::{JobError, JobOutput, Lane, SubmitOptions};
 use crate::preprocess::PreprocessError;
 use crate::repository::LoadedVersion;
 use crate::spec::validate_inputs;
+use crate::telemetry::RejectReason;
 use crate::tensor::{DataType, Tensor, TensorData};
 
 /// One row's outputs (per column, its values) or why it was refused.
-pub type RowResult = Result<Vec<Vec<f32>>, String>;
+pub type RowResult = Result<Vec<Vec<f32>>, Reject>;
+
+/// Why a row was refused: its kind (the metric's `reason` label) and the message (the rejects
+/// file: the online doors' wording).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+impl Reject {
+    /// The input reader could not make a record of it.
+    pub fn malformed(message: String) -> Reject {
+        Reject {
+            reason: RejectReason::Malformed,
+            message,
+        }
+    }
+
+    /// The model's validation refused it.
+    pub fn invalid(message: impl Into<String>) -> Reject {
+        Reject {
+            reason: RejectReason::Invalid,
+            message: message.into(),
+        }
+    }
+
+    /// The model failed on it.
+    pub fn backend(message: impl Into<String>) -> Reject {
+        Reject {
+            reason: RejectReason::Backend,
+            message: message.into(),
+        }
+    }
+}
 
 /// A model version ready to take a job's rows.
 pub struct Engine {
@@ -106,9 +141,11 @@ impl Engine {
     }
 
     /// A model failure refuses the row; anything else (unloaded, draining) stops the job.
-    fn job_error(&self, e: JobError) -> Result<String, JobsError> {
+    fn job_error(&self, e: JobError) -> Result<Reject, JobsError> {
         match e {
-            JobError::Model { message, .. } => Ok(format!("model failed: {message}")),
+            JobError::Model { message, .. } => {
+                Ok(Reject::backend(format!("model failed: {message}")))
+            }
             e => Err(JobsError::Unavailable(e.to_string())),
         }
     }
@@ -134,21 +171,23 @@ impl Engine {
     async fn submit_row(
         &self,
         item: Result<Item, String>,
-    ) -> Result<Result<JobOutput, JobError>, String> {
+    ) -> Result<Result<JobOutput, JobError>, Reject> {
         let cfg = &self.lv.config;
-        let inputs = match item? {
+        let inputs = match item.map_err(Reject::malformed)? {
             Item::Tensors(t) => t,
             Item::Text(_) => {
-                return Err(format!(
+                return Err(Reject::invalid(format!(
                     "model '{}' takes tensors: give a KServe v2 request line ('inputs')",
                     self.lv.name
-                ))
+                )))
             }
         };
-        let rows =
-            validate_inputs(&cfg.inputs, cfg.max_batch_size, &inputs).map_err(|e| e.to_string())?;
+        let rows = validate_inputs(&cfg.inputs, cfg.max_batch_size, &inputs)
+            .map_err(|e| Reject::invalid(e.to_string()))?;
         if rows != 1 {
-            return Err(format!("the line holds {rows} rows; a job line holds one"));
+            return Err(Reject::invalid(format!(
+                "the line holds {rows} rows; a job line holds one"
+            )));
         }
         Ok(self.lv.queue.submit(inputs, 1, Self::bulk(0)).await)
     }
@@ -157,8 +196,8 @@ impl Engine {
     async fn submit_text(
         &self,
         input: &str,
-        ids: Result<Vec<u32>, String>,
-    ) -> Result<Result<JobOutput, JobError>, String> {
+        ids: Result<Vec<u32>, Reject>,
+    ) -> Result<Result<JobOutput, JobError>, Reject> {
         let ids = ids?;
         let cost = ids.len();
         let t = Tensor::new(
@@ -178,7 +217,9 @@ impl Engine {
                 _ => {
                     tracing::error!(model = %self.lv.name, output = %name,
                         "model returned no FP32 row of the configured size. This is a bug.");
-                    return Err("internal error: the model's output has the wrong shape".into());
+                    return Err(Reject::backend(
+                        "internal error: the model's output has the wrong shape",
+                    ));
                 }
             }
         }
@@ -187,18 +228,19 @@ impl Engine {
 
     /// The text of an item for a text model (a KServe v2 line with one BYTES text, validated as
     /// the online door does).
-    fn text_of(&self, item: Result<Item, String>) -> Result<String, String> {
-        match item? {
+    fn text_of(&self, item: Result<Item, String>) -> Result<String, Reject> {
+        match item.map_err(Reject::malformed)? {
             Item::Text(t) => Ok(t),
             Item::Tensors(inputs) => {
                 let cfg = &self.lv.config;
-                let rows = validate_inputs(&cfg.inputs, 1, &inputs).map_err(|e| e.to_string())?;
+                let rows = validate_inputs(&cfg.inputs, 1, &inputs)
+                    .map_err(|e| Reject::invalid(e.to_string()))?;
                 match inputs.into_iter().next().map(|t| t.data) {
                     Some(TensorData::Bytes(mut b)) if rows == 1 && b.len() == 1 => {
                         String::from_utf8(b.remove(0))
-                            .map_err(|_| "input text is not valid UTF-8".to_string())
+                            .map_err(|_| Reject::invalid("input text is not valid UTF-8"))
                     }
-                    _ => Err("a job line holds one text".into()),
+                    _ => Err(Reject::invalid("a job line holds one text")),
                 }
             }
         }
@@ -213,7 +255,7 @@ impl Engine {
             .text
             .as_ref()
             .expect("run_texts is only called for text models. This is a bug.");
-        let texts: Vec<Result<String, String>> =
+        let texts: Vec<Result<String, Reject>> =
             items.into_iter().map(|i| self.text_of(i)).collect();
         let ids = self.tokenize(text, &texts).await?;
         let submits = ids
@@ -240,8 +282,8 @@ impl Engine {
     async fn tokenize(
         &self,
         text: &crate::repository::TextModel,
-        texts: &[Result<String, String>],
-    ) -> Result<Vec<Result<Vec<u32>, String>>, JobsError> {
+        texts: &[Result<String, Reject>],
+    ) -> Result<Vec<Result<Vec<u32>, Reject>>, JobsError> {
         let good: Vec<String> = texts.iter().filter_map(|t| t.clone().ok()).collect();
         let closed = || JobsError::Unavailable("the tokenizer pool has stopped".into());
         let mut ids = match text.pool.encode(good, self.truncate).await {
@@ -274,15 +316,15 @@ impl Engine {
 }
 
 /// A tokenizer refusal, without the index of a one-text call.
-fn refusal(e: PreprocessError) -> String {
-    match e {
+fn refusal(e: PreprocessError) -> Reject {
+    Reject::invalid(match e {
         PreprocessError::TooLong { tokens, max, .. } => format!(
             "text has {tokens} tokens, more than the model's maximum of {max} (truncation is off)"
         ),
         PreprocessError::Empty { .. } => "empty text".into(),
         PreprocessError::Tokenizer { message, .. } => format!("tokenizer failed: {message}"),
         e => e.to_string(),
-    }
+    })
 }
 
 /// `v / |v|` in place (unchanged when |v| is 0), as the online doors normalise.

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use super::run::{self, Progress, RunOptions};
 use super::{Engine, InputSpec, JobsError};
 use crate::repository::Repository;
+use crate::telemetry::Metrics;
 
 /// The jobs settings (`--jobs-*` flags), from `config`.
 pub use crate::config::JobsSettings as JobsConfig;
@@ -35,6 +36,17 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// As in `job.json` and the `state` label of `ferrite_jobs`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Canceled => "canceled",
+        }
+    }
+
     pub fn finished(self) -> bool {
         matches!(
             self,
@@ -133,6 +145,8 @@ pub struct Manager {
     /// Short sections only, never across an await.
     jobs: Mutex<BTreeMap<String, Arc<Handle>>>,
     slots: Arc<Semaphore>,
+    /// `ferrite_jobs{model,state}`: every known job counted once, under its state.
+    by_state: prometheus::IntGaugeVec,
 }
 
 fn now_unix() -> u64 {
@@ -147,14 +161,26 @@ fn valid_id(id: &str) -> bool {
 }
 
 impl Manager {
-    /// The manager; nothing runs until `resume`.
-    pub fn new(cfg: JobsConfig, repo: Arc<Repository>) -> Arc<Manager> {
+    /// The manager; nothing runs until `resume`. `metrics`: the server's (for `ferrite_jobs`).
+    pub fn new(cfg: JobsConfig, repo: Arc<Repository>, metrics: &Metrics) -> Arc<Manager> {
         Arc::new(Manager {
             slots: Arc::new(Semaphore::new(cfg.max_running.max(1))),
             cfg,
             repo,
             jobs: Mutex::new(BTreeMap::new()),
+            by_state: metrics.jobs_by_state(),
         })
+    }
+
+    /// Moves a job to `to`, keeping `ferrite_jobs` in step.
+    fn set_state(&self, r: &mut JobRecord, to: JobState) {
+        self.by_state
+            .with_label_values(&[r.model.as_str(), r.state.as_str()])
+            .dec();
+        self.by_state
+            .with_label_values(&[r.model.as_str(), to.as_str()])
+            .inc();
+        r.state = to;
     }
 
     /// Opens the state folder (when configured), deletes expired jobs, resumes unfinished ones and
@@ -223,6 +249,9 @@ impl Manager {
 
     fn insert(&self, r: JobRecord) -> Arc<Handle> {
         let id = r.id.clone();
+        self.by_state
+            .with_label_values(&[r.model.as_str(), r.state.as_str()])
+            .inc();
         let h = Arc::new(Handle {
             stopped: watch::channel(r.state.finished()).0,
             record: Mutex::new(r),
@@ -393,19 +422,21 @@ impl Manager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .filter(|(_, h)| {
-                let r = h.record();
-                r.state.finished()
-                    && r.finished_unix
-                        .is_some_and(|f| f + self.cfg.retention.as_secs() <= now)
-            })
+            .filter(|(_, h)| expired(&h.record(), self.cfg.retention, now))
             .map(|(id, _)| id.clone())
             .collect();
         for id in expired {
-            self.jobs
+            let gone = self
+                .jobs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&id);
+            if let Some(h) = gone {
+                let r = h.record();
+                self.by_state
+                    .with_label_values(&[r.model.as_str(), r.state.as_str()])
+                    .dec();
+            }
             if let Ok(dir) = self.job_dir(&id) {
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     tracing::warn!(job = %id, error = %e, "cannot delete an expired job");
@@ -452,7 +483,7 @@ impl Manager {
         };
         {
             let mut r = h.record();
-            r.state = JobState::Running;
+            self.set_state(&mut r, JobState::Running);
             let _ = self.persist(&r);
         }
         *h.started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -473,34 +504,35 @@ impl Manager {
         r.records = p.records.load(Ordering::Relaxed);
         r.rows = p.rows.load(Ordering::Relaxed);
         r.rejected = p.rejected.load(Ordering::Relaxed);
-        match outcome {
+        let to = match outcome {
             Ok(s) => {
-                r.state = JobState::Succeeded;
                 (r.records, r.rows, r.rejected) = (s.records, s.rows, s.rejected);
                 if r.uploaded {
                     let _ = std::fs::remove_file(&r.input);
                 }
                 tracing::info!(job = %r.id, rows = s.rows, rejected = s.rejected, "job succeeded");
+                JobState::Succeeded
             }
             Err(JobsError::Canceled) => {
-                r.state = JobState::Canceled;
                 tracing::info!(job = %r.id, "job canceled");
+                JobState::Canceled
             }
             Err(JobsError::Unavailable(e)) if !*h.cancel.borrow() => {
                 // The model went away (unload, shutdown): resumed when the server starts again.
-                r.state = JobState::Queued;
                 tracing::warn!(job = %r.id, error = %e, "job paused: the model is not serving");
+                JobState::Queued
             }
             Err(e @ (JobsError::Unsupported(_) | JobsError::Checkpoint(_))) => {
-                r.state = JobState::Failed;
                 r.error = Some(e.to_string());
+                JobState::Failed
             }
             Err(e) => {
-                r.state = JobState::Failed;
                 tracing::error!(job = %r.id, error = %e, "job failed");
                 r.error = Some("internal error (the server log has the detail)".into());
+                JobState::Failed
             }
-        }
+        };
+        self.set_state(&mut r, to);
         if r.state.finished() {
             r.finished_unix = Some(now_unix());
         }
@@ -510,6 +542,14 @@ impl Manager {
         drop(r);
         h.stopped.send_replace(true);
     }
+}
+
+/// A finished job whose retention has run out at `now` (seconds since the epoch); unfinished
+/// jobs never expire.
+fn expired(r: &JobRecord, retention: Duration, now: u64) -> bool {
+    r.state.finished()
+        && r.finished_unix
+            .is_some_and(|f| f.saturating_add(retention.as_secs()) <= now)
 }
 
 fn view(h: &Handle) -> JobView {
@@ -548,16 +588,17 @@ mod tests {
     use super::*;
 
     fn manager(input_dir: Option<PathBuf>) -> Arc<Manager> {
+        let metrics = Arc::new(Metrics::new());
         let repo = Arc::new(Repository::new(
             PathBuf::from("."),
             Vec::new(),
-            Arc::new(crate::telemetry::Metrics::new()),
+            metrics.clone(),
         ));
         let cfg = JobsConfig {
             input_dir,
             ..JobsConfig::default()
         };
-        Manager::new(cfg, repo)
+        Manager::new(cfg, repo, &metrics)
     }
 
     #[test]
@@ -590,6 +631,76 @@ mod tests {
             manager(None).resolve_input("sub/a.jsonl"),
             Err(ManagerError::BadRequest(_))
         ));
+    }
+
+    fn record(state: JobState, finished_unix: Option<u64>) -> JobRecord {
+        JobRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            owner: None,
+            model: "m".into(),
+            version: None,
+            input: PathBuf::from("in.jsonl"),
+            uploaded: true,
+            input_spec: InputSpec::default(),
+            truncate: true,
+            created_unix: 100,
+            finished_unix,
+            state,
+            error: None,
+            records: 0,
+            rows: 0,
+            rejected: 0,
+        }
+    }
+
+    #[test]
+    fn expired_only_finished_jobs_past_their_retention() {
+        let day = Duration::from_secs(86_400);
+        for state in [JobState::Succeeded, JobState::Failed, JobState::Canceled] {
+            let r = record(state, Some(1_000));
+            assert!(!expired(&r, day, 1_000 + 86_399), "{state:?} kept a day");
+            assert!(
+                expired(&r, day, 1_000 + 86_400),
+                "{state:?} gone after a day"
+            );
+        }
+        for state in [JobState::Queued, JobState::Running] {
+            assert!(!expired(&record(state, None), Duration::ZERO, u64::MAX));
+        }
+        assert!(!expired(
+            &record(JobState::Succeeded, Some(u64::MAX)),
+            day,
+            u64::MAX - 1
+        ));
+    }
+
+    #[test]
+    fn jobs_gauge_follows_each_job_through_its_states() {
+        let metrics = Metrics::new();
+        let m = {
+            let repo = Arc::new(Repository::new(
+                PathBuf::from("."),
+                Vec::new(),
+                Arc::new(Metrics::new()),
+            ));
+            Manager::new(JobsConfig::default(), repo, &metrics)
+        };
+        let gauge = |state: &str| {
+            metrics
+                .jobs_by_state()
+                .with_label_values(&["m", state])
+                .get()
+        };
+        let h = m.insert(record(JobState::Queued, None));
+        m.insert(record(JobState::Succeeded, Some(1)));
+        assert_eq!((gauge("queued"), gauge("succeeded")), (1, 1));
+        m.set_state(&mut h.record(), JobState::Running);
+        assert_eq!((gauge("queued"), gauge("running")), (0, 1));
+        m.set_state(&mut h.record(), JobState::Canceled);
+        assert_eq!((gauge("running"), gauge("canceled")), (0, 1));
+        // The retention sweep forgets the long-finished one (finished at 1 s past the epoch).
+        m.sweep();
+        assert_eq!((gauge("succeeded"), gauge("canceled")), (0, 1));
     }
 
     #[test]

@@ -98,6 +98,8 @@ struct Part {
     rejects: Vec<u8>,
     records: u64,
     rejected: u64,
+    /// Rejects by reason (`RejectReason as usize`), for the metrics.
+    rejected_by: [u64; 3],
 }
 
 impl Part {
@@ -107,6 +109,7 @@ impl Part {
             rejects: Vec::new(),
             records: 0,
             rejected: 0,
+            rejected_by: [0; 3],
         }
     }
 }
@@ -273,11 +276,13 @@ fn add_results(
                 }
                 rows += 1;
             }
-            Err(reason) => {
-                let line = serde_json::json!({"record": number, "id": id, "reason": reason});
+            Err(reject) => {
+                let line =
+                    serde_json::json!({"record": number, "id": id, "reason": reject.message});
                 serde_json::to_writer(&mut part.rejects, &line).map_err(std::io::Error::other)?;
                 part.rejects.push(b'\n');
                 part.rejected += 1;
+                part.rejected_by[reject.reason as usize] += 1;
                 rejected += 1;
             }
         }
@@ -314,6 +319,11 @@ fn commit(
         rejected: part.rejected,
     });
     ckpt.store(dir)?;
+    engine
+        .model()
+        .metrics
+        .jobs()
+        .record_part(part.rows.ids.len() as u64, part.rejected_by);
     tracing::info!(
         part = index,
         records = ckpt.records(),

@@ -102,6 +102,7 @@ pub struct Metrics {
     cache: CacheFamilies,
     host: HostGauges,
     monitor: crate::telemetry::monitor::MonitorFamilies,
+    jobs: crate::telemetry::jobs::JobsFamilies,
 }
 
 /// The response cache's families (`src/cache`): Triton's `nv_cache_*` per model plus ours.
@@ -434,6 +435,7 @@ impl Metrics {
             cache: CacheFamilies::new(&r),
             host: HostGauges::new(&r),
             monitor: crate::telemetry::monitor::MonitorFamilies::new(&r),
+            jobs: crate::telemetry::jobs::JobsFamilies::new(&r),
             pending,
             registry: r,
         }
@@ -601,6 +603,7 @@ impl Metrics {
             queue_seconds: self.queue_seconds.with_label_values(&l),
             batch_size: self.batch_size.with_label_values(&l),
             padding: self.padding.with_label_values(&l),
+            jobs: self.jobs.for_version(model, version),
             extra: Default::default(),
         }
     }
@@ -629,6 +632,11 @@ impl Metrics {
         version: u64,
     ) -> crate::telemetry::monitor::MonitorMetrics {
         self.monitor.for_version(model, version)
+    }
+
+    /// `ferrite_jobs{model,state}`: the jobs manager keeps it (`telemetry::jobs::JOB_STATES`).
+    pub fn jobs_by_state(&self) -> prometheus::IntGaugeVec {
+        self.jobs.jobs.clone()
     }
 
     /// `ferrite_cache_backend_errors_total{backend}` (created, so exported at 0).
@@ -677,6 +685,7 @@ pub struct ModelMetrics {
     queue_seconds: prometheus::Histogram,
     batch_size: prometheus::Histogram,
     padding: prometheus::Histogram,
+    jobs: crate::telemetry::jobs::JobMetrics,
     /// What the statistics extension reports beyond the Prometheus counters.
     extra: std::sync::Arc<StatsExtra>,
 }
@@ -877,6 +886,11 @@ impl ModelMetrics {
     /// Padding efficiency of one sequence batch (real tokens / padded tokens).
     pub fn record_padding(&self, efficiency: f64) {
         self.padding.observe(efficiency);
+    }
+
+    /// The bulk job children (`ferrite_job_*`) of this version.
+    pub fn jobs(&self) -> &crate::telemetry::jobs::JobMetrics {
+        &self.jobs
     }
 
     /// One model execution of `rows` rows.

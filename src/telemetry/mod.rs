@@ -4,6 +4,7 @@
 //! `tracing`. A leaf module: it knows nothing of HTTP or models.
 
 pub mod gpu;
+pub mod jobs;
 pub mod logging;
 pub mod metrics;
 pub mod monitor;
@@ -11,5 +12,6 @@ pub mod rollout;
 pub mod sampler;
 pub mod system;
 
+pub use jobs::{JobMetrics, RejectReason};
 pub use metrics::{CacheMetrics, FailureReason, Metrics, ModelMetrics};
 pub use sampler::{Sampler, Snapshot, Telemetry};

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::batcher::{Batch, JobError, JobOutput, Layout, Queue, Timings};
+use crate::batcher::{Batch, JobError, JobOutput, Lane, Layout, Queue, Timings};
 use crate::device::{DeviceId, Transfer};
 use crate::model::{Model, StageTimings, Staged};
 use crate::telemetry::{FailureReason, ModelMetrics};
@@ -274,6 +274,9 @@ fn compute(
             Ok(Ok(outs)) if outs.len() == batch.jobs.len() => {
                 if batch.counted_rows() > 0 {
                     metrics.record_execution(batch.counted_rows());
+                    if batch.lane == Lane::Bulk {
+                        metrics.jobs().record_batch();
+                    }
                     metrics.record_batch_stages(
                         batch.counted_rows(),
                         stages.input,

@@ -2,7 +2,7 @@
 schema `id: string`, then one fixed-size list of float32 per model output, one row per good input
 row, in input order; `.npy` output loads with numpy, its ids from the sidecar.
 
-Runs the `ferrite` binary (env FERRITE_BIN) on the bundled digits model, CPU only.
+Runs the `ferrite` binary (env FERRITE_BIN) on the bundled digits and MiniLM models, CPU only.
 """
 
 import json
@@ -61,3 +61,34 @@ def test_npy_output_loads_with_numpy_and_ids_sidecar(tmp_path):
     run_batch(tmp_path, rows, pq_out, part_records=1000)
     same = np.stack(pq.read_table(pq_out).column("probabilities").to_numpy(zero_copy_only=False))
     np.testing.assert_array_equal(p, same)
+
+
+def test_minilm_parquet_embedding_is_a_fixed_size_list_of_float32(tmp_path):
+    """The embedding job's schema: id, then `embedding` as fixed_size_list<float32>[384], one
+    L2-normalised row per text (the bundled MiniLM, fetched by scripts/fetch-models.sh)."""
+    if not os.path.isfile(os.path.join(ROOT, "models", "minilm", "1", "model.safetensors")):
+        raise AssertionError("models/minilm/1 is missing: run scripts/fetch-models.sh")
+    texts = [f"document number {i} about rivers and mountains" for i in range(40)]
+    inp = tmp_path / "corpus.jsonl"
+    with open(inp, "w") as f:
+        for i, t in enumerate(texts):
+            f.write(json.dumps({"id": f"doc-{i}", "text": t}) + "\n")
+        f.write(json.dumps({"id": "empty", "text": " "}) + "\n")
+    out = tmp_path / "emb.parquet"
+    subprocess.run(
+        [BINARY, "batch", "--gpus", "none", "--no-progress",
+         "--model-repository", os.path.join(ROOT, "models"), "-m", "minilm",
+         "--input", str(inp), "--output", str(out), "--part-records", "16"],
+        check=True, capture_output=True, text=True, timeout=600)
+    table = pq.read_table(out)
+    assert table.schema.names == ["id", "embedding"]
+    assert table.schema.field("id").type == pa.string()
+    emb = table.schema.field("embedding").type
+    assert pa.types.is_fixed_size_list(emb), emb
+    assert emb.list_size == 384 and emb.value_type == pa.float32()
+    assert table.column("id").to_pylist() == [f"doc-{i}" for i in range(40)]
+    e = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
+    assert e.shape == (40, 384) and e.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    rejects = [json.loads(l) for l in open(tmp_path / "emb.rejects.jsonl")]
+    assert [r["id"] for r in rejects] == ["empty"]
