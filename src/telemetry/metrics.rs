@@ -470,8 +470,8 @@ impl Metrics {
         let label = |m: &prometheus::proto::Metric, name: &str| {
             m.get_label()
                 .iter()
-                .find(|l| l.get_name() == name)
-                .map(|l| l.get_value().to_string())
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_string())
         };
         self.model_precision
             .collect()
