@@ -183,9 +183,10 @@ fn main() -> anyhow::Result<()> {
     let spec = m
         .text_input()
         .with_context(|| format!("{}: not a text model", a.model_dir.display()))?;
-    let name = a.model_dir.file_name().map_or("model".into(), |n| {
-        n.to_string_lossy().into_owned()
-    });
+    let name = a
+        .model_dir
+        .file_name()
+        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
     let text = TextModel::load(&name, &cfg, &spec).map_err(anyhow::Error::msg)?;
     let sentences: Vec<String> = std::fs::read_to_string(&a.sentences)
         .with_context(|| a.sentences.display().to_string())?
@@ -235,8 +236,8 @@ fn main() -> anyhow::Result<()> {
 
     if a.latency > 0 {
         let mut ms = Vec::new();
-        for i in 0..a.latency.min(n) {
-            let j = [job(&spec.input, &ids[i])];
+        for one in ids.iter().take(a.latency) {
+            let j = [job(&spec.input, one)];
             let t = Instant::now();
             forward(m.as_ref(), &j)?;
             ms.push(t.elapsed().as_secs_f64() * 1e3);

@@ -167,7 +167,8 @@ fn timed(kind: Kind, iters: u64, threads: usize) -> f64 {
     start.wait();
     let t = Instant::now();
     for h in handles {
-        h.join().expect("a measuring thread panicked. This is a bug.");
+        h.join()
+            .expect("a measuring thread panicked. This is a bug.");
     }
     t.elapsed().as_secs_f64()
 }
