@@ -82,3 +82,11 @@ assert len(set(ids)) == n, "duplicate ids"
 assert ids == [f"img-{i}" for i in range(n)], "order"
 print(f"OK: {n} ids, each once, in order")
 PY
+
+# ---------------------------------------------------------------------------------------------------
+# issue 20 (optional, PEER_ORT=1): Ferrite beside ONNX Runtime's raw engine on MiniLM
+# (benches/peer-ort/README.md). Off by default: its venv takes PyPI on first use and 5.5 GB of disk.
+# A benchmark, not a check: it prints the tables for benches/RESULTS.md and fails only if a step does.
+if [[ "${PEER_ORT:-0}" == 1 ]]; then
+  FERRITE_BIN="$FERRITE_BIN" benches/peer-ort/compare.sh "${PEER_ORT_DUR:-15}" "${PEER_ORT_ROUNDS:-3}"
+fi
