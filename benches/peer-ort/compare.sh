@@ -16,12 +16,12 @@
 # Cosines: every engine's embeddings against the torch f32 reference (export.py; mean pooling, L2).
 # Prints markdown tables (report.py) with the ratios of the issue's targets.
 #
-# Variants V (VARIANTS, default "f32 q8"): a copy of models/minilm (weights linked, config.toml and
+# Variants V (VARIANTS, default "f32 bf16 q8"): a copy of models/minilm (weights linked, config.toml and
 # validation.jsonl copied: the [validation] gate loads with it) whose config.toml gets, for
-#   f32   nothing (as committed)
+#   auto  nothing (as committed: `precision = "auto"`, bf16 where the CPU has bf16 instructions)
 #   q8    quantization = "q8" (weights quantized at load)
-#   other V: the line `precision = "V"` (issue 20's setting, once it exists), or the file named by
-#         CONFIG_V (e.g. CONFIG_bf16=/path/config.toml) used as the config instead
+#   other V (f32, bf16): the line `precision = "V"`, or the file named by CONFIG_V (e.g.
+#         CONFIG_bf16=/path/config.toml) used as the config instead
 # Usage: benches/peer-ort/compare.sh [DUR=15] [ROUNDS=3]
 # Env: FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite); EXAMPLES (folder of the
 #      release examples engine_rate, peak_rate, hello_hyper; default beside FERRITE_BIN, built
@@ -36,7 +36,7 @@ ROUNDS=${2:-3}
 FERRITE_BIN=${FERRITE_BIN:-${CARGO_TARGET_DIR:-target}/release/ferrite}
 EXAMPLES=${EXAMPLES:-$(dirname "$FERRITE_BIN")/examples}
 MODELS=${MODELS:-models}
-VARIANTS=${VARIANTS:-f32 q8}
+VARIANTS=${VARIANTS:-f32 bf16 q8}
 ENGINE_ROUNDS=${ENGINE_ROUNDS:-5}
 LATENCY_N=${LATENCY_N:-200}
 [[ -x "$FERRITE_BIN" ]] || { echo "no ferrite binary at $FERRITE_BIN (cargo build --release, or set FERRITE_BIN)" >&2; exit 1; }
@@ -100,7 +100,7 @@ for v in $VARIANTS; do
   cfgvar="CONFIG_$v"
   if [[ -n "${!cfgvar:-}" ]]; then
     cp "${!cfgvar}" "$dir/config.toml"
-  elif [[ $v == f32 ]]; then
+  elif [[ $v == auto ]]; then
     cp "$MODELS/minilm/config.toml" "$dir/config.toml"
   else
     line="precision = \"$v\""
