@@ -76,3 +76,10 @@ assert len(set(ids)) == n, "duplicate ids"
 assert ids == [f"img-{i}" for i in range(n)], "order"
 print(f"OK: {n} ids, each once, in order")
 PY
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15: fuzzing of the request-body decoders (cargo fuzz targets in fuzz/, nightly):
+# >= 10 million executions per target, 0 failing inputs (no panic, heap within the harness's
+# bound, accepted requests within the models' budgets). FUZZ_RUNS overrides the count.
+# ----------------------------------------------------------------------------------------------
+nice -n 19 scripts/fuzz.sh "${FUZZ_RUNS:-10000000}"
