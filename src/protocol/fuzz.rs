@@ -25,8 +25,11 @@ pub const SLACK: usize = 4 << 10;
 /// The server's default body limit (`--max-body-bytes`): larger bodies are refused unread.
 pub const MAX_BODY_BYTES: usize = 64 << 20;
 
+/// A target: the harness function for one door's bodies.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its fuzz binary and corpus folder.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("kserve_v2_json", kserve_v2_json),
     ("kserve_v2_binary", kserve_v2_binary),
     ("kserve_v1", kserve_v1),
