@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -101,7 +102,9 @@ def schemathesis(schema_url, base_url, *extra):
     cmd = [st, "--no-color", "run", schema_url, "--url", base_url, "--checks", CHECKS,
            "--max-examples", MAX_EXAMPLES, "--seed", "15", "--phases", "examples,coverage,fuzzing",
            "--request-timeout", "60", "--workers", "2", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # In a temporary folder: schemathesis keeps a cache (.schemathesis/) where it runs.
+    with tempfile.TemporaryDirectory() as cwd:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def test_schemathesis_finds_no_server_error_and_no_response_outside_the_schema(server):
