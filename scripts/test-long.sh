@@ -90,3 +90,10 @@ PY
 if [[ "${PEER_ORT:-0}" == 1 ]]; then
   FERRITE_BIN="$FERRITE_BIN" benches/peer-ort/compare.sh "${PEER_ORT_DUR:-15}" "${PEER_ORT_ROUNDS:-3}"
 fi
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15: fuzzing of the request-body decoders (cargo fuzz targets in fuzz/, nightly):
+# >= 10 million executions per target, 0 failing inputs (no panic, heap within the harness's
+# bound, accepted requests within the models' budgets). FUZZ_RUNS overrides the count.
+# ----------------------------------------------------------------------------------------------
+nice -n 19 scripts/fuzz.sh "${FUZZ_RUNS:-10000000}"

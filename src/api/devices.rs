@@ -5,6 +5,8 @@ use axum::extract::State;
 use axum::Json;
 use serde::Serialize;
 
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::AppState;
 use crate::device::{DeviceId, DeviceInfo};
 use crate::repository::InstancePlacement;
@@ -81,6 +83,12 @@ fn to_json<T: Serialize>(v: &T) -> Option<serde_json::Value> {
     serde_json::to_value(v).ok()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/devices",
+    tag = "kserve-v2",
+    responses((status = 200, description = "Devices, their instances and latest readings", body = AnyJson), KServeErrors)
+)]
 pub async fn devices(State(s): State<AppState>) -> Json<DevicesResponse> {
     let snap = s.telemetry.latest();
     Json(report(s.repo.devices(), &s.repo.placements(), &snap))

@@ -16,6 +16,8 @@ use futures::StreamExt;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::jobs::manager::{ManagerError, NewJob};
@@ -58,6 +60,14 @@ fn query(uri: &Uri) -> Result<CreateQuery, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("bad query parameters: {e}")))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/models/{model}/jobs",
+    tag = "jobs",
+    params(("model" = String, Path, description = "Model name", example = "digits"), ("input_path" = Option<String>, Query, description = "A file under the jobs input folder instead of a body"), ("version" = Option<u64>, Query), ("id_field" = Option<String>, Query), ("text_field" = Option<String>, Query), ("format" = Option<String>, Query, description = "jsonl, csv or text (input_path only)"), ("truncate" = Option<bool>, Query)),
+    request_body(content = String, content_type = "text/plain", description = "JSON lines, one record each"),
+    responses((status = 202, description = "The job, queued", body = AnyJson), KServeErrors)
+)]
 pub async fn create(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -190,6 +200,13 @@ async fn upload(
     Ok(path.to_path_buf())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "The job", body = AnyJson), KServeErrors)
+)]
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -200,6 +217,13 @@ pub async fn get(
     Ok(Json(view).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v2/jobs/{id}",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "The job, canceled", body = AnyJson), KServeErrors)
+)]
 pub async fn cancel(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -214,6 +238,13 @@ pub async fn cancel(
     Ok(Json(view).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/jobs/{id}/result",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "The results as JSON lines", body = String, content_type = "application/x-ndjson"), KServeErrors)
+)]
 pub async fn result(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -222,6 +253,13 @@ pub async fn result(
     stream_file(&s, &id, principal, false).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/jobs/{id}/rejects",
+    tag = "jobs",
+    params(("id" = String, Path, description = "Job id")),
+    responses((status = 200, description = "The rejected records as JSON lines", body = String, content_type = "application/x-ndjson"), KServeErrors)
+)]
 pub async fn rejects(
     State(s): State<AppState>,
     Path(id): Path<String>,

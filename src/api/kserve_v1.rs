@@ -9,6 +9,8 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::infer::{self, parse_version};
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::{read_body, ApiError, AppState};
 use crate::auth::Principal;
 use crate::batcher::SubmitOptions;
@@ -20,6 +22,13 @@ fn split_predict(segment: &str) -> Result<&str, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no such route: expected '{segment}:predict'")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    tag = "kserve-v1",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    responses((status = 200, description = "The model is ready", body = V1ModelStatus), KServeErrors)
+)]
 pub async fn status(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -28,6 +37,14 @@ pub async fn status(
     Ok(Json(json!({ "name": lv.name, "ready": true })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}",
+    tag = "kserve-v1",
+    params(("model" = String, Path, description = "`{name}:predict`", example = "digits:predict")),
+    request_body(content = PredictRequest, content_type = "application/json"),
+    responses((status = 200, description = "One prediction per instance", body = PredictResponse), KServeErrors)
+)]
 pub async fn predict(
     State(s): State<AppState>,
     Path(segment): Path<String>,
@@ -40,6 +57,14 @@ pub async fn predict(
     predict_on(s, (model, None), principal, headers, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/versions/{version}",
+    tag = "kserve-v1",
+    params(("model" = String, Path, description = "Model name", example = "digits"), ("version" = String, Path, description = "`{number}:predict`", example = "1:predict")),
+    request_body(content = PredictRequest, content_type = "application/json"),
+    responses((status = 200, description = "One prediction per instance", body = PredictResponse), KServeErrors)
+)]
 pub async fn predict_v(
     State(s): State<AppState>,
     Path((model, segment)): Path<(String, String)>,
@@ -68,7 +93,11 @@ async fn predict_on(
     };
     let bytes = read_body(&s, &headers, body).await?;
     let batching = lv.config.max_batch_size > 0;
-    let inputs = kserve_v1::decode_request(&bytes, &lv.config.inputs, batching)
+    let max_rows = lv
+        .text
+        .as_ref()
+        .map_or(lv.config.max_batch_size, |t| t.max_client_batch_size);
+    let inputs = kserve_v1::decode_request(&bytes, &lv.config.inputs, batching, max_rows)
         .map_err(|e| infer::invalid(&lv, e))?;
     let cache = infer::cache_use(&lv, &headers, principal.as_deref(), None);
     let shadow = shadow.and_then(|p| Some((p, infer::shadow_input(&lv, &inputs)?)));

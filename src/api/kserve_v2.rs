@@ -9,6 +9,8 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::infer::{self, parse_version};
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::shadow::LiveOutput as ShadowOut;
 use super::{read_body, ApiError, AppState};
 use crate::auth::Principal;
@@ -25,6 +27,12 @@ pub const EXTENSIONS: &[&str] = &[
     "schedule_policy",
 ];
 
+#[utoipa::path(
+    get,
+    path = "/v2",
+    tag = "kserve-v2",
+    responses((status = 200, description = "Server metadata", body = ServerMetadata), KServeErrors)
+)]
 pub async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "ferrite",
@@ -33,10 +41,24 @@ pub async fn server_metadata() -> Json<Value> {
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/health/live",
+    tag = "health",
+    responses((status = 200, description = "The server is live"), KServeErrors),
+    security(())
+)]
 pub async fn live() -> StatusCode {
     StatusCode::OK
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/health/ready",
+    tag = "health",
+    responses((status = 200, description = "Every loaded model is ready and the server accepts requests"), KServeErrors),
+    security(())
+)]
 pub async fn ready(State(s): State<AppState>) -> Response {
     if s.is_accepting() && s.repo.all_ready() {
         StatusCode::OK.into_response()
@@ -70,6 +92,13 @@ fn metadata(lv: &LoadedVersion, versions: Vec<String>) -> Json<Value> {
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{model}",
+    tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    responses((status = 200, description = "The serving version's metadata", body = ModelMetadata), KServeErrors)
+)]
 pub async fn model_metadata(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -85,6 +114,13 @@ pub async fn model_metadata(
     Ok(metadata(&lv, versions))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{model}/versions/{version}",
+    tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name", example = "digits"), ("version" = String, Path, description = "Version number", example = "1")),
+    responses((status = 200, description = "The version's metadata", body = ModelMetadata), KServeErrors)
+)]
 pub async fn model_metadata_v(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
@@ -97,6 +133,13 @@ pub async fn model_metadata_v(
 }
 
 /// Triton's model configuration JSON (the same fields gRPC ModelConfig returns).
+#[utoipa::path(
+    get,
+    path = "/v2/models/{model}/config",
+    tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    responses((status = 200, description = "Triton's model configuration", body = AnyJson), KServeErrors)
+)]
 pub async fn model_config(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -106,6 +149,13 @@ pub async fn model_config(
     )))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{model}/ready",
+    tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    responses((status = 200, description = "The model is ready"), KServeErrors)
+)]
 pub async fn model_ready(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -116,6 +166,13 @@ pub async fn model_ready(
         .map_err(Into::into)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{model}/versions/{version}/ready",
+    tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name", example = "digits"), ("version" = String, Path, description = "Version number", example = "1")),
+    responses((status = 200, description = "The version is ready"), KServeErrors)
+)]
 pub async fn model_ready_v(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
@@ -127,6 +184,14 @@ pub async fn model_ready_v(
         .map_err(Into::into)
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/models/{model}/infer",
+    tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    request_body(content = InferRequest, content_type = "application/json", description = "JSON, or JSON then binary tensor data (`Inference-Header-Content-Length`)"),
+    responses((status = 200, description = "Outputs: JSON, or JSON then binary data with `Inference-Header-Content-Length`", content((InferResponse = "application/json"), (Vec<u8> = "application/octet-stream"))), KServeErrors)
+)]
 pub async fn infer(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -139,6 +204,14 @@ pub async fn infer(
     infer_on(s, routed.lv, routed.shadow, p, headers, body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/models/{model}/versions/{version}/infer",
+    tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name", example = "digits"), ("version" = String, Path, description = "Version number", example = "1")),
+    request_body(content = InferRequest, content_type = "application/json"),
+    responses((status = 200, description = "Outputs: JSON, or JSON then binary data with `Inference-Header-Content-Length`", content((InferResponse = "application/json"), (Vec<u8> = "application/octet-stream"))), KServeErrors)
+)]
 pub async fn infer_v(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,

@@ -12,6 +12,7 @@ mod kserve_v1;
 pub(crate) mod kserve_v2;
 pub(crate) mod monitor;
 mod openai;
+mod openapi;
 pub(crate) mod repository;
 mod rollout;
 pub mod shadow;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -86,74 +87,68 @@ impl AppInner {
     }
 }
 
-/// The inference API router (KServe v2, KServe v1, repository extension, devices, health).
+/// Every documented route of the API port, as `OpenApiRouter`s: each handler's `#[utoipa::path]`
+/// gives both its route and its entry in the OpenAPI document (`openapi.rs`).
+fn documented() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa::OpenApi;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(kserve_v2::server_metadata))
+        .routes(routes!(kserve_v2::live))
+        .routes(routes!(kserve_v2::ready))
+        .routes(routes!(kserve_v2::model_metadata))
+        .routes(routes!(kserve_v2::model_metadata_v))
+        .routes(routes!(kserve_v2::model_ready))
+        .routes(routes!(kserve_v2::model_ready_v))
+        .routes(routes!(kserve_v2::model_config))
+        .routes(routes!(stats::all))
+        .routes(routes!(stats::model))
+        .routes(routes!(stats::model_version))
+        .routes(routes!(kserve_v2::infer))
+        .routes(routes!(kserve_v2::infer_v))
+        .routes(routes!(monitor::drift))
+        .routes(routes!(monitor::drift_v))
+        .routes(routes!(monitor::feedback))
+        .routes(routes!(jobs::create))
+        .routes(routes!(jobs::get, jobs::cancel))
+        .routes(routes!(jobs::result))
+        .routes(routes!(jobs::rejects))
+        .routes(routes!(devices::devices))
+        .routes(routes!(repository::index))
+        .routes(routes!(repository::load))
+        .routes(routes!(repository::unload))
+        .routes(routes!(rollout::routing))
+        .routes(routes!(rollout::promote))
+        .routes(routes!(rollout::rollback))
+        .routes(routes!(rollout::status))
+        .routes(routes!(openai::embeddings))
+        .routes(routes!(tei::embed))
+        .routes(routes!(tei::info))
+        .routes(routes!(kserve_v1::status, kserve_v1::predict))
+        .routes(routes!(kserve_v1::predict_v))
+}
+
+/// The OpenAPI document of both ports (the API port's routes and the metrics port's), as served
+/// at `GET /openapi.json`.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = documented().split_for_parts();
+    let (_, metrics) = documented_metrics().split_for_parts();
+    doc.merge(metrics);
+    doc
+}
+
+/// The inference API router (KServe v2, KServe v1, repository extension, devices, health) and
+/// `GET /openapi.json`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v2", get(kserve_v2::server_metadata))
-        .route("/v2/health/live", get(kserve_v2::live))
-        .route("/v2/health/ready", get(kserve_v2::ready))
-        .route("/v2/models/{model}", get(kserve_v2::model_metadata))
+    let (routes, _) = documented().split_for_parts();
+    let doc = openapi::document(openapi_document());
+    routes
         .route(
-            "/v2/models/{model}/versions/{version}",
-            get(kserve_v2::model_metadata_v),
-        )
-        .route("/v2/models/{model}/ready", get(kserve_v2::model_ready))
-        .route(
-            "/v2/models/{model}/versions/{version}/ready",
-            get(kserve_v2::model_ready_v),
-        )
-        .route("/v2/models/{model}/config", get(kserve_v2::model_config))
-        .route("/v2/models/stats", get(stats::all))
-        .route("/v2/models/{model}/stats", get(stats::model))
-        .route(
-            "/v2/models/{model}/versions/{version}/stats",
-            get(stats::model_version),
-        )
-        .route("/v2/models/{model}/infer", post(kserve_v2::infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(kserve_v2::infer_v),
-        )
-        .route("/v2/models/{model}/drift", get(monitor::drift))
-        .route(
-            "/v2/models/{model}/versions/{version}/drift",
-            get(monitor::drift_v),
-        )
-        .route("/v2/models/{model}/feedback", post(monitor::feedback))
-        .route("/v2/models/{model}/jobs", post(jobs::create))
-        .route("/v2/jobs/{id}", get(jobs::get).delete(jobs::cancel))
-        .route("/v2/jobs/{id}/result", get(jobs::result))
-        .route("/v2/jobs/{id}/rejects", get(jobs::rejects))
-        .route("/v2/devices", get(devices::devices))
-        .route("/v2/repository/index", post(repository::index))
-        .route("/v2/repository/models/{model}/load", post(repository::load))
-        .route(
-            "/v2/repository/models/{model}/unload",
-            post(repository::unload),
-        )
-        .route(
-            "/v2/repository/models/{model}/routing",
-            axum::routing::put(rollout::routing),
-        )
-        .route(
-            "/v2/repository/models/{model}/promote",
-            post(rollout::promote),
-        )
-        .route(
-            "/v2/repository/models/{model}/rollback",
-            post(rollout::rollback),
-        )
-        .route("/v2/models/{model}/rollout", get(rollout::status))
-        .route("/v1/embeddings", post(openai::embeddings))
-        .route("/embed", post(tei::embed))
-        .route("/info", get(tei::info))
-        .route(
-            "/v1/models/{model}",
-            get(kserve_v1::status).post(kserve_v1::predict),
-        )
-        .route(
-            "/v1/models/{model}/versions/{version}",
-            post(kserve_v1::predict_v),
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], doc) }
+            }),
         )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(axum::middleware::from_fn_with_state(
@@ -182,30 +177,46 @@ pub fn router(state: AppState) -> Router {
 /// mutual TLS on the HTTP port, kubelet (which presents no client certificate) cannot complete a
 /// handshake there, so probes go to this plain-HTTP port instead.
 pub fn metrics_router(state: AppState) -> Router {
-    let metrics = state.metrics.clone();
-    Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "text/plain; version=0.0.4; charset=utf-8",
-                        )],
-                        m.encode(),
-                    )
-                }
-            })
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.security.clone(),
-                auth::authorize_metrics,
-            )),
-        )
+    let (routes, _) = documented_metrics().split_for_parts();
+    routes
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.security.clone(),
+            auth::authorize_metrics,
+        ))
         .route("/v2/health/live", get(kserve_v2::live))
         .route("/v2/health/ready", get(kserve_v2::ready))
         .with_state(state)
+}
+
+/// The metrics port's documented route (`/metrics`; its probes are added after the auth layer,
+/// outside it, and are documented with the API port's).
+fn documented_metrics() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new().routes(routes!(metrics))
+}
+
+/// Prometheus metrics in the text format (the `metrics` scope is needed when `[auth]
+/// protect_metrics` is set).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "metrics",
+    description = "Served on the metrics port (--metrics-port), not the API port.",
+    responses(
+        (status = 200, description = "Metrics", body = String, content_type = "text/plain"),
+        openapi::KServeErrors
+    )
+)]
+async fn metrics(
+    axum::extract::State(s): axum::extract::State<AppState>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
 }
 
 /// How long a body waits for room under `--max-inflight-bytes` before it gets 503.

@@ -12,6 +12,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::infer::parse_version;
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::{read_body, ApiError, AppState};
 use crate::monitor::feedback::Outcome;
 use crate::monitor::{DriftReport, FeedbackItem, Monitor};
@@ -37,6 +39,13 @@ async fn report(lv: &LoadedVersion) -> Result<Json<DriftReport>, ApiError> {
         .ok_or_else(|| ApiError::internal(format!("the monitor of '{}' stopped", lv.name)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{model}/drift",
+    tag = "monitoring",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    responses((status = 200, description = "Drift of live inputs against the reference profile", body = AnyJson), KServeErrors)
+)]
 pub async fn drift(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -44,6 +53,13 @@ pub async fn drift(
     report(&*s.repo.get(&model, None)?).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{model}/versions/{version}/drift",
+    tag = "monitoring",
+    params(("model" = String, Path, description = "Model name", example = "digits"), ("version" = String, Path, description = "Version number", example = "1")),
+    responses((status = 200, description = "Drift of the version's live inputs", body = AnyJson), KServeErrors)
+)]
 pub async fn drift_v(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
@@ -140,6 +156,14 @@ pub fn decode_feedback(
         .collect()
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/models/{model}/feedback",
+    tag = "monitoring",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    request_body(content = AnyJson, content_type = "application/json", description = "Ground-truth labels by prediction id"),
+    responses((status = 200, description = "What was joined", body = AnyJson), KServeErrors)
+)]
 pub async fn feedback(
     State(s): State<AppState>,
     Path(model): Path<String>,

@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::shadow::{LiveOutput, ShadowInput};
 use super::{infer, text, ApiError, AppState};
 use crate::auth::Principal;
@@ -29,6 +31,13 @@ fn openai_error(e: ApiError) -> Response {
     ApiError::respond(status, openai::encode_error(e.message(), kind))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/embeddings",
+    tag = "openai",
+    request_body(content = EmbeddingsRequest, content_type = "application/json"),
+    responses((status = 200, description = "Embeddings in input order", body = EmbeddingsResponse), OpenAiErrors)
+)]
 pub async fn embeddings(
     State(s): State<AppState>,
     principal: Option<Extension<Arc<Principal>>>,

@@ -8,10 +8,18 @@ use axum::extract::{Extension, Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::config::ModelControl;
 
+#[utoipa::path(
+    post,
+    path = "/v2/repository/index",
+    tag = "repository",
+    responses((status = 200, description = "Every model and version with its state", body = Vec<AnyJson>), KServeErrors)
+)]
 pub async fn index(State(s): State<AppState>) -> Json<Value> {
     Json(json!(s.repo.index()))
 }
@@ -63,6 +71,13 @@ pub(crate) async fn act(
     outcome
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/repository/models/{model}/load",
+    tag = "repository",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    responses((status = 200, description = "Loaded (needs --model-control explicit)", body = AnyJson), KServeErrors)
+)]
 pub async fn load(
     State(s): State<AppState>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -73,6 +88,13 @@ pub async fn load(
     Ok(Json(json!({})))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/repository/models/{model}/unload",
+    tag = "repository",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    responses((status = 200, description = "Unloaded (needs --model-control explicit)", body = AnyJson), KServeErrors)
+)]
 pub async fn unload(
     State(s): State<AppState>,
     principal: Option<Extension<Arc<Principal>>>,

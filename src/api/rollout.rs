@@ -9,6 +9,8 @@ use axum::extract::{Extension, Path, State};
 use axum::Json;
 use serde_json::Value;
 
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::{read_body, ApiError, AppState};
 use crate::auth::Principal;
 use crate::config::ModelControl;
@@ -47,6 +49,14 @@ fn act(
     outcome.map(Json)
 }
 
+#[utoipa::path(
+    put,
+    path = "/v2/repository/models/{model}/routing",
+    tag = "repository",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    request_body(content = AnyJson, content_type = "application/json", description = "Weights, shadow and guard"),
+    responses((status = 200, description = "The rollout status after the change", body = AnyJson), KServeErrors)
+)]
 pub async fn routing(
     State(s): State<AppState>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -72,6 +82,14 @@ pub struct Promote {
     force: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/repository/models/{model}/promote",
+    tag = "repository",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    request_body(content = PromoteRequest, content_type = "application/json"),
+    responses((status = 200, description = "The rollout status after the change", body = AnyJson), KServeErrors)
+)]
 pub async fn promote(
     State(s): State<AppState>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -95,6 +113,13 @@ pub async fn promote(
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v2/repository/models/{model}/rollback",
+    tag = "repository",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    responses((status = 200, description = "The rollout status after the change", body = AnyJson), KServeErrors)
+)]
 pub async fn rollback(
     State(s): State<AppState>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -106,6 +131,13 @@ pub async fn rollback(
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{model}/rollout",
+    tag = "repository",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    responses((status = 200, description = "Routing, guard and history", body = AnyJson), KServeErrors)
+)]
 pub async fn status(
     State(s): State<AppState>,
     Path(model): Path<String>,

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 
 use super::auth::check_model;
 use super::infer::parse_version;
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::{ApiError, AppState};
 use crate::auth::Principal;
 use crate::telemetry::metrics::ModelStatistics;
@@ -52,6 +54,12 @@ fn answer(stats: Vec<ModelStatistics>) -> Json<Value> {
     Json(json!({ "model_stats": stats }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/stats",
+    tag = "kserve-v2",
+    responses((status = 200, description = "Every model's statistics", body = AnyJson), KServeErrors)
+)]
 pub async fn all(
     State(s): State<AppState>,
     principal: Option<Extension<std::sync::Arc<Principal>>>,
@@ -65,6 +73,13 @@ pub async fn all(
     .map(answer)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{model}/stats",
+    tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name", example = "digits")),
+    responses((status = 200, description = "The model's statistics", body = AnyJson), KServeErrors)
+)]
 pub async fn model(
     State(s): State<AppState>,
     Path(model): Path<String>,
@@ -72,6 +87,13 @@ pub async fn model(
     collect(&s, None, Some(&model), None).map(answer)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v2/models/{model}/versions/{version}/stats",
+    tag = "kserve-v2",
+    params(("model" = String, Path, description = "Model name", example = "digits"), ("version" = String, Path, description = "Version number", example = "1")),
+    responses((status = 200, description = "The version's statistics", body = AnyJson), KServeErrors)
+)]
 pub async fn model_version(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,

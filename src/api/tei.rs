@@ -10,6 +10,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+#[allow(unused_imports)]
+use super::openapi::*;
 use super::shadow::{LiveOutput, ShadowInput};
 use super::{infer, text, ApiError, AppState};
 use crate::auth::Principal;
@@ -36,6 +38,13 @@ fn tei_error(e: ApiError) -> Response {
     ApiError::respond(status, tei::encode_error(e.message(), kind))
 }
 
+#[utoipa::path(
+    post,
+    path = "/embed",
+    tag = "tei",
+    request_body(content = EmbedRequest, content_type = "application/json"),
+    responses((status = 200, description = "Embeddings in input order", body = Vec<Vec<f32>>), TeiErrors)
+)]
 pub async fn embed(
     State(s): State<AppState>,
     principal: Option<Extension<Arc<Principal>>>,
@@ -96,6 +105,12 @@ async fn handle(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/info",
+    tag = "tei",
+    responses((status = 200, description = "The embedding model", body = TeiInfo), TeiErrors)
+)]
 pub async fn info(State(s): State<AppState>) -> Response {
     match text::text_model(&s, None) {
         Ok(lv) => {

@@ -158,9 +158,10 @@ pub fn data_from_raw_json(
     max: usize,
     name: &str,
 ) -> Result<TensorData, ProtocolError> {
-    // Every JSON element takes at least two characters ("0,"): a hostile shape cannot make this
-    // reserve more than the text could ever fill.
-    let reserve = max.min(raw.len() / 2 + 1);
+    // Every JSON element takes at least two characters ("0,"), a string three (`"",`): a hostile
+    // shape cannot make this reserve more than the text could ever fill.
+    let shortest = if dt == DataType::Bytes { 3 } else { 2 };
+    let reserve = max.min(raw.len() / shortest + 1);
     fn run<T: Elem>(
         raw: &str,
         dt: DataType,

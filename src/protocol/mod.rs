@@ -4,6 +4,9 @@
 
 pub mod classification;
 pub mod embeddings;
+mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod grpc;
 pub mod json;
 pub mod kserve_v1;
@@ -11,15 +14,4 @@ pub mod kserve_v2;
 pub mod openai;
 pub mod tei;
 
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ProtocolError {
-    #[error("malformed request body: {0}")]
-    Json(String),
-    #[error("input '{name}': {message}")]
-    Input { name: String, message: String },
-    #[error("binary tensor data: {0}")]
-    Binary(String),
-    /// A request field of the wrong type or value; the message names the field.
-    #[error("{0}")]
-    Field(String),
-}
+pub use error::ProtocolError;

@@ -29,9 +29,12 @@ pub struct EmbeddingsRequest {
     pub user: Option<String>,
 }
 
+/// The body fields this door reads (others are ignored).
+const FIELDS: &[&str] = &["input", "model", "encoding_format", "dimensions", "user"];
+
 /// Decodes a request body.
 pub fn decode_request(body: &[u8]) -> Result<EmbeddingsRequest, DecodeError> {
-    let f = Fields::parse(body)?;
+    let f = Fields::parse(body, FIELDS)?;
     let model = f.model()?;
     let field = |error: ProtocolError| DecodeError::Field {
         model: model.clone(),

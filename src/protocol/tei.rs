@@ -20,9 +20,19 @@ pub struct EmbedRequest {
     pub dimensions: Option<usize>,
 }
 
+/// The body fields this door reads (others are ignored).
+const FIELDS: &[&str] = &[
+    "inputs",
+    "model",
+    "normalize",
+    "truncate",
+    "truncation_direction",
+    "dimensions",
+];
+
 /// Decodes a request body. Only right-side truncation is supported.
 pub fn decode_request(body: &[u8]) -> Result<EmbedRequest, DecodeError> {
-    let f = Fields::parse(body)?;
+    let f = Fields::parse(body, FIELDS)?;
     let model = f.model()?;
     let field = |error: ProtocolError| DecodeError::Field {
         model: model.clone(),
