@@ -1,7 +1,9 @@
 //! Measures this CPU's peak rate of the three instructions a MiniLM forward pass can be built on
 //! (issue 20): f32 FMA (`_mm512_fmadd_ps`, GFLOP/s, 2 flops per lane), bf16 dot
 //! (`_mm512_dpbf16_ps`, GFLOP/s, 2 flops per bf16 product: 64 per instruction) and int8 dot
-//! (`_mm512_dpbusd_epi32`, GOP/s, 2 ops per u8 x i8 product: 128 per instruction). Each loop keeps
+//! (`_mm512_dpbusd_epi32`, GOP/s, 2 ops per u8 x i8 product: 128 per instruction), and Intel AMX's
+//! bf16 tile product (`tdpbf16ps`, 16 x 16 x 32 products: 16,384 flops per instruction; what
+//! `ops::bf16_matmul` runs where the CPU has it). Each loop keeps
 //! 16 independent accumulators in registers (latency 4-6 cycles, 1-2 ports: 16 hides it) and no
 //! memory traffic, so the figure is the instruction's issue limit at the clock the CPU holds under
 //! that load, the ceiling a GEMM built on it cannot pass. Best of several timed repetitions after a
@@ -23,6 +25,7 @@ enum Kind {
     F32Fma,
     Bf16Dot,
     Int8Dot,
+    AmxBf16,
 }
 
 impl Kind {
@@ -31,6 +34,7 @@ impl Kind {
             Kind::F32Fma => "f32_fma",
             Kind::Bf16Dot => "bf16_dot",
             Kind::Int8Dot => "int8_dot",
+            Kind::AmxBf16 => "amx_bf16",
         }
     }
 
@@ -47,6 +51,8 @@ impl Kind {
             Kind::F32Fma => 16.0 * 2.0,
             Kind::Bf16Dot => 16.0 * 2.0 * 2.0,
             Kind::Int8Dot => 16.0 * 4.0 * 2.0,
+            // tdpbf16ps: a 16 x 16 f32 tile += 16 x 32 bf16 times 32 x 16 bf16.
+            Kind::AmxBf16 => 16.0 * 16.0 * 32.0 * 2.0,
         }
     }
 
@@ -62,6 +68,8 @@ impl Kind {
                 std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512vnni")
             }
+            // CPU, and Linux granting the tile state (what `ops::bf16_matmul` checks).
+            Kind::AmxBf16 => ferrite::ops::Bf16Kernel::Amx.available(),
         }
     }
 
@@ -80,6 +88,7 @@ impl Kind {
                 Kind::F32Fma => x86::fma(iters),
                 Kind::Bf16Dot => x86::bf16(iters),
                 Kind::Int8Dot => x86::int8(iters),
+                Kind::AmxBf16 => x86::amx_bf16(iters),
             }
         }
     }
@@ -92,7 +101,49 @@ impl Kind {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use std::arch::asm;
     use std::arch::x86_64::*;
+
+    /// `ACC` (16) `tdpbf16ps` per iteration into four accumulator tiles (tmm0-3) from four
+    /// operand tiles (tmm4-7) of zeros.
+    ///
+    /// # Safety
+    /// The CPU has AMX-BF16 and the process may use the tile state (`Kind::supported`).
+    pub unsafe fn amx_bf16(iters: u64) -> f64 {
+        #[repr(C, align(64))]
+        struct Cfg([u8; 64]);
+        let mut cfg = Cfg([0; 64]);
+        cfg.0[0] = 1;
+        for t in 0..8 {
+            cfg.0[16 + 2 * t] = 64;
+            cfg.0[48 + t] = 16;
+        }
+        let mut out = [0f32; 256];
+        // SAFETY: the caller checked AMX; the tiles are 16 rows of 64 bytes and `out` holds one
+        // (16 x 16 f32) at a row stride of 64 bytes.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+            asm!(
+                "tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3",
+                "tilezero tmm4", "tilezero tmm5", "tilezero tmm6", "tilezero tmm7",
+                options(nomem, nostack)
+            );
+            for _ in 0..iters {
+                for _ in 0..ACC / 4 {
+                    asm!(
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        options(nomem, nostack)
+                    );
+                }
+            }
+            asm!("tilestored [{0} + {1}*1], tmm0", in(reg) out.as_mut_ptr(), in(reg) 64usize, options(nostack));
+            asm!("tilerelease", options(nomem, nostack));
+        }
+        out[0] as f64
+    }
 
     use super::ACC;
 
@@ -202,7 +253,7 @@ fn main() {
         .collect();
     let ms = args.first().copied().unwrap_or(300).max(10);
     let reps = args.get(1).copied().unwrap_or(5).max(1) as usize;
-    for kind in [Kind::F32Fma, Kind::Bf16Dot, Kind::Int8Dot] {
+    for kind in [Kind::F32Fma, Kind::Bf16Dot, Kind::Int8Dot, Kind::AmxBf16] {
         for threads in [1, 2] {
             let (name, unit) = (kind.name(), kind.unit());
             if kind.supported() {

@@ -64,8 +64,10 @@ def main():
     toks = [int(t) for t in open(os.path.join(d, "tokens.txt")).read().split()]
     flop = (DENSE_PER_TOKEN * sum(toks) + 4 * HIDDEN * LAYERS * sum(t * t for t in toks)) / len(toks)
     variants = [v for v in r.get("meta", {}).get("variants", [""])[0].split(",") if v]
-    peak = {k: num(r, "peak", f"{k}_2t") for k in ("f32_fma", "bf16_dot", "int8_dot")}
-    instr = lambda v: {"f32": "f32_fma", "bf16": "bf16_dot"}.get(v, "int8_dot")  # noqa: E731
+    peak = {k: num(r, "peak", f"{k}_2t") for k in ("f32_fma", "bf16_dot", "int8_dot", "amx_bf16")}
+    # bf16 runs on AMX tiles where the CPU has them (ops::bf16_matmul), vdpbf16ps otherwise.
+    bf16 = "amx_bf16" if peak["amx_bf16"] else "bf16_dot"
+    instr = lambda v: {"f32": "f32_fma", "bf16": bf16}.get(v, "int8_dot")  # noqa: E731
 
     def frac(rate, v):
         p = peak[instr(v)]
