@@ -245,8 +245,8 @@ pub async fn embed(
         normalize: req.normalize,
         dimensions: req.dimensions,
     };
-    // Per text: (tokens, final vector, its JSON text when the cache has it) once known.
-    let mut slots: Vec<Option<(usize, Vec<f32>, Option<Bytes>)>> = vec![None; n];
+    // Per text: its tokens, final vector and (cache on) JSON text, once known.
+    let mut slots: Vec<Option<cache::value::Embedding>> = vec![None; n];
     let mut cached = None;
     if let (Some(c), Some(p)) = (&lv.cache, &req.cache) {
         let keys: Vec<cache::Key> = req
@@ -256,10 +256,7 @@ pub async fn embed(
             .collect();
         let mut lookup = c.get_many(&keys).await;
         for (slot, v) in slots.iter_mut().zip(lookup.values.iter_mut()) {
-            *slot = v
-                .as_ref()
-                .and_then(cache::value::decode_embedding)
-                .map(|e| (e.tokens, e.vector, e.json));
+            *slot = v.as_ref().and_then(cache::value::decode_embedding);
             if slot.is_none() {
                 *v = None;
             }
@@ -296,7 +293,11 @@ pub async fn embed(
                 fills.push((keys[i], value));
                 json = Some(text);
             }
-            slots[i] = Some((tokens, v, json));
+            slots[i] = Some(cache::value::Embedding {
+                tokens,
+                vector: v,
+                json,
+            });
         }
         if let Some((c, _, lookup)) = &cached {
             c.fill(lookup, fills);
@@ -311,15 +312,15 @@ pub async fn embed(
     let vectors: Vec<Vec<f32>> = slots
         .into_iter()
         .map(|s| {
-            let (t, v, j) = s.expect("every text was cached or computed. This is a bug.");
-            tokens += t;
+            let e = s.expect("every text was cached or computed. This is a bug.");
+            tokens += e.tokens;
             if lv.monitor.is_some() {
-                counts.push(t as u32);
+                counts.push(e.tokens as u32);
             }
             if status.is_some() {
-                json.push(j);
+                json.push(e.json);
             }
-            v
+            e.vector
         })
         .collect();
     lv.metrics.record_success(start.elapsed(), &timings);
