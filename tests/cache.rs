@@ -263,6 +263,46 @@ async fn texts_are_entries_partial_requests_compute_the_rest_in_order() {
     s.server.shutdown().await;
 }
 
+/// A TEI hit answers the very bytes of the miss that filled it (the entry keeps the JSON text the
+/// miss was answered with), alone and inside a partly cached request, and a partly cached body is
+/// `serde_json`'s writing of its own floats (cached text and freshly written floats agree).
+#[tokio::test(flavor = "multi_thread")]
+async fn tei_hit_answers_the_bytes_of_its_miss() {
+    let s = TestServer::start(minilm_repo(CACHE)).await;
+    let body = |texts: &[&str]| serde_json::to_vec(&json!({ "inputs": texts })).unwrap();
+    let (c, st, miss) = post(&s, "/embed", body(&SENTENCES[..1]), &[]).await;
+    assert_eq!((c, st.as_deref()), (200, Some("miss")));
+    let (c, st, hit) = post(&s, "/embed", body(&SENTENCES[..1]), &[]).await;
+    assert_eq!((c, st.as_deref()), (200, Some("hit")));
+    assert_eq!(hit, miss);
+    let (c, st, partial) = post(&s, "/embed", body(&SENTENCES[..2]), &[]).await;
+    assert_eq!((c, st.as_deref()), (200, Some("partial")));
+    let floats: Vec<Vec<f32>> = serde_json::from_slice(&partial).unwrap();
+    assert_eq!(serde_json::to_vec(&floats).unwrap(), partial);
+    assert_eq!(
+        partial[..miss.len() - 1],
+        miss[..miss.len() - 1],
+        "the cached vector's text comes first"
+    );
+    let (c, st, full) = post(&s, "/embed", body(&SENTENCES[..2]), &[]).await;
+    assert_eq!((c, st.as_deref()), (200, Some("hit")));
+    assert_eq!(full, partial);
+    // Bypassing the cache computes again: the same floats within the file's tolerance.
+    let (c, st, bypass) = post(
+        &s,
+        "/embed",
+        body(&SENTENCES[..2]),
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!((c, st), (200, None));
+    let computed: Vec<Vec<f32>> = serde_json::from_slice(&bypass).unwrap();
+    for (a, b) in computed.iter().zip(&floats) {
+        assert!(max_diff(a, b) < TOL);
+    }
+    s.server.shutdown().await;
+}
+
 fn norm(v: &[f32]) -> f32 {
     v.iter().map(|x| x * x).sum::<f32>().sqrt()
 }

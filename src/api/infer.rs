@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
 
 use super::error::job_error;
 use super::{ApiError, AppState};
@@ -185,6 +186,9 @@ fn texts_of(lv: &LoadedVersion, inputs: Vec<Tensor>) -> Result<Vec<String>, ApiE
 /// computed; zero when all were cached) and what the cache did.
 pub struct Embedded {
     pub vectors: Vec<Vec<f32>>,
+    /// Each vector as JSON array text, where the cache gave it or its fill made it (empty when
+    /// the request did not use the cache): the JSON doors copy it instead of formatting floats.
+    pub json: Vec<Option<Bytes>>,
     pub tokens: usize,
     pub timings: Timings,
     pub tokenize: Duration,
@@ -241,8 +245,8 @@ pub async fn embed(
         normalize: req.normalize,
         dimensions: req.dimensions,
     };
-    // Per text: (tokens, final vector) once known.
-    let mut slots: Vec<Option<(usize, Vec<f32>)>> = vec![None; n];
+    // Per text: its tokens, final vector and (cache on) JSON text, once known.
+    let mut slots: Vec<Option<cache::value::Embedding>> = vec![None; n];
     let mut cached = None;
     if let (Some(c), Some(p)) = (&lv.cache, &req.cache) {
         let keys: Vec<cache::Key> = req
@@ -252,7 +256,7 @@ pub async fn embed(
             .collect();
         let mut lookup = c.get_many(&keys).await;
         for (slot, v) in slots.iter_mut().zip(lookup.values.iter_mut()) {
-            *slot = v.as_deref().and_then(cache::value::decode_embedding);
+            *slot = v.as_ref().and_then(cache::value::decode_embedding);
             if slot.is_none() {
                 *v = None;
             }
@@ -283,10 +287,17 @@ pub async fn embed(
             let v = if req.normalize { l2_normalized(v) } else { v };
             let v = dimensions(v, req.dimensions, req.normalize)
                 .map_err(|e| fail(FailureReason::Invalid, e))?;
+            let mut json = None;
             if let Some((_, keys, _)) = &cached {
-                fills.push((keys[i], cache::value::encode_embedding(tokens, &v)));
+                let (value, text) = cache::value::encode_embedding(tokens, &v);
+                fills.push((keys[i], value));
+                json = Some(text);
             }
-            slots[i] = Some((tokens, v));
+            slots[i] = Some(cache::value::Embedding {
+                tokens,
+                vector: v,
+                json,
+            });
         }
         if let Some((c, _, lookup)) = &cached {
             c.fill(lookup, fills);
@@ -297,15 +308,19 @@ pub async fn embed(
     let status = cached.map(|_| CacheStatus::of(n - missing.len(), n));
     let mut tokens = 0;
     let mut counts = Vec::new();
+    let mut json = Vec::new();
     let vectors: Vec<Vec<f32>> = slots
         .into_iter()
         .map(|s| {
-            let (t, v) = s.expect("every text was cached or computed. This is a bug.");
-            tokens += t;
+            let e = s.expect("every text was cached or computed. This is a bug.");
+            tokens += e.tokens;
             if lv.monitor.is_some() {
-                counts.push(t as u32);
+                counts.push(e.tokens as u32);
             }
-            v
+            if status.is_some() {
+                json.push(e.json);
+            }
+            e.vector
         })
         .collect();
     lv.metrics.record_success(start.elapsed(), &timings);
@@ -315,6 +330,7 @@ pub async fn embed(
         .and_then(|m| m.text_sample(&counts, &vectors));
     Ok(Embedded {
         vectors,
+        json,
         tokens,
         timings,
         tokenize,

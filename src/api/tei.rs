@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Extension, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -98,10 +99,12 @@ async fn handle(
     infer::mirror(&s, &lv, shadow, || Some(LiveOutput::of_vectors(&e.vectors)));
     infer::tap(&lv, e.sample.take(), None);
     let headers = text::headers(&e, start.elapsed());
+    let body = tei::encode_embeddings(&e.vectors, &e.json);
+    let json = [(CONTENT_TYPE, HeaderValue::from_static("application/json"))];
     Ok(infer::served(
         &lv,
         e.cache,
-        (headers, Json(e.vectors)).into_response(),
+        (json, headers, body).into_response(),
     ))
 }
 

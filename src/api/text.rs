@@ -11,7 +11,7 @@ use super::infer::{invalid, ms, Embedded};
 use super::{read_body, ApiError, AppState};
 use crate::auth::Principal;
 use crate::protocol::embeddings::DecodeError;
-use crate::repository::{LoadedVersion, ModelState, RepoError, Routed, ShadowPlan};
+use crate::repository::{LoadedVersion, RepoError, Routed, ShadowPlan};
 
 /// A decoded embedding request, the version the router picked and its shadow copy, if any.
 pub struct Picked<T> {
@@ -95,11 +95,7 @@ pub fn text_model(state: &AppState, name: Option<&str>) -> Result<Arc<LoadedVers
     }
     state
         .repo
-        .index()
-        .into_iter()
-        .filter(|e| e.state == ModelState::Ready)
-        .filter_map(|e| state.repo.get(&e.name, None).ok())
-        .find(|lv| lv.text.is_some())
+        .first_ready(|lv| lv.text.is_some())
         .ok_or_else(|| ApiError::from(RepoError::ModelNotFound("(any embedding model)".into())))
 }
 

@@ -1,14 +1,17 @@
 //! Cache values, pure: a tensor request's outputs (name, datatype, shape, little-endian bytes) or
-//! one text's embedding (its token count and the final vector). Values may come back from a shared
+//! one text's embedding (its token count, the final vector and that vector as JSON text). Values may come back from a shared
 //! Redis, so decoding checks every length and answers `None` (served as a miss) on anything odd.
 
 use bytes::Bytes;
 
+use crate::protocol::json::write_f32_array;
 use crate::protocol::kserve_v2::{data_from_bytes, data_to_bytes};
 use crate::tensor::{DataType, Tensor};
 
 const TENSORS: u8 = 1;
+/// An embedding without its JSON text (written before the text was added; still read).
 const EMBEDDING: u8 = 2;
+const EMBEDDING_JSON: u8 = 3;
 
 fn put_field(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u64).to_le_bytes());
@@ -88,35 +91,91 @@ pub fn decode_tensors(v: &[u8]) -> Option<Vec<Tensor>> {
     r.0.is_empty().then_some(out)
 }
 
-/// One text's embedding and token count as one value.
-pub fn encode_embedding(tokens: usize, vector: &[f32]) -> Bytes {
-    let mut out = Vec::with_capacity(9 + 4 * vector.len());
-    out.push(EMBEDDING);
+/// One text's embedding as one value: its token count, the final vector (little-endian f32) and
+/// the vector as JSON array text (`protocol::json::write_f32_array`), so that a hit answered in
+/// JSON (TEI) copies the text instead of formatting hundreds of floats. Returns the value and
+/// the JSON text (a view into it).
+pub fn encode_embedding(tokens: usize, vector: &[f32]) -> (Bytes, Bytes) {
+    let mut out = Vec::with_capacity(9 + 4 * vector.len() + 2 + 16 * vector.len());
+    out.push(EMBEDDING_JSON);
     out.extend_from_slice(&(tokens as u32).to_le_bytes());
     out.extend_from_slice(&(vector.len() as u32).to_le_bytes());
     vector
         .iter()
         .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
-    Bytes::from(out)
+    let json_at = out.len();
+    write_f32_array(&mut out, vector);
+    let value = Bytes::from(out);
+    let json = value.slice(json_at..);
+    (value, json)
 }
 
-/// (tokens, vector) as `encode_embedding` wrote them, or `None`.
-pub fn decode_embedding(v: &[u8]) -> Option<(usize, Vec<f32>)> {
+/// A cached embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub tokens: usize,
+    pub vector: Vec<f32>,
+    /// The vector as a JSON array, a view into the value; `None` in a value written without it
+    /// (an older Ferrite sharing the Redis level).
+    pub json: Option<Bytes>,
+}
+
+/// The embedding `encode_embedding` wrote (or the older value without the JSON text), or `None`.
+pub fn decode_embedding(v: &Bytes) -> Option<Embedding> {
     let mut r = Reader(v);
-    if r.take(1)? != [EMBEDDING] {
-        return None;
-    }
+    let with_json = match r.take(1)? {
+        [EMBEDDING] => false,
+        [EMBEDDING_JSON] => true,
+        _ => return None,
+    };
     let tokens = r.u32()? as usize;
     let dim = r.u32()? as usize;
     let data = r.take(dim.checked_mul(4)?)?;
-    if !r.0.is_empty() {
-        return None;
-    }
+    let json = match (with_json, r.0.is_empty()) {
+        (false, true) => None,
+        (true, false) if json_array_of(r.0, dim) => Some(v.slice(v.len() - r.0.len()..)),
+        _ => return None,
+    };
     let vector = data
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    Some((tokens, vector))
+    Some(Embedding {
+        tokens,
+        vector,
+        json,
+    })
+}
+
+/// The bytes a JSON array of numbers (or `null`s) is written with, apart from its brackets.
+const NUMBER_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let s = b"0123456789.-+eEnul,";
+    let mut i = 0;
+    while i < s.len() {
+        t[s[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
+/// Whether `text` can be sent as a JSON array of `dim` numbers: brackets, `dim - 1` commas and
+/// only the characters of numbers and `null` (a value from a shared Redis is checked before its
+/// text goes into a response; it cannot open a string or an object). Runs on every hit, so it
+/// has no branch per byte (branches on digits mispredict).
+fn json_array_of(text: &[u8], dim: usize) -> bool {
+    let [b'[', inner @ .., b']'] = text else {
+        return false;
+    };
+    let allowed = inner
+        .iter()
+        .fold(true, |ok, &c| ok & NUMBER_BYTES[usize::from(c)]);
+    let commas = inner.iter().filter(|&&c| c == b',').count();
+    allowed
+        && match dim {
+            0 => inner.is_empty(),
+            d => commas == d - 1 && !inner.is_empty(),
+        }
 }
 
 #[cfg(test)]
@@ -141,19 +200,29 @@ mod tests {
 
     #[test]
     fn embedding_round_trips_and_garbage_is_none() {
-        let v = encode_embedding(7, &[0.5, -0.25, 1e-9]);
-        assert_eq!(decode_embedding(&v), Some((7, vec![0.5, -0.25, 1e-9])));
+        let vector = vec![0.5, -0.25, 1e-9, f32::NAN];
+        let (v, json) = encode_embedding(7, &vector);
+        let e = decode_embedding(&v).unwrap();
+        assert_eq!(e.json.as_ref(), Some(&json));
+        assert_eq!((e.tokens, e.vector.len()), (7, 4));
+        assert_eq!(e.vector[..3], vector[..3]);
+        assert!(e.vector[3].is_nan());
+        assert_eq!(
+            e.json.as_deref(),
+            Some(&serde_json::to_vec(&vector).unwrap()[..]),
+            "the JSON text is serde_json's"
+        );
         assert_eq!(
             decode_tensors(&v),
             None,
             "an embedding is not a tensor value"
         );
         for cut in 0..v.len() {
-            assert_eq!(decode_embedding(&v[..cut]), None, "cut at {cut}");
+            assert_eq!(decode_embedding(&v.slice(..cut)), None, "cut at {cut}");
         }
         let mut long = v.to_vec();
-        long.push(0);
-        assert_eq!(decode_embedding(&long), None);
+        long.push(b' ');
+        assert_eq!(decode_embedding(&Bytes::from(long)), None);
         let t = encode_tensors(&[Tensor::new("x", vec![2], TensorData::F32(vec![1.0, 2.0]))]);
         for cut in 0..t.len() {
             assert_eq!(decode_tensors(&t[..cut]), None, "cut at {cut}");
@@ -161,5 +230,45 @@ mod tests {
         // A shape that does not match the data.
         let bad = encode_tensors(&[Tensor::new("x", vec![3], TensorData::F32(vec![1.0, 2.0]))]);
         assert_eq!(decode_tensors(&bad), None);
+    }
+
+    #[test]
+    fn embedding_without_json_text_still_reads() {
+        // The value an older Ferrite wrote into a shared Redis: tokens, dim, floats.
+        let mut old = vec![EMBEDDING];
+        old.extend_from_slice(&3u32.to_le_bytes());
+        old.extend_from_slice(&2u32.to_le_bytes());
+        [1.5f32, -2.0]
+            .iter()
+            .for_each(|x| old.extend_from_slice(&x.to_le_bytes()));
+        let e = decode_embedding(&Bytes::from(old)).unwrap();
+        assert_eq!((e.tokens, e.vector, e.json), (3, vec![1.5, -2.0], None));
+    }
+
+    #[test]
+    fn embedding_json_text_that_is_not_an_array_of_dim_numbers_is_none() {
+        let value = |json: &[u8]| {
+            let mut v = vec![EMBEDDING_JSON];
+            v.extend_from_slice(&0u32.to_le_bytes());
+            v.extend_from_slice(&2u32.to_le_bytes());
+            [1.0f32, 2.0]
+                .iter()
+                .for_each(|x| v.extend_from_slice(&x.to_le_bytes()));
+            v.extend_from_slice(json);
+            Bytes::from(v)
+        };
+        assert!(decode_embedding(&value(b"[1.0,2.0]")).is_some());
+        assert!(decode_embedding(&value(b"[null,-2e-3]")).is_some());
+        for bad in [
+            &b"[1.0]"[..],
+            b"[1.0,2.0,3.0]",
+            b"1.0,2.0",
+            b"[1.0,\"x\"]",
+            b"[1.0,{}]",
+            b"[]",
+        ] {
+            assert_eq!(decode_embedding(&value(bad)), None, "{bad:?}");
+        }
+        assert!(json_array_of(b"[]", 0) && !json_array_of(b"[1]", 0));
     }
 }

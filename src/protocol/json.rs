@@ -316,6 +316,27 @@ impl serde::Serialize for JsonData<'_> {
     }
 }
 
+/// Appends `v` as a JSON array, byte for byte what `serde_json` writes for a `[f32]` (the same
+/// formatter, `zmij`; a NaN or an infinity as `null`), without serde's per-element writer calls:
+/// the embedding doors write 384 or more floats per vector.
+pub fn write_f32_array(out: &mut Vec<u8>, v: &[f32]) {
+    // The longest f32 zmij writes is 15 bytes ("-1.1754944e-38"), plus a comma.
+    out.reserve(2 + 16 * v.len());
+    out.push(b'[');
+    let mut buf = zmij::Buffer::new();
+    for (i, &x) in v.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        if x.is_finite() {
+            out.extend_from_slice(buf.format_finite(x).as_bytes());
+        } else {
+            out.extend_from_slice(b"null");
+        }
+    }
+    out.push(b']');
+}
+
 /// `data[start..end]` nested by `dims` (row-major) as a JSON value.
 pub fn nested(data: &TensorData, start: usize, dims: &[usize]) -> Value {
     match dims.split_first() {
@@ -354,6 +375,55 @@ pub fn nested(data: &TensorData, start: usize, dims: &[usize]) -> Value {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn write_f32_array_is_serde_json_byte_for_byte() {
+        let mut cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![0.0],
+            vec![
+                -0.0,
+                1.0,
+                -1.5,
+                0.1,
+                1e-9,
+                1e30,
+                -3.4028235e38,
+                f32::MIN_POSITIVE,
+            ],
+            vec![
+                1e-45,
+                f32::EPSILON,
+                123456.79,
+                16777216.0,
+                0.33333334,
+                -2.5e-7,
+            ],
+            vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 2.0],
+        ];
+        // Seeded random bit patterns (every exponent, subnormals, NaNs) and unit-range values.
+        let mut x = 0x9e37_79b9_u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        cases.push((0..4096).map(|_| f32::from_bits(next())).collect());
+        cases.push(
+            (0..384)
+                .map(|_| next() as f32 / u32::MAX as f32 - 0.5)
+                .collect(),
+        );
+        for v in cases {
+            let mut out = b"x".to_vec();
+            write_f32_array(&mut out, &v);
+            assert_eq!(
+                std::str::from_utf8(&out[1..]).unwrap(),
+                serde_json::to_string(&v).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn data_from_nested_json_flattens() {

@@ -3,9 +3,11 @@
 //! and errors in TEI's shape `{"error": "...", "error_type": "Validation|Overloaded|Backend|
 //! Unhealthy|Empty"}`. Typed structs and pure functions.
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::embeddings::{dimensions, texts, DecodeError, Fields};
+use super::json::write_f32_array;
 use super::ProtocolError;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -61,6 +63,26 @@ pub fn decode_request(body: &[u8]) -> Result<EmbedRequest, DecodeError> {
         dimensions: dimensions(&f).map_err(field)?,
         model,
     })
+}
+
+/// The `/embed` answer, `[[f32]]` as JSON: vector `i` copied from `arrays[i]` where given (its JSON
+/// array text, from the response cache), else written from the floats; the same bytes either way
+/// (`json::write_f32_array` is `serde_json`'s formatting).
+pub fn encode_embeddings(vectors: &[Vec<f32>], arrays: &[Option<Bytes>]) -> Vec<u8> {
+    let given: usize = arrays.iter().flatten().map(Bytes::len).sum();
+    let mut out = Vec::with_capacity(2 + vectors.len() + given);
+    out.push(b'[');
+    for (i, v) in vectors.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match arrays.get(i) {
+            Some(Some(a)) => out.extend_from_slice(a),
+            _ => write_f32_array(&mut out, v),
+        }
+    }
+    out.push(b']');
+    out
 }
 
 /// TEI's error kinds.
@@ -159,6 +181,16 @@ mod tests {
             decode_request(&[b'"', 0xff, 0xfe, b'"']),
             Err(DecodeError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn encode_embeddings_from_floats_or_given_text_is_serde_json() {
+        let vectors = vec![vec![0.25, -1e-7, f32::NAN], vec![], vec![3.0, 0.1]];
+        let want = serde_json::to_vec(&vectors).unwrap();
+        assert_eq!(encode_embeddings(&vectors, &[]), want);
+        let text = |v: &[f32]| Some(Bytes::from(serde_json::to_vec(v).unwrap()));
+        let some = [text(&vectors[0]), None, text(&vectors[2])];
+        assert_eq!(encode_embeddings(&vectors, &some), want);
     }
 
     #[test]

@@ -920,6 +920,23 @@ impl Repository {
         }
     }
 
+    /// The primary version of the first model by name that has a ready version and whose primary
+    /// passes `pred`, from the model table alone: the embedding doors ask this on every request
+    /// that names no model, so it must not list the repository folder as `index` does.
+    pub fn first_ready(&self, pred: impl Fn(&LoadedVersion) -> bool) -> Option<Arc<LoadedVersion>> {
+        self.read()
+            .values()
+            .filter(|e| e.state != ModelState::Loading)
+            .filter(|e| {
+                e.versions
+                    .values()
+                    .any(|lv| lv.state() == ModelState::Ready)
+            })
+            .filter_map(ModelEntry::primary)
+            .find(|lv| pred(lv))
+            .cloned()
+    }
+
     /// True when every model that loaded successfully is ready (none is mid-load).
     pub fn all_ready(&self) -> bool {
         self.read().values().all(|e| e.state != ModelState::Loading)
