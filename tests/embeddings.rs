@@ -259,6 +259,31 @@ async fn tei_embed_normalize_truncate_and_limits() {
     assert_eq!(info["max_input_length"], 256);
 }
 
+/// A text of megabytes is tokenized only as far as the limit needs: refused with the count of its
+/// head ("at least"), and truncated to the same tokens (so the same embedding) as a text of its
+/// first few hundred words.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_text_is_refused_or_cut_by_its_head() {
+    let f = fixture();
+    let s = TestServer::start(minilm_repo(&[])).await;
+    let para = f.sentences.join(" ");
+    let head: String = para.split(' ').take(600).collect::<Vec<_>>().join(" ");
+    let mut huge = head.clone();
+    while huge.len() < 6 << 20 {
+        huge.push(' ');
+        huge.push_str(&para);
+    }
+    let r = s.post_json("/embed", &json!({"inputs": huge})).await;
+    assert_eq!(r.status(), 413);
+    let e: Value = r.json().await.unwrap();
+    let msg = e["error"].as_str().unwrap();
+    assert!(msg.contains("at least") && msg.contains("256"), "{e}");
+    let cut = embed(&s, json!({"inputs": huge, "truncate": true})).await;
+    let short = embed(&s, json!({"inputs": head, "truncate": true})).await;
+    let c = cosine(&cut[0], &short[0]);
+    assert!(c >= 0.99999, "same 256 tokens, same embedding: cosine {c}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kserve_bytes_input_matches_tei_and_rejects_bad_utf8() {
     let f = fixture();

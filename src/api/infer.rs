@@ -347,6 +347,12 @@ fn text_error(e: TextError, fail: &impl Fn(FailureReason, ApiError) -> ApiError)
         TextError::Preprocess(e @ PreprocessError::Closed) => {
             fail(FailureReason::Other, ApiError::Unavailable(e.to_string()))
         }
+        TextError::Preprocess(e @ PreprocessError::Busy { .. }) => {
+            fail(FailureReason::Rejected, ApiError::Overloaded(e.to_string()))
+        }
+        TextError::Preprocess(e @ PreprocessError::Timeout) => {
+            fail(FailureReason::Timeout, ApiError::Unavailable(e.to_string()))
+        }
         TextError::Preprocess(e) => {
             fail(FailureReason::Invalid, ApiError::BadRequest(e.to_string()))
         }

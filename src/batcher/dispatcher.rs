@@ -29,6 +29,8 @@ use super::{Batch, InFlight, Job, JobError, Lane, Layout, QueueMetrics};
 
 pub(super) enum Command {
     Submit(Job),
+    /// A job on a place its request reserved (`Dispatcher::reserve`).
+    SubmitReserved(Job),
     /// A worker asks for its next batch.
     Pull(Pull),
     Close,
@@ -80,7 +82,8 @@ impl Dispatcher {
     /// One command; `None`: every handle is gone (the channel is disconnected).
     pub fn handle(&mut self, cmd: Option<Command>) {
         match cmd {
-            Some(Command::Submit(job)) => self.admit(job),
+            Some(Command::Submit(job)) => self.admit(job, false),
+            Some(Command::SubmitReserved(job)) => self.admit(job, true),
             Some(Command::Pull(pull)) => self.idle.push_back(pull),
             Some(Command::Close) => self.closing = true,
             None => {
@@ -108,9 +111,37 @@ impl Dispatcher {
         self.metrics.pending.set(0);
     }
 
-    fn admit(&mut self, job: Job) {
+    /// Holds `n` online places at `priority` for one request's jobs (all or none).
+    pub fn reserve(&mut self, priority: u32, n: usize) -> Result<(), JobError> {
+        if self.closing {
+            return Err(JobError::Unavailable {
+                model: self.model.to_string(),
+                why: "the model is being unloaded".into(),
+            });
+        }
+        let r = self.state.reserve(priority, n);
+        self.settle_canceled();
+        r.map_err(|full| JobError::QueueFull {
+            model: self.model.to_string(),
+            level: full.level,
+            capacity: full.capacity,
+        })
+    }
+
+    /// Gives back places `reserve` held that no job will use.
+    pub fn release(&mut self, priority: u32, n: usize) {
+        self.state.release(priority, n);
+    }
+
+    fn admit(&mut self, job: Job, reserved: bool) {
         if self.closing {
             return self.reject(job, "the model is being unloaded");
+        }
+        if reserved && job.lane == Lane::Online {
+            self.last_online = Some(job.enqueued_at);
+            self.state.push_reserved(job);
+            self.metrics.pending.inc();
+            return;
         }
         let lane = job.lane;
         let state = match lane {

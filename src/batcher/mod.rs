@@ -314,6 +314,45 @@ impl Drop for Handles {
     }
 }
 
+/// Places held in a queue for one request's jobs (`Queue::reserve`).
+pub struct Permit {
+    queue: Queue,
+    priority: u32,
+    left: usize,
+}
+
+impl Permit {
+    /// Queues one job on a held place (at the permit's priority, whatever `opts` says) and returns
+    /// its answer: the job is in the queue when this returns, the future only waits. Without a
+    /// place left it is an ordinary submit.
+    pub fn submit(
+        &mut self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        mut opts: SubmitOptions,
+    ) -> impl std::future::Future<Output = Result<JobOutput, JobError>> + 'static {
+        opts.priority = self.priority;
+        opts.lane = Lane::Online;
+        let reserved = self.left > 0;
+        self.left -= usize::from(reserved);
+        let queue = self.queue.clone();
+        let rx = queue.enqueue(inputs, rows, opts, reserved);
+        async move { queue.answer(rx?).await }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.left > 0 {
+            self.queue
+                .shared
+                .lock()
+                .dispatcher
+                .release(self.priority, self.left);
+        }
+    }
+}
+
 /// Cheap handle onto one model version's queue.
 #[derive(Clone)]
 pub struct Queue {
@@ -377,10 +416,16 @@ impl Queue {
         rows: usize,
         opts: SubmitOptions,
     ) -> Result<JobOutput, JobError> {
-        let levels = self.cfg.priority_levels.max(1);
         if opts.lane == Lane::Bulk {
             return self.submit_bulk(inputs, rows, opts).await;
         }
+        let rx = self.enqueue(inputs, rows, opts, false)?;
+        self.answer(rx).await
+    }
+
+    /// The priority level a request's options ask for (0 = the model's default).
+    fn level(&self, opts: &SubmitOptions) -> Result<u32, JobError> {
+        let levels = self.cfg.priority_levels.max(1);
         if opts.priority > levels {
             return Err(JobError::BadPriority {
                 model: self.model.to_string(),
@@ -388,15 +433,32 @@ impl Queue {
                 levels,
             });
         }
-        let priority = if opts.priority == 0 {
+        Ok(if opts.priority == 0 {
             self.cfg.default_priority.clamp(1, levels)
         } else {
             opts.priority
-        };
-        let timeout = match (opts.timeout, self.cfg.default_timeout) {
+        })
+    }
+
+    /// The request's timeout: its own, capped by the model's default, or the default.
+    pub fn timeout(&self, opts: &SubmitOptions) -> Option<Duration> {
+        match (opts.timeout, self.cfg.default_timeout) {
             (Some(t), Some(d)) => Some(t.min(d)),
             (t, d) => t.or(d),
-        };
+        }
+    }
+
+    /// Hands an online job to the dispatcher now (synchronously) and returns where its answer
+    /// comes.
+    fn enqueue(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        opts: SubmitOptions,
+        reserved: bool,
+    ) -> Result<oneshot::Receiver<Result<JobOutput, JobError>>, JobError> {
+        let priority = self.level(&opts)?;
+        let timeout = self.timeout(&opts);
         let now = Instant::now();
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -413,9 +475,34 @@ impl Queue {
             lane: Lane::Online,
             reply,
         };
-        self.shared.apply(Some(Command::Submit(job)));
+        self.shared.apply(Some(if reserved {
+            Command::SubmitReserved(job)
+        } else {
+            Command::Submit(job)
+        }));
+        Ok(rx)
+    }
+
+    async fn answer(
+        &self,
+        rx: oneshot::Receiver<Result<JobOutput, JobError>>,
+    ) -> Result<JobOutput, JobError> {
         rx.await
             .unwrap_or_else(|_| Err(self.unavailable("the model was unloaded")))
+    }
+
+    /// Holds `n` places in the online queue at the priority `opts` asks for, for one request's `n`
+    /// jobs: the request is admitted whole (`Permit::submit` then queues each job without a
+    /// capacity check) or refused now with `QueueFull`, before any work is done for it. Places not
+    /// used are given back when the permit is dropped.
+    pub fn reserve(&self, n: usize, opts: &SubmitOptions) -> Result<Permit, JobError> {
+        let priority = self.level(opts)?;
+        self.shared.lock().dispatcher.reserve(priority, n)?;
+        Ok(Permit {
+            queue: self.clone(),
+            priority,
+            left: n,
+        })
     }
 
     /// A job-lane submit: no deadline (a bulk job bounds what it has in flight itself), one level.

@@ -43,6 +43,9 @@ pub struct QueueFull {
 pub struct QueueState {
     levels: Vec<VecDeque<Job>>,
     capacity: usize,
+    /// Places held per level for jobs a request will submit (`reserve`): a request with several
+    /// jobs is admitted whole or not at all.
+    reserved: Vec<usize>,
     rows: usize,
     tokens: usize,
     /// Lower bound on the earliest deadline queued (exact after `take_expired`).
@@ -56,6 +59,7 @@ impl QueueState {
         QueueState {
             levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
             capacity,
+            reserved: vec![0; levels.max(1) as usize],
             rows: 0,
             tokens: 0,
             next_deadline: None,
@@ -104,17 +108,15 @@ impl QueueState {
         self.levels.iter().map(VecDeque::len).sum()
     }
 
-    /// Enqueues at the job's priority level (1 = first served); a full level hands the job back.
+    fn level_index(&self, priority: u32) -> usize {
+        (priority.max(1) as usize - 1).min(self.levels.len() - 1)
+    }
+
+    /// Enqueues at the job's priority level (1 = first served); a full level (queued and reserved
+    /// places) hands the job back.
     pub fn push(&mut self, job: Job) -> Result<(), (Job, QueueFull)> {
-        let idx = (job.priority.max(1) as usize - 1).min(self.levels.len() - 1);
-        if self.levels[idx].len() >= self.capacity {
-            self.prune_canceled();
-        }
-        if self.levels[idx].len() >= self.capacity {
-            let full = QueueFull {
-                level: idx as u32 + 1,
-                capacity: self.capacity,
-            };
+        let idx = self.level_index(job.priority);
+        if let Err(full) = self.make_room(idx, 1) {
             return Err((job, full));
         }
         self.added(&job);
@@ -122,10 +124,51 @@ impl QueueState {
         Ok(())
     }
 
+    /// Enqueues a job on a place `reserve` held for it.
+    pub fn push_reserved(&mut self, job: Job) {
+        let idx = self.level_index(job.priority);
+        self.reserved[idx] = self.reserved[idx].saturating_sub(1);
+        self.added(&job);
+        self.levels[idx].push_back(job);
+    }
+
+    /// Holds `n` places at `priority` for one request's jobs, all or none. A request larger than
+    /// the whole level is admitted only into an empty level (as a lone large job is batched).
+    pub fn reserve(&mut self, priority: u32, n: usize) -> Result<(), QueueFull> {
+        let idx = self.level_index(priority);
+        self.make_room(idx, n)?;
+        self.reserved[idx] += n;
+        Ok(())
+    }
+
+    /// Gives back `n` places `reserve` held at `priority` that no job will use.
+    pub fn release(&mut self, priority: u32, n: usize) {
+        let idx = self.level_index(priority);
+        self.reserved[idx] = self.reserved[idx].saturating_sub(n);
+    }
+
+    /// Whether `n` more jobs fit at level `idx` (dropping jobs whose client has gone first if
+    /// not).
+    fn make_room(&mut self, idx: usize, n: usize) -> Result<(), QueueFull> {
+        let used = |s: &QueueState| s.levels[idx].len() + s.reserved[idx];
+        let fits = |s: &QueueState| used(s) + n <= s.capacity || (n > 1 && used(s) == 0);
+        if !fits(self) {
+            self.prune_canceled();
+        }
+        if fits(self) {
+            Ok(())
+        } else {
+            Err(QueueFull {
+                level: idx as u32 + 1,
+                capacity: self.capacity,
+            })
+        }
+    }
+
     /// Puts jobs back at the front of their levels, keeping their order (a worker went away).
     pub fn requeue_front(&mut self, jobs: Vec<Job>) {
         for job in jobs.into_iter().rev() {
-            let idx = (job.priority.max(1) as usize - 1).min(self.levels.len() - 1);
+            let idx = self.level_index(job.priority);
             self.added(&job);
             self.levels[idx].push_front(job);
         }

@@ -163,6 +163,65 @@ async fn full_queue_rejects_with_queue_full() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_reservation_admits_a_request_whole_or_not_at_all() {
+    let c = BatchConfig {
+        max_queue_size: 4,
+        ..cfg()
+    };
+    let q = Queue::spawn_task("m", c, metrics());
+    let _a = spawn_submit(&q, 1.0, SubmitOptions::default());
+    settle().await;
+    // 3 places left: a request of 4 is refused before anything of it is queued.
+    let r = q.reserve(4, &SubmitOptions::default());
+    assert!(
+        matches!(r, Err(JobError::QueueFull { capacity: 4, .. })),
+        "{:?}",
+        r.err()
+    );
+    let mut p = q.reserve(3, &SubmitOptions::default()).expect("3 places");
+    // The held places count as used: an ordinary submit finds the level full.
+    let r = q.submit(row(9.0), 1, SubmitOptions::default()).await;
+    assert!(matches!(r, Err(JobError::QueueFull { .. })), "{r:?}");
+    let first = p.submit(row(2.0), 1, SubmitOptions::default());
+    drop(p); // the two places not used are given back
+    let _c = spawn_submit(&q, 3.0, SubmitOptions::default());
+    let _d = spawn_submit(&q, 4.0, SubmitOptions::default());
+    settle().await;
+    let r = q.submit(row(5.0), 1, SubmitOptions::default()).await;
+    assert!(
+        matches!(r, Err(JobError::QueueFull { .. })),
+        "4 queued now: {r:?}"
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        seen.extend(echo(q.pull().await.unwrap()));
+    }
+    seen.sort_by(f32::total_cmp);
+    assert_eq!(seen, vec![1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(
+        first.await.unwrap().outputs[0].data,
+        TensorData::F32(vec![2.0])
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_larger_than_the_queue_is_admitted_only_into_an_empty_level() {
+    let c = BatchConfig {
+        max_queue_size: 2,
+        ..cfg()
+    };
+    let q = Queue::spawn_task("m", c, metrics());
+    let p = q
+        .reserve(5, &SubmitOptions::default())
+        .expect("empty level");
+    assert!(q.reserve(2, &SubmitOptions::default()).is_err());
+    drop(p);
+    let _a = spawn_submit(&q, 1.0, SubmitOptions::default());
+    settle().await;
+    assert!(q.reserve(5, &SubmitOptions::default()).is_err());
+}
+
+#[tokio::test(start_paused = true)]
 async fn higher_priority_is_served_first() {
     let c = BatchConfig {
         max_batch_size: 1,

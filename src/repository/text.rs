@@ -3,9 +3,11 @@
 //! submit one job per text (so that a request's texts can spread over batches), reassemble the
 //! outputs in order. The front doors and the warm-up both go through `TextModel::run`.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
 
 use crate::batcher::{JobError, JobOutput, Queue, SubmitOptions, Timings};
 use crate::model::{self, LoadOptions, TextSpec};
@@ -48,14 +50,15 @@ pub struct TextRun {
 impl TextModel {
     /// Starts the tokenizer pool for a model with text input `spec`. Settings (config
     /// `[parameters]`): `max_seq_length` (default and cap: the model's positions),
-    /// `tokenizer_threads` (1), `normalize` (true), `max_client_batch_size` (256).
+    /// `tokenizer_threads` (the cores available), `normalize` (true), `max_client_batch_size` (256).
     pub fn load(name: &str, config: &ModelConfig, spec: &TextSpec) -> Result<TextModel, String> {
         let opts = LoadOptions::from_config(config);
         let p = |k: &str| model::param::<i64>(&opts, k).map_err(|e| e.to_string());
         let max_len = p("max_seq_length")?
             .map_or(spec.max_positions, |v| v.max(2) as usize)
             .min(spec.max_positions);
-        let threads = p("tokenizer_threads")?.unwrap_or(1).max(1) as usize;
+        let threads = p("tokenizer_threads")?
+            .map_or_else(crate::preprocess::default_threads, |v| v.max(1) as usize);
         let pool = TokenizerPool::load(&spec.tokenizer, name, max_len, threads)
             .map_err(|e| e.to_string())?;
         Ok(TextModel {
@@ -69,51 +72,80 @@ impl TextModel {
     }
 
     /// Tokenizes `texts` (cut at the limit when `truncate`, else refused), submits one job per
-    /// text to `queue` and waits for all of them. The jobs of one request share a flag so that a
+    /// text to `queue` and waits for all of them. The request is admitted whole before any text is
+    /// tokenized (`Queue::reserve`: a full queue refuses it at once, and no text of it is computed
+    /// and thrown away); tokenizing counts against its timeout; the first job that fails ends it
+    /// and drops its other jobs from the queue. The jobs of one request share a flag so that a
     /// request whose client left counts once as canceled.
     pub async fn run(
         &self,
         queue: &Queue,
         texts: Vec<String>,
         truncate: bool,
-        opts: SubmitOptions,
+        mut opts: SubmitOptions,
     ) -> Result<TextRun, TextError> {
         let start = Instant::now();
-        let ids = self.pool.encode(texts, truncate).await?;
+        let mut permit = queue.reserve(texts.len(), &opts)?;
+        let deadline = queue.timeout(&opts).map(|t| start + t);
+        let ids = self.pool.encode_until(texts, truncate, deadline).await?;
         let tokenize = start.elapsed();
+        if let Some(d) = deadline {
+            // What is left of the timeout after tokenizing (0 expires at once, in the queue).
+            opts.timeout = Some(d.saturating_duration_since(Instant::now()));
+        }
         let token_counts: Vec<usize> = ids.iter().map(Vec::len).collect();
         let tokens = token_counts.iter().sum();
         let parts = (ids.len() > 1).then(|| Arc::new(AtomicBool::new(false)));
-        let jobs = ids.into_iter().map(|ids| {
-            let cost = ids.len();
-            let t = Tensor::new(
-                self.input.clone(),
-                vec![1, cost],
-                TensorData::I64(ids.into_iter().map(i64::from).collect()),
-            );
-            queue.submit(
-                vec![t],
-                1,
-                SubmitOptions {
-                    cost,
-                    parts: parts.clone(),
-                    ..opts.clone()
-                },
-            )
-        });
-        let mut outputs = Vec::new();
+        let mut jobs: FuturesUnordered<_> = ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, ids)| {
+                let cost = ids.len();
+                let t = Tensor::new(
+                    self.input.clone(),
+                    vec![1, cost],
+                    TensorData::I64(ids.into_iter().map(i64::from).collect()),
+                );
+                let job = permit.submit(
+                    vec![t],
+                    1,
+                    SubmitOptions {
+                        cost,
+                        parts: parts.clone(),
+                        ..opts.clone()
+                    },
+                );
+                async move { (i, job.await) }
+            })
+            .collect();
+        drop(permit);
+        let mut outputs: Vec<Option<Vec<Tensor>>> = (0..jobs.len()).map(|_| None).collect();
         let mut timings = Timings::default();
-        for r in futures::future::join_all(jobs).await {
+        while let Some((i, r)) = jobs.next().await {
             let JobOutput {
                 outputs: out,
                 timings: t,
-            } = r?;
+            } = match r {
+                Ok(o) => o,
+                Err(e) => {
+                    // The request failed: its other jobs are dropped with `jobs` (the queue skips
+                    // them), and not counted as a canceled request.
+                    if let Some(p) = &parts {
+                        p.store(true, Ordering::Relaxed);
+                    }
+                    return Err(e.into());
+                }
+            };
             timings.queue = timings.queue.max(t.queue);
             timings.compute_input = timings.compute_input.max(t.compute_input);
             timings.compute_infer = timings.compute_infer.max(t.compute_infer);
             timings.compute_output = timings.compute_output.max(t.compute_output);
-            outputs.push(out);
+            outputs[i] = Some(out);
         }
+        let outputs = outputs
+            .into_iter()
+            .map(|o| o.expect("every job answered. This is a bug."))
+            .collect();
         Ok(TextRun {
             outputs,
             tokens,
