@@ -21,6 +21,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_BODY_TIMEOUT_SECS: u64 = 60;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HTTP2_MAX_STREAMS: u32 = 256;
+/// An HTTP/2 connection with no open stream for this long is closed (GOAWAY); nginx's
+/// `keepalive_timeout` is 75 s, gRPC clients reconnect on their own.
+pub const DEFAULT_HTTP2_IDLE_TIMEOUT_SECS: u64 = 120;
 /// Threads one CPU forward pass may use. 1 by default: parallelism comes from model instances and
 /// batching, and candle's per-op thread pool only adds contention for small models.
 pub const DEFAULT_INTRA_OP_THREADS: usize = 1;
@@ -141,6 +144,10 @@ pub struct ServeArgs {
     /// Concurrent HTTP/2 streams per connection [default: 256]
     #[arg(long, env = "FERRITE_HTTP2_MAX_STREAMS")]
     pub http2_max_streams: Option<u32>,
+    /// Seconds an HTTP/2 connection (gRPC included) may stay open with no stream before it is
+    /// closed with GOAWAY [default: 120]
+    #[arg(long, env = "FERRITE_HTTP2_IDLE_TIMEOUT_SECS")]
+    pub http2_idle_timeout_secs: Option<u64>,
     /// Request-body bytes read or served at once, all requests together; beyond it a body waits
     /// up to 1 s, then gets 503 [default: an eighth of the machine's memory, at least twice
     /// --max-body-bytes]
@@ -205,6 +212,7 @@ struct FileSettings {
     body_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     http2_max_streams: Option<u32>,
+    http2_idle_timeout_secs: Option<u64>,
     max_inflight_bytes: Option<usize>,
     cache_redis_url: Option<String>,
     cache_redis_timeout_ms: Option<u64>,
@@ -258,6 +266,8 @@ pub struct ConnectionLimits {
     /// Open connections per port.
     pub max_connections: usize,
     pub http2_max_streams: u32,
+    /// An HTTP/2 connection with no open stream for this long is closed (GOAWAY).
+    pub http2_idle_timeout: Duration,
     /// Request-body bytes being read or served at once, all requests together.
     pub max_inflight_bytes: usize,
 }
@@ -268,6 +278,7 @@ impl ConnectionLimits {
         body_timeout: Duration::from_secs(DEFAULT_BODY_TIMEOUT_SECS),
         max_connections: DEFAULT_MAX_CONNECTIONS,
         http2_max_streams: DEFAULT_HTTP2_MAX_STREAMS,
+        http2_idle_timeout: Duration::from_secs(DEFAULT_HTTP2_IDLE_TIMEOUT_SECS),
         max_inflight_bytes: 2 * DEFAULT_MAX_BODY_BYTES,
     };
 }
@@ -532,6 +543,11 @@ impl Settings {
                     .http2_max_streams
                     .or(file.http2_max_streams)
                     .unwrap_or(DEFAULT_HTTP2_MAX_STREAMS),
+                http2_idle_timeout: Duration::from_secs(
+                    args.http2_idle_timeout_secs
+                        .or(file.http2_idle_timeout_secs)
+                        .unwrap_or(DEFAULT_HTTP2_IDLE_TIMEOUT_SECS),
+                ),
                 max_inflight_bytes: args
                     .max_inflight_bytes
                     .or(file.max_inflight_bytes)
@@ -670,6 +686,7 @@ impl Settings {
             ("body_timeout_secs", l.body_timeout.is_zero()),
             ("max_connections", l.max_connections == 0),
             ("http2_max_streams", l.http2_max_streams == 0),
+            ("http2_idle_timeout_secs", l.http2_idle_timeout.is_zero()),
         ] {
             if zero {
                 return Err(SettingsError::Invalid {

@@ -270,3 +270,110 @@ fn serve_with_missing_repository_fails_clearly() {
         "{stderr}"
     );
 }
+
+/// One whole HTTP/1.1 response on a kept-alive connection (headers plus `content-length` bytes).
+async fn read_response(tcp: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        assert!(n > 0, "closed before a whole response");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
+/// The process runs out of file descriptors (its limit lowered, while running, to a few more
+/// than it has open): `accept` fails and is retried, the connections it already has keep being
+/// served, and once descriptors are released the waiting and new connections are served again,
+/// with no restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn out_of_file_descriptors_open_connections_keep_working_and_it_recovers() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    const LIVE: &[u8] = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n";
+    let repo = Repo::new().with_digits(&[]);
+    let p = spawn_server(&repo, 5).await;
+    let addr = p.url.trim_start_matches("http://").to_string();
+    let mut first = TcpStream::connect(&addr).await.unwrap();
+    first.write_all(LIVE).await.unwrap();
+    assert!(read_response(&mut first).await.starts_with("HTTP/1.1 200"));
+
+    let pid = p.child.id() as libc::pid_t;
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let low = libc::rlimit {
+        rlim_cur: open + 4,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads and writes the two rlimit structs given; the pid is our child.
+    let rc = unsafe {
+        libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old);
+        libc::prlimit(
+            pid,
+            libc::RLIMIT_NOFILE,
+            &libc::rlimit {
+                rlim_max: old.rlim_max,
+                ..low
+            },
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+
+    // More connections than descriptors left: the kernel queues them, the server cannot take them.
+    let mut crowd = Vec::new();
+    for _ in 0..12 {
+        let mut c = TcpStream::connect(&addr).await.unwrap();
+        c.write_all(LIVE).await.unwrap();
+        crowd.push(c);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = p
+            .log
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .expect("the server logs that accept failed");
+        if line.contains("accept failed") {
+            break;
+        }
+    }
+    // The connection it already had is still served.
+    first.write_all(LIVE).await.unwrap();
+    assert!(read_response(&mut first).await.starts_with("HTTP/1.1 200"));
+
+    // Descriptors come back: every waiting connection, and a new one, get answered.
+    drop(first);
+    let served = crowd.len();
+    for (i, mut c) in crowd.into_iter().enumerate() {
+        assert!(
+            read_response(&mut c).await.starts_with("HTTP/1.1 200"),
+            "waiting connection {i} of {served}"
+        );
+    }
+    let mut late = TcpStream::connect(&addr).await.unwrap();
+    late.write_all(LIVE).await.unwrap();
+    assert!(read_response(&mut late).await.starts_with("HTTP/1.1 200"));
+}

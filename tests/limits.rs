@@ -100,6 +100,63 @@ async fn half_sent_headers_and_idle_keep_alive_are_closed_after_the_header_timeo
     );
 }
 
+/// Reads HTTP/2 frames (type, flags, stream, when) until the peer closes, answering its PINGs as
+/// a client must (a graceful GOAWAY waits for one); payloads skipped.
+async fn h2_frames_to_close(tcp: &mut TcpStream) -> Vec<(u8, u8, u32, Instant)> {
+    let mut frames = Vec::new();
+    let mut head = [0u8; 9];
+    loop {
+        match tokio::time::timeout(WITHIN, tcp.read_exact(&mut head)).await {
+            Err(_) => panic!("the connection stayed open; frames so far: {frames:?}"),
+            Ok(Err(_)) => return frames,
+            Ok(Ok(_)) => {}
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        frames.push((head[3], head[4], stream, Instant::now()));
+        let mut payload = vec![0u8; len];
+        if tcp.read_exact(&mut payload).await.is_err() {
+            return frames;
+        }
+        const PING: u8 = 6;
+        if head[3] == PING && head[4] & 1 == 0 {
+            let mut ack = vec![0, 0, 8, PING, 1, 0, 0, 0, 0];
+            ack.extend_from_slice(&payload);
+            let _ = tcp.write_all(&ack).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_http2_connection_is_closed_with_goaway() {
+    let s = TestServer::start_with(Repo::new().with_digits(&[]), |c| {
+        c.limits.http2_idle_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut tcp = TcpStream::connect(addr(&s)).await.unwrap();
+    // Preface, empty SETTINGS, then one GET / on stream 1 (HPACK static table: :method GET,
+    // :scheme http, :path /), END_STREAM | END_HEADERS.
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&[0, 0, 3, 1, 5, 0, 0, 0, 1, 0x82, 0x86, 0x84]);
+    tcp.write_all(&out).await.unwrap();
+    let frames = h2_frames_to_close(&mut tcp).await;
+    const HEADERS: u8 = 1;
+    const GOAWAY: u8 = 7;
+    let answered = frames
+        .iter()
+        .find(|f| f.0 == HEADERS && f.2 == 1)
+        .unwrap_or_else(|| panic!("no response on stream 1: {frames:?}"));
+    let goaway = frames
+        .iter()
+        .find(|f| f.0 == GOAWAY)
+        .unwrap_or_else(|| panic!("closed without GOAWAY: {frames:?}"));
+    assert!(
+        goaway.3.duration_since(answered.3) >= Duration::from_millis(900),
+        "GOAWAY came before the connection was idle for the timeout"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_that_stalls_half_way_gets_408() {
     let s = TestServer::start_with(Repo::new().with_digits(&[]), |c| {

@@ -11,8 +11,9 @@
 //! closed on TLS, at once, so `accept` keeps up and the file-descriptor limit is never reached by
 //! connections alone); the TLS handshake and each request head must arrive within
 //! `header_read_timeout` (hyper's timer; on HTTP/1.1 it also bounds the idle wait between
-//! requests); HTTP/2 streams per connection and header-list size are capped, and dead HTTP/2 peers
-//! are found by PING. Nothing here knows a route or a model.
+//! requests); HTTP/2 streams per connection and header-list size are capped, dead HTTP/2 peers
+//! are found by PING, and a connection with no request in progress for `http2_idle_timeout` is
+//! closed gracefully (GOAWAY on HTTP/2). Nothing here knows a route or a model.
 
 pub mod cert;
 pub mod tls;
@@ -112,6 +113,8 @@ async fn accept_loop(
                         watcher: graceful.watcher(),
                         peer,
                         handshake_timeout: limits.header_read_timeout,
+                        idle_timeout: limits.http2_idle_timeout,
+                        stop: stop.clone(),
                         _permit: permit,
                     };
                     tokio::spawn(conn.serve(tcp));
@@ -166,6 +169,11 @@ struct Connection {
     peer: SocketAddr,
     /// The TLS handshake must finish within this.
     handshake_timeout: Duration,
+    /// With no request in progress for this long, the connection is closed gracefully (HTTP/2:
+    /// GOAWAY; HTTP/1.1 is already closed sooner by `header_read_timeout`).
+    idle_timeout: Duration,
+    /// The server's stop signal: the connection finishes its requests and closes.
+    stop: watch::Receiver<bool>,
     /// This connection's place under `max_connections`, given back when it closes.
     _permit: OwnedSemaphorePermit,
 }
@@ -214,12 +222,20 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (app, peer) = (self.app, self.peer);
+        let streams = Arc::new(Streams::default());
+        let open = streams.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             if let Some(n) = &name {
                 req.extensions_mut().insert(n.clone());
             }
-            app.clone().oneshot(req)
+            let guard = Stream::open(&open);
+            let response = app.clone().oneshot(req);
+            async move {
+                let r = response.await;
+                drop(guard);
+                r
+            }
         });
         // hyper-util reads the first bytes (HTTP/1 or the HTTP/2 preface?) before hyper's own
         // header timer runs: a connection that sends nothing at all must time out here.
@@ -230,8 +246,82 @@ impl Connection {
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
-        if let Err(e) = self.watcher.watch(conn).await {
+        tokio::pin!(conn);
+        // Counted by the server's drain (`GracefulShutdown`) until this connection ends.
+        let _watcher = self.watcher;
+        let mut stop = self.stop;
+        let mut closing = false;
+        let ended = loop {
+            tokio::select! {
+                ended = conn.as_mut() => break ended,
+                _ = async { stop.wait_for(|s| *s).await.is_ok() }, if !closing => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = streams.idle_for(self.idle_timeout), if !closing => {
+                    tracing::debug!(%peer, "idle connection closed");
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        };
+        if let Err(e) = ended {
             tracing::trace!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// The requests in progress on one connection (HTTP/2 streams, or the one HTTP/1.1 request), and
+/// a wake-up each time the count falls to zero.
+#[derive(Default)]
+struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+impl Streams {
+    /// Returns once no request has been in progress for `timeout` (the wait restarts whenever one
+    /// ends).
+    async fn idle_for(&self, timeout: Duration) {
+        use std::sync::atomic::Ordering;
+        loop {
+            if self.open.load(Ordering::Acquire) == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(timeout) => {
+                        if self.open.load(Ordering::Acquire) == 0 {
+                            return;
+                        }
+                    }
+                    _ = self.ended.notified() => {}
+                }
+            } else {
+                self.ended.notified().await;
+            }
+        }
+    }
+}
+
+/// One request in progress: counted in `Streams` until its response is ready.
+struct Stream(Arc<Streams>);
+
+impl Stream {
+    fn open(streams: &Arc<Streams>) -> Stream {
+        streams
+            .open
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Stream(streams.clone())
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self
+            .0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.ended.notify_one();
         }
     }
 }
