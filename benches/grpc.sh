@@ -10,14 +10,21 @@
 # install beside the pinned tritonclient), with Debian's libb64-0d and libcudart.so.12 from the
 # nvidia-cuda-runtime-cu12 wheel on its library path. STABILITY (default 100: accept the 3 windows
 # as measured; a shared machine is too noisy for tighter) is perf_analyzer's --stability-percentage;
-# PA_TIMEOUT (default 180 s) bounds one perf_analyzer run (see RESULTS.md: one --streaming run never
-# finished its windows).
+# PA_TIMEOUT (default 180 s) bounds one perf_analyzer run; a run that fails or times out is
+# reported and left out of the medians. perf_analyzer measures in PA_INTERVAL_MS windows (default
+# 1000; INTERVAL_MS is ferrite bench's): perf_analyzer 2.50 sums up a window by erasing each measured
+# record from the middle of one vector (quadratic in the records per window) while its load threads
+# keep sending, so at 12-24k req/s a 3 s window's summary can outlast the next window and never
+# catch up (RSS grows by GBs, no pass ends; see RESULTS.md, "Issue 18: batch-64 gRPC after").
+# Each measurement also prints the server's CPU time (utime + stime of the ferrite process) per
+# request it answered (nv_inference_request_success) over the whole run of that client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/ferrite}
 ROUNDS=${2:-3}
 CONC=${3:-64}
 INTERVAL=${4:-3000}
+PA_INTERVAL=${PA_INTERVAL_MS:-1000}
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/ferrite/perf_analyzer"
 PA="$CACHE/tc/tritonclient-2.50.0.data/data/bin/perf_analyzer"
 if [[ ! -x "$PA" ]]; then
@@ -45,7 +52,7 @@ metrics=$(grep -o 'metrics on http://[0-9.:]*' "$log" | head -1 | sed 's|metrics
 pa() { # protocol url batch extra...
   local out
   out=$(timeout "${PA_TIMEOUT:-180}" "$PA" -m digits -i "$1" -u "$2" -b "$3" --concurrency-range "$CONC" \
-    --measurement-interval "$INTERVAL" --max-trials 10 --stability-percentage "${STABILITY:-100}" "${@:4}" 2>&1) || { echo "$out" >&2; return 1; }
+    --measurement-interval "$PA_INTERVAL" --max-trials 10 --stability-percentage "${STABILITY:-100}" "${@:4}" 2>&1) || { echo "$out" >&2; return 1; }
   if grep -qiE "warn|error" <<<"$out"; then echo "perf_analyzer said:" >&2; grep -iE "warn|error" <<<"$out" >&2; fi
   # "Concurrency: 64, throughput: 1234.5 infer/sec, latency ..." (infer/sec counts rows: / batch)
   awk -v b="$3" '/Concurrency: [0-9]+, throughput:/ {gsub(",", "", $4); printf "%.1f\n", $4 / b}' <<<"$out" | tail -1
@@ -70,17 +77,30 @@ run() {
     fb-v2-json) fb v2-json ;;
   esac
 }
+# the server's answered requests and CPU seconds so far
+answered() { curl -s "$metrics/metrics" | awk '/^nv_inference_request_success\{/ {s += $2} END {print s + 0}'; }
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat"; }
+declare -A cpu
 for r in $(seq "$ROUNDS"); do
   for v in "${variants[@]}"; do
-    rps=$(run "$v")
-    echo "round $r $v: $rps req/s"
+    n0=$(answered); c0=$(cpu_s)
+    if ! rps=$(run "$v"); then
+      echo "round $r $v: failed (perf_analyzer's output above), left out"
+      continue
+    fi
+    n1=$(answered); c1=$(cpu_s)
+    us=$(python3 -c "n = $n1 - $n0; print('%.1f' % (($c1 - $c0) * 1e6 / n) if n else 'nan')")
+    echo "round $r $v: $rps req/s, server CPU $us us/request"
     res[$v]+="$rps "
+    cpu[$v]+="$us "
   done
 done
 med() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 echo "median req/s over $ROUNDS rounds (concurrency $CONC):"
-for v in "${variants[@]}"; do printf '  %-16s %s\n' "$v" "$(med "${res[$v]}")"; done
-ratio() { python3 -c "print('%.2f' % ($(med "${res[$1]}") / $(med "${res[$2]}")))"; }
+for v in "${variants[@]}"; do
+  printf '  %-16s %10s req/s  server CPU %s us/request\n' "$v" "$(med "${res[$v]:-}")" "$(med "${cpu[$v]:-}")"
+done
+ratio() { python3 -c "a, b = '$(med "${res[$1]:-}")', '$(med "${res[$2]:-}")'; print('%.2f' % (float(a) / float(b)) if a and b else 'n/a')"; }
 echo "ratios: pa-grpc/fb-v2-json $(ratio pa-grpc fb-v2-json), pa-grpc/pa-http $(ratio pa-grpc pa-http)," \
   "pa-grpc-stream/pa-grpc $(ratio pa-grpc-stream pa-grpc), pa-grpc-b64/pa-http-b64 $(ratio pa-grpc-b64 pa-http-b64)," \
   "fb-grpc/fb-v2-json $(ratio fb-grpc fb-v2-json), fb-grpc/fb-v2-binary $(ratio fb-grpc fb-v2-binary)"

@@ -539,7 +539,7 @@ async fn classification_returns_the_top_k_of_the_full_output_on_both_doors() {
         ),
         ("BYTES", &[2, 3][..])
     );
-    let mut raw = r.raw_output_contents[0].as_slice();
+    let mut raw = &r.raw_output_contents[0][..];
     let mut strings = Vec::new();
     while !raw.is_empty() {
         let n = u32::from_le_bytes(raw[..4].try_into().unwrap()) as usize;

@@ -213,7 +213,7 @@ pub fn grpc_payload(model: &str, version: Option<&str>, inputs: &[Tensor]) -> Pa
             .map(|t| {
                 let mut b = Vec::new();
                 data_to_bytes(&t.data, &mut b);
-                b
+                b.into()
             })
             .collect(),
         ..Default::default()

@@ -2,7 +2,9 @@
 //! generated message types (`pb`, `health`) and pure conversions between them and Ferrite's typed
 //! tensors and model configs. Inputs come as typed `contents` or as `raw_input_contents`
 //! (little-endian bytes, BYTES elements length-prefixed, as in the binary tensor extension);
-//! outputs always go back as `raw_output_contents`, as Triton answers. No tonic server, no tokio.
+//! outputs always go back as `raw_output_contents`, as Triton answers. Both raw fields are
+//! `bytes::Bytes` (`build.rs`): decoding reads each raw input straight from the received message's
+//! buffer into its typed vector, the only copy. No tonic server, no tokio.
 
 use std::collections::HashMap;
 
@@ -146,7 +148,7 @@ pub fn encode_infer(
             let mut bytes =
                 Vec::with_capacity(t.data.len() * t.datatype().byte_size().unwrap_or(8));
             data_to_bytes(&t.data, &mut bytes);
-            raw.push(bytes);
+            raw.push(bytes.into());
             InferOutputTensor {
                 name: t.name.clone(),
                 datatype: t.datatype().as_str().into(),
@@ -355,7 +357,7 @@ mod tests {
         let raw: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
         let by_raw = decode_infer(ModelInferRequest {
             inputs: vec![input("x", "FP32", vec![2, 2], None)],
-            raw_input_contents: vec![raw],
+            raw_input_contents: vec![raw.into()],
             ..Default::default()
         })
         .unwrap();
@@ -374,6 +376,28 @@ mod tests {
         .unwrap();
         assert_eq!(by_raw.inputs, typed.inputs);
         assert_eq!(by_raw.inputs[0].data, TensorData::F32(x.to_vec()));
+    }
+
+    #[test]
+    fn raw_input_contents_decode_as_slices_of_the_received_buffer() {
+        use prost::Message;
+        let raw: Vec<u8> = (0..64u8).collect();
+        let wire = ModelInferRequest {
+            inputs: vec![input("x", "FP32", vec![1, 16], None)],
+            raw_input_contents: vec![raw.clone().into()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        // tonic decodes each message out of a `BytesMut` holding the received frames
+        let mut received = bytes::BytesMut::from(&wire[..]);
+        let span = received.as_ptr() as usize..received.as_ptr() as usize + received.len();
+        let req = ModelInferRequest::decode(&mut received).unwrap();
+        assert_eq!(req.raw_input_contents[0], raw);
+        let at = req.raw_input_contents[0].as_ptr() as usize;
+        assert!(
+            span.contains(&at),
+            "raw_input_contents was copied out of the message"
+        );
     }
 
     #[test]
@@ -429,7 +453,7 @@ mod tests {
     fn decode_refuses_mismatched_raw_counts_negative_shapes_and_bad_narrowing() {
         let two_raw = ModelInferRequest {
             inputs: vec![input("x", "FP32", vec![1], None)],
-            raw_input_contents: vec![vec![0; 4], vec![0; 4]],
+            raw_input_contents: vec![vec![0; 4].into(), vec![0; 4].into()],
             ..Default::default()
         };
         assert!(decode_infer(two_raw)
@@ -438,7 +462,7 @@ mod tests {
             .contains("raw_input_contents has 2"));
         let negative = ModelInferRequest {
             inputs: vec![input("x", "FP32", vec![-1], None)],
-            raw_input_contents: vec![vec![0; 4]],
+            raw_input_contents: vec![vec![0; 4].into()],
             ..Default::default()
         };
         assert!(decode_infer(negative)
