@@ -3,6 +3,8 @@
 #   issue 21: `ferrite batch` over a ~1 GB input (digits KServe v2 rows, CPU) in bounded memory: peak
 #             RSS under LIMIT_MIB (default 1024, stated in benches/RESULTS.md), every id once in the
 #             Parquet output, and a run interrupted with SIGKILL half-way resumes to the same result.
+#   issue 15: overload (scripts/overload.sh): MiniLM at 3x its measured max, shed with Retry-After,
+#             admitted p99 against the 80%-load p99, RSS, still answering; and fuzzing.
 # Usage: scripts/test-long.sh [SIZE_MB=1024] [LIMIT_MIB=1024]
 # Env: FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite; built if missing).
 set -euo pipefail
@@ -90,6 +92,13 @@ PY
 if [[ "${PEER_ORT:-0}" == 1 ]]; then
   FERRITE_BIN="$FERRITE_BIN" benches/peer-ort/compare.sh "${PEER_ORT_DUR:-15}" "${PEER_ORT_ROUNDS:-3}"
 fi
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15: overload. MiniLM at 3x its closed-loop max in open loop (scripts/overload.sh): fails if
+# the server dies, stops answering, sheds nothing, or refuses without Retry-After; prints the
+# admitted p99 against the 80%-load p99 for benches/RESULTS.md. OVERLOAD_DUR: seconds per step.
+# ----------------------------------------------------------------------------------------------
+FERRITE_BIN="$FERRITE_BIN" scripts/overload.sh "${OVERLOAD_DUR:-15}"
 
 # ----------------------------------------------------------------------------------------------
 # Issue 15: fuzzing of the request-body decoders (cargo fuzz targets in fuzz/, nightly):

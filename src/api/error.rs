@@ -135,7 +135,9 @@ impl From<ValidationError> for ApiError {
 pub fn job_error(e: JobError) -> (ApiError, FailureReason) {
     let msg = e.to_string();
     match e {
-        JobError::QueueFull { .. } => (ApiError::Overloaded(msg), FailureReason::Rejected),
+        JobError::QueueFull { .. } | JobError::QueueTime { .. } => {
+            (ApiError::Overloaded(msg), FailureReason::Rejected)
+        }
         JobError::Timeout { .. } => (ApiError::Unavailable(msg), FailureReason::Timeout),
         JobError::BadPriority { .. } => (ApiError::BadRequest(msg), FailureReason::Invalid),
         JobError::Unavailable { .. } => (ApiError::Unavailable(msg), FailureReason::Other),

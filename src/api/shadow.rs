@@ -119,7 +119,7 @@ pub fn spawn(
                     .for_each(|x| h.observe(x));
                 count("compared");
             }
-            Err(JobError::QueueFull { .. }) => count("dropped"),
+            Err(JobError::QueueFull { .. } | JobError::QueueTime { .. }) => count("dropped"),
             Ok(_) => count("failed"),
             Err(e) => {
                 tracing::debug!(model = %model, candidate = %cv, error = %e, "shadow copy failed");

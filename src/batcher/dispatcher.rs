@@ -15,15 +15,22 @@
 //! allows it (the batches in flight per lane are counted by the `InFlight` guard each batch
 //! carries until the worker drops it).
 //!
+//! Queue-time budget (`BatchConfig::max_queue_time`): each batch feeds its cost and time in flight
+//! to a `ServiceRate` when its worker drops it; an online submit (or a whole-request reservation)
+//! whose expected wait, the queued cost ahead of it over the measured rate of all workers, exceeds
+//! the budget is refused at once with `JobError::QueueTime`, as Triton's queue policy rejects a
+//! request that would time out. Shedding by queue length alone lets a full queue hold hundreds of
+//! milliseconds of work; this bounds the wait of what is admitted.
+//!
 //! It never runs a model and never sees HTTP.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::time::Instant;
 
-use super::policy::{self, BatchConfig, Decision};
+use super::policy::{self, BatchConfig, Decision, ServiceRate};
 use super::state::QueueState;
 use super::{Batch, InFlight, Job, JobError, Lane, Layout, QueueMetrics};
 
@@ -49,6 +56,9 @@ pub(super) struct Dispatcher {
     bulk: QueueState,
     /// Batches in flight per lane (online, bulk).
     busy: [Arc<AtomicUsize>; 2],
+    /// Fed by each batch's `InFlight` guard when its worker drops it (its own lock, so that a
+    /// worker never takes the queue's).
+    rate: Arc<Mutex<ServiceRate>>,
     /// The last online submit (online traffic is active for `bulk_quiet` after it).
     last_online: Option<Instant>,
     /// The most workers seen at once (idle + busy): a worker between two batches is neither.
@@ -68,6 +78,7 @@ impl Dispatcher {
             state: QueueState::new(cfg.priority_levels, cfg.max_queue_size),
             bulk: QueueState::new(1, cfg.max_queue_size),
             busy: Default::default(),
+            rate: Default::default(),
             last_online: None,
             workers: 0,
             idle: VecDeque::new(),
@@ -119,6 +130,7 @@ impl Dispatcher {
                 why: "the model is being unloaded".into(),
             });
         }
+        self.check_queue_time(priority)?;
         let r = self.state.reserve(priority, n);
         self.settle_canceled();
         r.map_err(|full| JobError::QueueFull {
@@ -133,9 +145,33 @@ impl Dispatcher {
         self.state.release(priority, n);
     }
 
+    /// `QueueTime` when a job at `priority` would wait longer than the budget
+    /// (`policy::over_queue_time`).
+    fn check_queue_time(&self, priority: u32) -> Result<(), JobError> {
+        let Some(budget) = self.cfg.max_queue_time else {
+            return Ok(());
+        };
+        let rate = *self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        let ahead = self.state.cost_ahead(priority);
+        match policy::over_queue_time(&rate, ahead, self.workers, Some(budget)) {
+            None => Ok(()),
+            Some(wait) => Err(JobError::QueueTime {
+                model: self.model.to_string(),
+                expected_us: wait.as_micros() as u64,
+                budget_us: budget.as_micros() as u64,
+            }),
+        }
+    }
+
     fn admit(&mut self, job: Job, reserved: bool) {
         if self.closing {
             return self.reject(job, "the model is being unloaded");
+        }
+        if job.lane == Lane::Online && !reserved && !job.warmup {
+            if let Err(e) = self.check_queue_time(job.priority) {
+                let _ = job.reply.send(Err(e));
+                return;
+            }
         }
         if reserved && job.lane == Lane::Online {
             self.last_online = Some(job.enqueued_at);
@@ -289,7 +325,12 @@ impl Dispatcher {
             .idle
             .pop_front()
             .expect("dispatch is only called with an idle worker. This is a bug.");
-        let in_flight = Some(InFlight::new(&self.busy[(lane == Lane::Bulk) as usize]));
+        let cost = jobs.iter().map(|j| j.cost).sum();
+        let in_flight = Some(InFlight::new(
+            &self.busy[(lane == Lane::Bulk) as usize],
+            &self.rate,
+            cost,
+        ));
         // Capacity 1 and one batch per request: only a departed worker makes this fail.
         if let Err(flume::TrySendError::Disconnected(batch) | flume::TrySendError::Full(batch)) =
             worker.tx.try_send(Batch {

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 /// Value types of the metrics the batcher and workers fill; they live in the `telemetry` leaf.
 pub use crate::telemetry::metrics::{QueueMetrics, Timings};
 use dispatcher::{Command, Dispatcher, Pull};
-pub use policy::{BatchConfig, Decision};
+pub use policy::{BatchConfig, Decision, ServiceRate};
 
 use crate::tensor::Tensor;
 
@@ -44,6 +44,14 @@ pub enum JobError {
         model: String,
         level: u32,
         capacity: usize,
+    },
+    #[error(
+        "model '{model}' is overloaded: a request would wait about {expected_us} us in its queue, over its budget of {budget_us} us; retry later"
+    )]
+    QueueTime {
+        model: String,
+        expected_us: u64,
+        budget_us: u64,
     },
     #[error(
         "request timed out in the queue of model '{model}' after its timeout of {timeout_us} us"
@@ -95,19 +103,36 @@ pub enum Lane {
     Bulk,
 }
 
-/// Counts a batch as in flight (being staged or computed) until the worker drops it.
-pub(crate) struct InFlight(Arc<AtomicUsize>);
+/// Counts a batch as in flight (being staged or computed) until the worker drops it, and then
+/// feeds its cost and time in flight to the queue's `ServiceRate`.
+pub(crate) struct InFlight {
+    counter: Arc<AtomicUsize>,
+    rate: Arc<Mutex<ServiceRate>>,
+    cost: usize,
+    since: Instant,
+}
 
 impl InFlight {
-    fn new(counter: &Arc<AtomicUsize>) -> InFlight {
+    fn new(counter: &Arc<AtomicUsize>, rate: &Arc<Mutex<ServiceRate>>, cost: usize) -> InFlight {
         counter.fetch_add(1, Ordering::AcqRel);
-        InFlight(counter.clone())
+        InFlight {
+            counter: counter.clone(),
+            rate: rate.clone(),
+            cost,
+            since: Instant::now(),
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+        // A short section on the worker's thread, not the queue's lock (a plain sum; a poisoned
+        // lock still holds a valid estimate).
+        self.rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .observe(self.cost, self.since.elapsed());
     }
 }
 
@@ -586,6 +611,8 @@ impl Queue {
 
 #[cfg(test)]
 mod lane_tests;
+#[cfg(test)]
+mod rate_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -1,5 +1,7 @@
 //! The batch decision, as a pure function: given what is queued and the time, should an idle worker
-//! get a batch now (and how many rows at most), wait until a given instant, or stay idle?
+//! get a batch now (and how many rows at most), wait until a given instant, or stay idle? And, at
+//! submit, would a new request wait longer than the model's queue-time budget (`ServiceRate`,
+//! `over_queue_time`)?
 
 use std::time::Duration;
 use tokio::time::Instant;
@@ -31,6 +33,9 @@ pub struct BatchConfig {
     /// Online traffic counts as active while a request is queued and for this long after the last
     /// online submit (so that workers are held back for online traffic between its arrivals).
     pub bulk_quiet: Duration,
+    /// Queue-time budget: an online submit whose expected wait (`ServiceRate::expected_wait`) is
+    /// longer is refused at once (overload); `None` = shed by queue length only.
+    pub max_queue_time: Option<Duration>,
 }
 
 impl Default for BatchConfig {
@@ -46,6 +51,7 @@ impl Default for BatchConfig {
             max_batch_tokens: None,
             bulk_share: 0.5,
             bulk_quiet: Duration::from_millis(100),
+            max_queue_time: None,
         }
     }
 }
@@ -184,9 +190,119 @@ pub fn online_active(
     online_pending > 0 || last_online.is_some_and(|t| now < t + quiet)
 }
 
+/// Completed batches before `ServiceRate` gives an estimate: the first batches of a model (warm-up,
+/// cold caches, a lone request per batch) say little about its rate under load.
+pub const RATE_MIN_BATCHES: u32 = 8;
+
+/// Weight of the newest batch in the moving average: about the last 10 batches count, so the
+/// estimate follows a changed rate (a longer text mix, a busier machine) within tens of batches.
+const RATE_ALPHA: f64 = 0.2;
+
+/// The measured service rate of one worker of a queue, in cost units (tokens for sequence models,
+/// rows otherwise) per second: an exponentially weighted average over completed batches of each
+/// batch's cost over the time it was in flight (pulled until dropped by its worker). Pure: the
+/// dispatcher feeds it and asks it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ServiceRate {
+    per_worker: f64,
+    batches: u32,
+}
+
+impl ServiceRate {
+    /// Takes in one completed batch of `cost` units that was in flight for `busy`.
+    pub fn observe(&mut self, cost: usize, busy: Duration) {
+        if cost == 0 {
+            return;
+        }
+        // A batch measured at 0 (a coarse clock) counts as 1 us rather than an infinite rate.
+        let rate = cost as f64 / busy.as_secs_f64().max(1e-6);
+        self.per_worker = if self.batches == 0 {
+            rate
+        } else {
+            RATE_ALPHA * rate + (1.0 - RATE_ALPHA) * self.per_worker
+        };
+        self.batches = self.batches.saturating_add(1);
+    }
+
+    /// One worker's rate (units per second); `None` before `RATE_MIN_BATCHES` batches.
+    pub fn per_worker(&self) -> Option<f64> {
+        (self.batches >= RATE_MIN_BATCHES && self.per_worker > 0.0).then_some(self.per_worker)
+    }
+
+    /// How long `ahead` queued units take `workers` workers at the measured rate: the wait of a
+    /// job queued behind them. `None` while the rate is unknown or there is no worker.
+    pub fn expected_wait(&self, ahead: usize, workers: usize) -> Option<Duration> {
+        let rate = self.per_worker()? * workers as f64;
+        (rate > 0.0).then(|| Duration::from_secs_f64(ahead as f64 / rate))
+    }
+}
+
+/// The expected wait of a job submitted now, when it is over the budget (the job is refused);
+/// `None` when the job is admitted: no budget, no rate known yet, or a wait within the budget.
+/// `ahead`: queued units served before it (its priority level and the levels above).
+pub fn over_queue_time(
+    rate: &ServiceRate,
+    ahead: usize,
+    workers: usize,
+    budget: Option<Duration>,
+) -> Option<Duration> {
+    let budget = budget?;
+    rate.expected_wait(ahead, workers)
+        .filter(|&wait| wait > budget)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn measured(per_batch: usize, busy_ms: u64, batches: u32) -> ServiceRate {
+        let mut r = ServiceRate::default();
+        (0..batches).for_each(|_| r.observe(per_batch, Duration::from_millis(busy_ms)));
+        r
+    }
+
+    #[test]
+    fn service_rate_unknown_before_min_batches() {
+        let r = measured(100, 10, RATE_MIN_BATCHES - 1);
+        assert_eq!(r.per_worker(), None);
+        assert_eq!(r.expected_wait(1_000_000, 2), None);
+        let budget = Some(Duration::from_millis(1));
+        assert_eq!(over_queue_time(&r, 1_000_000, 2, budget), None);
+    }
+
+    #[test]
+    fn expected_wait_is_work_ahead_over_rate_times_workers() {
+        // 100 units per 10 ms = 10,000/s per worker; 2 workers: 20,000/s.
+        let r = measured(100, 10, RATE_MIN_BATCHES);
+        assert_eq!(r.per_worker(), Some(10_000.0));
+        assert_eq!(r.expected_wait(2_000, 2), Some(Duration::from_millis(100)));
+        assert_eq!(r.expected_wait(0, 2), Some(Duration::ZERO));
+        assert_eq!(r.expected_wait(2_000, 0), None);
+        let budget = Some(Duration::from_millis(50));
+        assert_eq!(
+            over_queue_time(&r, 2_000, 2, budget),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            over_queue_time(&r, 1_000, 2, budget),
+            None,
+            "50 ms: at the budget"
+        );
+        assert_eq!(over_queue_time(&r, 2_000, 2, None), None, "no budget");
+    }
+
+    #[test]
+    fn service_rate_follows_a_changed_rate() {
+        let mut r = measured(100, 10, 20);
+        // The model gets 4x slower: after 10 batches the estimate has moved most of the way, after
+        // 30 it is within 1% of the new rate (0.8^30 of the old one is left).
+        (0..10).for_each(|_| r.observe(100, Duration::from_millis(40)));
+        let mid = r.per_worker().unwrap();
+        assert!(mid < 3_500.0 && mid > 2_500.0, "{mid}");
+        (0..20).for_each(|_| r.observe(100, Duration::from_millis(40)));
+        let got = r.per_worker().unwrap();
+        assert!((got - 2_500.0).abs() / 2_500.0 < 0.01, "{got}");
+    }
 
     #[test]
     fn bulk_cap_keeps_a_worker_for_online_traffic() {

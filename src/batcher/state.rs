@@ -48,6 +48,8 @@ pub struct QueueState {
     reserved: Vec<usize>,
     rows: usize,
     tokens: usize,
+    /// Queued cost per level (`tokens` split by level), for the work ahead of a new job.
+    level_cost: Vec<usize>,
     /// Lower bound on the earliest deadline queued (exact after `take_expired`).
     next_deadline: Option<Instant>,
     canceled: Canceled,
@@ -62,6 +64,7 @@ impl QueueState {
             reserved: vec![0; levels.max(1) as usize],
             rows: 0,
             tokens: 0,
+            level_cost: vec![0; levels.max(1) as usize],
             next_deadline: None,
             canceled: Canceled::default(),
         }
@@ -91,9 +94,16 @@ impl QueueState {
         self.tokens
     }
 
+    /// Queued cost a job at `priority` would wait behind: its level and every level above it.
+    pub fn cost_ahead(&self, priority: u32) -> usize {
+        self.level_cost[..=self.level_index(priority)].iter().sum()
+    }
+
     fn added(&mut self, job: &Job) {
         self.rows += job.rows;
         self.tokens += job.cost;
+        let idx = self.level_index(job.priority);
+        self.level_cost[idx] += job.cost;
         if let Some(d) = job.deadline {
             self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
         }
@@ -102,6 +112,8 @@ impl QueueState {
     fn removed(&mut self, job: &Job) {
         self.rows -= job.rows;
         self.tokens -= job.cost;
+        let idx = self.level_index(job.priority);
+        self.level_cost[idx] -= job.cost;
     }
 
     pub fn pending_jobs(&self) -> usize {
@@ -208,10 +220,7 @@ impl QueueState {
             }
             *level = keep;
         }
-        expired.iter().for_each(|j| {
-            self.rows -= j.rows;
-            self.tokens -= j.cost;
-        });
+        expired.iter().for_each(|j| self.removed(j));
         self.next_deadline = next;
         expired
     }
@@ -341,6 +350,7 @@ impl QueueState {
     pub fn drain_all(&mut self) -> Vec<Job> {
         self.rows = 0;
         self.tokens = 0;
+        self.level_cost.iter_mut().for_each(|c| *c = 0);
         self.next_deadline = None;
         self.levels.iter_mut().flat_map(|l| l.drain(..)).collect()
     }

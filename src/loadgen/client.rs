@@ -1,7 +1,7 @@
 //! The HTTP side of the bench: a pooled hyper client (HTTP/1, keep-alive; `https://` through
 //! rustls with the CA certificates of `--cacert`), the `--header`s added to every request, one
-//! request per call, and the outcome as the bench counts it (success, status code, or transport
-//! error). No timing and no statistics here.
+//! request per call, and the outcome as the bench counts it (success, status code, an overload
+//! refusal without `Retry-After`, or transport error). No timing and no statistics here.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +26,9 @@ pub enum Outcome {
     Ok,
     /// A non-2xx status, e.g. 503.
     Status(u16),
+    /// A 429 or 503 without the `Retry-After` header an overload refusal must carry: counted
+    /// apart (`"503-no-retry-after"`), so that a bench shows a server that sheds without it.
+    NoRetryAfter(u16),
     /// No response: `"connect"`, `"io"`, ...
     Transport(&'static str),
 }
@@ -36,8 +39,19 @@ impl Outcome {
         match self {
             Outcome::Ok => None,
             Outcome::Status(s) => Some(s.to_string()),
+            Outcome::NoRetryAfter(s) => Some(format!("{s}-no-retry-after")),
             Outcome::Transport(k) => Some((*k).to_string()),
         }
+    }
+}
+
+/// How a complete HTTP response counts: success, a status, or an overload status (429, 503)
+/// without `Retry-After`.
+fn outcome(status: u16, retry_after: bool) -> Outcome {
+    match status {
+        200..=299 => Outcome::Ok,
+        429 | 503 if !retry_after => Outcome::NoRetryAfter(status),
+        s => Outcome::Status(s),
     }
 }
 
@@ -232,10 +246,10 @@ impl HttpClient {
             Err(_) => Outcome::Transport("io"),
             Ok(resp) => {
                 let status = resp.status();
+                let retry_after = resp.headers().contains_key(hyper::header::RETRY_AFTER);
                 match resp.into_body().collect().await {
                     Err(_) => Outcome::Transport("io"),
-                    Ok(_) if status.is_success() => Outcome::Ok,
-                    Ok(_) => Outcome::Status(status.as_u16()),
+                    Ok(_) => outcome(status.as_u16(), retry_after),
                 }
             }
         }
@@ -292,6 +306,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outcome_overload_without_retry_after_counted_apart() {
+        assert_eq!(outcome(200, false), Outcome::Ok);
+        assert_eq!(outcome(503, true), Outcome::Status(503));
+        assert_eq!(outcome(429, true), Outcome::Status(429));
+        assert_eq!(outcome(503, false), Outcome::NoRetryAfter(503));
+        assert_eq!(
+            outcome(429, false).error_kind().as_deref(),
+            Some("429-no-retry-after")
+        );
+        assert_eq!(outcome(500, false), Outcome::Status(500));
+    }
 
     #[test]
     fn parse_header_name_value_trimmed() {

@@ -111,6 +111,8 @@ pub fn batch_config(config: &ModelConfig) -> BatchConfig {
         max_batch_tokens: (db.max_batch_tokens > 0).then_some(db.max_batch_tokens),
         bulk_share: f64::from(db.job_share_percent) / 100.0,
         bulk_quiet: Duration::from_millis(db.job_quiet_ms),
+        max_queue_time: (db.max_queue_time_us > 0)
+            .then(|| Duration::from_micros(db.max_queue_time_us)),
     }
 }
 

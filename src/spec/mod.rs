@@ -176,6 +176,10 @@ pub struct DynamicBatching {
     pub job_share_percent: u32,
     /// Online traffic counts as active this long after its last request (job batches stay capped).
     pub job_quiet_ms: u64,
+    /// Queue-time budget: an online request whose expected wait in the queue (queued work ahead of
+    /// it over the measured service rate) is longer is refused at once with 503 + Retry-After;
+    /// 0 = off (shed by `max_queue_size` only).
+    pub max_queue_time_us: u64,
 }
 
 impl Default for DynamicBatching {
@@ -190,6 +194,7 @@ impl Default for DynamicBatching {
             max_batch_tokens: 0,
             job_share_percent: 50,
             job_quiet_ms: 100,
+            max_queue_time_us: 0,
         }
     }
 }
