@@ -92,6 +92,14 @@ if [[ "${PEER_ORT:-0}" == 1 ]]; then
 fi
 
 # ----------------------------------------------------------------------------------------------
+# Issue 15: reliability. Soak (SOAK_MINUTES, default 10, at SOAK_FRACTION, default 0.8, of the
+# measured maximum; digits and MiniLM at once) and faults under load (worker panic, version swap and
+# unload, 1,000 clients leaving mid-request, SIGTERM), each PASS/FAIL by its own criteria.
+# ----------------------------------------------------------------------------------------------
+FERRITE_BIN="$FERRITE_BIN" scripts/soak.sh "${SOAK_MINUTES:-10}" "${SOAK_FRACTION:-0.8}"
+FERRITE_BIN="$FERRITE_BIN" scripts/faults.sh
+
+# ----------------------------------------------------------------------------------------------
 # Issue 15: fuzzing of the request-body decoders (cargo fuzz targets in fuzz/, nightly):
 # >= 10 million executions per target, 0 failing inputs (no panic, heap within the harness's
 # bound, accepted requests within the models' budgets). FUZZ_RUNS overrides the count.
