@@ -9,8 +9,9 @@
       the request was written, before any answer byte) and hung (no answer within T).
   disconnect URL BODY --clients N --hold-ms H --out JSON
       N clients at once, each connects, writes its request, waits H ms, and closes the socket
-      without reading (SO_LINGER 0: a reset, as a client that is killed). Records how many wrote
-      their request and how many were answered before they left.
+      without reading the answer (a FIN; --reset: a reset, SO_LINGER 0, as a killed client, whose
+      request the server's kernel drops unread if it has not read it yet, so that the server never
+      sees it). Records how many wrote their request and how many were answered before they left.
 """
 
 import argparse
@@ -125,7 +126,7 @@ async def disconnect(a):
         except OSError:
             stats["write_failed"] += 1
         sock = writer.get_extra_info("socket")
-        if sock is not None:
+        if a.reset and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()
 
@@ -155,6 +156,7 @@ def main():
     x.add_argument("body")
     x.add_argument("--clients", type=int, default=1000)
     x.add_argument("--hold-ms", type=float, default=200)
+    x.add_argument("--reset", action="store_true", help="leave with a reset (SO_LINGER 0), not a close")
     x.add_argument("--out", required=True)
     a = p.parse_args()
     asyncio.run(drive(a) if a.cmd == "drive" else disconnect(a))
