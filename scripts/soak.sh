@@ -118,12 +118,15 @@ verdict = lambda c: "PASS" if c else "FAIL"
 c = all(v == 0 for v in errors.values())
 ok &= c
 print(f"\n{verdict(c)} errors: digits {errors['digits']} of {sent['digits']}, minilm {errors['minilm']} of {sent['minilm']}")
+for m, s in steps.items():
+    if s["errors"]:
+        print(f"  # {m}: errors by kind over the last 3 minutes: {s['errors']}")
 start_t = 120 if rss[-1][0] > 120 else 0
 m2, end = rss_at(start_t), rss[-1][1] / 1024
 growth = (end - m2) / m2 * 100
 c = growth < 5
 ok &= c
-print(f"{verdict(c)} RSS growth from {start_t // 60 + 1 if start_t else 'the start'}{' (minute 2)' if start_t else ''}: "
+print(f"{verdict(c)} RSS growth from {'minute 2 (t = 120 s)' if start_t else 'the start'} to the end: "
       f"{m2:.1f} -> {end:.1f} MiB ({growth:+.2f}%; limit +5%); peak {max(r for _, r in rss) / 1024:.1f} MiB over {len(rss)} samples")
 for m, s in steps.items():
     p = [w["p99_us"] / 1000 for w in s["windows"]]

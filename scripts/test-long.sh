@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Long checks kept out of scripts/test.sh (minutes each, gigabytes of disk):
+# Long checks kept out of scripts/test.sh (minutes each, gigabytes of disk); issue 15 soak and faults
+# (scripts/soak.sh, scripts/faults.sh) and fuzzing at the end:
 #   issue 21: `ferrite batch` over a ~1 GB input (digits KServe v2 rows, CPU) in bounded memory: peak
 #             RSS under LIMIT_MIB (default 1024, stated in benches/RESULTS.md), every id once in the
 #             Parquet output, and a run interrupted with SIGKILL half-way resumes to the same result.
