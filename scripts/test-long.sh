@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Long checks kept out of scripts/test.sh (minutes each, gigabytes of disk):
+# Long checks kept out of scripts/test.sh (minutes each, gigabytes of disk); issue 15 soak and faults
+# (scripts/soak.sh, scripts/faults.sh) and fuzzing at the end:
 #   issue 21: `ferrite batch` over a ~1 GB input (digits KServe v2 rows, CPU) in bounded memory: peak
 #             RSS under LIMIT_MIB (default 1024, stated in benches/RESULTS.md), every id once in the
 #             Parquet output, and a run interrupted with SIGKILL half-way resumes to the same result.
@@ -99,6 +100,14 @@ fi
 # admitted p99 against the 80%-load p99 for benches/RESULTS.md. OVERLOAD_DUR: seconds per step.
 # ----------------------------------------------------------------------------------------------
 FERRITE_BIN="$FERRITE_BIN" scripts/overload.sh "${OVERLOAD_DUR:-15}"
+
+# ----------------------------------------------------------------------------------------------
+# Issue 15: reliability. Soak (SOAK_MINUTES, default 10, at SOAK_FRACTION, default 0.8, of the
+# measured maximum; digits and MiniLM at once) and faults under load (worker panic, version swap and
+# unload, 1,000 clients leaving mid-request, SIGTERM), each PASS/FAIL by its own criteria.
+# ----------------------------------------------------------------------------------------------
+FERRITE_BIN="$FERRITE_BIN" scripts/soak.sh "${SOAK_MINUTES:-10}" "${SOAK_FRACTION:-0.8}"
+FERRITE_BIN="$FERRITE_BIN" scripts/faults.sh
 
 # ----------------------------------------------------------------------------------------------
 # Issue 15: fuzzing of the request-body decoders (cargo fuzz targets in fuzz/, nightly):

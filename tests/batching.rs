@@ -201,6 +201,55 @@ async fn client_that_disconnects_is_dropped_before_compute() {
     );
 }
 
+/// Waits until the slow model's pending gauge is back to 0: every admitted job was dispatched.
+async fn wait_pending_zero(s: &TestServer) {
+    let series = r#"nv_inference_pending_request_count{model="slow",version="1"}"#;
+    for _ in 0..2000 {
+        if s.metric(series).await == 0.0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("pending never went back to 0");
+}
+
+/// Every request ends counted once, also when its client leaves while its batch is computing
+/// (after the dispatcher could drop it, before the answer): success + failures = requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_that_leaves_during_compute_is_counted_exactly_once() {
+    // Batches of exactly two: a lone request waits (10 s) for its partner, two go at once (and
+    // the warm-up, one request of the preferred size, at once).
+    let extra = "[dynamic_batching]\nmax_queue_delay_us = 10000000\npreferred_batch_sizes = [2]\n\
+                 [parameters]\nsleep_us = 600000\n";
+    let s = TestServer::start(Repo::new().with_debug("slow", 2, extra)).await;
+    let leaves = spawn_infer(&s, row(1.0));
+    wait_pending_at_least(&s, 1.0).await;
+    let stays = spawn_infer(&s, row(2.0));
+    // Pending back to 0: both were dispatched together, and their 600 ms batch is running.
+    wait_pending_zero(&s).await;
+    leaves.abort();
+    assert_eq!(stays.await.unwrap().0, 200);
+    let series = |k: &str| format!("nv_inference_request_{k}{{model=\"slow\",version=\"1\"}}");
+    let canceled = r#"nv_inference_request_failure{model="slow",reason="CANCELED",version="1"}"#;
+    // The worker counts the request that left once the batch ends; give it the time to end.
+    let mut counted = 0.0;
+    for _ in 0..400 {
+        let text = s.metrics_text().await;
+        counted = metric_in(&text, &series("success")) + metric_in(&text, canceled);
+        if counted >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let text = s.metrics_text().await;
+    eprintln!(
+        "success {}, canceled {}",
+        metric_in(&text, &series("success")),
+        metric_in(&text, canceled)
+    );
+    assert_eq!(counted, 2.0, "each of the two requests counted once");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn panicking_model_fails_only_its_batch_and_keeps_serving() {
     let s = slow_server(0, 16).await;

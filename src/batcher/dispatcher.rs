@@ -190,11 +190,12 @@ impl Dispatcher {
         match state.push(job) {
             Ok(()) => self.metrics.pending.inc(),
             Err((job, full)) => {
-                let _ = job.reply.send(Err(JobError::QueueFull {
+                let gone = job.answer(Err(JobError::QueueFull {
                     model: self.model.to_string(),
                     level: full.level,
                     capacity: full.capacity,
                 }));
+                self.metrics.canceled.inc_by(u64::from(gone));
             }
         }
         // A full level first drops the jobs whose clients have gone.
@@ -213,20 +214,23 @@ impl Dispatcher {
     }
 
     fn reject(&self, job: Job, why: &str) {
-        let _ = job.reply.send(Err(JobError::Unavailable {
+        let gone = job.answer(Err(JobError::Unavailable {
             model: self.model.to_string(),
             why: why.into(),
         }));
+        self.metrics.canceled.inc_by(u64::from(gone));
     }
 
     /// Expires, dispatches what the policy allows, and returns when to look again.
     pub fn step(&mut self, now: Instant) -> Option<Instant> {
         for job in self.state.take_expired(now) {
             self.metrics.pending.dec();
-            let _ = job.reply.send(Err(JobError::Timeout {
+            let timeout_us = job.timeout_us;
+            let gone = job.answer(Err(JobError::Timeout {
                 model: self.model.to_string(),
-                timeout_us: job.timeout_us,
+                timeout_us,
             }));
+            self.metrics.canceled.inc_by(u64::from(gone));
         }
         let mut wake = None;
         let busy: usize = self.busy.iter().map(|b| b.load(Ordering::Acquire)).sum();

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -190,10 +191,42 @@ impl Job {
     /// Whether dropping this job (its client has gone) adds one to the canceled requests: true for
     /// a whole request, and for the first dropped part of a split one; never for warm-up.
     pub fn count_canceled(&self) -> bool {
-        match &self.parts {
-            _ if self.warmup => false,
-            None => true,
-            Some(counted) => !counted.swap(true, Ordering::Relaxed),
+        counts_once(self.warmup, &self.parts)
+    }
+
+    /// Answers the job's request. True when nobody waits for the answer any more (the request's
+    /// future was dropped: its client left) and this job is the one to count as canceled: no one
+    /// else will count it, so the caller adds one to the canceled requests.
+    pub fn answer(self, result: Result<JobOutput, JobError>) -> bool {
+        self.reply.send(result).is_err() && counts_once(self.warmup, &self.parts)
+    }
+}
+
+/// `Job::count_canceled` over a job's flags (also for an `Answer`, after its job is gone).
+fn counts_once(warmup: bool, parts: &Option<Arc<AtomicBool>>) -> bool {
+    match parts {
+        _ if warmup => false,
+        None => true,
+        Some(counted) => !counted.swap(true, Ordering::Relaxed),
+    }
+}
+
+/// Where an online job's answer comes. Dropped with the answer unread (the request's future was
+/// dropped after the worker had answered: its client left in between), it counts the request as
+/// canceled, since the worker's send succeeded and so did not count it. With `Job::answer` (a send
+/// that finds the request gone) and the jobs dropped before compute (dispatcher, worker), every
+/// online request ends counted once: a success or a failure by its handler, or canceled here.
+struct Answer {
+    rx: oneshot::Receiver<Result<JobOutput, JobError>>,
+    warmup: bool,
+    parts: Option<Arc<AtomicBool>>,
+    canceled: IntCounter,
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        if self.rx.try_recv().is_ok() && counts_once(self.warmup, &self.parts) {
+            self.canceled.inc();
         }
     }
 }
@@ -361,8 +394,8 @@ impl Permit {
         let reserved = self.left > 0;
         self.left -= usize::from(reserved);
         let queue = self.queue.clone();
-        let rx = queue.enqueue(inputs, rows, opts, reserved);
-        async move { queue.answer(rx?).await }
+        let answer = queue.enqueue(inputs, rows, opts, reserved);
+        async move { queue.answer(answer?).await }
     }
 }
 
@@ -385,6 +418,8 @@ pub struct Queue {
     _handles: Arc<Handles>,
     cfg: Arc<BatchConfig>,
     model: Arc<str>,
+    /// The canceled-requests counter (`QueueMetrics::canceled`), for `Answer`.
+    canceled: IntCounter,
 }
 
 impl Queue {
@@ -412,6 +447,7 @@ impl Queue {
     fn new(model: &str, cfg: BatchConfig, metrics: QueueMetrics) -> Queue {
         let cfg = Arc::new(cfg);
         let model: Arc<str> = model.into();
+        let canceled = metrics.canceled.clone();
         let shared = Arc::new(Shared {
             core: Mutex::new(Core {
                 dispatcher: Dispatcher::new(model.clone(), cfg.clone(), metrics),
@@ -426,6 +462,7 @@ impl Queue {
             shared,
             cfg,
             model,
+            canceled,
         }
     }
 
@@ -444,8 +481,8 @@ impl Queue {
         if opts.lane == Lane::Bulk {
             return self.submit_bulk(inputs, rows, opts).await;
         }
-        let rx = self.enqueue(inputs, rows, opts, false)?;
-        self.answer(rx).await
+        let answer = self.enqueue(inputs, rows, opts, false)?;
+        self.answer(answer).await
     }
 
     /// The priority level a request's options ask for (0 = the model's default).
@@ -481,11 +518,17 @@ impl Queue {
         rows: usize,
         opts: SubmitOptions,
         reserved: bool,
-    ) -> Result<oneshot::Receiver<Result<JobOutput, JobError>>, JobError> {
+    ) -> Result<Answer, JobError> {
         let priority = self.level(&opts)?;
         let timeout = self.timeout(&opts);
         let now = Instant::now();
         let (reply, rx) = oneshot::channel();
+        let answer = Answer {
+            rx,
+            warmup: opts.warmup,
+            parts: opts.parts.clone(),
+            canceled: self.canceled.clone(),
+        };
         let job = Job {
             inputs,
             rows,
@@ -505,14 +548,12 @@ impl Queue {
         } else {
             Command::Submit(job)
         }));
-        Ok(rx)
+        Ok(answer)
     }
 
-    async fn answer(
-        &self,
-        rx: oneshot::Receiver<Result<JobOutput, JobError>>,
-    ) -> Result<JobOutput, JobError> {
-        rx.await
+    async fn answer(&self, mut answer: Answer) -> Result<JobOutput, JobError> {
+        (&mut answer.rx)
+            .await
             .unwrap_or_else(|_| Err(self.unavailable("the model was unloaded")))
     }
 

@@ -588,3 +588,49 @@ async fn token_budget_follows_the_pulling_workers_layout() {
         assert_eq!(Instant::now(), start, "100 queued tokens fill the budget");
     }
 }
+
+/// A request whose client leaves after its job was pulled, while the batch runs: the worker's
+/// answer finds nobody waiting, and `Job::answer` says so, once, for the worker to count.
+#[tokio::test(start_paused = true)]
+async fn answer_to_a_request_gone_after_pull_says_count_it_once() {
+    let q = Queue::spawn_task("m", cfg(), metrics());
+    let gone = spawn_submit(&q, 1.0, SubmitOptions::default());
+    let stays = spawn_submit(&q, 2.0, SubmitOptions::default());
+    settle().await;
+    let batch = q.pull().await.unwrap();
+    assert_eq!(batch.jobs.len(), 2);
+    gone.abort();
+    settle().await;
+    let counted: Vec<bool> = batch
+        .jobs
+        .into_iter()
+        .map(|job| {
+            let outputs = job.inputs.clone();
+            job.answer(Ok(JobOutput {
+                outputs,
+                timings: Timings::default(),
+            }))
+        })
+        .collect();
+    assert_eq!(counted, vec![true, false]);
+    assert!(stays.await.unwrap().is_ok());
+}
+
+/// A request whose future is dropped after the worker answered it but before it read the answer
+/// (its client left in between) is counted canceled by the answer it left unread.
+#[tokio::test(start_paused = true)]
+async fn answer_left_unread_counts_the_request_canceled() {
+    let m = metrics();
+    let q = Queue::spawn_task("m", cfg(), m.clone());
+    let h = spawn_submit(&q, 1.0, SubmitOptions::default());
+    let read = spawn_submit(&q, 2.0, SubmitOptions::default());
+    settle().await;
+    let batch = q.pull().await.unwrap();
+    // Both answered (the sends succeed: both requests still wait); then, before the first request
+    // runs again to read its answer, its task is dropped.
+    assert_eq!(echo(batch), vec![1.0, 2.0]);
+    h.abort();
+    assert!(h.await.unwrap_err().is_cancelled());
+    assert!(read.await.unwrap().is_ok());
+    assert_eq!(m.canceled.get(), 1, "only the unread answer counts");
+}

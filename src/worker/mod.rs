@@ -231,10 +231,14 @@ fn drop_if_unwanted(
                 metrics.record_failure(FailureReason::Canceled);
             }
         } else {
-            let _ = job.reply.send(Err(JobError::Timeout {
+            let timeout_us = job.timeout_us;
+            let gone = job.answer(Err(JobError::Timeout {
                 model: spec.model.clone(),
-                timeout_us: job.timeout_us,
+                timeout_us,
             }));
+            if gone {
+                metrics.record_failure(FailureReason::Canceled);
+            }
         }
     }
     true
@@ -307,6 +311,9 @@ fn compute(
     });
     // Time spent staged, waiting for this thread, counts as queueing (as Triton counts it).
     let waited = started.saturating_duration_since(ready);
+    // Requests whose client left while their batch ran: counted canceled here (their handlers
+    // are gone, so nothing else counts them).
+    let mut gone = 0usize;
     match outputs {
         Ok(outs) => {
             for (job, outputs) in batch.jobs.into_iter().zip(outs) {
@@ -317,14 +324,17 @@ fn compute(
                     compute_output: stages.output,
                     batch_rows: rows,
                 };
-                let _ = job.reply.send(Ok(JobOutput { outputs, timings }));
+                gone += usize::from(job.answer(Ok(JobOutput { outputs, timings })));
             }
         }
         Err(e) => {
             for job in batch.jobs {
-                let _ = job.reply.send(Err(e.clone()));
+                gone += usize::from(job.answer(Err(e.clone())));
             }
         }
+    }
+    for _ in 0..gone {
+        metrics.record_failure(FailureReason::Canceled);
     }
 }
 

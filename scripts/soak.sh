@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Issue 15, soak: one release server with digits and MiniLM (models/), both driven at once.
+#   1. Max throughput, both at once: `ferrite bench` closed loop (CONN connections each, MAX_S
+#      seconds) on digits (KServe v2 JSON, one 8x8 image a request) and MiniLM (TEI /embed, one
+#      sentence a request from benches/embed/make_sentences.py) at the same time. Measured together
+#      because they share the CPU: each model's figure is its share of the machine with the other
+#      busy, so FRACTION of both at once is FRACTION of what the server can do.
+#   2. Soak: both at FRACTION of that, open loop (`--request-rate-range R:R`, constant arrivals:
+#      latency counted from the scheduled send, so queueing shows), for MINUTES one-minute windows;
+#      the server's RSS (VmRSS, /proc) sampled every 5 s.
+# Criteria (PASS/FAIL each): 0 errors (client side: every request answered 200); RSS growth < 5%
+# from minute 2 to the end; every minute's p99 within ±20% of the median minute's, per model.
+# Usage: scripts/soak.sh [MINUTES=10] [FRACTION=0.8]
+# Env: FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), MODELS (default models),
+#      CONN (default 32), MAX_S (default 15).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MINUTES=${1:-10}
+FRACTION=${2:-0.8}
+FERRITE_BIN=${FERRITE_BIN:-${CARGO_TARGET_DIR:-target}/release/ferrite}
+MODELS=${MODELS:-models}
+CONN=${CONN:-32}
+MAX_S=${MAX_S:-15}
+[[ -x "$FERRITE_BIN" ]] || { echo "no ferrite binary at $FERRITE_BIN (cargo build --release, or set FERRITE_BIN)" >&2; exit 1; }
+[[ -f "$MODELS/minilm/1/model.safetensors" ]] || scripts/fetch-models.sh >&2
+
+tmp=$(mktemp -d)
+pids=()
+# shellcheck disable=SC2317  # invoked by the trap
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+python3 benches/embed/make_sentences.py tests/fixtures/minilm-reference.json "$tmp/sent" 400 >/dev/null
+python3 - "$tmp/digits.jsonl" <<'PY'
+import json, random, sys
+random.seed(0)
+with open(sys.argv[1], "w") as f:
+    for _ in range(64):
+        x = [float(random.randint(0, 16)) for _ in range(64)]
+        f.write(json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": x}]}) + "\n")
+PY
+
+log=$tmp/ferrite.log
+"$FERRITE_BIN" serve --model-repository "$MODELS" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 \
+  --access-log=false 2>"$log" &
+server=$!
+pids+=("$server")
+for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done
+grep -q 'server ready' "$log" || { echo "ferrite did not become ready:" >&2; cat "$log" >&2; exit 1; }
+line=$(grep -o 'listening on http://[0-9.:]*\b (metrics on http://[0-9.:]*/metrics)' "$log")
+url=$(sed -E 's/listening on (http:[^ ]*) .*/\1/' <<<"$line")
+metrics=$(sed -E 's/.*metrics on (http:[^)]*)\)/\1/' <<<"$line")
+
+declare -A proto=([digits]=v2-json [minilm]=tei) input=([digits]=$tmp/digits.jsonl [minilm]=$tmp/sent/sentences.txt)
+bench() { # model out load-args... (in the background; pid appended to $bench_pids)
+  local m=$1 out=$2
+  shift 2
+  "$FERRITE_BIN" bench -u "$url" --metrics-url "$metrics" -m "$m" --protocol "${proto[$m]}" --input-data "${input[$m]}" \
+    --json "$out" "$@" >"$out.log" 2>&1 &
+  bench_pids+=($!)
+  pids+=($!)
+}
+wait_benches() { local p; for p in "${bench_pids[@]}"; do wait "$p" || { cat "$tmp"/*.json.log >&2; exit 1; }; done; bench_pids=(); }
+jq_py() { python3 -c "import json, sys; s = json.load(open(sys.argv[1]))['steps'][0]; print($2)" "$1"; }
+
+# 1. max throughput, both models at once
+bench_pids=()
+for m in digits minilm; do
+  bench "$m" "$tmp/max-$m.json" --concurrency-range "$CONN" --warmup-ms 3000 --measurement-interval-ms $((MAX_S * 1000)) --max-windows 1
+done
+wait_benches
+declare -A max rate
+for m in digits minilm; do
+  max[$m]=$(jq_py "$tmp/max-$m.json" 's["throughput"]')
+  rate[$m]=$(awk -v x="${max[$m]}" -v f="$FRACTION" 'BEGIN {printf "%.1f", x * f}')
+  echo "max (closed loop, $CONN connections, both at once, ${MAX_S}s): $m $(printf '%.1f' "${max[$m]}") req/s, p99 $(jq_py "$tmp/max-$m.json" 'round(s["latency"]["p99_us"] / 1000, 2)') ms -> soak at ${rate[$m]} req/s"
+done
+
+# 2. the soak: both at FRACTION, open loop, one-minute windows; RSS every 5 s
+for m in digits minilm; do
+  bench "$m" "$tmp/soak-$m.json" --request-rate-range "${rate[$m]}:${rate[$m]}" --warmup-ms 0 \
+    --measurement-interval-ms 60000 --max-windows "$MINUTES" --stability-percentage 0
+done
+t0=$(date +%s)
+: >"$tmp/rss"
+while kill -0 "${bench_pids[0]}" 2>/dev/null || kill -0 "${bench_pids[1]}" 2>/dev/null; do
+  echo "$(($(date +%s) - t0)) $(awk '/VmRSS/ {print $2}' "/proc/$server/status")" >>"$tmp/rss"
+  sleep 5
+done
+wait_benches
+kill -0 "$server" 2>/dev/null || { echo "FAIL: the server died" >&2; cat "$log" >&2; exit 1; }
+
+python3 - "$tmp" "$MINUTES" "$FRACTION" <<'PY'
+import json, statistics, sys
+tmp, minutes, fraction = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+rss = [tuple(map(int, l.split())) for l in open(f"{tmp}/rss") if len(l.split()) == 2]
+steps = {m: json.load(open(f"{tmp}/soak-{m}.json"))["steps"][0] for m in ("digits", "minilm")}
+print(f"| minute | digits req/s | digits p99 ms | digits errors | minilm req/s | minilm p99 ms | minilm errors | server RSS MiB (end of minute) |")
+print("|---|---|---|---|---|---|---|---|")
+def rss_at(t):
+    before = [r for s, r in rss if s <= t]
+    return (before[-1] if before else rss[0][1]) / 1024
+for i in range(max(len(s["windows"]) for s in steps.values())):
+    cells = []
+    for m in ("digits", "minilm"):
+        w = steps[m]["windows"][i] if i < len(steps[m]["windows"]) else None
+        cells += [f'{w["throughput"]:.1f}', f'{w["p99_us"] / 1000:.1f}', str(w["errors"])] if w else ["-"] * 3
+    print(f"| {i + 1} | " + " | ".join(cells) + f" | {rss_at(60 * (i + 1)):.1f} |")
+ok = True
+errors = {m: sum(w["errors"] for w in s["windows"]) for m, s in steps.items()}
+sent = {m: sum(w["ok"] + w["errors"] for w in s["windows"]) for m, s in steps.items()}
+verdict = lambda c: "PASS" if c else "FAIL"
+c = all(v == 0 for v in errors.values())
+ok &= c
+print(f"\n{verdict(c)} errors: digits {errors['digits']} of {sent['digits']}, minilm {errors['minilm']} of {sent['minilm']}")
+for m, s in steps.items():
+    if s["errors"]:
+        print(f"  # {m}: errors by kind over the last 3 minutes: {s['errors']}")
+start_t = 120 if rss[-1][0] > 120 else 0
+m2, end = rss_at(start_t), rss[-1][1] / 1024
+growth = (end - m2) / m2 * 100
+c = growth < 5
+ok &= c
+print(f"{verdict(c)} RSS growth from {'minute 2 (t = 120 s)' if start_t else 'the start'} to the end: "
+      f"{m2:.1f} -> {end:.1f} MiB ({growth:+.2f}%; limit +5%); peak {max(r for _, r in rss) / 1024:.1f} MiB over {len(rss)} samples")
+for m, s in steps.items():
+    p = [w["p99_us"] / 1000 for w in s["windows"]]
+    med = statistics.median(p)
+    worst = max(abs(x - med) / med * 100 for x in p)
+    c = worst <= 20
+    ok &= c
+    print(f"{verdict(c)} {m} p99 per minute within ±20% of the median minute ({med:.1f} ms): worst {worst:.1f}% "
+          f"(min {min(p):.1f}, max {max(p):.1f} ms); send-lag p99 (last 3 minutes) {(s.get('send_lag_p99_us') or 0) / 1000:.1f} ms")
+    for w in s.get("warnings", []):
+        if "stable" not in w:
+            print(f"  # {m}: {w}")
+print("PASS: soak" if ok else "FAIL: soak")
+sys.exit(0 if ok else 1)
+PY
