@@ -4,7 +4,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::simd::{self, dispatch};
+use super::simd::{self, dispatch_fma, MulAdd};
 use super::{check_float, f32_view, in_f64, storage_of};
 
 /// `gelu_erf(x + bias)`; `x` [.., n], `bias` [n], same float dtype.
@@ -38,28 +38,37 @@ struct GeluBias;
 /// accuracy also for large negative v). One `exp` (the branch-free one in `simd`) and ten FMAs,
 /// no calls and no branches, so the loop vectorises.
 #[inline(always)]
-fn gelu(v: f32) -> f32 {
+fn gelu<M: MulAdd>(v: f32) -> f32 {
+    const C: [f32; 10] = [
+        -1.265_512_2,
+        1.000_023_7,
+        0.374_091_96,
+        0.096_784_18,
+        -0.186_288_06,
+        0.278_868_07,
+        -1.135_204,
+        1.488_515_9,
+        -0.822_152_23,
+        0.170_872_77,
+    ];
     let x = -v * std::f32::consts::FRAC_1_SQRT_2;
     let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -1.265_512_2
-        + t * (1.000_023_7
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_204
-                                + t * (1.488_515_9 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    let r = t * simd::exp(-z * z + poly);
+    let t = 1.0 / M::mul_add(0.5, z, 1.0);
+    let mut poly = C[9];
+    for &c in C[..9].iter().rev() {
+        poly = M::mul_add(t, poly, c);
+    }
+    let r = t * simd::exp_with::<M>(M::mul_add(-z, z, poly));
     let erfc = if x >= 0.0 { r } else { 2.0 - r };
     0.5 * v * erfc
 }
 
+/// `out[i] = gelu(x[i] + b[i % n])`, writing every element of `out` (x.len() of them).
 #[inline(always)]
-fn gelu_rows(x: &[f32], b: &[f32], out: &mut [f32]) {
+fn gelu_rows<M: MulAdd>(x: &[f32], b: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {
     for (o, row) in out.chunks_exact_mut(b.len()).zip(x.chunks_exact(b.len())) {
         for ((o, &v), &bi) in o.iter_mut().zip(row).zip(b) {
-            *o = gelu(v + bi);
+            o.write(gelu::<M>(v + bi));
         }
     }
 }
@@ -78,8 +87,20 @@ impl CustomOp2 for GeluBias {
     ) -> Result<(CpuStorage, Shape)> {
         let x = f32_view(s1, l1, "gelu_bias x")?;
         let b = f32_view(s2, l2, "gelu_bias bias")?;
-        let mut out = vec![0f32; x.len()];
-        dispatch!(gelu_rows(&x, &b, &mut out));
+        let n = x.len();
+        if b.is_empty() && n == 0 {
+            return Ok((storage_of(Vec::new(), s1.dtype())?, l1.shape().clone()));
+        }
+        if b.is_empty() || !n.is_multiple_of(b.len()) {
+            bail!(
+                "gelu_bias: {n} values are not whole rows of the bias' {}",
+                b.len()
+            );
+        }
+        let mut out: Vec<f32> = Vec::with_capacity(n);
+        dispatch_fma!(gelu_rows(&x, &b, &mut out.spare_capacity_mut()[..n]));
+        // SAFETY: `gelu_rows` wrote all n elements: x is n / b.len() whole rows.
+        unsafe { out.set_len(n) };
         Ok((storage_of(out, s1.dtype())?, l1.shape().clone()))
     }
 

@@ -7,6 +7,38 @@
 /// x = n ln2 + r with |r| ≤ ln2/2, then a degree-6 Taylor polynomial and 2^n built from bits.
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
+    exp_with::<Split>(x)
+}
+
+/// `a · b + c`: fused (one rounding, one instruction) in the copies `dispatch_fma!` compiles with
+/// FMA, split into a multiply and an add in the baseline copy (where a fused one would be a libm
+/// call per element).
+pub(crate) trait MulAdd {
+    fn mul_add(a: f32, b: f32, c: f32) -> f32;
+}
+
+/// `a.mul_add(b, c)`: only where FMA is enabled.
+pub(crate) struct Fused;
+/// `a * b + c`.
+pub(crate) struct Split;
+
+impl MulAdd for Fused {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+
+impl MulAdd for Split {
+    #[inline(always)]
+    fn mul_add(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// `exp` with its polynomial evaluated by `M`'s multiply-add.
+#[inline(always)]
+pub(crate) fn exp_with<M: MulAdd>(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer in the low bits
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -14,10 +46,24 @@ pub(crate) fn exp(x: f32) -> f32 {
     let t = x * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let f = M::mul_add;
+    let p = f(
+        r,
+        f(
+            r,
+            f(
+                r,
+                f(
+                    r,
+                    f(r, f(r, 1.0 / 720.0, 1.0 / 120.0), 1.0 / 24.0),
+                    1.0 / 6.0,
+                ),
+                0.5,
+            ),
+            1.0,
+        ),
+        1.0,
+    );
     let n_i = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     p * f32::from_bits(((n_i + 127) << 23) as u32)
 }
@@ -53,6 +99,39 @@ macro_rules! dispatch {
     }};
 }
 pub(crate) use dispatch;
+
+/// `dispatch!` for a function generic over `MulAdd`: `f::<Fused>` in the AVX-512 and AVX2+FMA
+/// copies, `f::<Split>` in the baseline one.
+macro_rules! dispatch_fma {
+    ($f:ident($($arg:expr),* $(,)?)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            use $crate::ops::simd::{Fused, Split};
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512<T>(g: impl FnOnce() -> T) -> T { g() }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2<T>(g: impl FnOnce() -> T) -> T { g() }
+            let cap = $crate::ops::simd::level_cap();
+            if cap >= 2 && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports the features the copy was compiled for.
+                unsafe { avx512(|| $f::<Fused>($($arg),*)) }
+            } else if cap >= 1
+                && std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: as above.
+                unsafe { avx2(|| $f::<Fused>($($arg),*)) }
+            } else {
+                $f::<Split>($($arg),*)
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            $f::<$crate::ops::simd::Split>($($arg),*)
+        }
+    }};
+}
+pub(crate) use dispatch_fma;
 
 #[cfg(test)]
 thread_local! {
