@@ -271,33 +271,8 @@ fn serve_with_missing_repository_fails_clearly() {
     );
 }
 
-/// One whole HTTP/1.1 response on a kept-alive connection (headers plus `content-length` bytes).
 async fn read_response(tcp: &mut tokio::net::TcpStream) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        assert!(n > 0, "closed before a whole response");
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if got.len() >= end + 4 + len {
-                return text;
-            }
-        }
-    }
+    read_response_within(tcp, Duration::from_secs(20)).await
 }
 
 /// The process runs out of file descriptors (its limit lowered, while running, to a few more

@@ -7,12 +7,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Repo, TestServer};
+use common::{read_response_within, Repo, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Generous bound on "promptly": the timeouts under test are 1 s.
 const WITHIN: Duration = Duration::from_secs(10);
+
+async fn read_response(tcp: &mut TcpStream) -> String {
+    read_response_within(tcp, WITHIN).await
+}
 
 fn addr(s: &TestServer) -> String {
     s.url.trim_start_matches("http://").to_string()
@@ -29,34 +33,6 @@ async fn read_to_close(tcp: &mut TcpStream) -> (Vec<u8>, bool) {
             Err(_) => return (got, false),
             Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
             Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
-/// One whole response on a kept-alive connection (headers plus `content-length` bytes).
-async fn read_response(tcp: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(WITHIN, tcp.read(&mut buf))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        assert!(n > 0, "closed before a whole response");
-        got.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&got).to_string();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let len: usize = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if got.len() >= end + 4 + len {
-                return text;
-            }
         }
     }
 }
