@@ -182,7 +182,11 @@ async fn edge_inner(s: AppState, mut req: Request, next: Next, id: String) -> Re
         status: resp.status().as_u16(),
         request_bytes: bytes,
         response_bytes: resp.body().size_hint().exact().unwrap_or(0),
-        duration_us: start.elapsed().as_micros() as u64,
+        duration_us: {
+            // Not `as_micros`: its u128 division showed in profiles.
+            let d = start.elapsed();
+            d.as_secs() * 1_000_000 + u64::from(d.subsec_micros())
+        },
         // Hex digits are ASCII.
         body_hmac: digest
             .as_ref()

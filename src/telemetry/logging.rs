@@ -221,9 +221,12 @@ fn format_access(line: &mut String, format: LogFormat, now: SystemTime, r: &Acce
     // `write!` into a String cannot fail.
     match format {
         LogFormat::Text => {
-            let _ = write!(line, "{ts}  INFO access: request");
+            line.push_str(ts);
+            line.push_str("  INFO access: request");
             for (k, v) in strings {
-                let _ = write!(line, " {k}=");
+                line.push(' ');
+                line.push_str(k);
+                line.push('=');
                 text_value(line, v);
             }
             for (k, v) in numbers {
@@ -241,11 +244,11 @@ fn format_access(line: &mut String, format: LogFormat, now: SystemTime, r: &Acce
                 "{{\"timestamp\":\"{ts}\",\"level\":\"INFO\",\"message\":\"request\""
             );
             for (k, v) in strings {
-                let _ = write!(line, ",\"{k}\":");
+                json_key(line, k);
                 json_string(line, v);
             }
             for (k, v) in numbers {
-                let _ = write!(line, ",\"{k}\":");
+                json_key(line, k);
                 line.push_str(itoa::Buffer::new().format(v));
             }
             line.push_str(",\"body_hmac\":");
@@ -274,9 +277,7 @@ fn text_value(line: &mut String, s: &str) {
     let (s, cut) = capped(s);
     // Printable ASCII but `"`, `\` and `=`; anything else (spaces, control characters, non-ASCII)
     // is quoted. Bytes, not chars: this runs over every field of every request.
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'=');
+    let plain = !s.is_empty() && plain_bytes(s.as_bytes());
     if plain && !cut {
         line.push_str(s);
         return;
@@ -289,10 +290,34 @@ fn text_value(line: &mut String, s: &str) {
     line.push('"');
 }
 
+/// Whether every byte is printable ASCII but `"`, `\` and `=`. A fold without an early exit, so
+/// that the compiler can check 16 to 64 bytes per instruction (the byte-at-a-time `all` was ~1 µs
+/// of a ~45 µs request in a server profile).
+fn plain_bytes(s: &[u8]) -> bool {
+    s.iter().fold(true, |ok, &b| {
+        ok & (b > b' ') & (b < 0x7f) & (b != b'"') & (b != b'\\') & (b != b'=')
+    })
+}
+
+/// `,"key":`
+fn json_key(line: &mut String, k: &str) {
+    line.push_str(",\"");
+    line.push_str(k);
+    line.push_str("\":");
+}
+
 fn json_string(line: &mut String, s: &str) {
     let (s, cut) = capped(s);
     line.push('"');
-    escape_into(line, s);
+    // ASCII with nothing to escape (the usual field) goes in whole.
+    let plain = s.as_bytes().iter().fold(true, |ok, &b| {
+        ok & (b >= b' ') & (b < 0x7f) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
+        line.push_str(s);
+    } else {
+        escape_into(line, s);
+    }
     if cut {
         line.push('…');
     }
@@ -411,6 +436,25 @@ mod tests {
         assert_eq!(
             timestamp(at(4_107_542_400, 42), &mut [0; 27]),
             "2100-03-01T00:00:00.000042Z"
+        );
+    }
+
+    #[test]
+    fn plain_bytes_agrees_with_the_byte_rule_on_every_byte_and_long_strings() {
+        let rule = |b: u8| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'=';
+        for b in 0..=255u8 {
+            assert_eq!(plain_bytes(&[b]), rule(b), "byte {b:#x}");
+            // In the middle and at the end of strings longer than one vector.
+            let mut long = vec![b'a'; 100];
+            long[37] = b;
+            assert_eq!(plain_bytes(&long), rule(b), "byte {b:#x} at 37");
+            long[37] = b'a';
+            long[99] = b;
+            assert_eq!(plain_bytes(&long), rule(b), "byte {b:#x} at 99");
+        }
+        assert!(
+            plain_bytes(b""),
+            "empty is plain here; text_value quotes it"
         );
     }
 
