@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 14 benchmark: what access control costs. digits KServe v2 JSON (one row per request) at CONN
 # keep-alive connections with wrk, against one binary started five ways, taking turns ROUNDS times
-# (interleaved; only one under load at a time):
+# (interleaved, the order reversed every other round; only one under load at a time):
 #   off      no [auth], --access-log=false
 #   log      no [auth], access log on (the default)
 #   apikey   [auth] with an API key (sent as Authorization: Bearer), access log on
@@ -98,7 +98,11 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 declare -A results cpu
 for r in $(seq "$ROUNDS"); do
-  for t in $TARGETS; do
+  # Odd rounds in order, even rounds reversed: whatever the previous run leaves behind (a server
+  # still closing 64 connections, the allocator returning memory) hits every target alike.
+  order=$TARGETS
+  ((r % 2 == 0)) && order=$(tr ' ' '\n' <<<"$TARGETS" | tac | tr '\n' ' ')
+  for t in $order; do
     t0=$(ticks "${pid[$t]}")
     out=$(run "$t" "${DUR}s")
     t1=$(ticks "${pid[$t]}")

@@ -28,6 +28,17 @@ pub fn generate_key() -> String {
     )
 }
 
+/// Constant-time equality of two digests: the XOR of their four 64-bit words folded with OR (no
+/// branch, no early exit), then one `subtle` comparison. `ct_eq` on the byte slices does the same
+/// with an optimisation barrier per byte, which showed in profiles (~0.2 µs a request).
+fn digests_equal(a: &[u8; 32], b: &[u8; 32]) -> subtle::Choice {
+    let word = |d: &[u8; 32], i: usize| {
+        u64::from_le_bytes(d[i * 8..i * 8 + 8].try_into().expect("8 bytes of 32"))
+    };
+    let diff = (0..4).fold(0u64, |acc, i| acc | (word(a, i) ^ word(b, i)));
+    diff.ct_eq(&0)
+}
+
 impl ApiKeys {
     /// From validated entries (`AuthConfig::validate` checked the hex).
     pub fn new(entries: &[KeyEntry], default_rate: RateLimit) -> ApiKeys {
@@ -55,10 +66,28 @@ impl ApiKeys {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut found = None;
         for (i, (d, _)) in self.entries.iter().enumerate() {
-            if bool::from(d.ct_eq(&digest)) {
+            if bool::from(digests_equal(d, &digest)) {
                 found = Some(i);
             }
         }
         found.map(|i| self.entries[i].1.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::digests_equal;
+
+    #[test]
+    fn digests_are_equal_only_when_every_byte_is() {
+        let a: [u8; 32] = std::array::from_fn(|i| (i * 37 + 11) as u8);
+        assert!(bool::from(digests_equal(&a, &a)));
+        for i in 0..32 {
+            for bit in [0x01u8, 0x80] {
+                let mut b = a;
+                b[i] ^= bit;
+                assert!(!bool::from(digests_equal(&a, &b)), "byte {i} bit {bit:#x}");
+            }
+        }
     }
 }
