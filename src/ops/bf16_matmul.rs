@@ -336,7 +336,7 @@ fn portable(a: &[u16], m_pad: usize, w: &Bf16Weights, c: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
@@ -364,7 +364,7 @@ mod x86 {
     }
 
     #[cfg(target_os = "linux")]
-    fn request_tile_state() -> bool {
+    pub(in crate::ops) fn request_tile_state() -> bool {
         const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
         const XFEATURE_XTILEDATA: libc::c_long = 18;
         // SAFETY: arch_prctl(ARCH_REQ_XCOMP_PERM) only changes which XSAVE states this process may
@@ -380,7 +380,7 @@ mod x86 {
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn request_tile_state() -> bool {
+    pub(in crate::ops) fn request_tile_state() -> bool {
         false
     }
 
@@ -408,10 +408,10 @@ mod x86 {
 
     /// The tile configuration: palette 1, tiles 0-7 all 16 rows of 64 bytes.
     #[repr(C, align(64))]
-    struct TileConfig([u8; 64]);
+    pub(in crate::ops) struct TileConfig(pub(in crate::ops) [u8; 64]);
 
     impl TileConfig {
-        fn all_16x64() -> TileConfig {
+        pub(in crate::ops) fn all_16x64() -> TileConfig {
             let mut b = [0u8; 64];
             b[0] = 1;
             for t in 0..8 {

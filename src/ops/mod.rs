@@ -16,6 +16,7 @@ mod bf16_matmul;
 mod cuda;
 mod gelu_bias;
 mod mean_pool;
+mod q8_amx;
 mod q8_gemv;
 mod q8_matmul;
 mod q8_vnni;
@@ -28,6 +29,7 @@ pub use bf16_matmul::{
 };
 pub use gelu_bias::{gelu_bias, gelu_bias_ref};
 pub use mean_pool::{mean_pool_l2, mean_pool_l2_ref};
+pub use q8_amx::{q8_amx_matmul, Q8Packed};
 pub use q8_matmul::{q8_matmul, q8_matmul_ref};
 pub use softmax_topk::{softmax_topk, softmax_topk_ref};
 

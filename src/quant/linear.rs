@@ -14,7 +14,7 @@ use std::sync::Arc;
 use candle_core::{bail, DType, Device, Result, Tensor};
 
 use super::{Format, Path, QMatrix};
-use crate::ops::{Bf16Kernel, Bf16Weights};
+use crate::ops::{Bf16Kernel, Bf16Weights, Q8Packed};
 
 enum Weight {
     /// Transposed: [in, out].
@@ -26,6 +26,9 @@ enum Weight {
     Quant(QMatrix),
     /// bf16 on the CPU, packed for `ops::bf16_matmul` with this kernel.
     Bf16(Arc<Bf16Weights>, Bf16Kernel),
+    /// q8 on a CPU with AMX int8, packed for `ops::q8_amx_matmul` (same arithmetic as `Q8`'s VNNI
+    /// path, several times its rate).
+    Q8Amx(Arc<Q8Packed>),
 }
 
 /// How `Linear::load` keeps dense weights.
@@ -130,6 +133,11 @@ impl Linear {
     ) -> Result<Linear> {
         let q8_kernel = opts.q8_kernel;
         let w = match take_matrix(map, &format!("{prefix}.weight"), opts.quantize)? {
+            Taken::Quant(QMatrix::Q8 { q, scale, cols, .. })
+                if device.is_cpu() && Q8Packed::selected() =>
+            {
+                Weight::Q8Amx(Arc::new(Q8Packed::pack(&q, &scale, cols)))
+            }
             Taken::Quant(QMatrix::Q8 {
                 q,
                 scale,
@@ -170,6 +178,7 @@ impl Linear {
         match &self.w {
             Weight::Dense(w_t) => x.matmul(w_t),
             Weight::Q8 { q, scale } => crate::ops::q8_matmul(x, q, scale),
+            Weight::Q8Amx(w) => crate::ops::q8_amx_matmul(x, w),
             Weight::Bf16(w, kernel) => crate::ops::bf16_matmul_with(x, w, *kernel),
             Weight::Quant(q) => {
                 // Row-major dequantization, then W^T as a strided view: no transposing copy.
@@ -193,7 +202,10 @@ impl Linear {
     }
 
     pub fn is_quantized(&self) -> bool {
-        matches!(self.w, Weight::Quant(_) | Weight::Q8 { .. })
+        matches!(
+            self.w,
+            Weight::Quant(_) | Weight::Q8 { .. } | Weight::Q8Amx(_)
+        )
     }
 
     /// The path this layer runs, as loaded (weights stored quantized run as stored).
@@ -201,7 +213,7 @@ impl Linear {
         match &self.w {
             Weight::Dense(_) => Path::F32,
             Weight::Bf16(_, k) => Path::Bf16(*k),
-            Weight::Q8 { .. } => Path::Q8,
+            Weight::Q8 { .. } | Weight::Q8Amx(_) => Path::Q8,
             Weight::Quant(QMatrix::Q8 { .. }) => Path::Q8,
             Weight::Quant(QMatrix::Q4 { .. }) => Path::Q4,
         }

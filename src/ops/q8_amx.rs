@@ -1,0 +1,448 @@
+//! The q8 matmul on Intel AMX: `y = x · (diag(scale) · Q)ᵀ` with Q int8 per output channel (the
+//! `q8` format) and x quantized per row to int8 on the fly (symmetric, scale amax / 127), the same
+//! arithmetic as the VNNI path (`q8_vnni`): exact i32 dot products, then `dot · sx · scale`. Only
+//! the instruction differs: `tdpbssd` does 16 × 16 × 64 int8 products at once, about seven times
+//! the int8 rate of `vpdpbusd` on the Xeon measured in benches/RESULTS.md (issue 20), and twice
+//! that of AMX's bf16 `tdpbf16ps`. The two paths agree to the rounding of x's quantization (this
+//! one rounds halves to even, the VNNI one away from zero: a tie moves one value by one step).
+//!
+//! AMX reads the weights in its own B-tile order, so they are packed once at load (`Q8Packed`,
+//! kept by `quant::Linear` when this path is available). Packed layout: Q padded with zeros to
+//! `n_pad` rows (a multiple of 32) and `k_pad` columns (a multiple of 64) and cut into blocks of 16
+//! output columns × 64 steps of k (1 KiB). Block (jb, kb) starts at byte `(jb · k_pad / 64 + kb) ·
+//! 1024`; its row p holds, for each of its 16 columns, the four values at k = 64·kb + 4p .. 4p + 3.
+//!
+//! Per call: x is quantized into a zero-padded [m_pad, k_pad] int8 matrix (a quarter of x's bytes),
+//! 32 × 32 outputs at a time are summed in four i32 tiles and written to y scaled, so y is written
+//! once and never zeroed first. Large products split their rows over threads as `bf16_matmul`
+//! does. A leaf: no I/O.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+use super::{check_float, f32_view, storage_of};
+
+/// Output columns per packed block (and per tile).
+const COLS: usize = 16;
+/// Steps of k per packed block (64 int8 values: one 64-byte tile row of x).
+const DEPTH: usize = 64;
+/// Bytes in one packed block.
+const BLOCK: usize = COLS * DEPTH;
+/// Rows of x and columns of W handled per step: two tiles each way.
+const TWO: usize = 32;
+
+/// Q [n, k] int8 with its per-row scales, in AMX's B-tile order (module docs).
+pub struct Q8Packed {
+    n: usize,
+    k: usize,
+    n_pad: usize,
+    k_pad: usize,
+    packed: Vec<i8>,
+    scale: Vec<f32>,
+}
+
+impl Q8Packed {
+    /// Packs Q [n, k] (row-major int8) and its `scale` [n].
+    pub fn pack(q: &[i8], scale: &[f32], k: usize) -> Q8Packed {
+        let n = scale.len();
+        assert_eq!(q.len(), n * k, "q8 amx pack: sizes. This is a bug.");
+        let (n_pad, k_pad) = (n.next_multiple_of(TWO), k.next_multiple_of(DEPTH));
+        let kblocks = k_pad / DEPTH;
+        let mut packed = vec![0i8; n_pad * k_pad];
+        for (j, row) in q.chunks_exact(k).enumerate() {
+            let (jb, c) = (j / COLS, j % COLS);
+            for (kk, &v) in row.iter().enumerate() {
+                let (kb, p, t) = (kk / DEPTH, (kk % DEPTH) / 4, kk % 4);
+                packed[(jb * kblocks + kb) * BLOCK + p * 64 + c * 4 + t] = v;
+            }
+        }
+        Q8Packed {
+            n,
+            k,
+            n_pad,
+            k_pad,
+            packed,
+            scale: scale.to_vec(),
+        }
+    }
+
+    /// (n, k): output and input widths.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.n, self.k)
+    }
+
+    /// Bytes held (packed weights and scales).
+    pub fn bytes(&self) -> usize {
+        self.packed.len() + 4 * self.scale.len()
+    }
+
+    /// Whether q8 layers loaded now use this kernel: it is available and `FERRITE_CPU_Q8=vnni`
+    /// does not pin the VNNI path (for measurements and tests of that path; read once).
+    pub fn selected() -> bool {
+        static SELECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *SELECTED.get_or_init(|| {
+            let pinned = std::env::var("FERRITE_CPU_Q8").is_ok_and(|v| v == "vnni");
+            Q8Packed::available() && !pinned
+        })
+    }
+
+    /// Whether this CPU and OS run the AMX int8 kernel.
+    pub fn available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        return x86::amx_int8();
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+}
+
+/// `x · (diag(scale) · Q)ᵀ` on AMX: x [m, k] (f32, f16 or bf16) on the CPU; [m, n] in x's dtype.
+pub fn q8_amx_matmul(x: &Tensor, w: &Arc<Q8Packed>) -> Result<Tensor> {
+    check_float(x, "q8_amx_matmul x")?;
+    let (_, k) = x.dims2().map_err(|_| {
+        candle_core::Error::Msg(format!(
+            "q8_amx_matmul: x must be [m, k], got {:?}",
+            x.dims()
+        ))
+    })?;
+    if k != w.k {
+        bail!("q8_amx_matmul: x has {k} columns, W has {}", w.k)
+    }
+    if !x.device().is_cpu() {
+        bail!("q8_amx_matmul runs on the CPU only")
+    }
+    if !Q8Packed::available() {
+        bail!("q8_amx_matmul: this CPU has no AMX int8")
+    }
+    x.contiguous()?
+        .apply_op1_no_bwd(&Q8AmxMatmul { w: Arc::clone(w) })
+}
+
+struct Q8AmxMatmul {
+    w: Arc<Q8Packed>,
+}
+
+impl CustomOp1 for Q8AmxMatmul {
+    fn name(&self) -> &'static str {
+        "q8_amx_matmul"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_view(s, l, "q8_amx_matmul x")?;
+        let (m, k) = l.shape().dims2()?;
+        let n = self.w.n;
+        let y = if m == 0 || n == 0 || k == 0 {
+            vec![0f32; m * n]
+        } else {
+            forward(&x, m, &self.w)
+        };
+        Ok((storage_of(y, s.dtype())?, Shape::from((m, n))))
+    }
+}
+
+/// Least work (m_pad · n_pad · k_pad products) split over threads (as in `bf16_matmul`).
+const PARALLEL_MIN_WORK: usize = 1 << 24;
+
+#[cfg(target_arch = "x86_64")]
+fn forward(x: &[f32], m: usize, w: &Q8Packed) -> Vec<f32> {
+    let n = w.n;
+    let m_pad = m.next_multiple_of(TWO);
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    let threads = candle_core::utils::get_num_threads()
+        .min(m_pad / TWO)
+        .max(1);
+    {
+        let out = &mut y.spare_capacity_mut()[..m * n];
+        if threads > 1 && m_pad * w.n_pad * w.k_pad >= PARALLEL_MIN_WORK {
+            let rows = (m_pad / threads).next_multiple_of(TWO);
+            std::thread::scope(|s| {
+                for (x, out) in x.chunks(rows * w.k).zip(out.chunks_mut(rows * n)) {
+                    // SAFETY: `available()` was checked by `q8_amx_matmul`.
+                    s.spawn(move || unsafe { x86::rows(x, w, out) });
+                }
+            });
+        } else {
+            // SAFETY: as above.
+            unsafe { x86::rows(x, w, out) };
+        }
+    }
+    // SAFETY: `x86::rows` wrote every one of the m · n outputs (its tiles cover m_pad × n_pad).
+    unsafe { y.set_len(m * n) };
+    y
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn forward(_: &[f32], _: usize, _: &Q8Packed) -> Vec<f32> {
+    unreachable!("q8_amx_matmul checks `available()`, false off x86_64")
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
+    use std::sync::OnceLock;
+
+    use super::super::bf16_matmul::x86::{request_tile_state, TileConfig};
+    use super::{Q8Packed, BLOCK, COLS, DEPTH, TWO};
+
+    /// AMX-TILE and AMX-INT8 on the CPU (CPUID leaf 7: EDX bits 24 and 25), AVX-512 F/BW for the
+    /// quantization, and Linux granting this process the tile data state.
+    pub(super) fn amx_int8() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            let leaf7 = __cpuid_count(7, 0);
+            let cpu = leaf7.edx & (1 << 24) != 0 && leaf7.edx & (1 << 25) != 0;
+            cpu && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && request_tile_state()
+        })
+    }
+
+    /// x rows quantized to int8 into `a` [_, k_pad] (zero past k), their scales into `sx`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn quantize_rows(x: &[f32], k: usize, k_pad: usize, a: &mut [i8], sx: &mut [f32]) {
+        for ((row, out), s) in x.chunks_exact(k).zip(a.chunks_exact_mut(k_pad)).zip(sx) {
+            let mask = |c: usize| -> u16 {
+                let left = (k - c).min(16);
+                if left == 16 {
+                    !0
+                } else {
+                    (1u16 << left) - 1
+                }
+            };
+            let mut amax = _mm512_setzero_ps();
+            for c in (0..k).step_by(16) {
+                // SAFETY: lanes < min(16, k - c) of the row.
+                let v = unsafe { _mm512_maskz_loadu_ps(mask(c), row.as_ptr().add(c)) };
+                amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+            }
+            let amax = _mm512_reduce_max_ps(amax);
+            let scale = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+            *s = scale;
+            let inv = _mm512_set1_ps(1.0 / scale);
+            let (lo, hi) = (_mm512_set1_epi32(-127), _mm512_set1_epi32(127));
+            for c in (0..k).step_by(16) {
+                // SAFETY: as above; `out` has k_pad >= k bytes.
+                unsafe {
+                    let v = _mm512_maskz_loadu_ps(mask(c), row.as_ptr().add(c));
+                    // Nearest, halves to even (the default rounding mode).
+                    let q = _mm512_cvtps_epi32(_mm512_mul_ps(v, inv));
+                    let q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+                    _mm512_mask_cvtepi32_storeu_epi8(out.as_mut_ptr().add(c) as *mut _, mask(c), q);
+                }
+            }
+            out[k..].fill(0);
+        }
+    }
+
+    /// y for the rows of x: `out` [r, n] (r = x.len() / k), every element written.
+    ///
+    /// # Safety
+    /// `amx_int8()` is true.
+    pub(super) unsafe fn rows(x: &[f32], w: &Q8Packed, out: &mut [MaybeUninit<f32>]) {
+        let (k, n, k_pad, n_pad) = (w.k, w.n, w.k_pad, w.n_pad);
+        let r = x.len() / k;
+        let r_pad = r.next_multiple_of(TWO);
+        assert!(out.len() == r * n, "q8 amx: sizes. This is a bug.");
+        let mut a = vec![0i8; r_pad * k_pad];
+        let mut sx = vec![0f32; r_pad];
+        // SAFETY: the caller checked the CPU features.
+        unsafe { quantize_rows(x, k, k_pad, &mut a, &mut sx) };
+        let kblocks = k_pad / DEPTH;
+        let lda = k_pad;
+        // One 32 × 32 block of i32 sums, 128 bytes a row.
+        let mut sums = Sums([0; TWO * TWO]);
+        let cfg = TileConfig::all_16x64();
+        // SAFETY (all asm below): the tiles read 16 rows of 64 bytes: rows ib..ib+32 of `a` (k
+        // columns kb*64..+64, inside k_pad; ib + 32 <= r_pad) and packed blocks (jb, kb), (jb+1,
+        // kb) (1 KiB each, inside `packed`: jb + 32 <= n_pad), and write 16 rows of 16 i32 into
+        // `sums` (32 rows of 128 bytes). The tmm registers are unknown to the compiler, so values
+        // kept in them between asm blocks are not disturbed.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+            for jb in (0..n_pad).step_by(TWO) {
+                let b0 = w.packed.as_ptr().add((jb / COLS) * kblocks * BLOCK);
+                let b1 = b0.add(kblocks * BLOCK);
+                for ib in (0..r_pad).step_by(TWO) {
+                    let a0 = a.as_ptr().add(ib * k_pad);
+                    let a1 = a0.add(16 * k_pad);
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        options(nomem, nostack)
+                    );
+                    for kb in 0..kblocks {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {lda}*1]",
+                            "tileloadd tmm5, [{a1} + {lda}*1]",
+                            "tileloadd tmm6, [{b0} + {s64}*1]",
+                            "tileloadd tmm7, [{b1} + {s64}*1]",
+                            "tdpbssd tmm0, tmm4, tmm6",
+                            "tdpbssd tmm1, tmm4, tmm7",
+                            "tdpbssd tmm2, tmm5, tmm6",
+                            "tdpbssd tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0.add(kb * DEPTH),
+                            a1 = in(reg) a1.add(kb * DEPTH),
+                            lda = in(reg) lda,
+                            b0 = in(reg) b0.add(kb * BLOCK),
+                            b1 = in(reg) b1.add(kb * BLOCK),
+                            s64 = in(reg) 64usize,
+                            options(nostack, readonly)
+                        );
+                    }
+                    let sp = sums.0.as_mut_ptr();
+                    asm!(
+                        "tilestored [{c0} + {ld}*1], tmm0",
+                        "tilestored [{c1} + {ld}*1], tmm1",
+                        "tilestored [{c2} + {ld}*1], tmm2",
+                        "tilestored [{c3} + {ld}*1], tmm3",
+                        c0 = in(reg) sp,
+                        c1 = in(reg) sp.add(COLS),
+                        c2 = in(reg) sp.add(16 * TWO),
+                        c3 = in(reg) sp.add(16 * TWO + COLS),
+                        ld = in(reg) TWO * 4,
+                        options(nostack)
+                    );
+                    // The block's rows and columns inside y, scaled: dot · sx · scale, as the
+                    // VNNI path computes it.
+                    let cols = (n.min(jb + TWO)).saturating_sub(jb);
+                    for i in 0..TWO.min(r.saturating_sub(ib)) {
+                        let s = sx[ib + i];
+                        let dst = &mut out[(ib + i) * n + jb..(ib + i) * n + jb + cols];
+                        let src = &sums.0[i * TWO..i * TWO + cols];
+                        for ((o, &d), &sc) in dst.iter_mut().zip(src).zip(&w.scale[jb..jb + cols]) {
+                            o.write(d as f32 * s * sc);
+                        }
+                    }
+                }
+            }
+            asm!("tilerelease", options(nomem, nostack));
+        }
+    }
+
+    /// A 32 × 32 block of sums, aligned for the tile stores.
+    #[repr(C, align(64))]
+    struct Sums([i32; TWO * TWO]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::q8_matmul_ref;
+    use candle_core::{DType, Device};
+    use rand::{Rng, SeedableRng};
+
+    /// Random int8 weights with scales like a quantized layer's, as Q8Packed and as tensors.
+    fn weights(seed: u64, n: usize, k: usize) -> (Arc<Q8Packed>, Tensor, Tensor) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let q: Vec<i8> = (0..n * k).map(|_| rng.random_range(-127i8..=127)).collect();
+        let scale: Vec<f32> = (0..n).map(|_| rng.random_range(0.001f32..0.01)).collect();
+        let packed = Arc::new(Q8Packed::pack(&q, &scale, k));
+        let qt = Tensor::from_vec(bytemuck::cast_vec::<i8, u8>(q), (n, k), &Device::Cpu).unwrap();
+        let st = Tensor::from_vec(scale, n, &Device::Cpu).unwrap();
+        (packed, qt, st)
+    }
+
+    fn randn(seed: u64, shape: &[usize]) -> Tensor {
+        crate::ops::testing::randn(seed, shape, DType::F32)
+    }
+
+    /// Against the f64 reference with x unquantized: the difference is x's quantization error, at
+    /// most half a step (amax / 254) per element, so per output at most amax / 254 · Σ_k |q| · scale
+    /// (plus f32 rounding).
+    fn check(x: &Tensor, qt: &Tensor, st: &Tensor, got: &Tensor, what: &str) {
+        let want = q8_matmul_ref(x, qt, st)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let got = got.to_dtype(DType::F32).unwrap();
+        assert_eq!(got.dims(), want.dims(), "{what}");
+        let (m, n) = want.dims2().unwrap();
+        let (got, want) = (
+            got.to_vec2::<f32>().unwrap(),
+            want.to_vec2::<f32>().unwrap(),
+        );
+        let xs = x.to_vec2::<f32>().unwrap();
+        let q: Vec<Vec<u8>> = qt.to_vec2().unwrap();
+        let s: Vec<f32> = st.to_vec1().unwrap();
+        for i in 0..m {
+            let amax = xs[i].iter().fold(0f32, |a, v| a.max(v.abs()));
+            for j in 0..n {
+                let wsum = q[j]
+                    .iter()
+                    .map(|&b| f32::from((b as i8).unsigned_abs()))
+                    .sum::<f32>()
+                    * s[j];
+                let tol = wsum * amax / 254.0 * 1.001 + 1e-5 * want[i][j].abs() + 1e-6;
+                assert!(
+                    (got[i][j] - want[i][j]).abs() <= tol,
+                    "{what}: [{i}, {j}] got {} want {} tol {tol}",
+                    got[i][j],
+                    want[i][j]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn q8_amx_matches_the_reference_within_the_activation_rounding() {
+        if !Q8Packed::available() {
+            eprintln!("skipped: no AMX int8 on this CPU");
+            return;
+        }
+        for (a, m) in [1usize, 2, 17, 31, 32, 33, 100].into_iter().enumerate() {
+            for (b, (n, k)) in [(1, 1), (15, 63), (16, 64), (33, 65), (70, 130), (384, 384)]
+                .into_iter()
+                .enumerate()
+            {
+                let (packed, qt, st) = weights((a * 10 + b) as u64, n, k);
+                let x = randn(100 + (a * 10 + b) as u64, &[m, k]);
+                let got = q8_amx_matmul(&x, &packed).unwrap();
+                check(&x, &qt, &st, &got, &format!("m {m} n {n} k {k}"));
+                // f16 and bf16 inputs come back in their own dtype.
+                for dt in [DType::F16, DType::BF16] {
+                    let y = q8_amx_matmul(&x.to_dtype(dt).unwrap(), &packed).unwrap();
+                    assert_eq!(y.dtype(), dt);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_amx_row_alone_equals_row_in_batch() {
+        if !Q8Packed::available() {
+            eprintln!("skipped: no AMX int8 on this CPU");
+            return;
+        }
+        let (packed, _, _) = weights(7, 96, 384);
+        let x = randn(8, &[45, 384]);
+        let all = q8_amx_matmul(&x, &packed)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for i in [0, 31, 32, 44] {
+            let one = q8_amx_matmul(&x.narrow(0, i, 1).unwrap(), &packed)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert_eq!(one[0], all[i], "row {i}");
+        }
+    }
+
+    #[test]
+    fn q8_amx_bad_shapes_are_errors_and_empty_gives_empty() {
+        if !Q8Packed::available() {
+            eprintln!("skipped: no AMX int8 on this CPU");
+            return;
+        }
+        let (packed, _, _) = weights(1, 8, 16);
+        let x = randn(2, &[3, 15]);
+        assert!(q8_amx_matmul(&x, &packed).is_err());
+        let e = Tensor::zeros((0, 16), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(q8_amx_matmul(&e, &packed).unwrap().dims(), [0, 8]);
+    }
+}
