@@ -77,10 +77,16 @@ fn write_version(
     dst: &Path,
     out_version: u64,
 ) -> anyhow::Result<()> {
+    // Layers kept in floating point: q8 only (q4 is for memory, where they would cost most).
+    let float_layers = match a.format {
+        Format::Q8 => model::float_layers(cfg.architecture, cfg.float_layers.as_deref()),
+        _ => Vec::new(),
+    };
     let stats = convert::quantize_file(
         &src.join("model.safetensors"),
         &dst.join("model.safetensors"),
         a.format,
+        &float_layers,
     )
     .with_context(|| format!("quantizing {}", src.display()))?;
     for entry in std::fs::read_dir(src)? {
@@ -99,6 +105,9 @@ fn write_version(
         "format": a.format,
         "tensors_quantized": stats.quantized,
         "tensors_kept": stats.kept,
+        // Linear layers left in floating point (bf16 where the CPU runs it, else f32); every
+        // other 2-D weight is in `format` (embedding tables at least q8).
+        "float_layers": float_layers,
         "weight_bytes_source": stats.bytes_before,
         "weight_bytes_quantized": stats.bytes_after,
         "metric": q.metric,

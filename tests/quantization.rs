@@ -185,7 +185,14 @@ async fn minilm_q8_and_q4_meet_cosine_bars_and_q8_serves() {
     )
     .unwrap();
     let q8 = quantize(&repo, "minilm", "q8");
-    assert!(q8["quantized_min"].as_f64().unwrap() >= 0.99, "q8: {q8}");
+    // The attention values and the first FFN layer stay in floating point (bert's default
+    // `float_layers`); every layer int8 gives min 0.9949 on this fixture (benches/RESULTS.md).
+    assert!(q8["quantized_min"].as_f64().unwrap() >= 0.995, "q8: {q8}");
+    assert_eq!(
+        q8["float_layers"],
+        json!(["attention.self.value", "intermediate.dense"]),
+        "{q8}"
+    );
     let q4 = quantize(&repo, "minilm", "q4");
     assert!(
         q4["quantized"].as_f64().unwrap() >= 0.97,
@@ -209,5 +216,5 @@ async fn minilm_q8_and_q4_meet_cosine_bars_and_q8_serves() {
         .unwrap();
     let want: Vec<f32> = serde_json::from_value(fixture["embeddings"][0].clone()).unwrap();
     let dot: f32 = got[0].iter().zip(&want).map(|(a, b)| a * b).sum();
-    assert!(dot >= 0.99, "served q8 cosine {dot}");
+    assert!(dot >= 0.995, "served q8 cosine {dot}");
 }

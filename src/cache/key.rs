@@ -76,7 +76,7 @@ pub fn hash_weights(version_dir: &Path) -> std::io::Result<u128> {
 
 impl Fingerprint {
     /// Model `name` version `version` with weights hash `weights`, read through the config fields
-    /// a model sees (architecture, tensors, quantization, fused ops, parameters), on `precision`
+    /// a model sees (architecture, tensors, quantization and float layers, fused ops, parameters), on `precision`
     /// (e.g. "cpu:avx512:f32", "cuda:q8"): what the repository says the version actually runs.
     pub fn new(
         name: &str,
@@ -90,6 +90,7 @@ impl Fingerprint {
             "inputs": config.inputs,
             "outputs": config.outputs,
             "quantization": config.quantization,
+            "float_layers": config.float_layers,
             "cuda_fused_ops": config.cuda_fused_ops,
             "parameters": config.parameters,
         });

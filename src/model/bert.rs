@@ -107,6 +107,8 @@ struct Weights {
     path: String,
     device: Device,
     opts: WeightOptions,
+    /// Layers that stay in floating point under q8 (`model::float_layers`).
+    float_layers: Vec<String>,
 }
 
 impl Weights {
@@ -119,9 +121,17 @@ impl Weights {
         Ok(t.to_dtype(DType::F32)?)
     }
 
+    /// A linear layer; one of `float_layers` stays in floating point when the model is quantized
+    /// at load (the q8 path packs dense weights as bf16 where the CPU runs it).
     fn linear(&mut self, name: &str) -> Result<Linear, ModelError> {
         let full = format!("{}{name}", self.prefix);
-        Linear::load(&mut self.map, &full, &self.device, &self.opts).map_err(|e| self.err(e))
+        let mut opts = self.opts;
+        if opts.quantize == Some(crate::quant::Format::Q8)
+            && crate::quant::is_float_layer(name, &self.float_layers)
+        {
+            opts.quantize = None;
+        }
+        Linear::load(&mut self.map, &full, &self.device, &opts).map_err(|e| self.err(e))
     }
 
     fn embedding(&mut self, name: &str) -> Result<Embedding, ModelError> {
@@ -180,6 +190,7 @@ impl Bert {
             path: path.display().to_string(),
             device: device.clone(),
             opts: config.weights(device),
+            float_layers: super::float_layers(config.architecture, config.float_layers),
         };
         let eps = cfg.layer_norm_eps;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -472,10 +483,18 @@ impl Model for Bert {
         !self.device.is_cpu()
     }
 
+    /// The path of the quantized layers if any (a q8 model keeps some in floating point, see
+    /// `model::float_layers`), else that of the linear layers.
     fn precision(&self) -> PrecisionPath {
-        self.layers
-            .first()
-            .map_or(PrecisionPath::F32, |l| l.inter.path())
+        let linears = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.attn_out, &l.inter, &l.out]);
+        linears
+            .clone()
+            .find(|l| l.is_quantized())
+            .or_else(|| linears.clone().next())
+            .map_or(PrecisionPath::F32, |l| l.path())
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Result, Tensor};
 
-use super::{Format, QMatrix, Q4_GROUP};
+use super::{is_float_layer, Format, QMatrix, Q4_GROUP};
 
 /// What a conversion did.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -17,10 +17,12 @@ pub struct Stats {
     pub bytes_after: usize,
 }
 
-/// Quantizes every eligible tensor of `map`.
+/// Quantizes every eligible tensor of `map` but those of `float_layers` (`is_float_layer`), which
+/// stay as they are.
 pub fn quantize_map(
     map: HashMap<String, Tensor>,
     format: Format,
+    float_layers: &[String],
 ) -> Result<(HashMap<String, Tensor>, Stats)> {
     let mut out = HashMap::new();
     let mut stats = Stats::default();
@@ -30,7 +32,8 @@ pub fn quantize_map(
         let eligible = t.rank() == 2
             && name.ends_with(".weight")
             && t.dtype().is_float()
-            && (format == Format::Q8 || t.dim(1)? % Q4_GROUP == 0);
+            && (format == Format::Q8 || t.dim(1)? % Q4_GROUP == 0)
+            && !is_float_layer(&name, float_layers);
         if !eligible {
             stats.kept += 1;
             stats.bytes_after += bytes;
@@ -71,9 +74,14 @@ pub fn quantize_map(
 }
 
 /// Reads `src`, quantizes it, writes `dst`.
-pub fn quantize_file(src: &Path, dst: &Path, format: Format) -> Result<Stats> {
+pub fn quantize_file(
+    src: &Path,
+    dst: &Path,
+    format: Format,
+    float_layers: &[String],
+) -> Result<Stats> {
     let map = candle_core::safetensors::load(src, &Device::Cpu)?;
-    let (out, stats) = quantize_map(map, format)?;
+    let (out, stats) = quantize_map(map, format, float_layers)?;
     candle_core::safetensors::save(&out, dst)?;
     Ok(stats)
 }
@@ -98,13 +106,18 @@ mod tests {
                 Tensor::randn(0f32, 1.0, (4, 33), &Device::Cpu).unwrap(),
             ),
         ]);
-        let (q4, s) = quantize_map(map.clone(), Format::Q4).unwrap();
+        let (q4, s) = quantize_map(map.clone(), Format::Q4, &[]).unwrap();
         assert_eq!((s.quantized, s.kept), (1, 2), "33 columns cannot be q4");
         assert_eq!(q4["a.weight.q4"].dims(), &[4, 32]);
         assert_eq!(q4["a.weight.q4_scale"].dims(), &[4, 64 / Q4_GROUP]);
-        let (q8, s) = quantize_map(map, Format::Q8).unwrap();
+        let (q8, s) = quantize_map(map.clone(), Format::Q8, &[]).unwrap();
         assert_eq!((s.quantized, s.kept), (2, 1));
         assert_eq!(q8["odd.weight.q8"].dtype(), DType::U8);
         assert!(s.bytes_after < s.bytes_before);
+        // A float layer stays as it is, by its name's last parts only.
+        let (q8, s) = quantize_map(map, Format::Q8, &["odd".into(), "a.bias".into()]).unwrap();
+        assert_eq!((s.quantized, s.kept), (1, 2));
+        assert_eq!(q8["odd.weight"].dtype(), DType::F32);
+        assert_eq!(q8["a.weight.q8"].dtype(), DType::U8);
     }
 }

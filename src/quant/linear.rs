@@ -48,7 +48,12 @@ impl WeightOptions {
         let (quantize, bf16) = match path {
             Path::F32 => (None, None),
             Path::Bf16(k) => (None, Some(k)),
-            Path::Q8 => (Some(Format::Q8), None),
+            // Layers a q8 model keeps in floating point (`model::float_layers`) run in bf16
+            // where the CPU does it in hardware.
+            Path::Q8 => (
+                Some(Format::Q8),
+                Bf16Kernel::hardware().then(Bf16Kernel::detect),
+            ),
             Path::Q4 => (Some(Format::Q4), None),
         };
         WeightOptions {

@@ -260,8 +260,37 @@ impl QMatrix {
     }
 }
 
+/// Whether the weight `name` (with or without `.weight`) belongs to one of `layers`.
+pub fn is_float_layer(name: &str, layers: &[String]) -> bool {
+    let name = name.strip_suffix(".weight").unwrap_or(name);
+    layers
+        .iter()
+        .any(|l| !l.is_empty() && (name == l || name.ends_with(&format!(".{l}"))))
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn float_layers_match_whole_trailing_name_parts() {
+        let layers = vec!["attention.self.value".to_string(), "dense".to_string()];
+        for (name, want) in [
+            ("bert.encoder.layer.0.attention.self.value.weight", true),
+            ("encoder.layer.3.attention.self.value", true),
+            ("attention.self.value", true),
+            ("encoder.layer.0.attention.self.value_x.weight", false),
+            ("encoder.layer.0.attention.self.query.weight", false),
+            ("encoder.layer.0.output.dense.weight", true),
+            ("encoder.layer.0.output.nodense.weight", false),
+        ] {
+            assert_eq!(is_float_layer(name, &layers), want, "{name}");
+        }
+        assert!(
+            !is_float_layer("a.weight", &[String::new()]),
+            "an empty entry matches nothing"
+        );
+    }
+
     use super::*;
     use rand::{Rng, SeedableRng};
 

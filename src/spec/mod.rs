@@ -125,6 +125,12 @@ pub struct ModelConfig {
     /// "q8" and the only one of "q4"; the two must not disagree.
     #[serde(default)]
     pub precision: Precision,
+    /// With q8 (quantized at load, or written by `ferrite quantize`): the linear layers whose
+    /// weight name ends with one of these stay in floating point, bf16 where the CPU runs it in
+    /// hardware, else f32. Unset: the architecture's choice (`model::float_layers`; for bert the
+    /// attention values and the first FFN layer). `[]` quantizes every layer.
+    #[serde(default)]
+    pub float_layers: Option<Vec<String>>,
     /// Stage batch N+1 (gather inputs, copy them to the device through pinned buffers) on a second
     /// thread while batch N computes, one batch deep. Default: on for GPU instances, off on the CPU
     /// (there staging is a few microseconds and the compute owns the cores).

@@ -311,7 +311,7 @@ fn json_string(line: &mut String, s: &str) {
     line.push('"');
     // ASCII with nothing to escape (the usual field) goes in whole.
     let plain = s.as_bytes().iter().fold(true, |ok, &b| {
-        ok & (b >= b' ') & (b < 0x7f) & (b != b'"') & (b != b'\\')
+        ok & (b' '..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
     });
     if plain {
         line.push_str(s);
