@@ -47,11 +47,26 @@ with open(f"{tmp}/embed.jsonl", "w") as f:
             f.write(json.dumps({"inputs": line.rstrip("\n")}) + "\n")
 PY
 
+# The models, files linked, configs without a queue-time budget: this measures capacity, and past
+# the budget closed-loop connections get instant 503s, which wrk counts as requests.
+for d in "$MODELS"/*/; do
+  m=$(basename "$d")
+  mkdir -p "$tmp/models/$m"
+  for f in "$d"* "$d"*/*; do
+    [[ -f "$f" ]] || continue
+    rel=${f#"$d"}
+    mkdir -p "$(dirname "$tmp/models/$m/$rel")"
+    ln -s "$(realpath "$f")" "$tmp/models/$m/$rel"
+  done
+  rm "$tmp/models/$m/config.toml"
+  sed -E 's/^max_queue_time_us = [0-9]+/max_queue_time_us = 0/' "$d/config.toml" >"$tmp/models/$m/config.toml"
+done
+
 declare -A url
 start() { # name bin extra-args
   local log="$tmp/$1.log" line
   # shellcheck disable=SC2086  # extra args are words
-  "$2" serve --model-repository "$MODELS" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 $3 2>"$log" &
+  "$2" serve --model-repository "$tmp/models" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 $3 2>"$log" &
   pids+=($!)
   for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done
   grep -q 'server ready' "$log" || { echo "ferrite $1 did not become ready:" >&2; cat "$log" >&2; exit 1; }

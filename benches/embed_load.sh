@@ -54,10 +54,13 @@ repo() { # dir max_batch_size|""
   mkdir -p "$1/minilm/1"
   for f in "$MODELS"/minilm/1/*; do ln -sf "$(realpath "$f")" "$1/minilm/1/"; done
   ln -sf "$(realpath "$MODELS/minilm/validation.jsonl")" "$1/minilm/"   # the [validation] gate's set
+  # Capacity, not shedding: no queue-time budget (closed-loop connections past it would get
+  # instant 503s, which wrk counts as requests).
   if [[ -n "$2" ]]; then
-    sed -E "s/^max_batch_size = [0-9]+/max_batch_size = $2/" "$MODELS/minilm/config.toml" >"$1/minilm/config.toml"
+    sed -E -e "s/^max_batch_size = [0-9]+/max_batch_size = $2/" -e 's/^max_queue_time_us = [0-9]+/max_queue_time_us = 0/' \
+      "$MODELS/minilm/config.toml" >"$1/minilm/config.toml"
   else
-    cp "$MODELS/minilm/config.toml" "$1/minilm/config.toml"
+    sed -E 's/^max_queue_time_us = [0-9]+/max_queue_time_us = 0/' "$MODELS/minilm/config.toml" >"$1/minilm/config.toml"
   fi
 }
 repo "$tmp/repo-on" ""

@@ -31,16 +31,21 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Side B's repository: the shipped models, files linked, [monitoring] on.
+# Two repositories of the shipped models, files linked: A as shipped, B with [monitoring] on. Both
+# without MiniLM's queue-time budget (capacity, not shedding: wrk counts instant 503s as requests).
 for m in digits minilm; do
-  mkdir -p "$tmp/on/$m/1"
-  for f in models/$m/1/* models/$m/labels.txt; do
-    [[ -e "$f" ]] || continue
-    rel=${f#models/$m/}
-    ln -s "$PWD/$f" "$tmp/on/$m/$rel"
+  for side in off on; do
+    mkdir -p "$tmp/$side/$m/1"
+    # The version's files and the model folder's own (labels, the [validation] gate's set).
+    for f in models/$m/1/* models/$m/*; do
+      [[ -f "$f" && "$f" != "models/$m/config.toml" ]] || continue
+      rel=${f#models/$m/}
+      ln -s "$PWD/$f" "$tmp/$side/$m/$rel"
+    done
   done
+  sed -E 's/^max_queue_time_us = [0-9]+/max_queue_time_us = 0/' "models/$m/config.toml" >"$tmp/off/$m/config.toml"
   sed 's/^\[metadata\]/[monitoring]\nenable = true\nsample_rate = 1.0\nwindow = 1000\nperiod_ms = 1000\n\n[metadata]/' \
-    "models/$m/config.toml" >"$tmp/on/$m/config.toml"
+    "$tmp/off/$m/config.toml" >"$tmp/on/$m/config.toml"
 done
 
 python3 benches/embed/make_sentences.py tests/fixtures/minilm-reference.json "$tmp/sent" 400 >/dev/null 2>&1
@@ -77,7 +82,7 @@ start() { # side models
   url[$1]=$(sed -E 's#listening on (http://[^ ]*) .*#\1#' <<<"$line")
   murl[$1]=$(sed -E 's#.*metrics on (http://[^ ]*/metrics)\)#\1#' <<<"$line")
 }
-start A models
+start A "$tmp/off"
 start B "$tmp/on"
 grep -o 'monitoring drift against profile.json.*' "$tmp/B.log" | sed 's/\x1b\[[0-9;]*m//g' || true
 

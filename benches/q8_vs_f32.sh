@@ -25,6 +25,8 @@ cp "$MODELS/minilm/config.toml" "$MODELS/minilm/validation.jsonl" "$tmp/f32/mini
 cp "$tmp/f32/minilm/2/"* "$tmp/q8/minilm/1/"
 cp "$MODELS/minilm/config.toml" "$MODELS/minilm/validation.jsonl" "$tmp/q8/minilm/"
 rm -rf "$tmp/f32/minilm/2"
+# Capacity, not shedding: no queue-time budget (wrk would count instant 503s as requests).
+for w in f32 q8; do sed -i -E 's/^max_queue_time_us = [0-9]+/max_queue_time_us = 0/' "$tmp/$w/minilm/config.toml"; done
 
 rss() { awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 echo "| weights | round | req/s | VmRSS ready (MB) | peak during load | right after | 2 s after |"
