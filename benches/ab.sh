@@ -3,8 +3,9 @@
 # (/v2/models/digits/infer, one 64-pixel row per request) and MiniLM TEI /embed (one sentence per
 # request, rotating through the 400 bench sentences), each at CONN keep-alive connections with wrk.
 # The two servers take turns, ROUNDS times per workload (interleaved so that machine noise hits them
-# alike); only one is under load at a time. Prints each round and the median req/s per binary, with
-# the B/A ratio. Used for "no regression" checks (issue 13 and later).
+# alike); only one is under load at a time. Prints each round (req/s, p99, and the server's CPU time
+# per request: utime + stime from /proc over the run, divided by the requests wrk completed) and the
+# medians per binary, with the B/A ratios. Used for "no regression" checks (issue 13 and later).
 # Usage: benches/ab.sh A_BIN B_BIN [DUR=10] [CONN=64] [ROUNDS=3]
 # Env: MODELS (default models), WRK_THREADS (default 2), WORKLOADS (default "digits embed"),
 #      A_ARGS / B_ARGS: extra `ferrite serve` flags for each side (e.g. a --config file).
@@ -62,12 +63,13 @@ for d in "$MODELS"/*/; do
   sed -E 's/^max_queue_time_us = [0-9]+/max_queue_time_us = 0/' "$d/config.toml" >"$tmp/models/$m/config.toml"
 done
 
-declare -A url
+declare -A url pid
 start() { # name bin extra-args
   local log="$tmp/$1.log" line
   # shellcheck disable=SC2086  # extra args are words
   "$2" serve --model-repository "$tmp/models" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 $3 2>"$log" &
   pids+=($!)
+  pid[$1]=$!
   for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done
   grep -q 'server ready' "$log" || { echo "ferrite $1 did not become ready:" >&2; cat "$log" >&2; exit 1; }
   line=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1)
@@ -76,29 +78,39 @@ start() { # name bin extra-args
 start A "$A" "${A_ARGS:-}"
 start B "$B" "${B_ARGS:-}"
 
+# CPU seconds (user + system) a process has used so far.
+cpu_of() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 path_of() { case $1 in digits) echo /v2/models/digits/infer ;; embed) echo /embed ;; esac; }
-declare -A results
+declare -A results cpus
 for w in $WORKLOADS; do
   for side in A B; do # warm-up
     BODIES="$tmp/$w.jsonl" wrk -t"$THREADS" -c"$CONN" -d2s -s benches/embed/rotate.lua "${url[$side]}$(path_of "$w")" >/dev/null
   done
   for r in $(seq "$ROUNDS"); do
     for side in A B; do
+      c0=$(cpu_of "${pid[$side]}")
       out=$(BODIES="$tmp/$w.jsonl" wrk -t"$THREADS" -c"$CONN" -d"${DUR}s" --latency -s benches/embed/rotate.lua "${url[$side]}$(path_of "$w")")
+      c1=$(cpu_of "${pid[$side]}")
       rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+      n=$(awk '/requests in/ {print $1}' <<<"$out")
+      cpu=$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN {printf "%.1f", (b - a) * 1e6 / n}')
       p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
       errs=$(awk '/Non-2xx/ {print $NF} /Socket errors/ {print}' <<<"$out" | paste -sd' ')
-      echo "$w round $r $side: ${rps} req/s, p99 ${p99}${errs:+, errors: $errs}"
+      echo "$w round $r $side: ${rps} req/s, p99 ${p99}, server CPU ${cpu} us/req${errs:+, errors: $errs}"
       results[$w.$side]+="$rps "
+      cpus[$w.$side]+="$cpu "
     done
   done
 done
 echo
-echo "| workload | A median req/s | B median req/s | B/A |"
-echo "|---|---|---|---|"
+echo "| workload | A median req/s | B median req/s | B/A | A median CPU us/req | B median CPU us/req | B/A |"
+echo "|---|---|---|---|---|---|---|"
 for w in $WORKLOADS; do
   med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
   a=$(med "${results[$w.A]}")
   b=$(med "${results[$w.B]}")
-  echo "| $w | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.3f", b/a}') |"
+  ca=$(med "${cpus[$w.A]}")
+  cb=$(med "${cpus[$w.B]}")
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", b/a}'; }
+  echo "| $w | $a | $b | $(ratio "$a" "$b") | $ca | $cb | $(ratio "$ca" "$cb") |"
 done

@@ -7,7 +7,8 @@
 //! - throughput: the sentences sorted by token count, in batches of `--batch`, run by `--instances`
 //!   threads that each take the next batch (as the server's workers pull), each forward pass using
 //!   `--threads-per-pass` threads (candle's `RAYON_NUM_THREADS`); `--rounds` timed rounds after a
-//!   warm-up, sentences/s of each and their median;
+//!   warm-up, sentences/s of each and their median, and the process's CPU time (user + system)
+//!   per sentence over the timed rounds (steadier than the rate on a shared machine);
 //! - latency: `--latency N` single sentences (the file's first N) one at a time on one thread,
 //!   p50 and p99 of the forward pass;
 //! - the embeddings of the last round (L2-normalised when the model's `normalize` is on), in the
@@ -139,6 +140,18 @@ fn round(
     Ok((outs, start.elapsed()))
 }
 
+/// User + system CPU time of this process so far, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes one `rusage` into the zeroed value it is given.
+    let r = unsafe {
+        let mut r: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut r);
+        r
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(r.ru_utime) + secs(r.ru_stime)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -221,15 +234,17 @@ fn main() -> anyhow::Result<()> {
     round(&m, &batches, a.instances)?;
     let mut rates = Vec::new();
     let mut last = Vec::new();
+    let cpu0 = cpu_seconds();
     for _ in 0..a.rounds {
         let (outs, dt) = round(&m, &batches, a.instances)?;
         rates.push(n as f64 / dt.as_secs_f64());
         last = outs;
     }
+    let cpu_ms = (cpu_seconds() - cpu0) * 1e3 / (n * a.rounds) as f64;
     let shown: Vec<String> = rates.iter().map(|r| format!("{r:.1}")).collect();
     rates.sort_by(f64::total_cmp);
     println!(
-        "engine sentences_per_s={:.1} rounds={}",
+        "engine sentences_per_s={:.1} rounds={} cpu_ms_per_sentence={cpu_ms:.3}",
         rates[rates.len() / 2],
         shown.join(",")
     );

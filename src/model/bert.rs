@@ -75,10 +75,89 @@ impl LayerNorm {
     }
 }
 
+/// The query, key and value projections of a layer.
+enum Qkv {
+    Separate {
+        q: Linear,
+        k: Linear,
+        v: Linear,
+    },
+    /// One layer giving q, k and v side by side, [tokens, 3 · hidden] (`Linear::stack_outputs`: bf16
+    /// weights): x converted once and one matmul instead of three.
+    Stacked(Linear),
+}
+
+impl Qkv {
+    /// The linear layers, for what they run in.
+    fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Qkv::Separate { q, k, v } => vec![q, k, v],
+            Qkv::Stacked(qkv) => vec![qkv],
+        }
+    }
+
+    fn new(q: Linear, k: Linear, v: Linear) -> candle_core::Result<Qkv> {
+        Ok(match Linear::stack_outputs(&[&q, &k, &v])? {
+            Some(qkv) => Qkv::Stacked(qkv),
+            None => Qkv::Separate { q, k, v },
+        })
+    }
+
+    /// q, k and v, each [rows, hidden].
+    fn forward(&self, x: &CT, h: usize) -> candle_core::Result<(CT, CT, CT)> {
+        match self {
+            Qkv::Separate { q, k, v } => Ok((q.forward(x)?, k.forward(x)?, v.forward(x)?)),
+            Qkv::Stacked(qkv) => {
+                let y = qkv.forward(x)?;
+                Ok((
+                    y.narrow(1, 0, h)?,
+                    y.narrow(1, h, h)?,
+                    y.narrow(1, 2 * h, h)?,
+                ))
+            }
+        }
+    }
+
+    /// The packed attention's context [tokens, hidden] for x [tokens, hidden] (`attention::packed`,
+    /// straight on the stacked output when there is one).
+    fn packed_attention(
+        &self,
+        x: &CT,
+        lens: &[usize],
+        h: usize,
+        heads: usize,
+    ) -> candle_core::Result<CT> {
+        let shape = |ld| super::attention::Shape {
+            lens,
+            hidden: h,
+            heads,
+            ld,
+        };
+        let c = match self {
+            Qkv::Separate { q, k, v } => {
+                let (q, k, v) = (q.forward(x)?, k.forward(x)?, v.forward(x)?);
+                with_f32(&q, |q| {
+                    with_f32(&k, |k| {
+                        with_f32(&v, |v| Ok(super::attention::packed(q, k, v, shape(h))))
+                    })
+                })?
+            }
+            Qkv::Stacked(qkv) => with_f32(&qkv.forward(x)?, |y| {
+                Ok(super::attention::packed(
+                    y,
+                    &y[h..],
+                    &y[2 * h..],
+                    shape(3 * h),
+                ))
+            })?,
+        };
+        let tokens = lens.iter().sum::<usize>();
+        CT::from_vec(c, (tokens, h), &Device::Cpu)
+    }
+}
+
 struct Layer {
-    q: Linear,
-    k: Linear,
-    v: Linear,
+    qkv: Qkv,
     attn_out: Linear,
     ln1: LayerNorm,
     inter: Linear,
@@ -196,10 +275,14 @@ impl Bert {
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
+            let qkv = Qkv::new(
+                w.linear(&format!("{p}.attention.self.query"))?,
+                w.linear(&format!("{p}.attention.self.key"))?,
+                w.linear(&format!("{p}.attention.self.value"))?,
+            )
+            .map_err(|e| w.err(e))?;
             layers.push(Layer {
-                q: w.linear(&format!("{p}.attention.self.query"))?,
-                k: w.linear(&format!("{p}.attention.self.key"))?,
-                v: w.linear(&format!("{p}.attention.self.value"))?,
+                qkv,
                 attn_out: w.linear(&format!("{p}.attention.output.dense"))?,
                 ln1: w.layer_norm(&format!("{p}.attention.output.LayerNorm"), eps)?,
                 inter: w.linear(&format!("{p}.intermediate.dense"))?,
@@ -280,9 +363,8 @@ impl Bert {
             let split = |t: CT| -> candle_core::Result<CT> {
                 t.reshape((b, l, heads, d))?.transpose(1, 2)?.contiguous()
             };
-            let q = split(layer.q.forward(&x)?)?;
-            let k = split(layer.k.forward(&x)?)?;
-            let v = split(layer.v.forward(&x)?)?;
+            let (q, k, v) = layer.qkv.forward(&x, h)?;
+            let (q, k, v) = (split(q)?, split(k)?, split(v)?);
             let scores = (q.matmul(&k.t()?.contiguous()?)? * scale)?.broadcast_add(&bias)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?;
             let ctx = probs
@@ -371,19 +453,7 @@ impl Bert {
             (self.word.lookup(&ids)? + self.position.lookup(&positions)?)?.broadcast_add(&typ)?;
         let mut x = self.emb_ln.forward(&x)?;
         for layer in &self.layers {
-            let (q, k, v) = (
-                layer.q.forward(&x)?,
-                layer.k.forward(&x)?,
-                layer.v.forward(&x)?,
-            );
-            let ctx = with_f32(&q, |q| {
-                with_f32(&k, |k| {
-                    with_f32(&v, |v| {
-                        let c = super::attention::packed(q, k, v, &lens, h, heads);
-                        CT::from_vec(c, (q.len() / h, h), &Device::Cpu)
-                    })
-                })
-            })?;
+            let ctx = layer.qkv.packed_attention(&x, &lens, h, heads)?;
             // The packed path runs on the CPU only, where the ops are always fused.
             let a = layer
                 .ln1
@@ -486,14 +556,19 @@ impl Model for Bert {
     /// The path of the quantized layers if any (a q8 model keeps some in floating point, see
     /// `model::float_layers`), else that of the linear layers.
     fn precision(&self) -> PrecisionPath {
-        let linears = self
+        let linears: Vec<&Linear> = self
             .layers
             .iter()
-            .flat_map(|l| [&l.q, &l.k, &l.v, &l.attn_out, &l.inter, &l.out]);
+            .flat_map(|l| {
+                let mut all = l.qkv.linears();
+                all.extend([&l.attn_out, &l.inter, &l.out]);
+                all
+            })
+            .collect();
         linears
-            .clone()
+            .iter()
             .find(|l| l.is_quantized())
-            .or_else(|| linears.clone().next())
+            .or(linears.first())
             .map_or(PrecisionPath::F32, |l| l.path())
     }
 }
@@ -519,8 +594,15 @@ mod tests {
     use crate::spec::ModelConfig;
 
     /// A small BERT with random weights (hidden 32, 4 heads, 2 layers, vocab 50) in a temporary
-    /// folder, loaded on the CPU.
+    /// folder, loaded on the CPU in f32.
     fn tiny_bert(seed: u64) -> (tempfile::TempDir, Bert) {
+        // These tests compare op paths with each other at f32 tolerances: pinned to f32 (`auto`
+        // would be bf16 on a CPU with bf16 instructions; bf16 is checked in `ops::bf16_matmul` and
+        // tests/embeddings.rs).
+        tiny_bert_in(seed, crate::spec::Precision::F32)
+    }
+
+    fn tiny_bert_in(seed: u64, precision: crate::spec::Precision) -> (tempfile::TempDir, Bert) {
         let (vocab, h, inter, pos) = (50, 32, 64, 16);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
@@ -580,13 +662,56 @@ mod tests {
             "tiny",
         )
         .unwrap();
-        // These tests compare op paths with each other at f32 tolerances: pinned to f32 (`auto`
-        // would be bf16 on a CPU with bf16 instructions; bf16 is checked in `ops::bf16_matmul` and
-        // tests/embeddings.rs).
         let mut opts = LoadOptions::from_config(&cfg);
-        opts.precision = crate::spec::Precision::F32;
+        opts.precision = precision;
         let bert = Bert::load(&opts, dir.path(), &Device::Cpu).unwrap();
         (dir, bert)
+    }
+
+    /// Random ids for sequences of `lens`, padded to the longest: (ids, mask, the sequences).
+    fn batch(seed: u64, lens: &[usize]) -> (CT, CT, Vec<Vec<u32>>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (b, l) = (lens.len(), lens.iter().copied().max().unwrap_or(0));
+        let mut ids = vec![0u32; b * l];
+        let mut mask = vec![0f32; b * l];
+        let mut seqs = Vec::new();
+        for (row, &len) in lens.iter().enumerate() {
+            for j in 0..len {
+                ids[row * l + j] = rng.random_range(0..50);
+                mask[row * l + j] = 1.0;
+            }
+            seqs.push(ids[row * l..row * l + len].to_vec());
+        }
+        let ids = CT::from_vec(ids, (b, l), &Device::Cpu).unwrap();
+        let mask = CT::from_vec(mask, (b, l), &Device::Cpu).unwrap();
+        (ids, mask, seqs)
+    }
+
+    /// bf16 weights stack q, k and v into one layer; the packed path (attention straight on the
+    /// stacked output) and the padded one (its column slices) give the same embeddings. Each row's
+    /// bf16 products are the same in both; only attention's f32 sums run in a different order,
+    /// which can flip the bf16 rounding of a later input (2^-8 relative): 1e-3 of the row's scale.
+    #[test]
+    fn bf16_stacked_qkv_packed_path_matches_padded_path() {
+        let (_dir, bert) = tiny_bert_in(5, crate::spec::Precision::Bf16);
+        assert!(bert
+            .layers
+            .iter()
+            .all(|l| matches!(l.qkv, super::Qkv::Stacked(_))));
+        let (ids, mask, seqs) = batch(6, &[13, 1, 7, 12, 4]);
+        let padded: Vec<Vec<f32>> = bert.encode(&ids, &mask).unwrap().to_vec2().unwrap();
+        let views: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+        let packed: Vec<Vec<f32>> = bert.encode_packed(&views).unwrap().to_vec2().unwrap();
+        assert_eq!(packed.len(), padded.len());
+        for (row, (p, q)) in packed.iter().zip(&padded).enumerate() {
+            let scale = q.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, (a, c)) in p.iter().zip(q).enumerate() {
+                assert!(
+                    (a - c).abs() <= 1e-3 * scale,
+                    "row {row} element {i}: packed {a} vs padded {c} (scale {scale})"
+                );
+            }
+        }
     }
 
     /// `cuda_fused_ops` switches the padded path between the custom ops and plain candle ops; the
@@ -595,19 +720,8 @@ mod tests {
     #[test]
     fn padded_path_same_with_and_without_fused_ops() {
         let (_dir, mut bert) = tiny_bert(7);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(8);
-        let (b, l) = (5, 13);
-        let lens = [13usize, 1, 7, 12, 4];
-        let mut ids = vec![0u32; b * l];
-        let mut mask = vec![0f32; b * l];
-        for (row, &len) in lens.iter().enumerate() {
-            for j in 0..len {
-                ids[row * l + j] = rng.random_range(0..50);
-                mask[row * l + j] = 1.0;
-            }
-        }
-        let ids = CT::from_vec(ids, (b, l), &Device::Cpu).unwrap();
-        let mask = CT::from_vec(mask, (b, l), &Device::Cpu).unwrap();
+        let b = 5;
+        let (ids, mask, _) = batch(8, &[13, 1, 7, 12, 4]);
         assert!(bert.fused, "the CPU always runs the fused ops");
         let fused: Vec<Vec<f32>> = bert.encode(&ids, &mask).unwrap().to_vec2().unwrap();
         bert.fused = false;

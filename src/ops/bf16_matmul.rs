@@ -11,8 +11,9 @@
 //! Kernels (`Kernel::detect`; `FERRITE_CPU_BF16=amx|avx512|portable` picks a lower one, for
 //! measurements):
 //! - `Amx`: Intel AMX, 32 × 32 outputs in four 16 × 16 f32 tiles, 16 × 16 × 32 products per
-//!   `tdpbf16ps`. The process asks Linux for the tile state once (`arch_prctl`); each call loads
-//!   the tile configuration and releases the tiles when it is done.
+//!   `tdpbf16ps`; x is converted into tile order (each 16 × 32 A tile one contiguous KiB). The
+//!   process asks Linux for the tile state once (`arch_prctl`); each call loads the tile
+//!   configuration and releases the tiles when it is done.
 //! - `Avx512`: AVX512_BF16 without AMX (e.g. AMD Zen 4): 8 × 32 outputs, `vdpbf16ps` with one x
 //!   pair broadcast against a packed row. Measured on the Xeon that has both (dev-2c, per core):
 //!   `vdpbf16ps` ~80 GFLOP/s, f32 FMA ~170, AMX bf16 ~2,200; so there AMX is the only bf16 gain.
@@ -21,8 +22,17 @@
 //!
 //! Rounding: x and W round to nearest even; products of two bf16 values are exact in f32; sums are
 //! f32 in a kernel-specific order, so kernels agree with each other and with `bf16_matmul_ref`
-//! (f64) to f32 summation error (bounded in the tests), not bit for bit. A leaf: no threads, no I/O.
+//! (f64) to f32 summation error (bounded in the tests), not bit for bit. An output's sum does not
+//! depend on its row's neighbours or on which block of columns it is in (so stacked weights,
+//! `Bf16Weights::stack`, give the separate products exactly).
+//!
+//! Memory per call: the output is written straight into its (uninitialised) buffer, every element
+//! by the kernel; x's bf16 copy goes into a buffer the thread keeps between calls (`A_BUF`), and
+//! the conversion writes all of it (padding zero), so nothing is zeroed twice or allocated anew.
+//! A leaf: no I/O; threads only for the row split of large products (`forward`).
 
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::backend::BackendStorage;
@@ -72,6 +82,18 @@ impl Bf16Weights {
             k_pad,
             packed,
         }
+    }
+
+    /// The weights of `parts` one under another: [Σ n, k] (their outputs side by side, in order),
+    /// exactly (the values are already bf16). `None` when the parts' k differ or there are none.
+    pub fn stack(parts: &[&Bf16Weights]) -> Option<Bf16Weights> {
+        let k = parts.first()?.k;
+        if parts.iter().any(|p| p.k != k) {
+            return None;
+        }
+        let w: Vec<f32> = parts.iter().flat_map(|p| p.to_f32()).collect();
+        let n = parts.iter().map(|p| p.n).sum();
+        Some(Bf16Weights::pack(&w, n, k))
     }
 
     /// (n, k).
@@ -242,29 +264,60 @@ impl CustomOp1 for Bf16Matmul {
 /// (~20-50 µs) costs more than it saves.
 const PARALLEL_MIN_WORK: usize = 1 << 24;
 
+/// Largest bf16 copy of x (bytes) a thread keeps between calls (MiniLM's largest, 256 tokens x
+/// 1536, is 0.75 MiB); a larger one is allocated for its call and freed.
+const KEEP_A_BYTES: usize = 8 << 20;
+
+thread_local! {
+    /// This thread's buffer for x as bf16, reused by its next call: no allocation, no page faults
+    /// and no zeroing per call (the conversion writes every element the kernel reads).
+    static A_BUF: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a bf16 buffer of `len` elements with unspecified contents (this thread's kept one
+/// when it is small enough).
+fn with_a_buffer<R>(len: usize, f: impl FnOnce(&mut [u16]) -> R) -> R {
+    if len * 2 > KEEP_A_BYTES {
+        return f(&mut vec![0u16; len]);
+    }
+    A_BUF.with_borrow_mut(|a| {
+        if a.len() < len {
+            a.resize(len, 0);
+        }
+        f(&mut a[..len])
+    })
+}
+
 /// y [m, n] = x [m, k] · Wᵀ. With more than one CPU thread per forward pass (candle's
 /// `get_num_threads`, set by `--intra-op-threads`), large products split their rows over scoped
 /// threads: each runs the kernel on its own rows of x and y (the weights are shared, read-only).
 fn forward(x: &[f32], m: usize, w: &Bf16Weights, kernel: Kernel) -> Vec<f32> {
     let rb = kernel.row_block();
     let m_pad = m.next_multiple_of(rb);
-    let mut a = vec![0u16; m_pad * w.k_pad];
-    let mut c = vec![0f32; m_pad * w.n_pad];
+    let mut c: Vec<f32> = Vec::with_capacity(m_pad * w.n_pad);
     let threads = candle_core::utils::get_num_threads().min(m_pad / rb).max(1);
-    if threads > 1 && m_pad * w.n_pad * w.k_pad >= PARALLEL_MIN_WORK {
-        let rows = (m_pad / threads).next_multiple_of(rb);
-        std::thread::scope(|s| {
-            let chunks = x
-                .chunks(rows * w.k)
-                .zip(a.chunks_mut(rows * w.k_pad))
-                .zip(c.chunks_mut(rows * w.n_pad));
-            for ((x, a), c) in chunks {
-                s.spawn(move || rows_of(x, a, w, c, kernel));
-            }
-        });
-    } else {
-        rows_of(x, &mut a, w, &mut c, kernel);
-    }
+    with_a_buffer(m_pad * w.k_pad, |a| {
+        let cu = &mut c.spare_capacity_mut()[..m_pad * w.n_pad];
+        if threads > 1 && m_pad * w.n_pad * w.k_pad >= PARALLEL_MIN_WORK {
+            let rows = (m_pad / threads).next_multiple_of(rb);
+            // As many chunks of x as of a and c (rows is a multiple of rb, m_pad - m < rb), so
+            // every row of c is written.
+            std::thread::scope(|s| {
+                let chunks = x
+                    .chunks(rows * w.k)
+                    .zip(a.chunks_mut(rows * w.k_pad))
+                    .zip(cu.chunks_mut(rows * w.n_pad));
+                for ((x, a), c) in chunks {
+                    s.spawn(move || rows_of(x, a, w, c, kernel));
+                }
+            });
+        } else {
+            rows_of(x, a, w, cu, kernel);
+        }
+    });
+    // SAFETY: `rows_of` wrote all m_pad · n_pad elements (each kernel writes every element of
+    // its c; the chunks above cover all rows), which are within the capacity.
+    unsafe { c.set_len(m_pad * w.n_pad) };
     if w.n_pad == w.n {
         c.truncate(m * w.n);
         return c;
@@ -277,15 +330,16 @@ fn forward(x: &[f32], m: usize, w: &Bf16Weights, kernel: Kernel) -> Vec<f32> {
 }
 
 /// c = a · Wᵀ for the rows of one chunk: x [r, k] converted into a [r_pad, k_pad] (r_pad a
-/// multiple of the kernel's row block; rows past r stay zero), c [r_pad, n_pad].
-fn rows_of(x: &[f32], a: &mut [u16], w: &Bf16Weights, c: &mut [f32], kernel: Kernel) {
+/// multiple of the kernel's row block; every element written: the padding columns and the rows
+/// past r are zero), c [r_pad, n_pad], every element written.
+fn rows_of(x: &[f32], a: &mut [u16], w: &Bf16Weights, c: &mut [MaybeUninit<f32>], kernel: Kernel) {
     let r_pad = a.len() / w.k_pad.max(1);
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Amx => {
             // SAFETY: `bf16_matmul_with` checked `available()`; `forward` sized a and c.
             unsafe {
-                x86::to_bf16_rows(x, w.k, w.k_pad, a);
+                x86::to_bf16_tiles(x, w.k, w.k_pad, a);
                 x86::amx(a, r_pad, w, c);
             }
         }
@@ -304,17 +358,20 @@ fn rows_of(x: &[f32], a: &mut [u16], w: &Bf16Weights, c: &mut [f32], kernel: Ker
     }
 }
 
-/// Rows of x [m, k] as bf16 into a [_, k_pad] (the padding stays zero).
+/// Rows of x [r, k] as bf16 into a [r_pad, k_pad] (row-major), every element written: the padding
+/// columns and rows are zero, so that they add nothing (the padding rows' outputs are dropped).
 fn portable_to_bf16_rows(x: &[f32], k: usize, k_pad: usize, a: &mut [u16]) {
     for (row, out) in x.chunks_exact(k).zip(a.chunks_exact_mut(k_pad)) {
         for (o, &v) in out.iter_mut().zip(row) {
             *o = bf16::from_f32(v).to_bits();
         }
+        out[k..].fill(0);
     }
+    a[x.len() / k * k_pad..].fill(0);
 }
 
 /// One row of output at a time, 16 columns per block.
-fn portable(a: &[u16], m_pad: usize, w: &Bf16Weights, c: &mut [f32]) {
+fn portable(a: &[u16], m_pad: usize, w: &Bf16Weights, c: &mut [MaybeUninit<f32>]) {
     let kblocks = w.k_pad / DEPTH;
     for i in 0..m_pad {
         let arow = &a[i * w.k_pad..(i + 1) * w.k_pad];
@@ -330,7 +387,9 @@ fn portable(a: &[u16], m_pad: usize, w: &Bf16Weights, c: &mut [f32]) {
                     }
                 }
             }
-            c[i * w.n_pad + jb * COLS..][..COLS].copy_from_slice(&acc);
+            for (o, v) in c[i * w.n_pad + jb * COLS..][..COLS].iter_mut().zip(acc) {
+                o.write(v);
+            }
         }
     }
 }
@@ -339,6 +398,7 @@ fn portable(a: &[u16], m_pad: usize, w: &Bf16Weights, c: &mut [f32]) {
 pub(super) mod x86 {
     use std::arch::asm;
     use std::arch::x86_64::*;
+    use std::mem::MaybeUninit;
     use std::sync::OnceLock;
 
     use super::{Bf16Weights, BLOCK, COLS, DEPTH};
@@ -384,10 +444,11 @@ pub(super) mod x86 {
         false
     }
 
-    /// Rows of x [m, k] rounded to bf16 (nearest even) into a [_, k_pad].
+    /// Rows of x [r, k] rounded to bf16 (nearest even) into a [r_pad, k_pad] (row-major), every
+    /// element written (padding columns and rows zero), as `portable_to_bf16_rows`.
     ///
     /// # Safety
-    /// The CPU must have AVX-512 F, BW and BF16; `a` holds at least m rows of `k_pad`.
+    /// The CPU must have AVX-512 F, BW and BF16; `a` holds at least r rows of `k_pad`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn to_bf16_rows(x: &[f32], k: usize, k_pad: usize, a: &mut [u16]) {
         for (row, out) in x.chunks_exact(k).zip(a.chunks_exact_mut(k_pad)) {
@@ -403,6 +464,139 @@ pub(super) mod x86 {
                 }
                 c += 16;
             }
+            out[k..].fill(0);
+        }
+        a[x.len() / k * k_pad..].fill(0);
+    }
+
+    /// Rows of x [r, k] rounded to bf16 (nearest even) into a [r_pad, k_pad] in AMX's tile order:
+    /// strips of 16 rows, each cut into 16 × 32 tiles (1 KiB, rows of 64 bytes) one after another,
+    /// so element (i, c) is at `((i / 16) · k_pad / 32 + c / 32) · 512 + (i % 16) · 32 + c % 32`.
+    /// Every element written (padding columns and rows zero). An A tile is then one contiguous
+    /// KiB, which the kernel streams (1.1-1.16× faster on MiniLM's shapes than rows `k_pad` apart:
+    /// benches/RESULTS.md, issue 20).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512 F, BW and BF16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(super) unsafe fn to_bf16_tiles(x: &[f32], k: usize, k_pad: usize, a: &mut [u16]) {
+        let kblocks = k_pad / DEPTH;
+        let r = x.len() / k;
+        let r_pad = a.len() / k_pad;
+        assert!(
+            r <= r_pad && r_pad.is_multiple_of(16) && k <= k_pad && k_pad.is_multiple_of(DEPTH),
+            "bf16 tiles: sizes. This is a bug."
+        );
+        for i in 0..r_pad {
+            let base = (i / 16) * kblocks * BLOCK + (i % 16) * DEPTH;
+            let mut c = 0;
+            while c < k_pad {
+                let left = if i < r {
+                    k.saturating_sub(c).min(16)
+                } else {
+                    0
+                };
+                let at = base + (c / DEPTH) * BLOCK + c % DEPTH;
+                // SAFETY: lanes < left of x[i * k + c..] are in row i < r of x; the 16 elements at
+                // `at` are inside a (i < r_pad, c + 16 <= k_pad).
+                unsafe {
+                    let b = if left == 0 {
+                        _mm256_setzero_si256()
+                    } else {
+                        let mask: u16 = if left == 16 { !0 } else { (1u16 << left) - 1 };
+                        let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i * k + c));
+                        std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v))
+                    };
+                    _mm256_storeu_si256(a.as_mut_ptr().add(at).cast(), b);
+                }
+                c += 16;
+            }
+        }
+    }
+
+    /// c [m_pad, n_pad] = a · Wᵀ, a [m_pad, k_pad] in tile order (`to_bf16_tiles`); m_pad a
+    /// multiple of 32. Writes every element of c[..m_pad · n_pad].
+    ///
+    /// Each 32 × 32 block of c is four accumulator tiles (all 8 tiles in use: 4 for c, 2 for A, 2
+    /// for W). The blocks run row strip by row strip: a 32-row strip of A stays in L1 while W
+    /// streams past it, and c is written row after row. Measured on MiniLM's shapes against
+    /// column strip by column strip (W's strip kept, A streamed): 1.3-1.4× faster where W is
+    /// wider than deep (q+k+v, intermediate), within ±8% on the others (benches/RESULTS.md,
+    /// issue 20).
+    ///
+    /// # Safety
+    /// `Kernel::Amx.available()`; `a` and `c` have the sizes above.
+    pub(super) unsafe fn amx(a: &[u16], m_pad: usize, w: &Bf16Weights, c: &mut [MaybeUninit<f32>]) {
+        let (k_pad, n_pad) = (w.k_pad, w.n_pad);
+        assert!(
+            m_pad.is_multiple_of(32) && a.len() >= m_pad * k_pad && c.len() >= m_pad * n_pad,
+            "bf16 amx: sizes. This is a bug."
+        );
+        let kblocks = k_pad / DEPTH;
+        let ldc = n_pad * 4;
+        let cfg = TileConfig::all_16x64();
+        let cbase = c.as_mut_ptr().cast::<f32>();
+        // One 32 × 32 block of c; called only with the ib, jb of the loop below.
+        // SAFETY (the asm here): the tiles read 16 rows of 64 bytes, 64 bytes apart: A tiles
+        // (strips ib / 16 and ib / 16 + 1, which start at ib · k_pad and 16 rows later; k block
+        // kb; inside a: ib + 32 <= m_pad) and packed blocks (jb, kb) and (jb + 1, kb) of W (inside
+        // `packed`: jb + 32 <= n_pad); they write 16 rows of 16 f32 at c[ib.., jb..] with rows n_pad
+        // apart (inside c). The tmm registers are not known to the compiler, so values kept in
+        // them between asm blocks are not disturbed.
+        let block = |ib: usize, jb: usize| unsafe {
+            let b0 = w.packed.as_ptr().add((jb / COLS) * kblocks * BLOCK);
+            let b1 = b0.add(kblocks * BLOCK);
+            let a0 = a.as_ptr().add(ib * k_pad);
+            let a1 = a0.add(16 * k_pad);
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                options(nomem, nostack)
+            );
+            for kb in 0..kblocks {
+                asm!(
+                    "tileloadd tmm4, [{a0} + {s64}*1]",
+                    "tileloadd tmm5, [{a1} + {s64}*1]",
+                    "tileloadd tmm6, [{b0} + {s64}*1]",
+                    "tileloadd tmm7, [{b1} + {s64}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6",
+                    "tdpbf16ps tmm1, tmm4, tmm7",
+                    "tdpbf16ps tmm2, tmm5, tmm6",
+                    "tdpbf16ps tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0.add(kb * BLOCK),
+                    a1 = in(reg) a1.add(kb * BLOCK),
+                    b0 = in(reg) b0.add(kb * BLOCK),
+                    b1 = in(reg) b1.add(kb * BLOCK),
+                    s64 = in(reg) 64usize,
+                    options(nostack, readonly)
+                );
+            }
+            let cp = cbase.add(ib * n_pad + jb);
+            asm!(
+                "tilestored [{c0} + {ldc}*1], tmm0",
+                "tilestored [{c1} + {ldc}*1], tmm1",
+                "tilestored [{c2} + {ldc}*1], tmm2",
+                "tilestored [{c3} + {ldc}*1], tmm3",
+                c0 = in(reg) cp,
+                c1 = in(reg) cp.add(COLS),
+                c2 = in(reg) cp.add(16 * n_pad),
+                c3 = in(reg) cp.add(16 * n_pad + COLS),
+                ldc = in(reg) ldc,
+                options(nostack)
+            );
+        };
+        // SAFETY: loads the tile configuration (64 bytes of `cfg`), runs the blocks that cover c,
+        // and releases the tiles.
+        unsafe {
+            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
+            for ib in (0..m_pad).step_by(32) {
+                for jb in (0..n_pad).step_by(2 * COLS) {
+                    block(ib, jb);
+                }
+            }
+            asm!("tilerelease", options(nomem, nostack));
         }
     }
 
@@ -422,79 +616,6 @@ pub(super) mod x86 {
         }
     }
 
-    /// c [m_pad, n_pad] = a [m_pad, k_pad] · Wᵀ; m_pad a multiple of 32.
-    ///
-    /// # Safety
-    /// `Kernel::Amx.available()`; `a` and `c` have the sizes above.
-    pub(super) unsafe fn amx(a: &[u16], m_pad: usize, w: &Bf16Weights, c: &mut [f32]) {
-        let (k_pad, n_pad) = (w.k_pad, w.n_pad);
-        assert!(
-            m_pad.is_multiple_of(32) && a.len() >= m_pad * k_pad && c.len() >= m_pad * n_pad,
-            "bf16 amx: sizes. This is a bug."
-        );
-        let kblocks = k_pad / DEPTH;
-        let lda = k_pad * 2;
-        let ldc = n_pad * 4;
-        let cfg = TileConfig::all_16x64();
-        // SAFETY (all asm below): the tiles read 16 rows of 64 bytes at the given strides: A rows
-        // ib..ib+32 of `a` (k columns kb*32..+32, inside k_pad), packed blocks (jb, kb) and
-        // (jb+1, kb) of W (1 KiB each, inside `packed`: jb + 1 < n_pad / 16), and write 16 rows of
-        // 16 f32 at c[ib.., jb..] with row stride n_pad (inside c: ib + 32 <= m_pad, jb + 32 <=
-        // n_pad). The tmm registers are not known to the compiler, so values kept in them between
-        // asm blocks are not disturbed.
-        unsafe {
-            asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly));
-            for jb in (0..n_pad).step_by(2 * COLS) {
-                let b0 = w.packed.as_ptr().add((jb / COLS) * kblocks * BLOCK);
-                let b1 = b0.add(kblocks * BLOCK);
-                for ib in (0..m_pad).step_by(32) {
-                    let a0 = a.as_ptr().add(ib * k_pad);
-                    let a1 = a0.add(16 * k_pad);
-                    asm!(
-                        "tilezero tmm0",
-                        "tilezero tmm1",
-                        "tilezero tmm2",
-                        "tilezero tmm3",
-                        options(nomem, nostack)
-                    );
-                    for kb in 0..kblocks {
-                        asm!(
-                            "tileloadd tmm4, [{a0} + {lda}*1]",
-                            "tileloadd tmm5, [{a1} + {lda}*1]",
-                            "tileloadd tmm6, [{b0} + {s64}*1]",
-                            "tileloadd tmm7, [{b1} + {s64}*1]",
-                            "tdpbf16ps tmm0, tmm4, tmm6",
-                            "tdpbf16ps tmm1, tmm4, tmm7",
-                            "tdpbf16ps tmm2, tmm5, tmm6",
-                            "tdpbf16ps tmm3, tmm5, tmm7",
-                            a0 = in(reg) a0.add(kb * DEPTH),
-                            a1 = in(reg) a1.add(kb * DEPTH),
-                            lda = in(reg) lda,
-                            b0 = in(reg) b0.add(kb * BLOCK),
-                            b1 = in(reg) b1.add(kb * BLOCK),
-                            s64 = in(reg) 64usize,
-                            options(nostack, readonly)
-                        );
-                    }
-                    let cp = c.as_mut_ptr().add(ib * n_pad + jb);
-                    asm!(
-                        "tilestored [{c0} + {ldc}*1], tmm0",
-                        "tilestored [{c1} + {ldc}*1], tmm1",
-                        "tilestored [{c2} + {ldc}*1], tmm2",
-                        "tilestored [{c3} + {ldc}*1], tmm3",
-                        c0 = in(reg) cp,
-                        c1 = in(reg) cp.add(COLS),
-                        c2 = in(reg) cp.add(16 * n_pad),
-                        c3 = in(reg) cp.add(16 * n_pad + COLS),
-                        ldc = in(reg) ldc,
-                        options(nostack)
-                    );
-                }
-            }
-            asm!("tilerelease", options(nomem, nostack));
-        }
-    }
-
     /// 32 bf16 bit patterns as the type `vdpbf16ps` takes.
     #[inline(always)]
     fn as_bh(v: __m512i) -> __m512bh {
@@ -507,7 +628,12 @@ pub(super) mod x86 {
     /// # Safety
     /// `Kernel::Avx512.available()`; `a` and `c` have the sizes above.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    pub(super) unsafe fn avx512(a: &[u16], m_pad: usize, w: &Bf16Weights, c: &mut [f32]) {
+    pub(super) unsafe fn avx512(
+        a: &[u16],
+        m_pad: usize,
+        w: &Bf16Weights,
+        c: &mut [MaybeUninit<f32>],
+    ) {
         let (k_pad, n_pad) = (w.k_pad, w.n_pad);
         assert!(
             m_pad.is_multiple_of(MR) && a.len() >= m_pad * k_pad && c.len() >= m_pad * n_pad,
@@ -546,8 +672,8 @@ pub(super) mod x86 {
                     let out = &mut c[(ib + r) * n_pad + jb..][..2 * COLS];
                     // SAFETY: `out` holds 32 f32.
                     unsafe {
-                        _mm512_storeu_ps(out.as_mut_ptr(), acc_r[0]);
-                        _mm512_storeu_ps(out.as_mut_ptr().add(COLS), acc_r[1]);
+                        _mm512_storeu_ps(out.as_mut_ptr().cast(), acc_r[0]);
+                        _mm512_storeu_ps(out.as_mut_ptr().add(COLS).cast(), acc_r[1]);
                     }
                 }
             }
@@ -654,6 +780,50 @@ mod tests {
             let one = vec1(&bf16_matmul_with(&x.narrow(0, 37, 1).unwrap(), &w, kernel).unwrap());
             assert_eq!(&all[37 * 96..38 * 96], &one[..], "{kernel:?}");
         }
+    }
+
+    /// The bf16 copy of x is reused between calls without zeroing: after a call that leaves large
+    /// values everywhere in it, a call whose k and m need padding still matches the reference.
+    #[test]
+    fn bf16_matmul_reused_buffer_keeps_padding_zero() {
+        for kernel in kernels() {
+            let big = Tensor::full(1e4f32, (70, 160), &Device::Cpu).unwrap();
+            bf16_matmul_with(&big, &weights(20, 64, 160), kernel).unwrap();
+            let x = randn(21, &[33, 33], DType::F32);
+            let w = weights(22, 40, 33);
+            let got = bf16_matmul_with(&x, &w, kernel).unwrap();
+            check(&got, &x, &w, &format!("{kernel:?} after a larger call"));
+        }
+    }
+
+    /// Stacked weights give each part's outputs side by side, bit for bit: every output's sum runs
+    /// in the same order whichever block of columns it is in.
+    #[test]
+    fn bf16_weights_stacked_equal_separate_matmuls() {
+        let parts = [
+            weights(30, 40, 100),
+            weights(31, 33, 100),
+            weights(32, 7, 100),
+        ];
+        let refs: Vec<&Bf16Weights> = parts.iter().map(Arc::as_ref).collect();
+        let stacked = Arc::new(Bf16Weights::stack(&refs).unwrap());
+        assert_eq!(stacked.dims(), (80, 100));
+        for kernel in kernels() {
+            for m in [1usize, 31, 77] {
+                let x = randn(33 + m as u64, &[m, 100], DType::F32);
+                let all = bf16_matmul_with(&x, &stacked, kernel).unwrap();
+                let mut col = 0;
+                for p in &parts {
+                    let one = vec1(&bf16_matmul_with(&x, p, kernel).unwrap());
+                    let part = vec1(&all.narrow(1, col, p.n).unwrap().contiguous().unwrap());
+                    assert_eq!(part, one, "{kernel:?} m={m} columns {col}..");
+                    col += p.n;
+                }
+            }
+        }
+        let other_k = weights(34, 8, 99);
+        assert!(Bf16Weights::stack(&[&parts[0], &other_k]).is_none());
+        assert!(Bf16Weights::stack(&[]).is_none());
     }
 
     #[test]

@@ -178,6 +178,41 @@ impl Linear {
         })
     }
 
+    /// One layer computing the outputs of `parts` side by side (`[rows, Σ out]`, in order) with one
+    /// matmul: for bf16 layers (same kernel, same input width), whose results are exactly those of
+    /// the separate layers (each output's sum runs in the same order). `None` for other weights, or
+    /// when only some parts have a bias.
+    pub fn stack_outputs(parts: &[&Linear]) -> Result<Option<Linear>> {
+        let mut packed = Vec::with_capacity(parts.len());
+        let mut kernel = None;
+        for p in parts {
+            match &p.w {
+                Weight::Bf16(w, k) if kernel.is_none_or(|kk| kk == *k) => {
+                    packed.push(w.as_ref());
+                    kernel = Some(*k);
+                }
+                _ => return Ok(None),
+            }
+        }
+        let (Some(kernel), Some(w)) = (kernel, Bf16Weights::stack(&packed)) else {
+            return Ok(None);
+        };
+        let b = match parts
+            .iter()
+            .map(|p| p.b.as_ref())
+            .collect::<Option<Vec<_>>>()
+        {
+            Some(bs) => Some(Tensor::cat(&bs, 0)?),
+            None if parts.iter().all(|p| p.b.is_none()) => None,
+            None => return Ok(None),
+        };
+        Ok(Some(Linear {
+            w: Weight::Bf16(Arc::new(w), kernel),
+            b,
+            device: parts[0].device.clone(),
+        }))
+    }
+
     /// `x W^T` without the bias; `x` [rows, in].
     pub fn forward_no_bias(&self, x: &Tensor) -> Result<Tensor> {
         match &self.w {
@@ -399,6 +434,39 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Stacked bf16 layers give the separate layers' outputs (bias included) side by side, bit for
+    /// bit; other weights, or a bias on only some parts, are not stacked.
+    #[test]
+    fn bf16_linears_stack_to_the_separate_outputs() {
+        let x = Tensor::randn(0f32, 1.0, (9, 64), &Device::Cpu).unwrap();
+        let o = WeightOptions {
+            bf16: Some(Bf16Kernel::detect()),
+            ..opts(None)
+        };
+        let parts: Vec<Linear> = [33, 48, 5]
+            .iter()
+            .map(|&n| Linear::load(&mut weights(n, 64), "l", &Device::Cpu, &o).unwrap())
+            .collect();
+        let refs: Vec<&Linear> = parts.iter().collect();
+        let stacked = Linear::stack_outputs(&refs).unwrap().unwrap();
+        assert_eq!(stacked.path(), Path::Bf16(Bf16Kernel::detect()));
+        let want: Vec<Tensor> = parts.iter().map(|p| p.forward(&x).unwrap()).collect();
+        let want: Vec<Vec<f32>> = Tensor::cat(&want, 1).unwrap().to_vec2().unwrap();
+        let got: Vec<Vec<f32>> = stacked.forward(&x).unwrap().to_vec2().unwrap();
+        assert_eq!(got, want);
+
+        let dense = Linear::load(&mut weights(8, 64), "l", &Device::Cpu, &opts(None)).unwrap();
+        assert!(Linear::stack_outputs(&[&parts[0], &dense])
+            .unwrap()
+            .is_none());
+        let mut no_bias = weights(8, 64);
+        no_bias.remove("l.bias");
+        let no_bias = Linear::load(&mut no_bias, "l", &Device::Cpu, &o).unwrap();
+        assert!(Linear::stack_outputs(&[&parts[0], &no_bias])
+            .unwrap()
+            .is_none());
     }
 
     #[test]
