@@ -269,10 +269,11 @@ pub fn data_from_raw_json(
         DataType::BF16 => typed!(BF16),
         DataType::F32 => typed!(F32),
         DataType::F64 => typed!(F64),
-        // A string's bytes are never more than its JSON text: reserving the text's length is an
-        // upper bound the pages of which are only touched as far as the strings fill them.
+        // The strings' bytes are at most the text less two quotes each: exact room when the
+        // shape's count is honest, growth (never a wrong answer) when it is not.
         DataType::Bytes => {
-            let out = BytesBuilder::with_capacity(reserve, raw.len());
+            let bytes = raw.len().saturating_sub(2 * reserve);
+            let out = BytesBuilder::with_capacity(reserve, bytes);
             TensorData::Bytes(run(out, raw, dt, max, name)?.finish())
         }
     })

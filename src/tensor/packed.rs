@@ -61,15 +61,15 @@ impl BytesData {
     }
 
     /// Reads the binary layout (each element a 4-byte little-endian length and that many bytes)
-    /// in place: the elements are slices of `buf`, nothing is copied.
+    /// in place: the elements are slices of `buf`, nothing is copied. The lengths are walked
+    /// twice, to size the offsets exactly (a doubling vector would briefly hold 1.5× their size).
     pub fn from_length_prefixed(buf: Bytes) -> Result<BytesData, BytesError> {
         if buf.len() as u64 > LIMIT {
             // Checked before reading: a length could otherwise point past `u32` offsets.
             return Err(BytesError::TooLarge(buf.len() as u64));
         }
-        let mut offsets = vec![0u32];
-        let mut at = 0usize;
-        while at < buf.len() {
+        // Where the element starting at `at` ends.
+        let next = |at: usize| -> Result<usize, BytesError> {
             let rest = &buf[at..];
             let Some(len) = rest.first_chunk::<4>() else {
                 return Err(BytesError::TruncatedLength);
@@ -78,7 +78,18 @@ impl BytesData {
             if rest.len() - 4 < n {
                 return Err(BytesError::PastEnd(n));
             }
-            at += 4 + n;
+            Ok(at + 4 + n)
+        };
+        let (mut at, mut count) = (0, 0);
+        while at < buf.len() {
+            at = next(at)?;
+            count += 1;
+        }
+        let mut offsets = Vec::with_capacity(count + 1);
+        offsets.push(0);
+        let mut at = 0;
+        while at < buf.len() {
+            at = next(at)?;
             offsets.push(at as u32);
         }
         Ok(BytesData {
