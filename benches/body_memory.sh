@@ -80,6 +80,7 @@ for kind in "${KINDS[@]}"; do
       repo=$tmp/text-repo path=/v2/models/minilm/infer
       extra=(-H "inference-header-content-length: $(cat "$tmp/v2-bytes-bin.header")") ;;
   esac
+  : >"$log" # before the server opens it: the wait below must not read a missing file
   "$FERRITE_BIN" serve --model-repository "$repo" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 \
     --access-log=false --max-body-bytes $((SIZE * 2 * 1024 * 1024)) 2>"$log" &
   pid=$!
