@@ -17,7 +17,7 @@ use crate::preprocess::PreprocessError;
 use crate::repository::{LoadedVersion, TextError, TextModel};
 use crate::spec::validate_inputs;
 use crate::telemetry::FailureReason;
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{Tensor, TensorData, Texts};
 
 /// A finished inference with its end-to-end time and what the cache did.
 pub struct Inferred {
@@ -160,26 +160,21 @@ pub async fn run(
     }
 }
 
-/// The texts of a text model's BYTES input (already validated), as UTF-8 strings.
-fn texts_of(lv: &LoadedVersion, inputs: Vec<Tensor>) -> Result<Vec<String>, ApiError> {
+/// The texts of a text model's BYTES input (already validated), checked to be UTF-8 (the same
+/// buffer, read as text).
+fn texts_of(lv: &LoadedVersion, inputs: Vec<Tensor>) -> Result<Texts, ApiError> {
     let Some(TensorData::Bytes(items)) = inputs.into_iter().next().map(|t| t.data) else {
         return Err(invalid(
             lv,
             ApiError::BadRequest("expected one BYTES input of texts".into()),
         ));
     };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, b)| {
-            String::from_utf8(b).map_err(|_| {
-                invalid(
-                    lv,
-                    ApiError::BadRequest(format!("input text {i} is not valid UTF-8")),
-                )
-            })
-        })
-        .collect()
+    Texts::new(items).map_err(|i| {
+        invalid(
+            lv,
+            ApiError::BadRequest(format!("input text {i} is not valid UTF-8")),
+        )
+    })
 }
 
 /// Embeddings of texts, in order, with the request's token count, stage times (of the texts
@@ -199,7 +194,7 @@ pub struct Embedded {
 
 /// What to embed and how.
 pub struct EmbedRequest {
-    pub texts: Vec<String>,
+    pub texts: Texts,
     /// Cut texts at the model's limit (else a text over it is a 413).
     pub truncate: bool,
     pub normalize: bool,
@@ -264,11 +259,12 @@ pub async fn embed(
         cached = Some((c, keys, lookup));
     }
     let missing: Vec<usize> = (0..n).filter(|&i| slots[i].is_none()).collect();
-    let mut texts = req.texts;
-    let todo: Vec<String> = missing
-        .iter()
-        .map(|&i| std::mem::take(&mut texts[i]))
-        .collect();
+    // All of them (the same buffer) or the ones not cached, copied together.
+    let todo = if missing.len() == n {
+        req.texts
+    } else {
+        missing.iter().map(|&i| &req.texts[i]).collect()
+    };
     let (mut timings, mut tokenize) = (Timings::default(), Duration::ZERO);
     if !todo.is_empty() {
         let run = text
@@ -423,11 +419,7 @@ pub fn shadow_input(lv: &LoadedVersion, inputs: &[Tensor]) -> Option<super::shad
         let TensorData::Bytes(items) = &inputs.first()?.data else {
             return None;
         };
-        let texts = items
-            .iter()
-            .map(|b| String::from_utf8(b.clone()).ok())
-            .collect::<Option<Vec<_>>>()?;
-        return Some(ShadowInput::Texts(texts));
+        return Texts::new(items.clone()).ok().map(ShadowInput::Texts);
     }
     let rows = if lv.config.max_batch_size > 0 {
         *inputs.first()?.shape.first()?

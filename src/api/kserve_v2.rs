@@ -246,7 +246,7 @@ async fn infer_on(
                 })?,
         ),
     };
-    let req = v2::decode_request(&bytes, header_len).map_err(|e| infer::invalid(&lv, e))?;
+    let req = v2::decode_request(&bytes.bytes, header_len).map_err(|e| infer::invalid(&lv, e))?;
     let picked = infer::select_outputs(&lv, &req).map_err(|e| infer::invalid(&lv, e))?;
     let opts = SubmitOptions {
         priority: req.priority,

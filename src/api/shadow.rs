@@ -10,12 +10,12 @@ use crate::batcher::{JobError, SubmitOptions};
 use crate::repository::{LoadedVersion, ShadowPlan};
 use crate::rollout::compare;
 use crate::telemetry::rollout::RolloutMetrics;
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{Tensor, TensorData, Texts};
 
 /// What the candidate runs.
 pub enum ShadowInput {
     Tensors { inputs: Vec<Tensor>, rows: usize },
-    Texts(Vec<String>),
+    Texts(Texts),
 }
 
 /// The live answer to compare with: the first output, flattened, and its row width.

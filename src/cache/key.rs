@@ -284,12 +284,12 @@ mod tests {
         let x = Tensor::new(
             "t",
             vec![2],
-            TensorData::Bytes(vec![b"ab".to_vec(), b"c".to_vec()]),
+            TensorData::Bytes([&b"ab"[..], b"c"].into_iter().collect()),
         );
         let y = Tensor::new(
             "t",
             vec![2],
-            TensorData::Bytes(vec![b"a".to_vec(), b"bc".to_vec()]),
+            TensorData::Bytes([&b"a"[..], b"bc"].into_iter().collect()),
         );
         assert_ne!(tensor_key(FP, &s, &[x]), tensor_key(FP, &s, &[y]));
     }

@@ -191,7 +191,11 @@ mod tests {
                 vec![2, 2],
                 TensorData::F32(vec![0.1, -0.0, f32::MIN_POSITIVE, 1e30]),
             ),
-            Tensor::new("s", vec![1], TensorData::Bytes(vec![b"a\0b".to_vec()])),
+            Tensor::new(
+                "s",
+                vec![1],
+                TensorData::Bytes([b"a\0b"].into_iter().collect()),
+            ),
             Tensor::new("i", vec![3], TensorData::I64(vec![-1, 0, i64::MAX])),
         ];
         let v = encode_tensors(&t);

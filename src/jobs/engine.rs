@@ -14,7 +14,7 @@ use crate::preprocess::PreprocessError;
 use crate::repository::LoadedVersion;
 use crate::spec::validate_inputs;
 use crate::telemetry::RejectReason;
-use crate::tensor::{DataType, Tensor, TensorData};
+use crate::tensor::{DataType, Tensor, TensorData, Texts};
 
 /// One row's outputs (per column, its values) or why it was refused.
 pub type RowResult = Result<Vec<Vec<f32>>, Reject>;
@@ -236,8 +236,9 @@ impl Engine {
                 let rows = validate_inputs(&cfg.inputs, 1, &inputs)
                     .map_err(|e| Reject::invalid(e.to_string()))?;
                 match inputs.into_iter().next().map(|t| t.data) {
-                    Some(TensorData::Bytes(mut b)) if rows == 1 && b.len() == 1 => {
-                        String::from_utf8(b.remove(0))
+                    Some(TensorData::Bytes(b)) if rows == 1 && b.len() == 1 => {
+                        std::str::from_utf8(&b[0])
+                            .map(str::to_owned)
                             .map_err(|_| Reject::invalid("input text is not valid UTF-8"))
                     }
                     _ => Err(Reject::invalid("a job line holds one text")),
@@ -284,7 +285,7 @@ impl Engine {
         text: &crate::repository::TextModel,
         texts: &[Result<String, Reject>],
     ) -> Result<Vec<Result<Vec<u32>, Reject>>, JobsError> {
-        let good: Vec<String> = texts.iter().filter_map(|t| t.clone().ok()).collect();
+        let good: Texts = texts.iter().filter_map(|t| t.as_ref().ok()).collect();
         let closed = || JobsError::Unavailable("the tokenizer pool has stopped".into());
         let mut ids = match text.pool.encode(good, self.truncate).await {
             Ok(ids) => ids.into_iter().map(Ok).collect::<Vec<_>>().into_iter(),
@@ -293,7 +294,11 @@ impl Engine {
                 let mut each = Vec::new();
                 for t in texts.iter().filter_map(|t| t.as_ref().ok()) {
                     each.push(
-                        match text.pool.encode(vec![t.clone()], self.truncate).await {
+                        match text
+                            .pool
+                            .encode([t].into_iter().collect(), self.truncate)
+                            .await
+                        {
                             Ok(mut v) => Ok(v.remove(0)),
                             Err(PreprocessError::Closed) => return Err(closed()),
                             Err(e) => Err(refusal(e)),

@@ -353,7 +353,7 @@ fn json_record(number: u64, line: &[u8], spec: &InputSpec) -> Record {
         _ => fallback,
     };
     let item = if obj.contains_key("inputs") {
-        kserve_v2::decode_request(line, None)
+        kserve_v2::decode_request(&bytes::Bytes::copy_from_slice(line), None)
             .map(|r| Item::Tensors(r.inputs))
             .map_err(|e| e.to_string())
     } else {

@@ -128,7 +128,7 @@ pub fn random_tensor(spec: &InputSpec, rng: &mut impl RngCore) -> Tensor {
         DataType::F64 => TensorData::F64((0..n).map(|_| f()).collect()),
         DataType::Bytes => TensorData::Bytes(
             (0..n)
-                .map(|_| (0..8).map(|_| b'a' + f() as u8).collect())
+                .map(|_| (0..8).map(|_| b'a' + f() as u8).collect::<Vec<u8>>())
                 .collect(),
         ),
     };
@@ -240,9 +240,11 @@ pub fn v2_payloads_from_jsonl(
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
     {
-        let req = decode_request(line.as_bytes(), None).map_err(|e| LoadgenError::InputFile {
-            line: i + 1,
-            message: e.to_string(),
+        let req = decode_request(&Bytes::copy_from_slice(line.as_bytes()), None).map_err(|e| {
+            LoadgenError::InputFile {
+                line: i + 1,
+                message: e.to_string(),
+            }
         })?;
         out.push(v2_payload(path, &req.inputs, binary));
     }

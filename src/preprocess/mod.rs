@@ -18,6 +18,8 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 use tokio::sync::oneshot;
 
+use crate::tensor::Texts;
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum PreprocessError {
     #[error("cannot load tokenizer {path}: {message}")]
@@ -49,7 +51,7 @@ type Reply = oneshot::Sender<Result<Vec<Vec<u32>>, PreprocessError>>;
 
 /// One request's texts, tokenized one at a time by whichever thread takes it next.
 struct Request {
-    texts: Vec<String>,
+    texts: Texts,
     truncate: bool,
     deadline: Option<Instant>,
     /// The next text to hand out (only read and moved under the ring's lock).
@@ -275,7 +277,7 @@ impl TokenizerPool {
     /// Token ids of each text, in order.
     pub async fn encode(
         &self,
-        texts: Vec<String>,
+        texts: Texts,
         truncate: bool,
     ) -> Result<Vec<Vec<u32>>, PreprocessError> {
         self.encode_until(texts, truncate, None).await
@@ -286,7 +288,7 @@ impl TokenizerPool {
     /// request's remaining texts from being tokenized.
     pub async fn encode_until(
         &self,
-        texts: Vec<String>,
+        texts: Texts,
         truncate: bool,
         deadline: Option<Instant>,
     ) -> Result<Vec<Vec<u32>>, PreprocessError> {
@@ -656,7 +658,7 @@ mod tests {
         p
     }
 
-    fn texts(n: usize, word: &str) -> Vec<String> {
+    fn texts(n: usize, word: &str) -> Texts {
         (0..n).map(|i| format!("{word} {i}")).collect()
     }
 
@@ -708,8 +710,10 @@ mod tests {
     #[tokio::test]
     async fn the_first_failure_answers_the_request_and_stops_its_other_texts() {
         let p = pool(1);
-        let mut t = texts(20, "fox");
-        t[1] = "   ".into();
+        let all = texts(20, "fox");
+        let mut t: Vec<&str> = all.iter().collect();
+        t[1] = "   ";
+        let t: Texts = t.into_iter().collect();
         let r = tokio::spawn({
             let p = p.clone();
             async move { p.encode(t, false).await }

@@ -5,7 +5,7 @@
 //! does. Pure code: the doors call it on the finished output.
 
 use super::ProtocolError;
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{BytesBuilder, Tensor, TensorData};
 
 /// The top `k` classes of every row of `t` (rows: its first dim when `batched`, else one row),
 /// as a BYTES tensor of shape `[rows, k']` (`[k']` unbatched) with k' = min(k, classes).
@@ -32,7 +32,7 @@ pub fn top_k(
     };
     let classes = values.len().checked_div(rows).unwrap_or(0);
     let k = k.min(classes);
-    let mut out = Vec::with_capacity(rows * k);
+    let mut out = BytesBuilder::with_capacity(rows * k, rows * k * 16);
     for row in values.chunks(classes.max(1)).take(rows) {
         let mut idx: Vec<usize> = (0..row.len()).collect();
         // Largest first; NaN ranks last; equal values keep the lower index first (stable sort).
@@ -46,11 +46,15 @@ pub fn top_k(
                 Some(label) => format!("{:.6}:{i}:{label}", row[i]),
                 None => format!("{:.6}:{i}", row[i]),
             };
-            out.push(s.into_bytes());
+            out.push(s.as_bytes()).map_err(|e| bad(e.to_string()))?;
         }
     }
     let shape = if batched { vec![rows, k] } else { vec![k] };
-    Ok(Tensor::new(t.name.clone(), shape, TensorData::Bytes(out)))
+    Ok(Tensor::new(
+        t.name.clone(),
+        shape,
+        TensorData::Bytes(out.finish()),
+    ))
 }
 
 fn as_f64(d: &TensorData) -> Option<Vec<f64>> {
@@ -84,7 +88,7 @@ mod tests {
         match &t.data {
             TensorData::Bytes(v) => v
                 .iter()
-                .map(|b| String::from_utf8(b.clone()).unwrap())
+                .map(|b| String::from_utf8(b.to_vec()).unwrap())
                 .collect(),
             _ => panic!("not BYTES"),
         }
@@ -123,7 +127,11 @@ mod tests {
     fn top_k_refuses_zero_and_non_numeric_outputs() {
         let t = Tensor::new("p", vec![1, 2], TensorData::F32(vec![0.1, 0.2]));
         assert!(top_k(&t, 0, true, None).is_err());
-        let b = Tensor::new("s", vec![1], TensorData::Bytes(vec![b"x".to_vec()]));
+        let b = Tensor::new(
+            "s",
+            vec![1],
+            TensorData::Bytes([b"x"].into_iter().collect()),
+        );
         assert!(top_k(&b, 1, true, None).is_err());
     }
 }

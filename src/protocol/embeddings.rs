@@ -3,11 +3,12 @@
 
 use std::borrow::Cow;
 
-use serde::de::{Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::ProtocolError;
+use crate::tensor::{BytesError, Texts, TextsBuilder};
 
 /// Why an embeddings body was refused. `Field` keeps the model the body names (when it could be
 /// read), so that the server can count the bad request against that model.
@@ -111,10 +112,11 @@ fn field_error(key: &str, expected: &str, got: &str) -> ProtocolError {
     ProtocolError::Field(format!("'{key}' must be {expected}, got {got}"))
 }
 
-/// Field `key` as texts: a string or a list of strings; absent is an error. A list is counted
-/// first (nothing kept) and then read into a vector of exactly that many strings: no growth by
-/// doubling, no buffered copy of the list (serde's untagged enums buffer the whole value).
-pub(super) fn texts(fields: &Fields, key: &str) -> Result<Vec<String>, ProtocolError> {
+/// Field `key` as texts: a string or a list of strings; absent is an error. Read twice without
+/// keeping anything, first to count the texts and their bytes, then into one buffer of exactly
+/// that size (`Texts`): no allocation per text, no growth by doubling, no buffered copy of the
+/// list (serde's untagged enums buffer the whole value).
+pub(super) fn texts(fields: &Fields, key: &str) -> Result<Texts, ProtocolError> {
     let expected = "a string or a list of strings (token arrays are not supported)";
     let Some(raw) = fields.raw(key) else {
         return Err(ProtocolError::Field(format!(
@@ -122,39 +124,64 @@ pub(super) fn texts(fields: &Fields, key: &str) -> Result<Vec<String>, ProtocolE
         )));
     };
     let bad = || field_error(key, expected, raw);
-    if raw.starts_with('"') {
-        return serde_json::from_str::<String>(raw)
-            .map(|s| vec![s])
-            .map_err(|_| bad());
+    let (mut n, mut bytes) = (0usize, 0u64);
+    each_text(raw, |s| {
+        n += 1;
+        bytes += s.len() as u64;
+        Ok(())
+    })
+    .map_err(|_| bad())?;
+    if bytes > u64::from(u32::MAX) {
+        let e = BytesError::TooLarge(bytes);
+        return Err(ProtocolError::Field(format!("'{key}': {e}")));
     }
-    struct Strings(Option<usize>);
-    impl<'de> Visitor<'de> for Strings {
-        type Value = (usize, Vec<String>);
+    let mut b = TextsBuilder::with_capacity(n, bytes as usize);
+    each_text(raw, |s| b.push(s)).map_err(|_| bad())?;
+    Ok(b.finish())
+}
+
+/// Hands each text of `raw` (a JSON string or a list of strings) to `f`, as serde reads it:
+/// borrowed from `raw`, or from serde's scratch buffer when it has escapes.
+fn each_text(
+    raw: &str,
+    mut f: impl FnMut(&str) -> Result<(), BytesError>,
+) -> Result<(), serde_json::Error> {
+    /// One JSON string.
+    struct Str<'f, F>(&'f mut F);
+    impl<'de, F: FnMut(&str) -> Result<(), BytesError>> DeserializeSeed<'de> for Str<'_, F> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de, F: FnMut(&str) -> Result<(), BytesError>> Visitor<'de> for Str<'_, F> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            write!(f, "a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+            (self.0)(v).map_err(E::custom)
+        }
+    }
+    /// A JSON list of strings.
+    struct List<'f, F>(&'f mut F);
+    impl<'de, F: FnMut(&str) -> Result<(), BytesError>> Visitor<'de> for List<'_, F> {
+        type Value = ();
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             write!(f, "a list of strings")
         }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let Some(n) = self.0 else {
-                let mut n = 0;
-                while seq.next_element::<IgnoredAny>()?.is_some() {
-                    n += 1;
-                }
-                return Ok((n, Vec::new()));
-            };
-            let mut out = Vec::with_capacity(n);
-            while let Some(s) = seq.next_element::<String>()? {
-                out.push(s);
-            }
-            Ok((n, out))
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Str(&mut *self.0))?.is_some() {}
+            Ok(())
         }
     }
-    let read = |count: Option<usize>| {
-        let mut de = serde_json::Deserializer::from_str(raw);
-        let got = de.deserialize_seq(Strings(count))?;
-        de.end().map(|()| got)
-    };
-    let (n, _) = read(None).map_err(|_| bad())?;
-    read(Some(n)).map(|(_, v)| v).map_err(|_| bad())
+    let mut de = serde_json::Deserializer::from_str(raw);
+    if raw.starts_with('"') {
+        Str(&mut f).deserialize(&mut de)?;
+    } else {
+        de.deserialize_seq(List(&mut f))?;
+    }
+    de.end()
 }
 
 /// The optional `dimensions` field (a positive integer; its upper bound is the model's).
@@ -183,11 +210,31 @@ mod tests {
             &["a", "b", "c", "d"],
         )
         .unwrap();
-        assert_eq!(texts(&f, "a").unwrap(), vec!["x"]);
-        assert_eq!(texts(&f, "b").unwrap(), vec!["y", "z"]);
+        let got =
+            |key: &str| texts(&f, key).map(|t| t.iter().map(String::from).collect::<Vec<_>>());
+        assert_eq!(got("a").unwrap(), vec!["x"]);
+        assert_eq!(got("b").unwrap(), vec!["y", "z"]);
         let e = texts(&f, "c").unwrap_err().to_string();
         assert!(e.contains("'c'") && e.contains("list of strings"), "{e}");
         assert!(texts(&f, "d").unwrap_err().to_string().contains("required"));
+    }
+
+    #[test]
+    fn texts_with_escapes_and_empty_ones_are_read_whole_into_one_buffer() {
+        let f = Fields::parse(
+            br#"{"a": ["q\"uote", "", "caf\u00e9", "tab\t"], "b": "\u65e5\u672c"}"#,
+            &["a", "b"],
+        )
+        .unwrap();
+        let t = texts(&f, "a").unwrap();
+        assert_eq!(
+            t.iter().collect::<Vec<_>>(),
+            vec!["q\"uote", "", "café", "tab\t"]
+        );
+        assert_eq!(
+            texts(&f, "b").unwrap().iter().collect::<Vec<_>>(),
+            vec!["日本"]
+        );
     }
 
     const DIMS: &[&str] = &["dimensions"];

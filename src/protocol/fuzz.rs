@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{kserve_v1, kserve_v2, openai, tei};
 use crate::spec::{validate_inputs, TensorSpec};
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{Tensor, TensorData, Texts};
 
 /// A decode may hold at most this many times its body on the heap at its peak (plus `SLACK`),
 /// counting what it returns.
@@ -120,7 +120,10 @@ fn v2(body: &[u8], header_len: Option<usize>) {
     if body.len() > MAX_BODY_BYTES {
         return;
     }
-    let (got, peak) = measure(|| kserve_v2::decode_request(body, header_len));
+    // The server hands the decoder its body as `Bytes` (binary BYTES are read in place); that copy
+    // is the body's, not the decoder's, so it is made before measuring.
+    let body = bytes::Bytes::copy_from_slice(body);
+    let (got, peak) = measure(|| kserve_v2::decode_request(&body, header_len));
     check_peak("kserve_v2", body.len(), peak);
     let Ok(req) = got else { return };
     for t in &req.inputs {
@@ -191,8 +194,8 @@ pub fn tei(body: &[u8]) {
 }
 
 /// Decoded texts are never more than the body they came from (each at least its two quotes).
-fn texts(body: &[u8], texts: &[String]) {
-    let bytes: usize = texts.iter().map(String::len).sum();
+fn texts(body: &[u8], texts: &Texts) {
+    let bytes: usize = texts.iter().map(str::len).sum();
     assert!(
         bytes <= body.len(),
         "{bytes} bytes of text out of a {}-byte body",
@@ -253,7 +256,7 @@ fn accepted(m: &Model, inputs: &[Tensor]) {
 /// The bytes a tensor's elements take (BYTES: their lengths).
 fn payload_bytes(d: &TensorData) -> usize {
     match d {
-        TensorData::Bytes(v) => v.iter().map(Vec::len).sum(),
+        TensorData::Bytes(v) => v.byte_len(),
         other => other.len() * other.datatype().byte_size().unwrap_or(1),
     }
 }

@@ -4,16 +4,17 @@
 //! (little-endian bytes, BYTES elements length-prefixed, as in the binary tensor extension);
 //! outputs always go back as `raw_output_contents`, as Triton answers. Both raw fields are
 //! `bytes::Bytes` (`build.rs`): decoding reads each raw input straight from the received message's
-//! buffer into its typed vector, the only copy. No tonic server, no tokio.
+//! buffer into its typed vector, the only copy (BYTES: none, the elements stay slices of that
+//! buffer). No tonic server, no tokio.
 
 use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::kserve_v2::{data_from_bytes, data_to_bytes, RequestedOutput, V2Request};
+use super::kserve_v2::{data_from_shared, data_to_bytes, RequestedOutput, V2Request};
 use super::ProtocolError;
 use crate::spec::{InstanceKind, ModelConfig, TensorSpec, VersionPolicy};
-use crate::tensor::{DataType, Tensor, TensorData};
+use crate::tensor::{BytesBuilder, DataType, Tensor, TensorData};
 
 /// `package inference`: the service, its messages and the model-config subset.
 #[allow(clippy::all, missing_docs)]
@@ -68,7 +69,7 @@ pub fn decode_infer(req: ModelInferRequest) -> Result<V2Request, ProtocolError> 
                     "has both contents and raw_input_contents: give one".into()
                 ))
             }
-            (Some(bytes), _) => data_from_bytes(dt, &bytes).map_err(bad)?,
+            (Some(bytes), _) => data_from_shared(dt, bytes).map_err(bad)?,
             (None, Some(c)) => data_from_contents(dt, c).map_err(bad)?,
             (None, None) => return Err(bad("has neither contents nor raw_input_contents".into())),
         };
@@ -125,7 +126,15 @@ fn data_from_contents(dt: DataType, c: InferTensorContents) -> Result<TensorData
         DataType::U64 => TensorData::U64(c.uint64_contents),
         DataType::F32 => TensorData::F32(c.fp32_contents),
         DataType::F64 => TensorData::F64(c.fp64_contents),
-        DataType::Bytes => TensorData::Bytes(c.bytes_contents),
+        // prost has already made one vector per element; they are packed into one buffer here.
+        DataType::Bytes => {
+            let c = c.bytes_contents;
+            let mut b = BytesBuilder::with_capacity(c.len(), c.iter().map(Vec::len).sum());
+            for x in &c {
+                b.push(x).map_err(|e| e.to_string())?;
+            }
+            TensorData::Bytes(b.finish())
+        }
         DataType::F16 | DataType::BF16 => {
             return Err(format!(
                 "{dt} has no typed contents field: send it in raw_input_contents"
@@ -401,6 +410,33 @@ mod tests {
     }
 
     #[test]
+    fn raw_bytes_input_elements_are_slices_of_the_received_buffer() {
+        use prost::Message;
+        let mut raw = Vec::new();
+        for s in [&b"hello"[..], b"", &[0xff, 0xfe]] {
+            raw.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            raw.extend_from_slice(s);
+        }
+        let wire = ModelInferRequest {
+            inputs: vec![input("t", "BYTES", vec![3], None)],
+            raw_input_contents: vec![raw.into()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let mut received = bytes::BytesMut::from(&wire[..]);
+        let span = received.as_ptr_range();
+        let r = decode_infer(ModelInferRequest::decode(&mut received).unwrap()).unwrap();
+        let TensorData::Bytes(got) = &r.inputs[0].data else {
+            panic!("not BYTES")
+        };
+        let want: Vec<&[u8]> = vec![b"hello", b"", &[0xff, 0xfe]];
+        assert_eq!(got.iter().collect::<Vec<_>>(), want);
+        assert!(got
+            .iter()
+            .all(|x| span.contains(&x.as_ptr()) || x.is_empty()));
+    }
+
+    #[test]
     fn decode_reads_parameters_and_classification() {
         let mut params = HashMap::new();
         params.insert(
@@ -446,7 +482,10 @@ mod tests {
             (Some("q"), 1, Some(500))
         );
         assert_eq!(r.outputs[0].classification, Some(3));
-        assert_eq!(r.inputs[0].data, TensorData::Bytes(vec![b"hi".to_vec()]));
+        assert_eq!(
+            r.inputs[0].data,
+            TensorData::Bytes([b"hi"].into_iter().collect())
+        );
     }
 
     #[test]

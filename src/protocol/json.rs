@@ -6,9 +6,10 @@ use serde::ser::{SerializeSeq, Serializer};
 use serde_json::Value;
 
 use super::ProtocolError;
-use crate::tensor::{DataType, TensorData};
+use crate::tensor::{BytesBuilder, BytesData, BytesError, DataType, TensorData};
 
-/// An element type that JSON scalars decode into (the checks `data_from_json` makes on a tree).
+/// An element type that JSON numbers and booleans decode into (the checks `data_from_json` makes
+/// on a tree).
 trait Elem: Sized {
     fn from_i64(_: i64) -> Option<Self> {
         None
@@ -20,9 +21,6 @@ trait Elem: Sized {
         None
     }
     fn from_bool(_: bool) -> Option<Self> {
-        None
-    }
-    fn from_str(_: &str) -> Option<Self> {
         None
     }
 }
@@ -54,45 +52,113 @@ impl Elem for bool {
     }
 }
 
-impl Elem for Vec<u8> {
-    fn from_str(x: &str) -> Option<Self> {
-        Some(x.as_bytes().to_vec())
+/// A JSON scalar as `Flat` meets it; shown as the error names it.
+#[derive(Clone, Copy)]
+enum Scalar<'s> {
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+    Str(&'s str),
+    Null,
+    Object,
+}
+
+impl std::fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scalar::I64(v) => write!(f, "{v}"),
+            Scalar::U64(v) => write!(f, "{v}"),
+            Scalar::F64(v) => write!(f, "{v}"),
+            Scalar::Bool(v) => write!(f, "{v}"),
+            Scalar::Str(v) => write!(f, "{v:?}"),
+            Scalar::Null => f.write_str("null"),
+            Scalar::Object => f.write_str("an object"),
+        }
     }
 }
 
-/// A serde seed that pushes every scalar of a (possibly nested) JSON array onto `out`, refusing
-/// more than `max` elements: no tree, no per-element allocation but the vector's own.
-struct Flat<'a, T> {
-    out: &'a mut Vec<T>,
-    max: usize,
-    dt: DataType,
+/// Why a sink did not take a scalar.
+enum Refused {
+    /// Not a value of the sink's type (checked first: the error names the element).
+    Invalid,
+    /// A valid value past the shape's count.
+    Full,
+    /// BYTES past their 4 GiB bound.
+    TooLarge(BytesError),
 }
 
-impl<T: Elem> Flat<'_, T> {
-    fn push<E: serde::de::Error>(
-        self,
-        v: Option<T>,
-        shown: &dyn std::fmt::Display,
-    ) -> Result<(), E> {
-        let index = self.out.len();
-        let v = v.ok_or_else(|| {
-            E::custom(format!(
-                "element {index} ({shown}) is not a valid {} value",
-                self.dt
-            ))
-        })?;
-        if index >= self.max {
-            return Err(E::custom(format!(
-                "more than the {} elements its shape holds",
-                self.max
-            )));
+/// Where `Flat` puts what it reads: a typed vector, or BYTES packed into one buffer (strings only).
+trait Sink {
+    fn count(&self) -> usize;
+    /// Takes `v` when it is a valid value and `room` says the shape holds another element.
+    fn put(&mut self, v: Scalar, room: bool) -> Result<(), Refused>;
+}
+
+impl<T: Elem> Sink for Vec<T> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn put(&mut self, v: Scalar, room: bool) -> Result<(), Refused> {
+        let x = match v {
+            Scalar::I64(x) => T::from_i64(x),
+            Scalar::U64(x) => T::from_u64(x),
+            Scalar::F64(x) => T::from_f64(x),
+            Scalar::Bool(x) => T::from_bool(x),
+            Scalar::Str(_) | Scalar::Null | Scalar::Object => None,
         }
-        self.out.push(v);
+        .ok_or(Refused::Invalid)?;
+        if !room {
+            return Err(Refused::Full);
+        }
+        self.push(x);
         Ok(())
     }
 }
 
-impl<'de, T: Elem> serde::de::DeserializeSeed<'de> for Flat<'_, T> {
+impl Sink for BytesBuilder {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn put(&mut self, v: Scalar, room: bool) -> Result<(), Refused> {
+        let Scalar::Str(s) = v else {
+            return Err(Refused::Invalid);
+        };
+        if !room {
+            return Err(Refused::Full);
+        }
+        self.push(s.as_bytes()).map_err(Refused::TooLarge)
+    }
+}
+
+/// A serde seed that pushes every scalar of a (possibly nested) JSON array onto `out`, refusing
+/// more than `max` elements: no tree, no per-element allocation but the sink's own.
+struct Flat<'a, S> {
+    out: &'a mut S,
+    max: usize,
+    dt: DataType,
+}
+
+impl<S: Sink> Flat<'_, S> {
+    fn push<E: serde::de::Error>(self, v: Scalar) -> Result<(), E> {
+        let index = self.out.count();
+        self.out.put(v, index < self.max).map_err(|r| match r {
+            Refused::Invalid => E::custom(format!(
+                "element {index} ({v}) is not a valid {} value",
+                self.dt
+            )),
+            Refused::Full => E::custom(format!(
+                "more than the {} elements its shape holds",
+                self.max
+            )),
+            Refused::TooLarge(e) => E::custom(e),
+        })
+    }
+}
+
+impl<'de, S: Sink> serde::de::DeserializeSeed<'de> for Flat<'_, S> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -100,7 +166,7 @@ impl<'de, T: Elem> serde::de::DeserializeSeed<'de> for Flat<'_, T> {
     }
 }
 
-impl<'de, T: Elem> serde::de::Visitor<'de> for Flat<'_, T> {
+impl<'de, S: Sink> serde::de::Visitor<'de> for Flat<'_, S> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -121,31 +187,31 @@ impl<'de, T: Elem> serde::de::Visitor<'de> for Flat<'_, T> {
     }
 
     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
-        self.push(T::from_i64(v), &v)
+        self.push(Scalar::I64(v))
     }
 
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
-        self.push(T::from_u64(v), &v)
+        self.push(Scalar::U64(v))
     }
 
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
-        self.push(T::from_f64(v), &v)
+        self.push(Scalar::F64(v))
     }
 
     fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
-        self.push(T::from_bool(v), &v)
+        self.push(Scalar::Bool(v))
     }
 
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        self.push(T::from_str(v), &format_args!("{v:?}"))
+        self.push(Scalar::Str(v))
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
-        self.push(None, &"null")
+        self.push(Scalar::Null)
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
-        self.push(None, &"an object")
+        self.push(Scalar::Object)
     }
 }
 
@@ -162,15 +228,14 @@ pub fn data_from_raw_json(
     // shape cannot make this reserve more than the text could ever fill.
     let shortest = if dt == DataType::Bytes { 3 } else { 2 };
     let reserve = max.min(raw.len() / shortest + 1);
-    fn run<T: Elem>(
+    fn run<S: Sink>(
+        mut out: S,
         raw: &str,
         dt: DataType,
         max: usize,
-        reserve: usize,
         name: &str,
-    ) -> Result<Vec<T>, ProtocolError> {
+    ) -> Result<S, ProtocolError> {
         use serde::de::DeserializeSeed;
-        let mut out = Vec::with_capacity(reserve);
         let mut de = serde_json::Deserializer::from_str(raw);
         Flat {
             out: &mut out,
@@ -185,22 +250,32 @@ pub fn data_from_raw_json(
         })?;
         Ok(out)
     }
-    let r = (raw, dt, max, reserve, name);
+    macro_rules! typed {
+        ($var:ident) => {
+            TensorData::$var(run(Vec::with_capacity(reserve), raw, dt, max, name)?)
+        };
+    }
     Ok(match dt {
-        DataType::Bool => TensorData::Bool(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::U8 => TensorData::U8(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::U16 => TensorData::U16(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::U32 => TensorData::U32(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::U64 => TensorData::U64(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::I8 => TensorData::I8(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::I16 => TensorData::I16(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::I32 => TensorData::I32(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::I64 => TensorData::I64(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::F16 => TensorData::F16(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::BF16 => TensorData::BF16(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::F32 => TensorData::F32(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::F64 => TensorData::F64(run(r.0, r.1, r.2, r.3, r.4)?),
-        DataType::Bytes => TensorData::Bytes(run(r.0, r.1, r.2, r.3, r.4)?),
+        DataType::Bool => typed!(Bool),
+        DataType::U8 => typed!(U8),
+        DataType::U16 => typed!(U16),
+        DataType::U32 => typed!(U32),
+        DataType::U64 => typed!(U64),
+        DataType::I8 => typed!(I8),
+        DataType::I16 => typed!(I16),
+        DataType::I32 => typed!(I32),
+        DataType::I64 => typed!(I64),
+        DataType::F16 => typed!(F16),
+        DataType::BF16 => typed!(BF16),
+        DataType::F32 => typed!(F32),
+        DataType::F64 => typed!(F64),
+        // The strings' bytes are at most the text less two quotes each: exact room when the
+        // shape's count is honest, growth (never a wrong answer) when it is not.
+        DataType::Bytes => {
+            let bytes = raw.len().saturating_sub(2 * reserve);
+            let out = BytesBuilder::with_capacity(reserve, bytes);
+            TensorData::Bytes(run(out, raw, dt, max, name)?.finish())
+        }
     })
 }
 
@@ -254,12 +329,16 @@ fn push_value(
         )),
         TensorData::F32(o) => o.push(v.as_f64().ok_or_else(|| bad(DataType::F32))? as f32),
         TensorData::F64(o) => o.push(v.as_f64().ok_or_else(|| bad(DataType::F64))?),
-        TensorData::Bytes(o) => o.push(
-            v.as_str()
-                .ok_or_else(|| bad(DataType::Bytes))?
-                .as_bytes()
-                .to_vec(),
-        ),
+        // The tree path is the reference the one-pass decoder is tested against: one element at
+        // a time is fine here.
+        TensorData::Bytes(o) => {
+            let s = v.as_str().ok_or_else(|| bad(DataType::Bytes))?;
+            o.extend_from(&std::iter::once(s).collect::<BytesData>())
+                .map_err(|e| ProtocolError::Input {
+                    name: name.into(),
+                    message: e.to_string(),
+                })?
+        }
     }
     *index += 1;
     Ok(())
@@ -311,7 +390,13 @@ impl serde::Serialize for JsonData<'_> {
             TensorData::BF16(v) => seq(s, &v[a..b], |x| x.to_f32()),
             TensorData::F32(v) => seq(s, &v[a..b], |x| *x),
             TensorData::F64(v) => seq(s, &v[a..b], |x| *x),
-            TensorData::Bytes(v) => seq(s, &v[a..b], |x| String::from_utf8_lossy(x).into_owned()),
+            TensorData::Bytes(v) => {
+                let mut q = s.serialize_seq(Some(b - a))?;
+                for i in a..b {
+                    q.serialize_element(&String::from_utf8_lossy(&v[i]))?;
+                }
+                q.end()
+            }
         }
     }
 }

@@ -2,12 +2,13 @@
 //! tensor data extension (`Inference-Header-Content-Length`, `binary_data_size`,
 //! `binary_data_output`). BYTES elements in binary form are 4-byte little-endian length + bytes.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::json::JsonData;
 use super::ProtocolError;
-use crate::tensor::{DataType, Tensor, TensorData};
+use crate::tensor::{BytesData, DataType, Tensor, TensorData};
 
 /// The header that says how long the JSON part of a binary-extension body is.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -140,7 +141,8 @@ fn param_bool(raw: Option<&RawValue>, key: &str) -> Result<Option<bool>, Protoco
 
 /// Decodes a request body. `header_len` is the `Inference-Header-Content-Length` header, if any:
 /// then the body is that many bytes of JSON followed by the inputs' binary data, in input order.
-pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Request, ProtocolError> {
+/// Binary BYTES inputs are read in place: their elements are slices of `body`, not copies.
+pub fn decode_request(body: &Bytes, header_len: Option<usize>) -> Result<V2Request, ProtocolError> {
     let (json, mut binary) = match header_len {
         Some(n) if n > body.len() => {
             return Err(ProtocolError::Binary(format!(
@@ -148,8 +150,8 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
                 body.len()
             )))
         }
-        Some(n) => body.split_at(n),
-        None => (body, &[][..]),
+        Some(n) => (&body[..n], body.slice(n..)),
+        None => (&body[..], Bytes::new()),
     };
     let req: RequestJson =
         serde_json::from_slice(json).map_err(|e| ProtocolError::Json(e.to_string()))?;
@@ -170,9 +172,7 @@ pub fn decode_request(body: &[u8], header_len: Option<usize>) -> Result<V2Reques
                         binary.len()
                     )));
                 }
-                let (mine, rest) = binary.split_at(size);
-                binary = rest;
-                data_from_bytes(dt, mine).map_err(bad)?
+                data_from_shared(dt, binary.split_to(size)).map_err(bad)?
             }
             (None, Some(raw)) => data_from_raw(dt, raw.get(), elements, &input.name)?,
             (None, None) => return Err(bad("has neither 'data' nor 'binary_data_size'".into())),
@@ -266,23 +266,22 @@ pub fn cap(s: &str) -> std::borrow::Cow<'_, str> {
     format!("{}…", &s[..end]).into()
 }
 
-/// Little-endian raw bytes (BYTES: length-prefixed elements) into typed data.
+/// `data_from_bytes` of a buffer that can be shared: BYTES elements are read in place (slices of
+/// `b`), other types copied into their typed vector.
+pub fn data_from_shared(dt: DataType, b: Bytes) -> Result<TensorData, String> {
+    match dt {
+        DataType::Bytes => BytesData::from_length_prefixed(b)
+            .map(TensorData::Bytes)
+            .map_err(|e| e.to_string()),
+        _ => data_from_bytes(dt, &b),
+    }
+}
+
+/// Little-endian raw bytes (BYTES: length-prefixed elements, copied into one buffer) into typed
+/// data.
 pub fn data_from_bytes(dt: DataType, b: &[u8]) -> Result<TensorData, String> {
     let Some(size) = dt.byte_size() else {
-        let mut out = Vec::new();
-        let mut rest = b;
-        while !rest.is_empty() {
-            if rest.len() < 4 {
-                return Err("truncated BYTES element length".into());
-            }
-            let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            if rest.len() < 4 + n {
-                return Err(format!("BYTES element of {n} bytes runs past the data"));
-            }
-            out.push(rest[4..4 + n].to_vec());
-            rest = &rest[4 + n..];
-        }
-        return Ok(TensorData::Bytes(out));
+        return data_from_shared(dt, Bytes::copy_from_slice(b));
     };
     if !b.len().is_multiple_of(size) {
         return Err(format!(
@@ -345,10 +344,7 @@ pub fn data_to_bytes(d: &TensorData, out: &mut Vec<u8>) {
         TensorData::U64(v) => le!(v),
         TensorData::I64(v) => le!(v),
         TensorData::F64(v) => le!(v),
-        TensorData::Bytes(v) => v.iter().for_each(|x| {
-            out.extend_from_slice(&(x.len() as u32).to_le_bytes());
-            out.extend_from_slice(x);
-        }),
+        TensorData::Bytes(v) => v.write_length_prefixed(out),
     }
 }
 
@@ -442,7 +438,7 @@ mod tests {
             br#"{"id":"a","parameters":{"priority":2,"timeout":5000,"binary_data_output":true},
             "inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[[1.5,2.5]]}],
             "outputs":[{"name":"y","parameters":{"binary_data":false}}]}"#;
-        let r = decode_request(body, None).unwrap();
+        let r = decode_request(&Bytes::from_static(body), None).unwrap();
         assert_eq!(r.id.as_deref(), Some("a"));
         assert_eq!(
             (r.priority, r.timeout_us, r.binary_output),
@@ -458,16 +454,18 @@ mod tests {
         let mut body = header.to_vec();
         body.extend_from_slice(&7i32.to_le_bytes());
         body.extend_from_slice(&(-1i32).to_le_bytes());
-        data_to_bytes(
-            &TensorData::Bytes(vec![b"hi".to_vec(), b"you".to_vec()]),
-            &mut body,
-        );
+        let strings: BytesData = [&b"hi"[..], b"you"].into_iter().collect();
+        data_to_bytes(&TensorData::Bytes(strings.clone()), &mut body);
+        let body = Bytes::from(body);
         let r = decode_request(&body, Some(header.len())).unwrap();
         assert_eq!(r.inputs[0].data, TensorData::I32(vec![7, -1]));
-        assert_eq!(
-            r.inputs[1].data,
-            TensorData::Bytes(vec![b"hi".to_vec(), b"you".to_vec()])
-        );
+        assert_eq!(r.inputs[1].data, TensorData::Bytes(strings));
+        // The BYTES elements are the body's own bytes, not copies.
+        let TensorData::Bytes(got) = &r.inputs[1].data else {
+            panic!("not BYTES")
+        };
+        let body_range = body.as_ptr_range();
+        assert!(got.iter().all(|x| body_range.contains(&x.as_ptr())));
     }
 
     #[test]
@@ -475,7 +473,7 @@ mod tests {
         let header = br#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#;
         let mut body = header.to_vec();
         body.extend_from_slice(&[0, 0, 0, 0]);
-        let e = decode_request(&body, Some(header.len())).unwrap_err();
+        let e = decode_request(&Bytes::from(body), Some(header.len())).unwrap_err();
         assert!(e.to_string().contains("only 4 bytes"), "{e}");
     }
 
@@ -506,7 +504,7 @@ mod tests {
     #[test]
     fn decode_overflowing_shape_and_huge_priority_are_client_errors() {
         let e = decode_request(
-            br#"{"inputs":[{"name":"x","shape":[1,4611686018427387904],"datatype":"FP32","data":[1]}]}"#,
+            &Bytes::from_static(br#"{"inputs":[{"name":"x","shape":[1,4611686018427387904],"datatype":"FP32","data":[1]}]}"#),
             None,
         )
         .unwrap_err();
@@ -516,7 +514,7 @@ mod tests {
             "{e}"
         );
         let e = decode_request(
-            br#"{"parameters":{"priority":4294967297},"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            &Bytes::from_static(br#"{"parameters":{"priority":4294967297},"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#),
             None,
         )
         .unwrap_err();
@@ -527,13 +525,13 @@ mod tests {
     fn duplicate_outputs_are_refused_and_long_ids_capped() {
         let body = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],
             "outputs":[{"name":"y"},{"name":"z"},{"name":"y"}]}"#;
-        let e = decode_request(body.as_bytes(), None).unwrap_err();
+        let e = decode_request(&Bytes::from_static(body.as_bytes()), None).unwrap_err();
         assert_eq!(e.to_string(), "output 'y' is requested more than once");
         let id = "é".repeat(MAX_ECHO);
         let body = format!(
             r#"{{"id":"{id}","inputs":[{{"name":"x","shape":[2,2],"datatype":"INT8","data":[[1,2],[3,-4]]}}]}}"#
         );
-        let r = decode_request(body.as_bytes(), None).unwrap();
+        let r = decode_request(&Bytes::from(body), None).unwrap();
         let got = r.id.unwrap();
         assert!(
             got.len() <= MAX_ECHO + '…'.len_utf8() && got.ends_with('…'),

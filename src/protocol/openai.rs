@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::embeddings::{dimensions, texts, DecodeError, Fields};
 use super::ProtocolError;
+use crate::tensor::Texts;
 
 /// How the response carries each embedding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -21,7 +22,7 @@ pub enum EncodingFormat {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmbeddingsRequest {
-    pub input: Vec<String>,
+    pub input: Texts,
     pub model: Option<String>,
     pub encoding_format: EncodingFormat,
     pub dimensions: Option<usize>,
@@ -167,7 +168,7 @@ mod tests {
     #[test]
     fn decode_string_or_list_with_defaults() {
         let r = decode_request(br#"{"input": "hi"}"#).unwrap();
-        assert_eq!(r.input, vec!["hi"]);
+        assert_eq!(r.input.iter().collect::<Vec<_>>(), vec!["hi"]);
         assert_eq!(r.encoding_format, EncodingFormat::Float);
         assert_eq!((r.model, r.dimensions, r.user), (None, None, None));
         let r = decode_request(
@@ -175,7 +176,7 @@ mod tests {
                  "dimensions": 8, "user": "u1", "extra": {"ignored": true}}"#,
         )
         .unwrap();
-        assert_eq!(r.input, vec!["a", "b"]);
+        assert_eq!(r.input.iter().collect::<Vec<_>>(), vec!["a", "b"]);
         assert_eq!(r.model.as_deref(), Some("m"));
         assert_eq!(r.encoding_format, EncodingFormat::Base64);
         assert_eq!(r.dimensions, Some(8));

@@ -9,11 +9,12 @@ use serde::Serialize;
 use super::embeddings::{dimensions, texts, DecodeError, Fields};
 use super::json::write_f32_array;
 use super::ProtocolError;
+use crate::tensor::Texts;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmbedRequest {
     /// May be empty: TEI answers that with its own `Empty` error.
-    pub inputs: Vec<String>,
+    pub inputs: Texts,
     pub model: Option<String>,
     /// L2-normalise (default true).
     pub normalize: bool,
@@ -138,7 +139,7 @@ mod tests {
     #[test]
     fn decode_defaults_and_options() {
         let r = decode_request(br#"{"inputs": "x"}"#).unwrap();
-        assert_eq!(r.inputs, vec!["x"]);
+        assert_eq!(r.inputs.iter().collect::<Vec<_>>(), vec!["x"]);
         assert!(r.normalize && !r.truncate);
         assert_eq!((r.model, r.dimensions), (None, None));
         let r = decode_request(
@@ -146,7 +147,7 @@ mod tests {
                  "truncation_direction": "right", "dimensions": 4, "model": "m"}"#,
         )
         .unwrap();
-        assert_eq!(r.inputs, vec!["a", "b"]);
+        assert_eq!(r.inputs.iter().collect::<Vec<_>>(), vec!["a", "b"]);
         assert!(!r.normalize && r.truncate);
         assert_eq!(r.dimensions, Some(4));
         assert_eq!(r.model.as_deref(), Some("m"));

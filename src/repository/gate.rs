@@ -265,7 +265,7 @@ async fn outputs(lv: &LoadedVersion, set: &Set) -> Result<(Vec<f32>, usize), Str
     if let Some(text) = &lv.text {
         for chunk in set.texts.chunks(text.max_client_batch_size.max(1)) {
             let run = text
-                .run(&lv.queue, chunk.to_vec(), true, gate_opts())
+                .run(&lv.queue, chunk.iter().collect(), true, gate_opts())
                 .await
                 .map_err(|e| e.to_string())?;
             for out in run.outputs {
@@ -373,7 +373,7 @@ async fn p99_ms(lv: &LoadedVersion, cfg: &Validation, set: &Set) -> Result<f64, 
         let start = (i * b) % (set.rows - b + 1);
         let t0 = Instant::now();
         if let Some(text) = &lv.text {
-            let texts = set.texts[start..start + b].to_vec();
+            let texts = set.texts[start..start + b].iter().collect();
             text.run(&lv.queue, texts, true, gate_opts())
                 .await
                 .map_err(|e| e.to_string())?;

@@ -32,7 +32,7 @@ use crate::rollout::{CompareKind, GuardConfig, RolloutState};
 use crate::spec::{ConfigError, ModelConfig, VersionMeta};
 use crate::telemetry::rollout::RolloutMetrics;
 use crate::telemetry::{Metrics, ModelMetrics};
-use crate::tensor::{DataType, Tensor, TensorData};
+use crate::tensor::{BytesData, DataType, Tensor, TensorData, Texts};
 use crate::worker::{self, WorkerSpec};
 pub use gate::GateReport;
 pub use placement::PlacementError;
@@ -1206,7 +1206,7 @@ async fn warm_up(lv: &LoadedVersion) -> Result<(), String> {
     };
     for rows in config.warmup_batch_sizes() {
         if let Some(text) = &lv.text {
-            let texts = vec!["Ferrite warms up this model.".to_string(); rows];
+            let texts: Texts = std::iter::repeat_n("Ferrite warms up this model.", rows).collect();
             text.run(queue, texts, true, opts.clone())
                 .await
                 .map_err(|e| e.to_string())?;
@@ -1251,7 +1251,7 @@ fn zeros(dt: DataType, n: usize) -> TensorData {
         DataType::BF16 => TensorData::BF16(vec![half::bf16::ZERO; n]),
         DataType::F32 => TensorData::F32(vec![0.0; n]),
         DataType::F64 => TensorData::F64(vec![0.0; n]),
-        DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
+        DataType::Bytes => TensorData::Bytes(BytesData::empty_elements(n)),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::batcher::{JobError, JobOutput, Queue, SubmitOptions, Timings};
 use crate::model::{self, LoadOptions, TextSpec};
 use crate::preprocess::{PreprocessError, TokenizerPool};
 use crate::spec::ModelConfig;
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{Tensor, TensorData, Texts};
 
 /// Text-input settings of a loaded version (config `[parameters]`, bounded by the model's
 /// `TextSpec`).
@@ -80,7 +80,7 @@ impl TextModel {
     pub async fn run(
         &self,
         queue: &Queue,
-        texts: Vec<String>,
+        texts: Texts,
         truncate: bool,
         mut opts: SubmitOptions,
     ) -> Result<TextRun, TextError> {

@@ -4,6 +4,13 @@
 
 use half::{bf16, f16};
 
+// A path relative to this file, so that the fuzz crate, which compiles this file as its `tensor`
+// module, finds it too.
+#[path = "packed.rs"]
+mod packed;
+
+pub use packed::{BytesBuilder, BytesData, BytesError, Texts, TextsBuilder};
+
 /// Element type, with Triton's / KServe v2's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DataType {
@@ -105,7 +112,8 @@ pub enum TensorData {
     BF16(Vec<bf16>),
     F32(Vec<f32>),
     F64(Vec<f64>),
-    Bytes(Vec<Vec<u8>>),
+    /// One buffer for all elements (`BytesData`), not one allocation each.
+    Bytes(BytesData),
 }
 
 /// Applies `$body` to the inner Vec of every variant, binding it as `$v`.
@@ -130,9 +138,10 @@ macro_rules! each_variant {
     };
 }
 
-/// Same as `each_variant!`, but rebuilds the same variant from the expression's result.
+/// Same as `each_variant!`, but rebuilds the same variant from the expression's result; BYTES
+/// (`$b`) has its own expression, its data not being a `Vec`.
 macro_rules! map_variant {
-    ($data:expr, $v:ident => $body:expr) => {
+    ($data:expr, $v:ident => $body:expr, $b:ident => $bytes:expr) => {
         match $data {
             TensorData::Bool($v) => TensorData::Bool($body),
             TensorData::U8($v) => TensorData::U8($body),
@@ -147,7 +156,7 @@ macro_rules! map_variant {
             TensorData::BF16($v) => TensorData::BF16($body),
             TensorData::F32($v) => TensorData::F32($body),
             TensorData::F64($v) => TensorData::F64($body),
-            TensorData::Bytes($v) => TensorData::Bytes($body),
+            TensorData::Bytes($b) => TensorData::Bytes($bytes),
         }
     };
 }
@@ -196,7 +205,8 @@ impl TensorData {
             DataType::BF16 => TensorData::BF16(Vec::with_capacity(cap)),
             DataType::F32 => TensorData::F32(Vec::with_capacity(cap)),
             DataType::F64 => TensorData::F64(Vec::with_capacity(cap)),
-            DataType::Bytes => TensorData::Bytes(Vec::with_capacity(cap)),
+            // Packed BYTES are built by `BytesBuilder`; concatenation sizes its own buffer.
+            DataType::Bytes => TensorData::Bytes(BytesData::new()),
         }
     }
 
@@ -211,22 +221,27 @@ impl TensorData {
         }
     }
 
-    /// Elements `[start, end)`.
+    /// Elements `[start, end)` (BYTES: sharing the buffer).
     pub fn slice(&self, start: usize, end: usize) -> TensorData {
-        map_variant!(self, v => v[start..end].to_vec())
+        map_variant!(self, v => v[start..end].to_vec(), b => b.slice(start, end))
     }
 
-    /// Appends `other` (same type) to `self`; returns false on a type mismatch.
-    pub fn extend_from(&mut self, other: &TensorData) -> bool {
+    /// Appends `other` (same type) to `self`. The error says what could not be concatenated: a
+    /// type mismatch, or BYTES data that would pass its 4 GiB bound (`self` is then unchanged).
+    pub fn extend_from(&mut self, other: &TensorData) -> Result<(), String> {
         macro_rules! ext {
             ($($var:ident),*) => {
                 match (self, other) {
-                    $((TensorData::$var(a), TensorData::$var(b)) => { a.extend_from_slice(b); true })*
-                    _ => false,
+                    $((TensorData::$var(a), TensorData::$var(b)) => a.extend_from_slice(b),)*
+                    (TensorData::Bytes(a), TensorData::Bytes(b)) => {
+                        a.extend_from(b).map_err(|e| format!("its parts: {e}"))?
+                    }
+                    (a, b) => return Err(format!("{} with {}", b.datatype(), a.datatype())),
                 }
             };
         }
-        ext!(Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, BF16, F32, F64, Bytes)
+        ext!(Bool, U8, U16, U32, U64, I8, I16, I32, I64, F16, BF16, F32, F64);
+        Ok(())
     }
 }
 

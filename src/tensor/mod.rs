@@ -4,7 +4,10 @@
 
 mod data;
 
-pub use data::{l2_normalized, DataType, Tensor, TensorData};
+pub use data::{
+    l2_normalized, BytesBuilder, BytesData, BytesError, DataType, Tensor, TensorData, Texts,
+    TextsBuilder,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TensorError {
@@ -43,12 +46,11 @@ impl Tensor {
                     what: format!("shape {:?} with {:?}", t.shape, first.shape),
                 });
             }
-            if !data.extend_from(&t.data) {
-                return Err(TensorError::Concat {
+            data.extend_from(&t.data)
+                .map_err(|what| TensorError::Concat {
                     name: first.name.clone(),
-                    what: format!("{} with {}", t.datatype(), first.datatype()),
-                });
-            }
+                    what,
+                })?;
             rows += t.rows();
         }
         let mut shape = first.shape.clone();
