@@ -207,7 +207,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|l| !l.trim().is_empty())
         .map(String::from)
         .collect();
-    let ids = futures::executor::block_on(text.pool.encode(sentences.clone(), true))?;
+    let ids = futures::executor::block_on(text.pool.encode(sentences.iter().collect(), true))?;
     let n = ids.len();
     let tokens: usize = ids.iter().map(Vec::len).sum();
     println!(
