@@ -10,7 +10,7 @@
 # Prints each round and the median req/s per target with its ratio to `off`, and the server's own
 # CPU time per request (utime + stime from /proc over the requests wrk completed).
 # Usage: benches/auth_load.sh [DUR=10] [CONN=64] [ROUNDS=3]
-# Env: FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), PYTHON (with `cryptography`
+# Env: START_ORDER (the servers' start order), FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), PYTHON (with `cryptography`
 #      for the RS256 key; default python3), WRK_THREADS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,13 +74,14 @@ start() { # name extra-args...
   line=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1)
   url[$name]=${line#listening on }
 }
-start off --access-log=false
-hdr[off]=""
-start log
-hdr[log]=""
-for t in apikey hs256 rs256; do
-  start "$t" --config "$tmp/$t.toml"
-  hdr[$t]="Authorization: Bearer $(cat "$tmp/$t.hdr")"
+# START_ORDER (env, default the targets' order) picks the order the servers start in, to check that
+# a result does not follow it.
+for t in ${START_ORDER:-off log apikey hs256 rs256}; do
+  case $t in
+    off) start off --access-log=false; hdr[off]="" ;;
+    log) start log; hdr[log]="" ;;
+    *) start "$t" --config "$tmp/$t.toml"; hdr[$t]="Authorization: Bearer $(cat "$tmp/$t.hdr")" ;;
+  esac
 done
 TARGETS="off log apikey hs256 rs256"
 run() { # target dur
