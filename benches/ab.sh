@@ -7,8 +7,8 @@
 # per request: utime + stime from /proc over the run, divided by the requests wrk completed) and the
 # medians per binary, with the B/A ratios. Used for "no regression" checks (issue 13 and later).
 # Usage: benches/ab.sh A_BIN B_BIN [DUR=10] [CONN=64] [ROUNDS=3]
-# Env: MODELS (default models), WRK_THREADS (default 2), WORKLOADS (default "digits embed"),
-#      A_ARGS / B_ARGS: extra `ferrite serve` flags for each side (e.g. a --config file).
+# Env: MODELS (default models; A_MODELS / B_MODELS per side), WRK_THREADS (default 2), WORKLOADS
+#      (default "digits embed"), A_ARGS / B_ARGS: extra `ferrite serve` flags for each side (e.g. a --config file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${1:?usage: benches/ab.sh A_BIN B_BIN [DUR] [CONN] [ROUNDS]}
@@ -49,25 +49,35 @@ with open(f"{tmp}/embed.jsonl", "w") as f:
 PY
 
 # The models, files linked, configs without a queue-time budget: this measures capacity, and past
-# the budget closed-loop connections get instant 503s, which wrk counts as requests.
-for d in "$MODELS"/*/; do
-  m=$(basename "$d")
-  mkdir -p "$tmp/models/$m"
-  for f in "$d"* "$d"*/*; do
-    [[ -f "$f" ]] || continue
-    rel=${f#"$d"}
-    mkdir -p "$(dirname "$tmp/models/$m/$rel")"
-    ln -s "$(realpath "$f")" "$tmp/models/$m/$rel"
+# the budget closed-loop connections get instant 503s, which wrk counts as requests. One copy per
+# side: A_MODELS / B_MODELS (default MODELS) let a build of an older main serve its own configs.
+copy_models() { # from to
+  local d m f rel
+  for d in "$1"/*/; do
+    m=$(basename "$d")
+    [[ -f "$d/config.toml" ]] || continue
+    mkdir -p "$2/$m"
+    for f in "$d"* "$d"*/*; do
+      [[ -f "$f" ]] || continue
+      rel=${f#"$d"}
+      mkdir -p "$(dirname "$2/$m/$rel")"
+      ln -s "$(realpath "$f")" "$2/$m/$rel"
+    done
+    rm "$2/$m/config.toml"
+    sed -E 's/^max_queue_time_us = [0-9]+/max_queue_time_us = 0/' "$d/config.toml" >"$2/$m/config.toml"
   done
-  rm "$tmp/models/$m/config.toml"
-  sed -E 's/^max_queue_time_us = [0-9]+/max_queue_time_us = 0/' "$d/config.toml" >"$tmp/models/$m/config.toml"
-done
+}
+copy_models "${A_MODELS:-$MODELS}" "$tmp/models-A"
+copy_models "${B_MODELS:-$MODELS}" "$tmp/models-B"
 
 declare -A url pid
 start() { # name bin extra-args
   local log="$tmp/$1.log" line
+  local grpc=""
+  # A build from before the gRPC port (issue 18) has no --grpc-port.
+  if [[ "$("$2" serve --help 2>/dev/null)" == *--grpc-port* ]]; then grpc="--grpc-port 0"; fi
   # shellcheck disable=SC2086  # extra args are words
-  "$2" serve --model-repository "$tmp/models" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 $3 2>"$log" &
+  "$2" serve --model-repository "$tmp/models-$1" --host 127.0.0.1 --http-port 0 --metrics-port 0 $grpc $3 2>"$log" &
   pids+=($!)
   pid[$1]=$!
   for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done

@@ -10,8 +10,10 @@
 # Prints each round and the median req/s per target with its ratio to `off`, and the server's own
 # CPU time per request (utime + stime from /proc over the requests wrk completed).
 # Usage: benches/auth_load.sh [DUR=10] [CONN=64] [ROUNDS=3]
-# Env: START_ORDER (the servers' start order), FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), PYTHON (with `cryptography`
-#      for the RS256 key; default python3), WRK_THREADS (2).
+# Env: FRESH (1, the default: a fresh server per measurement, one alive at a time; 0: one server per
+#      target for the whole run), START_ORDER (with FRESH=0: the servers' start order),
+#      FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), PYTHON (with
+#      `cryptography` for the RS256 key; default python3), WRK_THREADS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -74,25 +76,38 @@ start() { # name extra-args...
   line=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1)
   url[$name]=${line#listening on }
 }
-# START_ORDER (env, default the targets' order) picks the order the servers start in, to check that
-# a result does not follow it.
-for t in ${START_ORDER:-off log apikey hs256 rs256}; do
-  case $t in
+launch() { # target: starts its server (url[t], pid[t], hdr[t])
+  case $1 in
     off) start off --access-log=false; hdr[off]="" ;;
     log) start log; hdr[log]="" ;;
-    *) start "$t" --config "$tmp/$t.toml"; hdr[$t]="Authorization: Bearer $(cat "$tmp/$t.hdr")" ;;
+    *) start "$1" --config "$tmp/$1.toml"; hdr[$1]="Authorization: Bearer $(cat "$tmp/$1.hdr")" ;;
   esac
-done
+}
+stop() { # target
+  kill "${pid[$1]}" 2>/dev/null || true
+  wait "${pid[$1]}" 2>/dev/null || true
+}
+# FRESH=1 (the default): each measurement gets a server of its own, started just before it (with a
+# 2 s warm-up) and stopped after, so only one server is alive at a time and what one server process
+# happens to draw at start (thread placement, memory layout) does not follow its target through
+# every round. FRESH=0: one server per target for the whole run, started in START_ORDER (env,
+# default the targets' order), all alive at once.
+FRESH=${FRESH:-1}
+if [[ "$FRESH" == 0 ]]; then
+  for t in ${START_ORDER:-off log apikey hs256 rs256}; do launch "$t"; done
+fi
 TARGETS="off log apikey hs256 rs256"
 run() { # target dur
   local args=(-t"$THREADS" -c"$CONN" -d"$2" --latency -s benches/embed/rotate.lua)
   [[ -n "${hdr[$1]}" ]] && args+=(-H "${hdr[$1]}")
   BODIES="$tmp/digits.jsonl" wrk "${args[@]}" "${url[$1]}/v2/models/digits/infer"
 }
-for t in $TARGETS; do # warm-up, and a check that auth passes (no non-2xx)
-  out=$(run "$t" 2s)
-  grep -q "Non-2xx" <<<"$out" && { echo "$t: non-2xx answers in warm-up:" >&2; echo "$out" >&2; exit 1; }
-done
+warm() { # target: warm-up, and a check that auth passes (no non-2xx)
+  local out
+  out=$(run "$1" 2s)
+  if grep -q "Non-2xx" <<<"$out"; then echo "$1: non-2xx answers in warm-up:" >&2; echo "$out" >&2; exit 1; fi
+}
+if [[ "$FRESH" == 0 ]]; then for t in $TARGETS; do warm "$t"; done; fi
 # The server's CPU time (utime + stime, clock ticks) so far: CPU per request is what each setting
 # costs the server itself, which other work on the machine barely moves (throughput does).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -104,6 +119,7 @@ for r in $(seq "$ROUNDS"); do
   order=$TARGETS
   ((r % 2 == 0)) && order=$(tr ' ' '\n' <<<"$TARGETS" | tac | tr '\n' ' ')
   for t in $order; do
+    if [[ "$FRESH" != 0 ]]; then launch "$t"; warm "$t"; fi
     t0=$(ticks "${pid[$t]}")
     out=$(run "$t" "${DUR}s")
     t1=$(ticks "${pid[$t]}")
@@ -115,6 +131,7 @@ for r in $(seq "$ROUNDS"); do
     errs=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
     echo "round $r $t: $rps req/s, p99 $p99, server CPU $us us/request${errs:+, non-2xx $errs}"
     results[$t]+="$rps "
+    if [[ "$FRESH" != 0 ]]; then stop "$t"; fi
   done
 done
 med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }

@@ -20,7 +20,9 @@
 //! whose expected wait, the queued cost ahead of it over the measured rate of all workers, exceeds
 //! the budget is refused at once with `JobError::QueueTime`, as Triton's queue policy rejects a
 //! request that would time out. Shedding by queue length alone lets a full queue hold hundreds of
-//! milliseconds of work; this bounds the wait of what is admitted.
+//! milliseconds of work; this bounds the wait of what is admitted. Under a budget an online batch
+//! also holds at most one budget of one worker's work (`policy::budget_limits`), so that the batch
+//! running ahead of an admitted job and the job's own batch are each about one budget long too.
 //!
 //! It never runs a model and never sees HTTP.
 
@@ -235,6 +237,7 @@ impl Dispatcher {
         let mut wake = None;
         let busy: usize = self.busy.iter().map(|b| b.load(Ordering::Acquire)).sum();
         self.workers = self.workers.max(self.idle.len() + busy);
+        let (max_rows, max_tokens) = self.online_limits();
         while !self.idle.is_empty() {
             let pending = policy::Pending {
                 rows: self.state.pending_rows(),
@@ -242,7 +245,7 @@ impl Dispatcher {
                 oldest: self.state.oldest_enqueued(),
             };
             let idle = self.idle.len();
-            match policy::decide(pending, now, &self.cfg) {
+            match policy::decide_within(pending, now, &self.cfg, max_rows, max_tokens) {
                 Decision::Dispatch(max_rows) => {
                     self.dispatch(policy::fair_share(max_rows, pending.rows, idle))
                 }
@@ -303,6 +306,18 @@ impl Dispatcher {
         self.idle.len() < before
     }
 
+    /// The online lane's batch limits now: the configured ones, capped at one budget of work under
+    /// a queue-time budget (`policy::budget_limits`).
+    fn online_limits(&self) -> (usize, Option<usize>) {
+        let rate = *self.rate.lock().unwrap_or_else(|e| e.into_inner());
+        policy::budget_limits(
+            &rate,
+            self.cfg.max_queue_time,
+            self.cfg.max_batch_size.max(1),
+            self.cfg.max_batch_tokens,
+        )
+    }
+
     /// Hands the first idle worker an online batch of at most `max_rows` rows.
     fn dispatch(&mut self, max_rows: usize) {
         self.dispatch_lane(Lane::Online, max_rows)
@@ -315,11 +330,18 @@ impl Dispatcher {
             .front()
             .expect("dispatch is only called with an idle worker. This is a bug.")
             .layout;
+        let (max_rows, max_tokens) = match lane {
+            Lane::Online => {
+                let (rows, tokens) = self.online_limits();
+                (max_rows.min(rows), tokens)
+            }
+            Lane::Bulk => (max_rows, self.cfg.max_batch_tokens),
+        };
         let state = match lane {
             Lane::Online => &mut self.state,
             Lane::Bulk => &mut self.bulk,
         };
-        let jobs = state.take_batch(max_rows, self.cfg.max_batch_tokens, layout);
+        let jobs = state.take_batch(max_rows, max_tokens, layout);
         self.metrics.pending.sub(jobs.len() as i64);
         self.settle_canceled();
         if jobs.is_empty() {

@@ -92,13 +92,25 @@ pub struct Pending {
 /// sizes (`preferred_share`: the even share rounded down to the largest preferred size it holds,
 /// or the whole preferred batch to one worker when no preferred size fits in a share).
 pub fn decide(pending: Pending, now: Instant, cfg: &BatchConfig) -> Decision {
+    decide_within(pending, now, cfg, cfg.max_batch_size, cfg.max_batch_tokens)
+}
+
+/// `decide` with the batch limits in effect now (`budget_limits` under a queue-time budget) in place
+/// of the configured ones: a queue that holds a capped batch is full.
+pub fn decide_within(
+    pending: Pending,
+    now: Instant,
+    cfg: &BatchConfig,
+    max_rows: usize,
+    max_tokens: Option<usize>,
+) -> Decision {
     let (pending_rows, Some(oldest)) = (pending.rows, pending.oldest) else {
         return Decision::Idle;
     };
     if pending_rows == 0 {
         return Decision::Idle;
     }
-    let max = cfg.max_batch_size.max(1);
+    let max = max_rows.max(1);
     let due = oldest + cfg.max_queue_delay;
     if now >= due {
         return Decision::Dispatch(max);
@@ -106,7 +118,7 @@ pub fn decide(pending: Pending, now: Instant, cfg: &BatchConfig) -> Decision {
     if let Some(best) = largest_preferred(&cfg.preferred_batch_sizes, pending_rows.min(max)) {
         return Decision::Preferred(best);
     }
-    let tokens_full = cfg.max_batch_tokens.is_some_and(|t| pending.tokens >= t);
+    let tokens_full = max_tokens.is_some_and(|t| pending.tokens >= t);
     if pending_rows >= max || tokens_full {
         return Decision::Dispatch(max);
     }
@@ -249,6 +261,32 @@ pub fn over_queue_time(
     let budget = budget?;
     rate.expected_wait(ahead, workers)
         .filter(|&wait| wait > budget)
+}
+
+/// The batch limits of an online batch under a queue-time budget: with a measured rate, a batch
+/// holds at most the work one worker does within the budget (`ceil(rate x budget)` cost units, at
+/// least one job: the oldest job always goes). Without the cap, an overloaded queue forms full
+/// batches (64 texts, ~230 ms on two CPU cores), and an admitted request waits for the batch a
+/// worker is running and then for its own, each far longer than the budget that admitted it: with
+/// it, queue, running batch and own batch are each about one budget long. The units are the queue's
+/// cost units: tokens for a model with a token budget (the token limit shrinks), rows otherwise
+/// (the row limit shrinks). No budget or no rate yet: the configured limits.
+pub fn budget_limits(
+    rate: &ServiceRate,
+    budget: Option<Duration>,
+    max_rows: usize,
+    max_tokens: Option<usize>,
+) -> (usize, Option<usize>) {
+    let Some(units) = budget
+        .zip(rate.per_worker())
+        .map(|(b, r)| ((r * b.as_secs_f64()).ceil() as usize).max(1))
+    else {
+        return (max_rows, max_tokens);
+    };
+    match max_tokens {
+        Some(t) => (max_rows, Some(t.min(units))),
+        None => (max_rows.min(units).max(1), None),
+    }
 }
 
 #[cfg(test)]
@@ -401,6 +439,34 @@ mod tests {
     }
 
     #[test]
+    fn decide_within_a_capped_batch_is_full() {
+        let now = Instant::now();
+        let c = BatchConfig {
+            preferred_batch_sizes: Vec::new(),
+            max_batch_tokens: Some(1000),
+            ..cfg()
+        };
+        // Rows capped at 3: three queued rows go now, two wait for the delay.
+        assert_eq!(
+            decide_within(p(3, Some(now)), now, &c, 3, None),
+            Decision::Dispatch(3)
+        );
+        assert!(matches!(
+            decide_within(p(2, Some(now)), now, &c, 3, None),
+            Decision::WaitUntil(_)
+        ));
+        // Tokens capped at 30 (of 1,000): 30 queued tokens go now.
+        assert_eq!(
+            decide_within(p(3, Some(now)), now, &c, 8, Some(30)),
+            Decision::Dispatch(8)
+        );
+        assert!(matches!(
+            decide(p(3, Some(now)), now, &c),
+            Decision::WaitUntil(_)
+        ));
+    }
+
+    #[test]
     fn decide_full_batch_without_preferred_sizes_dispatches_max() {
         let now = Instant::now();
         let c = BatchConfig {
@@ -502,5 +568,39 @@ mod tests {
             ..cfg()
         };
         assert_eq!(decide(p(1, Some(now)), now, &c), Decision::Dispatch(8));
+    }
+
+    #[test]
+    fn budget_limits_cap_a_batch_at_one_budget_of_work() {
+        // 2,000 units/s per worker, 20 ms budget: 40 units.
+        let r = measured(200, 100, RATE_MIN_BATCHES);
+        let b = Some(Duration::from_millis(20));
+        assert_eq!(budget_limits(&r, b, 64, Some(8192)), (64, Some(40)));
+        assert_eq!(budget_limits(&r, b, 64, None), (40, None));
+        assert_eq!(
+            budget_limits(&r, b, 16, None),
+            (16, None),
+            "never above the configured limit"
+        );
+        assert_eq!(budget_limits(&r, b, 64, Some(30)), (64, Some(30)));
+        // A budget shorter than one unit of work still lets one job go.
+        assert_eq!(
+            budget_limits(&r, Some(Duration::from_micros(1)), 64, None),
+            (1, None)
+        );
+        assert_eq!(
+            budget_limits(&r, Some(Duration::from_micros(1)), 64, Some(8192)),
+            (64, Some(1))
+        );
+    }
+
+    #[test]
+    fn budget_limits_keep_the_configured_limits_without_budget_or_rate() {
+        let r = measured(200, 100, RATE_MIN_BATCHES);
+        assert_eq!(budget_limits(&r, None, 64, Some(8192)), (64, Some(8192)));
+        let young = measured(200, 100, RATE_MIN_BATCHES - 1);
+        let b = Some(Duration::from_millis(20));
+        assert_eq!(budget_limits(&young, b, 64, Some(8192)), (64, Some(8192)));
+        assert_eq!(budget_limits(&young, b, 64, None), (64, None));
     }
 }

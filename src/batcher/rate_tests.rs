@@ -157,3 +157,34 @@ async fn queue_time_off_without_budget() {
         "all queued: 200 ms ahead, no budget"
     );
 }
+
+/// Under a budget an online batch holds at most one budget of one worker's work: at 10 ms a row
+/// and 50 ms, five rows, although the model takes eight; without a budget the same queue goes as
+/// one batch.
+#[tokio::test(start_paused = true)]
+async fn budget_caps_an_online_batch_at_one_budget_of_work() {
+    for (budget, first) in [(Some(Duration::from_millis(50)), 5), (None, 6)] {
+        let c = BatchConfig {
+            max_batch_size: 8,
+            max_queue_time: budget,
+            ..cfg()
+        };
+        let q = Queue::spawn_task("m", c, metrics());
+        serve(&q, RATE_MIN_BATCHES, Duration::from_millis(10)).await;
+        // Six rows: the sixth waits 50 ms, at the budget: every one admitted.
+        let queued = queue_rows(&q, 6).await;
+        assert!(queued.iter().all(|h| !h.is_finished()), "all admitted");
+        let batch = q.pull().await.expect("a batch");
+        assert_eq!(batch.jobs.len(), first, "budget {budget:?}");
+        tokio::time::advance(Duration::from_millis(10)).await;
+        echo(batch);
+        if first < 6 {
+            let rest = q.pull().await.expect("the rest");
+            assert_eq!(rest.jobs.len(), 6 - first);
+            echo(rest);
+        }
+        for h in queued {
+            h.await.unwrap().expect("served");
+        }
+    }
+}
