@@ -229,8 +229,11 @@ async fn two_servers_share_redis_entries_with_ttl_and_versions_apart() {
     assert!(max_pttl > 590_000 && max_pttl <= 600_000, "PTTL {max_pttl}");
 
     // ttl_secs = 1: the entry is gone from Redis after a second (poll, 10 s deadline).
+    let keys = redis.int(&["DBSIZE"]);
     let t0 = Instant::now();
     assert_eq!(infer(&b, "short", &body).await.0.as_deref(), Some("miss"));
+    // The entry is written to Redis after the answer: until it lands, a request is a miss too.
+    redis.wait_keys(keys + 1);
     let deadline = t0 + Duration::from_secs(10);
     loop {
         let (st, _) = infer(&b, "short", &body).await;

@@ -13,12 +13,16 @@ use hyper::{Method, Request, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 use super::request::Payload;
 use super::LoadgenError;
+
+/// How long the bench keeps an idle keep-alive connection: under the servers' usual keep-alive
+/// limits (ferrite's `--header-read-timeout-secs`, 10 s by default; nginx 75 s).
+const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// How one request ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,8 +157,13 @@ impl HttpClient {
             .https_or_http()
             .enable_http1()
             .wrap_connector(conn);
+        // Idle connections are dropped after POOL_IDLE, before a server's keep-alive limit closes
+        // them (ferrite's default: 10 s): reusing a connection the server is closing at that moment
+        // fails the request with an I/O error, which is the client's race, not the server's fault.
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(usize::MAX)
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(TokioTimer::new())
             .build(conn);
         let grpc = match &opts.grpc_url {
             None => None,
