@@ -247,14 +247,17 @@ impl Dispatcher {
             let idle = self.idle.len();
             match policy::decide_within(pending, now, &self.cfg, max_rows, max_tokens) {
                 Decision::Dispatch(max_rows) => {
-                    self.dispatch(policy::fair_share(max_rows, pending.rows, idle))
+                    self.dispatch(policy::fair_share(max_rows, pending.rows, idle), max_tokens)
                 }
-                Decision::Preferred(size) => self.dispatch(policy::preferred_share(
-                    size,
-                    pending.rows,
-                    idle,
-                    &self.cfg.preferred_batch_sizes,
-                )),
+                Decision::Preferred(size) => self.dispatch(
+                    policy::preferred_share(
+                        size,
+                        pending.rows,
+                        idle,
+                        &self.cfg.preferred_batch_sizes,
+                    ),
+                    max_tokens,
+                ),
                 Decision::WaitUntil(t) => {
                     wake = Some(t);
                     if !self.dispatch_bulk(now) {
@@ -302,7 +305,11 @@ impl Dispatcher {
             return false;
         }
         let before = self.idle.len();
-        self.dispatch_lane(Lane::Bulk, self.cfg.max_batch_size.max(1));
+        self.dispatch_lane(
+            Lane::Bulk,
+            self.cfg.max_batch_size.max(1),
+            self.cfg.max_batch_tokens,
+        );
         self.idle.len() < before
     }
 
@@ -318,25 +325,19 @@ impl Dispatcher {
         )
     }
 
-    /// Hands the first idle worker an online batch of at most `max_rows` rows.
-    fn dispatch(&mut self, max_rows: usize) {
-        self.dispatch_lane(Lane::Online, max_rows)
+    /// Hands the first idle worker an online batch of at most `max_rows` rows and `max_tokens`
+    /// (the limits `step` decided with: `online_limits`).
+    fn dispatch(&mut self, max_rows: usize, max_tokens: Option<usize>) {
+        self.dispatch_lane(Lane::Online, max_rows, max_tokens)
     }
 
-    /// Hands the first idle worker a batch of at most `max_rows` rows from `lane`.
-    fn dispatch_lane(&mut self, lane: Lane, max_rows: usize) {
+    /// Hands the first idle worker a batch of at most `max_rows` rows and `max_tokens` from `lane`.
+    fn dispatch_lane(&mut self, lane: Lane, max_rows: usize, max_tokens: Option<usize>) {
         let layout = self
             .idle
             .front()
             .expect("dispatch is only called with an idle worker. This is a bug.")
             .layout;
-        let (max_rows, max_tokens) = match lane {
-            Lane::Online => {
-                let (rows, tokens) = self.online_limits();
-                (max_rows.min(rows), tokens)
-            }
-            Lane::Bulk => (max_rows, self.cfg.max_batch_tokens),
-        };
         let state = match lane {
             Lane::Online => &mut self.state,
             Lane::Bulk => &mut self.bulk,
