@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Issue 14 benchmark: what access control costs. digits KServe v2 JSON (one row per request) at CONN
 # keep-alive connections with wrk, against one binary started five ways, taking turns ROUNDS times
-# (interleaved, the order reversed every other round; only one under load at a time):
+# (interleaved; SLICES short turns each per round; only one under load at a time):
 #   off      no [auth], --access-log=false
 #   log      no [auth], access log on (the default)
 #   apikey   [auth] with an API key (sent as Authorization: Bearer), access log on
 #   hs256    [auth.jwt] HS256 (a token minted here with PyJWT-compatible code), access log on
 #   rs256    [auth.jwt] RS256 (PEM public key), access log on
-# Prints each round and the median req/s per target with its ratio to `off`, and the server's own
-# CPU time per request (utime + stime from /proc over the requests wrk completed).
+# Prints each round and the median req/s per target with its ratio to `off`, the median over rounds
+# of each round's own ratio (target / the same round's `off`: slow drift of the machine cancels), and
+# the server's own CPU time per request (utime + stime from /proc over the requests wrk completed).
 # Usage: benches/auth_load.sh [DUR=10] [CONN=64] [ROUNDS=3]
-# Env: FRESH (1, the default: a fresh server per measurement, one alive at a time; 0: one server per
-#      target for the whole run), START_ORDER (with FRESH=0: the servers' start order),
+#   e.g. SLICES=12 ORDER=shuffle benches/auth_load.sh 3 64 5   (5 rounds of 12 x 3 s per target)
+# Env: SLICES (turns per target per round, default 1), FRESH (1, the default: fresh servers each
+#      round; 0: one server per target for the whole run), START_ORDER (with FRESH=0: the servers'
+#      start order),
+#      ORDER (alternate, the default: odd rounds in order, even rounds reversed; shuffle: a random
+#      order each round, seeded by SEED, default 1),
 #      FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), PYTHON (with
 #      `cryptography` for the RS256 key; default python3), WRK_THREADS (2).
 set -euo pipefail
@@ -87,16 +92,24 @@ stop() { # target
   kill "${pid[$1]}" 2>/dev/null || true
   wait "${pid[$1]}" 2>/dev/null || true
 }
-# FRESH=1 (the default): each measurement gets a server of its own, started just before it (with a
-# 2 s warm-up) and stopped after, so only one server is alive at a time and what one server process
-# happens to draw at start (thread placement, memory layout) does not follow its target through
-# every round. FRESH=0: one server per target for the whole run, started in START_ORDER (env,
-# default the targets' order), all alive at once.
+# FRESH=1 (the default): each round starts the five servers afresh (in a random order), warms
+# them, and stops them at its end, so what one server process happens to draw at start (thread
+# placement, memory layout) does not follow its target through every round. FRESH=0: one server
+# per target for the whole run, started in START_ORDER (env, default the targets' order).
+# SLICES (default 1): a round measures each target SLICES times for DUR seconds, the targets taking
+# turns slice by slice (ORDER per pass); a round's figure for a target is its requests over its time
+# in all the round's slices. One server's throughput swings ±15% between 3-second windows here
+# (the digits batches it happens to form: 3.5-3.9 rows, 79-112 us of CPU a request), so short
+# slices, many of them, averaged within a round, give each round's ratio a small error.
 FRESH=${FRESH:-1}
-if [[ "$FRESH" == 0 ]]; then
-  for t in ${START_ORDER:-off log apikey hs256 rs256}; do launch "$t"; done
-fi
+SLICES=${SLICES:-1}
 TARGETS="off log apikey hs256 rs256"
+shuffled() { # seed: the targets in a random order (reproducible from SEED)
+  tr ' ' '\n' <<<"$1" | shuf --random-source=<(openssl enc -aes-256-ctr -pass pass:"${SEED:-1}-$2" -nosalt </dev/zero 2>/dev/null) | tr '\n' ' '
+}
+if [[ "$FRESH" == 0 ]]; then
+  for t in ${START_ORDER:-$TARGETS}; do launch "$t"; done
+fi
 run() { # target dur
   local args=(-t"$THREADS" -c"$CONN" -d"$2" --latency -s benches/embed/rotate.lua)
   [[ -n "${hdr[$1]}" ]] && args+=(-H "${hdr[$1]}")
@@ -109,39 +122,63 @@ warm() { # target: warm-up, and a check that auth passes (no non-2xx)
 }
 if [[ "$FRESH" == 0 ]]; then for t in $TARGETS; do warm "$t"; done; fi
 # The server's CPU time (utime + stime, clock ticks) so far: CPU per request is what each setting
-# costs the server itself, which other work on the machine barely moves (throughput does).
+# costs the server itself.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 declare -A results cpu
 for r in $(seq "$ROUNDS"); do
-  # Odd rounds in order, even rounds reversed: whatever the previous run leaves behind (a server
-  # still closing 64 connections, the allocator returning memory) hits every target alike.
-  order=$TARGETS
-  ((r % 2 == 0)) && order=$(tr ' ' '\n' <<<"$TARGETS" | tac | tr '\n' ' ')
-  for t in $order; do
-    if [[ "$FRESH" != 0 ]]; then launch "$t"; warm "$t"; fi
-    t0=$(ticks "${pid[$t]}")
-    out=$(run "$t" "${DUR}s")
-    t1=$(ticks "${pid[$t]}")
-    n=$(awk '/requests in/ {print $1}' <<<"$out")
-    us=$(awk -v d=$((t1 - t0)) -v n="$n" -v hz="$HZ" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
-    cpu[$t]+="$us "
-    rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-    p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
-    errs=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-    echo "round $r $t: $rps req/s, p99 $p99, server CPU $us us/request${errs:+, non-2xx $errs}"
-    results[$t]+="$rps "
-    if [[ "$FRESH" != 0 ]]; then stop "$t"; fi
+  if [[ "$FRESH" != 0 ]]; then
+    for t in $(shuffled "$TARGETS" "start-$r"); do launch "$t"; done
+    for t in $TARGETS; do warm "$t"; done
+  fi
+  declare -A n_req=() secs=() tk=() p99s=() errs=()
+  for sl in $(seq "$SLICES"); do
+    # ORDER=alternate: odd passes in order, even passes reversed (whatever one run leaves behind,
+    # a server still closing 64 connections, hits every target alike); shuffle: random.
+    order=$TARGETS
+    if [[ "${ORDER:-alternate}" == shuffle ]]; then
+      order=$(shuffled "$TARGETS" "$r-$sl")
+    elif (((r * SLICES + sl) % 2 == 0)); then
+      order=$(tr ' ' '\n' <<<"$TARGETS" | tac | tr '\n' ' ')
+    fi
+    for t in $order; do
+      t0=$(ticks "${pid[$t]}")
+      out=$(run "$t" "${DUR}s")
+      t1=$(ticks "${pid[$t]}")
+      n_req[$t]=$((${n_req[$t]:-0} + $(awk '/requests in/ {print $1}' <<<"$out")))
+      secs[$t]=$(awk -v a="${secs[$t]:-0}" -v b="$(awk '/requests in/ {sub(/s,$/, "", $4); print $4}' <<<"$out")" 'BEGIN {print a + b}')
+      tk[$t]=$((${tk[$t]:-0} + t1 - t0))
+      p99s[$t]+="$(awk '$1 == "99%" {print $2}' <<<"$out") "
+      e=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+      errs[$t]=$((${errs[$t]:-0} + ${e:-0}))
+    done
   done
+  for t in $TARGETS; do
+    rps=$(awk -v n="${n_req[$t]}" -v s="${secs[$t]}" 'BEGIN {printf "%.1f", n / s}')
+    us=$(awk -v d="${tk[$t]}" -v n="${n_req[$t]}" -v hz="$HZ" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
+    cpu[$t]+="$us "
+    results[$t]+="$rps "
+    declare -A "round_$r"
+    eval "round_$r[$t]=$rps"
+    echo "round $r $t: $rps req/s over $SLICES x ${DUR}s, p99 per slice: ${p99s[$t]}server CPU $us us/request$( ((errs[$t] > 0)) && echo ", non-2xx ${errs[$t]}")"
+  done
+  if [[ "$FRESH" != 0 ]]; then for t in $TARGETS; do stop "$t"; done; fi
 done
 med() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 base=$(med "${results[off]}")
 echo
 cbase=$(med "${cpu[off]}")
-echo "| target | median req/s | vs off | server CPU µs/request (median) | vs off |"
-echo "|---|---|---|---|---|"
+echo "| target | median req/s | vs off | median of the rounds' own ratios (min–max) | server CPU µs/request (median) | vs off |"
+echo "|---|---|---|---|---|---|"
 for t in $TARGETS; do
   m=$(med "${results[$t]}")
   c=$(med "${cpu[$t]}")
-  echo "| $t | $m | $(awk -v a="$base" -v b="$m" 'BEGIN {printf "%.3f", b/a}') | $c | $(awk -v a="$cbase" -v b="$c" 'BEGIN {printf "%+.1f", b-a}') |"
+  ratios=""
+  for r in $(seq "$ROUNDS"); do
+    eval "a=\${round_$r[off]} b=\${round_$r[$t]}"
+    ratios+="$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.4f", b/a}') "
+  done
+  rm=$(med "$ratios")
+  range=$(tr ' ' '\n' <<<"$ratios" | grep -v '^$' | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.3f–%.3f", lo, hi}')
+  echo "| $t | $m | $(awk -v a="$base" -v b="$m" 'BEGIN {printf "%.3f", b/a}') | $(awk -v x="$rm" 'BEGIN {printf "%.3f", x}') ($range) | $c | $(awk -v a="$cbase" -v b="$c" 'BEGIN {printf "%+.1f", b-a}') |"
 done

@@ -5,14 +5,27 @@
 #      sentence a request from benches/embed/make_sentences.py) at the same time. Measured together
 #      because they share the CPU: each model's figure is its share of the machine with the other
 #      busy, so FRACTION of both at once is FRACTION of what the server can do.
-#   2. Soak: both at FRACTION of that, open loop (`--request-rate-range R:R`, constant arrivals:
-#      latency counted from the scheduled send, so queueing shows), for MINUTES one-minute windows;
-#      the server's RSS (VmRSS, /proc) sampled every 5 s.
+#   2. The open-loop maximum: both models at once, open loop (`--request-rate-range R:R`, constant
+#      arrivals), PROBE_S seconds a step, at 100% of the closed-loop figures, then up (or, if 100%
+#      is not served, down) in steps of 10%: the highest step at which the server takes every
+#      request (no refusal or error, throughput at least 98% of the offered rate) is the maximum the
+#      soak's own kind of load can be served at. The closed-loop figures are no such maximum either
+#      way: evenly spread arrivals form smaller batches than CONN connections keep queued (digits'
+#      requests cost more CPU each, and MiniLM is left less), and a closed loop past MiniLM's
+#      queue-time budget spends the CPU on a flood of instant refusals (its figure swung 41-65 req/s
+#      between runs). At 80% of the closed-loop figures the soak was at or past saturation on two
+#      cores once (the budget refused 8% of MiniLM's requests, the p99 swung 2-4x minute to minute).
+#   3. Soak: both at FRACTION of that maximum, open loop (latency counted from the scheduled send,
+#      so queueing shows), for MINUTES one-minute windows after WARMUP_S seconds at the same rate
+#      (not counted: the first minute of a cold start ran 20-35% over the later minutes' p99); the
+#      server's RSS (VmRSS, /proc) sampled every 5 s.
 # Criteria (PASS/FAIL each): 0 errors (client side: every request answered 200); RSS growth < 5%
 # from minute 2 to the end; every minute's p99 within ±20% of the median minute's, per model.
 # Usage: scripts/soak.sh [MINUTES=10] [FRACTION=0.8]
 # Env: FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), MODELS (default models),
-#      CONN (default 32), MAX_S (default 15).
+#      CONN (default 32), MAX_S (default 15), PROBE_S (default 20), WARMUP_S (default 60),
+#      OPEN_MAX (1, the default: step 2; 0: skip it, the soak runs at FRACTION of the closed-loop
+#      figures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-10}
@@ -21,6 +34,9 @@ FERRITE_BIN=${FERRITE_BIN:-${CARGO_TARGET_DIR:-target}/release/ferrite}
 MODELS=${MODELS:-models}
 CONN=${CONN:-32}
 MAX_S=${MAX_S:-15}
+PROBE_S=${PROBE_S:-20}
+WARMUP_S=${WARMUP_S:-60}
+OPEN_MAX=${OPEN_MAX:-1}
 [[ -x "$FERRITE_BIN" ]] || { echo "no ferrite binary at $FERRITE_BIN (cargo build --release, or set FERRITE_BIN)" >&2; exit 1; }
 [[ -f "$MODELS/minilm/1/model.safetensors" ]] || scripts/fetch-models.sh >&2
 
@@ -77,16 +93,53 @@ wait_benches
 declare -A max rate
 for m in digits minilm; do
   max[$m]=$(jq_py "$tmp/max-$m.json" 's["throughput"]')
-  rate[$m]=$(awk -v x="${max[$m]}" -v f="$FRACTION" 'BEGIN {printf "%.1f", x * f}')
-  echo "max (closed loop, $CONN connections, both at once, ${MAX_S}s): $m $(printf '%.1f' "${max[$m]}") req/s, p99 $(jq_py "$tmp/max-$m.json" 'round(s["latency"]["p99_us"] / 1000, 2)') ms -> soak at ${rate[$m]} req/s"
+  echo "max (closed loop, $CONN connections, both at once, ${MAX_S}s): $m $(printf '%.1f' "${max[$m]}") req/s, p99 $(jq_py "$tmp/max-$m.json" 'round(s["latency"]["p99_us"] / 1000, 2)') ms"
 done
 
-# 2. the soak: both at FRACTION, open loop, one-minute windows; RSS every 5 s
+# 2. the open-loop maximum: the highest step (100%, 90%, ... of the closed-loop figures) at which
+# both models, driven at once in open loop, have every request served
+probe() { # pct: 0 when both models are served whole at pct% of their closed-loop figures
+  local m r offered verdict state got errs p99 ok=0
+  for m in digits minilm; do
+    r=$(awk -v x="${max[$m]}" -v p="$1" 'BEGIN {printf "%.1f", x * p / 100}')
+    bench "$m" "$tmp/probe-$m.json" --request-rate-range "$r:$r" --warmup-ms 2000 \
+      --measurement-interval-ms $((PROBE_S * 1000)) --max-windows 1 --stability-percentage 0
+  done
+  wait_benches
+  for m in digits minilm; do
+    offered=$(awk -v x="${max[$m]}" -v p="$1" 'BEGIN {print x * p / 100}')
+    verdict=$(jq_py "$tmp/probe-$m.json" '"%s %.1f %d %.1f" % ("served" if not s["errors"] and s["throughput"] >= 0.98 * '"$offered"' else "short", s["throughput"], sum(s["errors"].values()), s["latency"]["p99_us"] / 1000)')
+    read -r state got errs p99 <<<"$verdict"
+    echo "open loop at $1% of the closed-loop figures: $m $(printf '%.1f' "$offered") req/s offered, $got served, $errs refused or failed, p99 $p99 ms: $state"
+    [[ "$state" == served ]] || ok=1
+  done
+  return $ok
+}
+pct=100
+if [[ "$OPEN_MAX" != 0 ]]; then
+  if probe 100; then
+    while ((pct < 300)) && probe $((pct + 10)); do pct=$((pct + 10)); done
+  else
+    while :; do
+      pct=$((pct - 10))
+      ((pct >= 30)) || { echo "FAIL: no open-loop step down to 30% of the closed-loop figures was served whole" >&2; exit 1; }
+      probe "$pct" && break
+    done
+  fi
+fi
 for m in digits minilm; do
-  bench "$m" "$tmp/soak-$m.json" --request-rate-range "${rate[$m]}:${rate[$m]}" --warmup-ms 0 \
+  top=$(awk -v x="${max[$m]}" -v p="$pct" 'BEGIN {printf "%.1f", x * p / 100}')
+  rate[$m]=$(awk -v x="$top" -v f="$FRACTION" 'BEGIN {printf "%.1f", x * f}')
+  echo "maximum for the soak: $m $top req/s (open loop, ${pct}% of the closed-loop figure, the highest step served whole) -> soak at ${rate[$m]} req/s"
+done
+
+# 3. the soak: both at FRACTION, open loop, one-minute windows; RSS every 5 s
+for m in digits minilm; do
+  bench "$m" "$tmp/soak-$m.json" --request-rate-range "${rate[$m]}:${rate[$m]}" --warmup-ms $((WARMUP_S * 1000)) \
     --measurement-interval-ms 60000 --max-windows "$MINUTES" --stability-percentage 0
 done
-t0=$(date +%s)
+# RSS times count from the end of the warm-up (samples during it are negative)
+t0=$(($(date +%s) + WARMUP_S))
 : >"$tmp/rss"
 while kill -0 "${bench_pids[0]}" 2>/dev/null || kill -0 "${bench_pids[1]}" 2>/dev/null; do
   echo "$(($(date +%s) - t0)) $(awk '/VmRSS/ {print $2}' "/proc/$server/status")" >>"$tmp/rss"
