@@ -18,7 +18,8 @@
 #   3. Soak: both at FRACTION of that maximum, open loop (latency counted from the scheduled send,
 #      so queueing shows), for MINUTES one-minute windows after WARMUP_S seconds at the same rate
 #      (not counted: the first minute of a cold start ran 20-35% over the later minutes' p99); the
-#      server's RSS (VmRSS, /proc) sampled every 5 s.
+#      server's RSS (VmRSS, /proc) sampled every 5 s, and per minute the server's CPU (cores) and the
+#      machine's steal time (a VM's host taking the CPU: tells a noisy neighbour from the server).
 # Criteria (PASS/FAIL each): 0 errors (client side: every request answered 200); RSS growth < 5%
 # from minute 2 to the end; every minute's p99 within ±20% of the median minute's, per model.
 # Usage: scripts/soak.sh [MINUTES=10] [FRACTION=0.8]
@@ -142,19 +143,32 @@ done
 t0=$(($(date +%s) + WARMUP_S))
 : >"$tmp/rss"
 while kill -0 "${bench_pids[0]}" 2>/dev/null || kill -0 "${bench_pids[1]}" 2>/dev/null; do
-  echo "$(($(date +%s) - t0)) $(awk '/VmRSS/ {print $2}' "/proc/$server/status")" >>"$tmp/rss"
+  # seconds, RSS KiB, the server's CPU ticks (utime + stime), the machine's steal and total ticks
+  echo "$(($(date +%s) - t0)) $(awk '/VmRSS/ {print $2}' "/proc/$server/status") $(awk '{print $14 + $15}' "/proc/$server/stat") $(awk '/^cpu / {print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat)" >>"$tmp/rss"
   sleep 5
 done
 wait_benches
 kill -0 "$server" 2>/dev/null || { echo "FAIL: the server died" >&2; cat "$log" >&2; exit 1; }
 
-python3 - "$tmp" "$MINUTES" "$FRACTION" <<'PY'
+python3 - "$tmp" "$MINUTES" "$FRACTION" "$(getconf CLK_TCK)" <<'PY'
 import json, statistics, sys
-tmp, minutes, fraction = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-rss = [tuple(map(int, l.split())) for l in open(f"{tmp}/rss") if len(l.split()) == 2]
+tmp, minutes, fraction, hz = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
+samples = [tuple(map(int, l.split())) for l in open(f"{tmp}/rss") if len(l.split()) == 5]
+rss = [(s[0], s[1]) for s in samples]
+def at(t):
+    before = [x for x in samples if x[0] <= t]
+    return before[-1] if before else samples[0]
+def usage(t0, t1):
+    """The server's CPU (cores) and the machine's steal (% of all CPU time) between t0 and t1."""
+    a, b = at(t0), at(t1)
+    if b[0] <= a[0]:
+        return "-", "-"
+    cores = (b[2] - a[2]) / hz / (b[0] - a[0])
+    steal = (b[3] - a[3]) / max(1, b[4] - a[4]) * 100
+    return f"{cores:.2f}", f"{steal:.1f}"
 steps = {m: json.load(open(f"{tmp}/soak-{m}.json"))["steps"][0] for m in ("digits", "minilm")}
-print(f"| minute | digits req/s | digits p99 ms | digits errors | minilm req/s | minilm p99 ms | minilm errors | server RSS MiB (end of minute) |")
-print("|---|---|---|---|---|---|---|---|")
+print(f"| minute | digits req/s | digits p99 ms | digits errors | minilm req/s | minilm p99 ms | minilm errors | server RSS MiB (end of minute) | server CPU (cores) | steal % |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 def rss_at(t):
     before = [r for s, r in rss if s <= t]
     return (before[-1] if before else rss[0][1]) / 1024
@@ -163,7 +177,8 @@ for i in range(max(len(s["windows"]) for s in steps.values())):
     for m in ("digits", "minilm"):
         w = steps[m]["windows"][i] if i < len(steps[m]["windows"]) else None
         cells += [f'{w["throughput"]:.1f}', f'{w["p99_us"] / 1000:.1f}', str(w["errors"])] if w else ["-"] * 3
-    print(f"| {i + 1} | " + " | ".join(cells) + f" | {rss_at(60 * (i + 1)):.1f} |")
+    cores, steal = usage(60 * i, 60 * (i + 1))
+    print(f"| {i + 1} | " + " | ".join(cells) + f" | {rss_at(60 * (i + 1)):.1f} | {cores} | {steal} |")
 ok = True
 errors = {m: sum(w["errors"] for w in s["windows"]) for m, s in steps.items()}
 sent = {m: sum(w["ok"] + w["errors"] for w in s["windows"]) for m, s in steps.items()}
