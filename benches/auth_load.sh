@@ -7,14 +7,15 @@
 #   apikey   [auth] with an API key (sent as Authorization: Bearer), access log on
 #   hs256    [auth.jwt] HS256 (a token minted here with PyJWT-compatible code), access log on
 #   rs256    [auth.jwt] RS256 (PEM public key), access log on
+#   apikey-nolog  the API key with the access log off (only when named in TARGETS)
 # Prints each round and the median req/s per target with its ratio to `off`, the median over rounds
 # of each round's own ratio (target / the same round's `off`: slow drift of the machine cancels), and
 # the server's own CPU time per request (utime + stime from /proc over the requests wrk completed).
 # Usage: benches/auth_load.sh [DUR=10] [CONN=64] [ROUNDS=3]
 #   e.g. SLICES=12 ORDER=shuffle benches/auth_load.sh 3 64 5   (5 rounds of 12 x 3 s per target)
-# Env: SLICES (turns per target per round, default 1), FRESH (1, the default: fresh servers each
-#      round; 0: one server per target for the whole run), START_ORDER (with FRESH=0: the servers'
-#      start order),
+# Env: TARGETS (default "off log apikey hs256 rs256"), SLICES (turns per target per round,
+#      default 1), FRESH (1, the default: fresh servers each round; 0: one server per target for
+#      the whole run), START_ORDER (with FRESH=0: the servers' start order),
 #      ORDER (alternate, the default: odd rounds in order, even rounds reversed; shuffle: a random
 #      order each round, seeded by SEED, default 1),
 #      FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), PYTHON (with
@@ -85,6 +86,7 @@ launch() { # target: starts its server (url[t], pid[t], hdr[t])
   case $1 in
     off) start off --access-log=false; hdr[off]="" ;;
     log) start log; hdr[log]="" ;;
+    apikey-nolog) start "$1" --config "$tmp/apikey.toml" --access-log=false; hdr[$1]="Authorization: Bearer $(cat "$tmp/apikey.hdr")" ;;
     *) start "$1" --config "$tmp/$1.toml"; hdr[$1]="Authorization: Bearer $(cat "$tmp/$1.hdr")" ;;
   esac
 }
@@ -103,7 +105,8 @@ stop() { # target
 # slices, many of them, averaged within a round, give each round's ratio a small error.
 FRESH=${FRESH:-1}
 SLICES=${SLICES:-1}
-TARGETS="off log apikey hs256 rs256"
+TARGETS=${TARGETS:-off log apikey hs256 rs256}
+[[ " $TARGETS " == *" off "* ]] || { echo "TARGETS must include off (the ratios are to it)" >&2; exit 1; }
 shuffled() { # seed: the targets in a random order (reproducible from SEED)
   tr ' ' '\n' <<<"$1" | shuf --random-source=<(openssl enc -aes-256-ctr -pass pass:"${SEED:-1}-$2" -nosalt </dev/zero 2>/dev/null) | tr '\n' ' '
 }
