@@ -8,6 +8,8 @@
 #   hs256    [auth.jwt] HS256 (a token minted here with PyJWT-compatible code), access log on
 #   rs256    [auth.jwt] RS256 (PEM public key), access log on
 #   apikey-nolog  the API key with the access log off (only when named in TARGETS)
+#   off-jwt  as off (no auth, no log), the client sending the HS256 token anyway: the header's own
+#            cost (client, kernel, parsing), which no server-side change removes (only in TARGETS)
 # Prints each round and the median req/s per target with its ratio to `off`, the median over rounds
 # of each round's own ratio (target / the same round's `off`: slow drift of the machine cancels), and
 # the server's own CPU time per request (utime + stime from /proc over the requests wrk completed).
@@ -86,6 +88,7 @@ launch() { # target: starts its server (url[t], pid[t], hdr[t])
   case $1 in
     off) start off --access-log=false; hdr[off]="" ;;
     log) start log; hdr[log]="" ;;
+    off-jwt) start off-jwt --access-log=false; hdr[$1]="Authorization: Bearer $(cat "$tmp/hs256.hdr")" ;;
     apikey-nolog) start "$1" --config "$tmp/apikey.toml" --access-log=false; hdr[$1]="Authorization: Bearer $(cat "$tmp/apikey.hdr")" ;;
     *) start "$1" --config "$tmp/$1.toml"; hdr[$1]="Authorization: Bearer $(cat "$tmp/$1.hdr")" ;;
   esac
