@@ -131,7 +131,7 @@ if [[ "$FRESH" == 0 ]]; then for t in $TARGETS; do warm "$t"; done; fi
 # costs the server itself.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
-declare -A results cpu
+declare -A results cpu round  # round[r,t]: target t's req/s in round r
 for r in $(seq "$ROUNDS"); do
   if [[ "$FRESH" != 0 ]]; then
     for t in $(shuffled "$TARGETS" "start-$r"); do launch "$t"; done
@@ -164,8 +164,7 @@ for r in $(seq "$ROUNDS"); do
     us=$(awk -v d="${tk[$t]}" -v n="${n_req[$t]}" -v hz="$HZ" 'BEGIN {printf "%.1f", d / hz * 1e6 / n}')
     cpu[$t]+="$us "
     results[$t]+="$rps "
-    declare -A "round_$r"
-    eval "round_$r[$t]=$rps"
+    round[$r,$t]=$rps
     echo "round $r $t: $rps req/s over $SLICES x ${DUR}s, p99 per slice: ${p99s[$t]}server CPU $us us/request$( ((errs[$t] > 0)) && echo ", non-2xx ${errs[$t]}")"
   done
   if [[ "$FRESH" != 0 ]]; then for t in $TARGETS; do stop "$t"; done; fi
@@ -181,8 +180,7 @@ for t in $TARGETS; do
   c=$(med "${cpu[$t]}")
   ratios=""
   for r in $(seq "$ROUNDS"); do
-    eval "a=\${round_$r[off]} b=\${round_$r[$t]}"
-    ratios+="$(awk -v a="$a" -v b="$b" 'BEGIN {printf "%.4f", b/a}') "
+    ratios+="$(awk -v a="${round[$r,off]}" -v b="${round[$r,$t]}" 'BEGIN {printf "%.4f", b/a}') "
   done
   rm=$(med "$ratios")
   range=$(tr ' ' '\n' <<<"$ratios" | grep -v '^$' | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.3f–%.3f", lo, hi}')

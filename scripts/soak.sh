@@ -4,7 +4,7 @@
 #      seconds) on digits (KServe v2 JSON, one 8x8 image a request) and MiniLM (TEI /embed, one
 #      sentence a request from benches/embed/make_sentences.py) at the same time. Measured together
 #      because they share the CPU: each model's figure is its share of the machine with the other
-#      busy, so FRACTION of both at once is FRACTION of what the server can do.
+#      busy; the starting point of step 2.
 #   2. The open-loop maximum: both models at once, open loop (`--request-rate-range R:R`, constant
 #      arrivals), PROBE_S seconds a step, at 100% of the closed-loop figures, then up (or, if 100%
 #      is not served, down) in steps of 10%: the highest step at which the server takes every
@@ -100,18 +100,18 @@ done
 # 2. the open-loop maximum: the highest step (100%, 90%, ... of the closed-loop figures) at which
 # both models, driven at once in open loop, have every request served
 probe() { # pct: 0 when both models are served whole at pct% of their closed-loop figures
-  local m r offered verdict state got errs p99 ok=0
+  local m verdict state got errs p99 ok=0
+  local -A offered
   for m in digits minilm; do
-    r=$(awk -v x="${max[$m]}" -v p="$1" 'BEGIN {printf "%.1f", x * p / 100}')
-    bench "$m" "$tmp/probe-$m.json" --request-rate-range "$r:$r" --warmup-ms 2000 \
+    offered[$m]=$(awk -v x="${max[$m]}" -v p="$1" 'BEGIN {printf "%.1f", x * p / 100}')
+    bench "$m" "$tmp/probe-$m.json" --request-rate-range "${offered[$m]}:${offered[$m]}" --warmup-ms 2000 \
       --measurement-interval-ms $((PROBE_S * 1000)) --max-windows 1 --stability-percentage 0
   done
   wait_benches
   for m in digits minilm; do
-    offered=$(awk -v x="${max[$m]}" -v p="$1" 'BEGIN {print x * p / 100}')
-    verdict=$(jq_py "$tmp/probe-$m.json" '"%s %.1f %d %.1f" % ("served" if not s["errors"] and s["throughput"] >= 0.98 * '"$offered"' else "short", s["throughput"], sum(s["errors"].values()), s["latency"]["p99_us"] / 1000)')
+    verdict=$(jq_py "$tmp/probe-$m.json" '"%s %.1f %d %.1f" % ("served" if not s["errors"] and s["throughput"] >= 0.98 * '"${offered[$m]}"' else "short", s["throughput"], sum(s["errors"].values()), s["latency"]["p99_us"] / 1000)')
     read -r state got errs p99 <<<"$verdict"
-    echo "open loop at $1% of the closed-loop figures: $m $(printf '%.1f' "$offered") req/s offered, $got served, $errs refused or failed, p99 $p99 ms: $state"
+    echo "open loop at $1% of the closed-loop figures: $m ${offered[$m]} req/s offered, $got served, $errs refused or failed, p99 $p99 ms: $state"
     [[ "$state" == served ]] || ok=1
   done
   return $ok
@@ -154,8 +154,8 @@ python3 - "$tmp" "$MINUTES" "$FRACTION" "$(getconf CLK_TCK)" <<'PY'
 import json, statistics, sys
 tmp, minutes, fraction, hz = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 samples = [tuple(map(int, l.split())) for l in open(f"{tmp}/rss") if len(l.split()) == 5]
-rss = [(s[0], s[1]) for s in samples]
 def at(t):
+    """The last sample at or before t (the first one if none)."""
     before = [x for x in samples if x[0] <= t]
     return before[-1] if before else samples[0]
 def usage(t0, t1):
@@ -170,8 +170,7 @@ steps = {m: json.load(open(f"{tmp}/soak-{m}.json"))["steps"][0] for m in ("digit
 print(f"| minute | digits req/s | digits p99 ms | digits errors | minilm req/s | minilm p99 ms | minilm errors | server RSS MiB (end of minute) | server CPU (cores) | steal % |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 def rss_at(t):
-    before = [r for s, r in rss if s <= t]
-    return (before[-1] if before else rss[0][1]) / 1024
+    return at(t)[1] / 1024
 for i in range(max(len(s["windows"]) for s in steps.values())):
     cells = []
     for m in ("digits", "minilm"):
@@ -189,13 +188,13 @@ print(f"\n{verdict(c)} errors: digits {errors['digits']} of {sent['digits']}, mi
 for m, s in steps.items():
     if s["errors"]:
         print(f"  # {m}: errors by kind over the last 3 minutes: {s['errors']}")
-start_t = 120 if rss[-1][0] > 120 else 0
-m2, end = rss_at(start_t), rss[-1][1] / 1024
+start_t = 120 if samples[-1][0] > 120 else 0
+m2, end = rss_at(start_t), samples[-1][1] / 1024
 growth = (end - m2) / m2 * 100
 c = growth < 5
 ok &= c
 print(f"{verdict(c)} RSS growth from {'minute 2 (t = 120 s)' if start_t else 'the start'} to the end: "
-      f"{m2:.1f} -> {end:.1f} MiB ({growth:+.2f}%; limit +5%); peak {max(r for _, r in rss) / 1024:.1f} MiB over {len(rss)} samples")
+      f"{m2:.1f} -> {end:.1f} MiB ({growth:+.2f}%; limit +5%); peak {max(x[1] for x in samples) / 1024:.1f} MiB over {len(samples)} samples")
 for m, s in steps.items():
     p = [w["p99_us"] / 1000 for w in s["windows"]]
     med = statistics.median(p)
