@@ -3,7 +3,8 @@
 //! (`_mm512_dpbf16_ps`, GFLOP/s, 2 flops per bf16 product: 64 per instruction) and int8 dot
 //! (`_mm512_dpbusd_epi32`, GOP/s, 2 ops per u8 x i8 product: 128 per instruction), and Intel AMX's
 //! bf16 tile product (`tdpbf16ps`, 16 x 16 x 32 products: 16,384 flops per instruction; what
-//! `ops::bf16_matmul` runs where the CPU has it). Each loop keeps
+//! `ops::bf16_matmul` runs where the CPU has it) and int8 tile product (`tdpbssd`, 16 x 16 x 64
+//! products: 32,768 ops per instruction; what `ops::q8_amx_matmul` runs). Each loop keeps
 //! 16 independent accumulators in registers (latency 4-6 cycles, 1-2 ports: 16 hides it) and no
 //! memory traffic, so the figure is the instruction's issue limit at the clock the CPU holds under
 //! that load, the ceiling a GEMM built on it cannot pass. Best of several timed repetitions after a
@@ -26,6 +27,7 @@ enum Kind {
     Bf16Dot,
     Int8Dot,
     AmxBf16,
+    AmxInt8,
 }
 
 impl Kind {
@@ -35,12 +37,13 @@ impl Kind {
             Kind::Bf16Dot => "bf16_dot",
             Kind::Int8Dot => "int8_dot",
             Kind::AmxBf16 => "amx_bf16",
+            Kind::AmxInt8 => "amx_int8",
         }
     }
 
     fn unit(self) -> &'static str {
         match self {
-            Kind::Int8Dot => "gops",
+            Kind::Int8Dot | Kind::AmxInt8 => "gops",
             _ => "gflops",
         }
     }
@@ -53,6 +56,8 @@ impl Kind {
             Kind::Int8Dot => 16.0 * 4.0 * 2.0,
             // tdpbf16ps: a 16 x 16 f32 tile += 16 x 32 bf16 times 32 x 16 bf16.
             Kind::AmxBf16 => 16.0 * 16.0 * 32.0 * 2.0,
+            // tdpbssd: a 16 x 16 i32 tile += 16 x 64 i8 times 64 x 16 i8.
+            Kind::AmxInt8 => 16.0 * 16.0 * 64.0 * 2.0,
         }
     }
 
@@ -70,6 +75,7 @@ impl Kind {
             }
             // CPU, and Linux granting the tile state (what `ops::bf16_matmul` checks).
             Kind::AmxBf16 => ferrite::ops::Bf16Kernel::Amx.available(),
+            Kind::AmxInt8 => ferrite::ops::Q8Packed::available(),
         }
     }
 
@@ -89,6 +95,7 @@ impl Kind {
                 Kind::Bf16Dot => x86::bf16(iters),
                 Kind::Int8Dot => x86::int8(iters),
                 Kind::AmxBf16 => x86::amx_bf16(iters),
+                Kind::AmxInt8 => x86::amx_int8(iters),
             }
         }
     }
@@ -110,6 +117,25 @@ mod x86 {
     /// # Safety
     /// The CPU has AMX-BF16 and the process may use the tile state (`Kind::supported`).
     pub unsafe fn amx_bf16(iters: u64) -> f64 {
+        // SAFETY: as `amx`'s contract.
+        unsafe { amx(iters, false) }
+    }
+
+    /// As `amx_bf16` with `tdpbssd` (int8 tiles, i32 sums).
+    ///
+    /// # Safety
+    /// The CPU has AMX-INT8 and the process may use the tile state (`Kind::supported`).
+    pub unsafe fn amx_int8(iters: u64) -> f64 {
+        // SAFETY: as `amx`'s contract.
+        unsafe { amx(iters, true) }
+    }
+
+    /// The AMX loop: `tdpbssd` when `int8`, else `tdpbf16ps`.
+    ///
+    /// # Safety
+    /// The CPU has AMX-TILE and the instruction's AMX extension, and the process may use the tile
+    /// state.
+    unsafe fn amx(iters: u64, int8: bool) -> f64 {
         #[repr(C, align(64))]
         struct Cfg([u8; 64]);
         let mut cfg = Cfg([0; 64]);
@@ -136,13 +162,23 @@ mod x86 {
             );
             for _ in 0..iters {
                 for _ in 0..ACC / 4 {
-                    asm!(
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        options(nomem, nostack)
-                    );
+                    if int8 {
+                        asm!(
+                            "tdpbssd tmm0, tmm4, tmm6",
+                            "tdpbssd tmm1, tmm4, tmm7",
+                            "tdpbssd tmm2, tmm5, tmm6",
+                            "tdpbssd tmm3, tmm5, tmm7",
+                            options(nomem, nostack)
+                        );
+                    } else {
+                        asm!(
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            options(nomem, nostack)
+                        );
+                    }
                 }
             }
             asm!("tilestored [{0} + {1}*1], tmm0", in(reg) out.as_mut_ptr(), in(reg) 64usize, options(nostack));
@@ -259,7 +295,13 @@ fn main() {
         .collect();
     let ms = args.first().copied().unwrap_or(300).max(10);
     let reps = args.get(1).copied().unwrap_or(5).max(1) as usize;
-    for kind in [Kind::F32Fma, Kind::Bf16Dot, Kind::Int8Dot, Kind::AmxBf16] {
+    for kind in [
+        Kind::F32Fma,
+        Kind::Bf16Dot,
+        Kind::Int8Dot,
+        Kind::AmxBf16,
+        Kind::AmxInt8,
+    ] {
         for threads in [1, 2] {
             let (name, unit) = (kind.name(), kind.unit());
             if kind.supported() {

@@ -76,6 +76,8 @@ impl LayerNorm {
 }
 
 /// The query, key and value projections of a layer.
+// One per layer, built once at load and never moved after: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Qkv {
     Separate {
         q: Linear,
@@ -458,21 +460,26 @@ impl Bert {
             let a = layer
                 .ln1
                 .forward_residual(&layer.attn_out.forward(&ctx)?, &x, true)?;
-            let i = gelu_bias(&layer.inter, &a, true)?;
-            x = layer
-                .ln2
-                .forward_residual(&layer.out.forward(&i)?, &a, true)?;
+            let o = layer
+                .out
+                .forward_gelu_of(&layer.inter.forward_no_bias(&a)?, &layer.inter)?;
+            x = layer.ln2.forward_residual(&o, &a, true)?;
         }
-        let mut off = 0;
-        let pooled = lens
-            .iter()
-            .map(|&len| {
-                let m = x.narrow(0, off, len)?.mean(0);
-                off += len;
-                m
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        CT::stack(&pooled, 0)
+        // Mean of each sequence's rows, in one pass over x (as candle's `mean(0)` computes it: the
+        // rows summed in order, times 1 / len).
+        let pooled = with_f32(&x.contiguous()?, |x| {
+            let mut out = vec![0f32; lens.len() * h];
+            let mut rows = x.chunks_exact(h);
+            for (o, &len) in out.chunks_exact_mut(h).zip(&lens) {
+                for row in rows.by_ref().take(len) {
+                    o.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+                }
+                let inv = (1.0 / len as f64) as f32;
+                o.iter_mut().for_each(|o| *o *= inv);
+            }
+            Ok(out)
+        })?;
+        CT::from_vec(pooled, (lens.len(), h), &Device::Cpu)
     }
 }
 

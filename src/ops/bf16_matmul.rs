@@ -39,6 +39,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 
+use super::gelu_bias::gelu_rows;
+use super::simd::{dispatch, dispatch_fma};
 use super::{check_float, f32_view, in_f64, storage_of};
 
 /// Output columns per packed block (and rows per AMX tile).
@@ -209,6 +211,47 @@ pub fn bf16_matmul(x: &Tensor, w: &Arc<Bf16Weights>) -> Result<Tensor> {
 
 /// `bf16_matmul` with a chosen kernel (the caller checks `kernel.available()`).
 pub fn bf16_matmul_with(x: &Tensor, w: &Arc<Bf16Weights>, kernel: Kernel) -> Result<Tensor> {
+    bf16_matmul_bias(x, w, kernel, None)
+}
+
+/// `bf16_matmul_with` plus `bias` [n] on every row, added (in f32) to each thread's rows right
+/// after its kernel: the same sums as a separate add, without a new tensor and its pass.
+pub fn bf16_matmul_bias(
+    x: &Tensor,
+    w: &Arc<Bf16Weights>,
+    kernel: Kernel,
+    bias: Option<&Arc<[f32]>>,
+) -> Result<Tensor> {
+    bf16_op(x, w, kernel, bias, None)
+}
+
+/// `bf16_matmul_bias` of `gelu(pre + gelu_bias)` (`ops::gelu_bias`): on AMX the GELU is computed
+/// row by row as x is converted to bf16 tiles (the activation never stored as a whole in f32);
+/// the other kernels compute it first. The same result as the two ops, bit for bit.
+pub fn bf16_matmul_gelu(
+    pre: &Tensor,
+    gelu_bias: &Arc<[f32]>,
+    w: &Arc<Bf16Weights>,
+    kernel: Kernel,
+    bias: Option<&Arc<[f32]>>,
+) -> Result<Tensor> {
+    if gelu_bias.len() != w.k {
+        bail!(
+            "bf16_matmul_gelu: the GELU bias has {} values, W has {} columns",
+            gelu_bias.len(),
+            w.k
+        )
+    }
+    bf16_op(pre, w, kernel, bias, Some(gelu_bias))
+}
+
+fn bf16_op(
+    x: &Tensor,
+    w: &Arc<Bf16Weights>,
+    kernel: Kernel,
+    bias: Option<&Arc<[f32]>>,
+    gelu_bias: Option<&Arc<[f32]>>,
+) -> Result<Tensor> {
     check_float(x, "bf16_matmul x")?;
     let (_, k) = x.dims2().map_err(|_| {
         candle_core::Error::Msg(format!("bf16_matmul: x must be [m, k], got {:?}", x.dims()))
@@ -222,9 +265,18 @@ pub fn bf16_matmul_with(x: &Tensor, w: &Arc<Bf16Weights>, kernel: Kernel) -> Res
     if !kernel.available() {
         bail!("bf16_matmul: this CPU has no {} kernel", kernel.as_str())
     }
+    if let Some(b) = bias.filter(|b| b.len() != w.n) {
+        bail!(
+            "bf16_matmul: bias has {} values, W has {} rows",
+            b.len(),
+            w.n
+        )
+    }
     x.contiguous()?.apply_op1_no_bwd(&Bf16Matmul {
         w: Arc::clone(w),
         kernel,
+        bias: bias.cloned(),
+        gelu_bias: gelu_bias.cloned(),
     })
 }
 
@@ -240,6 +292,9 @@ pub fn bf16_matmul_ref(x: &Tensor, w: &Bf16Weights) -> Result<Tensor> {
 struct Bf16Matmul {
     w: Arc<Bf16Weights>,
     kernel: Kernel,
+    bias: Option<Arc<[f32]>>,
+    /// Set: x is the pre-activation, multiplied as `gelu(x + gelu_bias)`.
+    gelu_bias: Option<Arc<[f32]>>,
 }
 
 impl CustomOp1 for Bf16Matmul {
@@ -254,7 +309,11 @@ impl CustomOp1 for Bf16Matmul {
         let y = if m == 0 || n == 0 || k == 0 {
             vec![0f32; m * n]
         } else {
-            forward(&x, m, &self.w, self.kernel)
+            let ends = Ends {
+                bias: self.bias.as_deref(),
+                gelu_bias: self.gelu_bias.as_deref(),
+            };
+            forward(&x, m, &self.w, self.kernel, ends)
         };
         Ok((storage_of(y, s.dtype())?, Shape::from((m, n))))
     }
@@ -291,7 +350,15 @@ fn with_a_buffer<R>(len: usize, f: impl FnOnce(&mut [u16]) -> R) -> R {
 /// y [m, n] = x [m, k] · Wᵀ. With more than one CPU thread per forward pass (candle's
 /// `get_num_threads`, set by `--intra-op-threads`), large products split their rows over scoped
 /// threads: each runs the kernel on its own rows of x and y (the weights are shared, read-only).
-fn forward(x: &[f32], m: usize, w: &Bf16Weights, kernel: Kernel) -> Vec<f32> {
+/// What a call adds around the product: the GELU of x's rows (with this bias) before, the bias
+/// after.
+#[derive(Clone, Copy)]
+struct Ends<'a> {
+    bias: Option<&'a [f32]>,
+    gelu_bias: Option<&'a [f32]>,
+}
+
+fn forward(x: &[f32], m: usize, w: &Bf16Weights, kernel: Kernel, ends: Ends) -> Vec<f32> {
     let rb = kernel.row_block();
     let m_pad = m.next_multiple_of(rb);
     let mut c: Vec<f32> = Vec::with_capacity(m_pad * w.n_pad);
@@ -308,11 +375,11 @@ fn forward(x: &[f32], m: usize, w: &Bf16Weights, kernel: Kernel) -> Vec<f32> {
                     .zip(a.chunks_mut(rows * w.k_pad))
                     .zip(cu.chunks_mut(rows * w.n_pad));
                 for ((x, a), c) in chunks {
-                    s.spawn(move || rows_of(x, a, w, c, kernel));
+                    s.spawn(move || rows_of(x, a, w, c, kernel, ends));
                 }
             });
         } else {
-            rows_of(x, a, w, cu, kernel);
+            rows_of(x, a, w, cu, kernel, ends);
         }
     });
     // SAFETY: `rows_of` wrote all m_pad · n_pad elements (each kernel writes every element of
@@ -332,8 +399,59 @@ fn forward(x: &[f32], m: usize, w: &Bf16Weights, kernel: Kernel) -> Vec<f32> {
 /// c = a · Wᵀ for the rows of one chunk: x [r, k] converted into a [r_pad, k_pad] (r_pad a
 /// multiple of the kernel's row block; every element written: the padding columns and the rows
 /// past r are zero), c [r_pad, n_pad], every element written.
-fn rows_of(x: &[f32], a: &mut [u16], w: &Bf16Weights, c: &mut [MaybeUninit<f32>], kernel: Kernel) {
+fn rows_of(
+    x: &[f32],
+    a: &mut [u16],
+    w: &Bf16Weights,
+    c: &mut [MaybeUninit<f32>],
+    kernel: Kernel,
+    ends: Ends,
+) {
     let r_pad = a.len() / w.k_pad.max(1);
+    match ends.gelu_bias {
+        #[cfg(target_arch = "x86_64")]
+        Some(gb) if kernel == Kernel::Amx => {
+            // SAFETY: `bf16_matmul_with` checked `available()`; `forward` sized a and c.
+            unsafe {
+                x86::to_bf16_tiles_gelu(x, gb, w.k_pad, a);
+                x86::amx(a, r_pad, w, c);
+            }
+        }
+        Some(gb) => {
+            let mut g = Vec::with_capacity(x.len());
+            dispatch_fma!(gelu_rows(x, gb, &mut g.spare_capacity_mut()[..x.len()]));
+            // SAFETY: `gelu_rows` wrote all x.len() elements.
+            unsafe { g.set_len(x.len()) };
+            kernel_rows(&g, a, r_pad, w, c, kernel);
+        }
+        None => kernel_rows(x, a, r_pad, w, c, kernel),
+    }
+    if let Some(b) = ends.bias {
+        // SAFETY: the kernel wrote every element of c (its contract above).
+        let c = unsafe { &mut *(c as *mut [MaybeUninit<f32>] as *mut [f32]) };
+        dispatch!(add_bias_rows(c, w.n_pad, b));
+    }
+}
+
+/// `row[j] += bias[j]` for the first bias.len() values of every row (rows `ld` apart).
+#[inline(always)]
+fn add_bias_rows(c: &mut [f32], ld: usize, bias: &[f32]) {
+    for row in c.chunks_exact_mut(ld) {
+        for (v, &b) in row.iter_mut().zip(bias) {
+            *v += b;
+        }
+    }
+}
+
+/// The kernel's part of `rows_of`.
+fn kernel_rows(
+    x: &[f32],
+    a: &mut [u16],
+    r_pad: usize,
+    w: &Bf16Weights,
+    c: &mut [MaybeUninit<f32>],
+    kernel: Kernel,
+) {
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Amx => {
@@ -480,37 +598,75 @@ pub(super) mod x86 {
     /// The CPU must have AVX-512 F, BW and BF16.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn to_bf16_tiles(x: &[f32], k: usize, k_pad: usize, a: &mut [u16]) {
-        let kblocks = k_pad / DEPTH;
         let r = x.len() / k;
         let r_pad = a.len() / k_pad;
+        check_tiles(r, k, k_pad, r_pad);
+        for i in 0..r_pad {
+            // SAFETY: i < r_pad; row i of x has k elements.
+            unsafe { tile_row((i < r).then(|| &x[i * k..(i + 1) * k]), i, k_pad, a) };
+        }
+    }
+
+    /// `to_bf16_tiles` of `gelu(x + b)` (b [k]), one row at a time through a buffer of k floats:
+    /// the GELU as `ops::gelu_bias` computes it (the same function, compiled as its AVX-512 copy).
+    ///
+    /// # Safety
+    /// As `to_bf16_tiles`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
+    pub(super) unsafe fn to_bf16_tiles_gelu(x: &[f32], b: &[f32], k_pad: usize, a: &mut [u16]) {
+        let k = b.len();
+        let r = x.len() / k;
+        let r_pad = a.len() / k_pad;
+        check_tiles(r, k, k_pad, r_pad);
+        let mut g = vec![MaybeUninit::<f32>::uninit(); k];
+        for i in 0..r_pad {
+            let row = if i < r {
+                super::gelu_rows::<crate::ops::simd::Fused>(&x[i * k..(i + 1) * k], b, &mut g);
+                // SAFETY: `gelu_rows` wrote all k elements.
+                Some(unsafe { &*(g.as_slice() as *const [MaybeUninit<f32>] as *const [f32]) })
+            } else {
+                None
+            };
+            // SAFETY: i < r_pad.
+            unsafe { tile_row(row, i, k_pad, a) };
+        }
+    }
+
+    fn check_tiles(r: usize, k: usize, k_pad: usize, r_pad: usize) {
         assert!(
             r <= r_pad && r_pad.is_multiple_of(16) && k <= k_pad && k_pad.is_multiple_of(DEPTH),
             "bf16 tiles: sizes. This is a bug."
         );
-        for i in 0..r_pad {
-            let base = (i / 16) * kblocks * BLOCK + (i % 16) * DEPTH;
-            let mut c = 0;
-            while c < k_pad {
-                let left = if i < r {
-                    k.saturating_sub(c).min(16)
-                } else {
-                    0
-                };
-                let at = base + (c / DEPTH) * BLOCK + c % DEPTH;
-                // SAFETY: lanes < left of x[i * k + c..] are in row i < r of x; the 16 elements at
-                // `at` are inside a (i < r_pad, c + 16 <= k_pad).
-                unsafe {
-                    let b = if left == 0 {
-                        _mm256_setzero_si256()
-                    } else {
+    }
+
+    /// Row i of a (tile order, see `to_bf16_tiles`) from `row` (k values; `None`: a padding row),
+    /// every one of its k_pad elements written (zeros past k).
+    ///
+    /// # Safety
+    /// AVX-512 F, BW and BF16; i < a.len() / k_pad.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn tile_row(row: Option<&[f32]>, i: usize, k_pad: usize, a: &mut [u16]) {
+        let kblocks = k_pad / DEPTH;
+        let k = row.map_or(0, <[f32]>::len);
+        let base = (i / 16) * kblocks * BLOCK + (i % 16) * DEPTH;
+        let mut c = 0;
+        while c < k_pad {
+            let left = k.saturating_sub(c).min(16);
+            let at = base + (c / DEPTH) * BLOCK + c % DEPTH;
+            // SAFETY: lanes < left of row[c..] are in the row; the 16 elements at `at` are inside
+            // a (i < r_pad, c + 16 <= k_pad).
+            unsafe {
+                let b = match row {
+                    Some(x) if left > 0 => {
                         let mask: u16 = if left == 16 { !0 } else { (1u16 << left) - 1 };
-                        let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(i * k + c));
+                        let v = _mm512_maskz_loadu_ps(mask, x.as_ptr().add(c));
                         std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v))
-                    };
-                    _mm256_storeu_si256(a.as_mut_ptr().add(at).cast(), b);
-                }
-                c += 16;
+                    }
+                    _ => _mm256_setzero_si256(),
+                };
+                _mm256_storeu_si256(a.as_mut_ptr().add(at).cast(), b);
             }
+            c += 16;
         }
     }
 
@@ -824,6 +980,50 @@ mod tests {
         let other_k = weights(34, 8, 99);
         assert!(Bf16Weights::stack(&[&parts[0], &other_k]).is_none());
         assert!(Bf16Weights::stack(&[]).is_none());
+    }
+
+    /// The bias added right after each kernel gives what a separate add gives, bit for bit.
+    #[test]
+    fn bf16_matmul_bias_equals_a_separate_add() {
+        let w = weights(60, 40, 100);
+        let b = randn(61, &[40], DType::F32);
+        let bv: Arc<[f32]> = vec1(&b).into();
+        for kernel in kernels() {
+            for m in [1usize, 31, 77] {
+                let x = randn(62 + m as u64, &[m, 100], DType::F32);
+                let want = bf16_matmul_with(&x, &w, kernel)
+                    .unwrap()
+                    .broadcast_add(&b)
+                    .unwrap();
+                let got = bf16_matmul_bias(&x, &w, kernel, Some(&bv)).unwrap();
+                assert_eq!(vec1(&got), vec1(&want), "{kernel:?} m={m}");
+            }
+            let x = randn(63, &[2, 100], DType::F32);
+            let short: Arc<[f32]> = vec![0.0; 39].into();
+            assert!(bf16_matmul_bias(&x, &w, kernel, Some(&short)).is_err());
+            assert!(bf16_matmul_gelu(&x, &short, &w, kernel, None).is_err());
+        }
+    }
+
+    /// The GELU taken into the conversion of x gives what `gelu_bias` then the matmul give, bit
+    /// for bit, on every kernel (with and without the output bias).
+    #[test]
+    fn bf16_matmul_gelu_equals_gelu_then_matmul() {
+        let w = weights(64, 40, 100);
+        let gb = randn(65, &[100], DType::F32);
+        let b = randn(66, &[40], DType::F32);
+        let (gbv, bv): (Arc<[f32]>, Arc<[f32]>) = (vec1(&gb).into(), vec1(&b).into());
+        for kernel in kernels() {
+            for m in [1usize, 31, 77] {
+                let pre = randn(67 + m as u64, &[m, 100], DType::F32);
+                let g = crate::ops::gelu_bias(&pre, &gb).unwrap();
+                for bias in [None, Some(&bv)] {
+                    let want = bf16_matmul_bias(&g, &w, kernel, bias).unwrap();
+                    let got = bf16_matmul_gelu(&pre, &gbv, &w, kernel, bias).unwrap();
+                    assert_eq!(vec1(&got), vec1(&want), "{kernel:?} m={m}");
+                }
+            }
+        }
     }
 
     #[test]

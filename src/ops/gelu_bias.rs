@@ -65,7 +65,7 @@ fn gelu<M: MulAdd>(v: f32) -> f32 {
 
 /// `out[i] = gelu(x[i] + b[i % n])`, writing every element of `out` (x.len() of them).
 #[inline(always)]
-fn gelu_rows<M: MulAdd>(x: &[f32], b: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {
+pub(crate) fn gelu_rows<M: MulAdd>(x: &[f32], b: &[f32], out: &mut [std::mem::MaybeUninit<f32>]) {
     for (o, row) in out.chunks_exact_mut(b.len()).zip(x.chunks_exact(b.len())) {
         for ((o, &v), &bi) in o.iter_mut().zip(row).zip(b) {
             o.write(gelu::<M>(v + bi));

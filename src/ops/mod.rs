@@ -25,11 +25,12 @@ mod softmax_topk;
 
 pub use add_layer_norm::{add_layer_norm, add_layer_norm_ref};
 pub use bf16_matmul::{
-    bf16_matmul, bf16_matmul_ref, bf16_matmul_with, Bf16Weights, Kernel as Bf16Kernel,
+    bf16_matmul, bf16_matmul_bias, bf16_matmul_gelu, bf16_matmul_ref, bf16_matmul_with,
+    Bf16Weights, Kernel as Bf16Kernel,
 };
 pub use gelu_bias::{gelu_bias, gelu_bias_ref};
 pub use mean_pool::{mean_pool_l2, mean_pool_l2_ref};
-pub use q8_amx::{q8_amx_matmul, Q8Packed};
+pub use q8_amx::{q8_amx_matmul, q8_amx_matmul_bias, q8_amx_matmul_gelu, Q8Packed};
 pub use q8_matmul::{q8_matmul, q8_matmul_ref};
 pub use softmax_topk::{softmax_topk, softmax_topk_ref};
 

@@ -99,6 +99,44 @@ impl Q8Packed {
 
 /// `x · (diag(scale) · Q)ᵀ` on AMX: x [m, k] (f32, f16 or bf16) on the CPU; [m, n] in x's dtype.
 pub fn q8_amx_matmul(x: &Tensor, w: &Arc<Q8Packed>) -> Result<Tensor> {
+    q8_amx_matmul_bias(x, w, None)
+}
+
+/// `q8_amx_matmul` plus `bias` [n] on every row, added (in f32) as each block of outputs is
+/// scaled: the same sums as a separate add, without its pass over y.
+pub fn q8_amx_matmul_bias(
+    x: &Tensor,
+    w: &Arc<Q8Packed>,
+    bias: Option<&Arc<[f32]>>,
+) -> Result<Tensor> {
+    q8_amx_op(x, w, bias, None)
+}
+
+/// `q8_amx_matmul_bias` of `gelu(pre + gelu_bias)` (`ops::gelu_bias`), with the GELU computed row
+/// by row as x is quantized (the activation never stored as a whole in f32): BERT's feed-forward
+/// output layer after its GELU. The same result as the two ops one after the other, bit for bit.
+pub fn q8_amx_matmul_gelu(
+    pre: &Tensor,
+    gelu_bias: &Arc<[f32]>,
+    w: &Arc<Q8Packed>,
+    bias: Option<&Arc<[f32]>>,
+) -> Result<Tensor> {
+    if gelu_bias.len() != w.k {
+        bail!(
+            "q8_amx_matmul_gelu: the GELU bias has {} values, W has {} columns",
+            gelu_bias.len(),
+            w.k
+        )
+    }
+    q8_amx_op(pre, w, bias, Some(gelu_bias))
+}
+
+fn q8_amx_op(
+    x: &Tensor,
+    w: &Arc<Q8Packed>,
+    bias: Option<&Arc<[f32]>>,
+    gelu_bias: Option<&Arc<[f32]>>,
+) -> Result<Tensor> {
     check_float(x, "q8_amx_matmul x")?;
     let (_, k) = x.dims2().map_err(|_| {
         candle_core::Error::Msg(format!(
@@ -115,12 +153,25 @@ pub fn q8_amx_matmul(x: &Tensor, w: &Arc<Q8Packed>) -> Result<Tensor> {
     if !Q8Packed::available() {
         bail!("q8_amx_matmul: this CPU has no AMX int8")
     }
-    x.contiguous()?
-        .apply_op1_no_bwd(&Q8AmxMatmul { w: Arc::clone(w) })
+    if let Some(b) = bias.filter(|b| b.len() != w.n) {
+        bail!(
+            "q8_amx_matmul: bias has {} values, W has {} rows",
+            b.len(),
+            w.n
+        )
+    }
+    x.contiguous()?.apply_op1_no_bwd(&Q8AmxMatmul {
+        w: Arc::clone(w),
+        bias: bias.cloned(),
+        gelu_bias: gelu_bias.cloned(),
+    })
 }
 
 struct Q8AmxMatmul {
     w: Arc<Q8Packed>,
+    bias: Option<Arc<[f32]>>,
+    /// Set: x is the pre-activation, quantized as `gelu(x + gelu_bias)`.
+    gelu_bias: Option<Arc<[f32]>>,
 }
 
 impl CustomOp1 for Q8AmxMatmul {
@@ -135,7 +186,13 @@ impl CustomOp1 for Q8AmxMatmul {
         let y = if m == 0 || n == 0 || k == 0 {
             vec![0f32; m * n]
         } else {
-            forward(&x, m, &self.w)
+            forward(
+                &x,
+                m,
+                &self.w,
+                self.bias.as_deref(),
+                self.gelu_bias.as_deref(),
+            )
         };
         Ok((storage_of(y, s.dtype())?, Shape::from((m, n))))
     }
@@ -145,7 +202,13 @@ impl CustomOp1 for Q8AmxMatmul {
 const PARALLEL_MIN_WORK: usize = 1 << 24;
 
 #[cfg(target_arch = "x86_64")]
-fn forward(x: &[f32], m: usize, w: &Q8Packed) -> Vec<f32> {
+fn forward(
+    x: &[f32],
+    m: usize,
+    w: &Q8Packed,
+    bias: Option<&[f32]>,
+    gelu_bias: Option<&[f32]>,
+) -> Vec<f32> {
     let n = w.n;
     let m_pad = m.next_multiple_of(TWO);
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
@@ -159,12 +222,12 @@ fn forward(x: &[f32], m: usize, w: &Q8Packed) -> Vec<f32> {
             std::thread::scope(|s| {
                 for (x, out) in x.chunks(rows * w.k).zip(out.chunks_mut(rows * n)) {
                     // SAFETY: `available()` was checked by `q8_amx_matmul`.
-                    s.spawn(move || unsafe { x86::rows(x, w, out) });
+                    s.spawn(move || unsafe { x86::rows(x, w, bias, gelu_bias, out) });
                 }
             });
         } else {
             // SAFETY: as above.
-            unsafe { x86::rows(x, w, out) };
+            unsafe { x86::rows(x, w, bias, gelu_bias, out) };
         }
     }
     // SAFETY: `x86::rows` wrote every one of the m · n outputs (its tiles cover m_pad × n_pad).
@@ -173,7 +236,7 @@ fn forward(x: &[f32], m: usize, w: &Q8Packed) -> Vec<f32> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn forward(_: &[f32], _: usize, _: &Q8Packed) -> Vec<f32> {
+fn forward(_: &[f32], _: usize, _: &Q8Packed, _: Option<&[f32]>, _: Option<&[f32]>) -> Vec<f32> {
     unreachable!("q8_amx_matmul checks `available()`, false off x86_64")
 }
 
@@ -237,11 +300,31 @@ mod x86 {
         }
     }
 
+    /// `quantize_rows` of `gelu(x + b)` (b [k]), one row at a time through a buffer of k floats:
+    /// the GELU as `ops::gelu_bias` computes it (the same function, compiled as its AVX-512 copy).
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    fn gelu_quantize_rows(x: &[f32], b: &[f32], k_pad: usize, a: &mut [i8], sx: &mut [f32]) {
+        let k = b.len();
+        let mut g = vec![MaybeUninit::<f32>::uninit(); k];
+        for ((row, out), s) in x.chunks_exact(k).zip(a.chunks_exact_mut(k_pad)).zip(sx) {
+            crate::ops::gelu_bias::gelu_rows::<crate::ops::simd::Fused>(row, b, &mut g);
+            // SAFETY: `gelu_rows` wrote all k elements.
+            let g = unsafe { &*(g.as_slice() as *const [MaybeUninit<f32>] as *const [f32]) };
+            quantize_rows(g, k, k_pad, out, std::slice::from_mut(s));
+        }
+    }
+
     /// y for the rows of x: `out` [r, n] (r = x.len() / k), every element written.
     ///
     /// # Safety
     /// `amx_int8()` is true.
-    pub(super) unsafe fn rows(x: &[f32], w: &Q8Packed, out: &mut [MaybeUninit<f32>]) {
+    pub(super) unsafe fn rows(
+        x: &[f32],
+        w: &Q8Packed,
+        bias: Option<&[f32]>,
+        gelu_bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+    ) {
         let (k, n, k_pad, n_pad) = (w.k, w.n, w.k_pad, w.n_pad);
         let r = x.len() / k;
         let r_pad = r.next_multiple_of(TWO);
@@ -249,7 +332,10 @@ mod x86 {
         let mut a = vec![0i8; r_pad * k_pad];
         let mut sx = vec![0f32; r_pad];
         // SAFETY: the caller checked the CPU features.
-        unsafe { quantize_rows(x, k, k_pad, &mut a, &mut sx) };
+        match gelu_bias {
+            None => unsafe { quantize_rows(x, k, k_pad, &mut a, &mut sx) },
+            Some(b) => unsafe { gelu_quantize_rows(x, b, k_pad, &mut a, &mut sx) },
+        }
         let kblocks = k_pad / DEPTH;
         let lda = k_pad;
         // One 32 × 32 block of i32 sums, 128 bytes a row.
@@ -308,19 +394,51 @@ mod x86 {
                         options(nostack)
                     );
                     // The block's rows and columns inside y, scaled: dot · sx · scale, as the
-                    // VNNI path computes it.
+                    // VNNI path computes it, plus the bias.
                     let cols = (n.min(jb + TWO)).saturating_sub(jb);
-                    for i in 0..TWO.min(r.saturating_sub(ib)) {
-                        let s = sx[ib + i];
-                        let dst = &mut out[(ib + i) * n + jb..(ib + i) * n + jb + cols];
-                        let src = &sums.0[i * TWO..i * TWO + cols];
-                        for ((o, &d), &sc) in dst.iter_mut().zip(src).zip(&w.scale[jb..jb + cols]) {
-                            o.write(d as f32 * s * sc);
-                        }
-                    }
+                    let rows = TWO.min(r.saturating_sub(ib));
+                    let bias = bias.map(|b| &b[jb..jb + cols]);
+                    scale_block(
+                        &sums.0,
+                        &sx[ib..ib + rows],
+                        &w.scale[jb..jb + cols],
+                        bias,
+                        &mut out[ib * n + jb..],
+                        n,
+                    );
                 }
             }
             asm!("tilerelease", options(nomem, nostack));
+        }
+    }
+
+    /// `out[i · n + j] = sums[i][j] · sx[i] · scale[j] (+ bias[j])` for the block's rows (sx) and
+    /// columns (scale), vectorised with AVX-512 (the kernel's caller checked it).
+    #[target_feature(enable = "avx512f")]
+    fn scale_block(
+        sums: &[i32; TWO * TWO],
+        sx: &[f32],
+        scale: &[f32],
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+        n: usize,
+    ) {
+        let cols = scale.len();
+        for (i, &s) in sx.iter().enumerate() {
+            let dst = &mut out[i * n..i * n + cols];
+            let src = &sums[i * TWO..i * TWO + cols];
+            match bias {
+                Some(b) => {
+                    for (((o, &d), &sc), &b) in dst.iter_mut().zip(src).zip(scale).zip(b) {
+                        o.write(d as f32 * s * sc + b);
+                    }
+                }
+                None => {
+                    for ((o, &d), &sc) in dst.iter_mut().zip(src).zip(scale) {
+                        o.write(d as f32 * s * sc);
+                    }
+                }
+            }
         }
     }
 
@@ -431,6 +549,52 @@ mod tests {
                 .unwrap();
             assert_eq!(one[0], all[i], "row {i}");
         }
+    }
+
+    /// The bias added as blocks are scaled, and the GELU taken into the quantization of x, give
+    /// exactly what the separate ops give (odd sizes; threads on and off).
+    #[test]
+    fn q8_amx_bias_and_gelu_equal_the_separate_ops_bit_for_bit() {
+        if !Q8Packed::available() {
+            eprintln!("skipped: no AMX int8 on this CPU");
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for (i, (m, n, k)) in [(1, 8, 16), (33, 70, 130), (100, 384, 1536)]
+            .into_iter()
+            .enumerate()
+        {
+            let (packed, _, _) = weights(40 + i as u64, n, k);
+            let pre = randn(50 + i as u64, &[m, k]);
+            let b: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let gb: Vec<f32> = (0..k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+            let (bt, gbt) = (
+                Tensor::from_slice(&b, n, &Device::Cpu).unwrap(),
+                Tensor::from_slice(&gb, k, &Device::Cpu).unwrap(),
+            );
+            let (b, gb): (Arc<[f32]>, Arc<[f32]>) = (b.into(), gb.into());
+            let want = q8_amx_matmul(&pre, &packed)
+                .unwrap()
+                .broadcast_add(&bt)
+                .unwrap();
+            let got = q8_amx_matmul_bias(&pre, &packed, Some(&b)).unwrap();
+            assert_eq!(vec2(&got), vec2(&want), "bias: m {m} n {n} k {k}");
+            let g = crate::ops::gelu_bias(&pre, &gbt).unwrap();
+            for with_bias in [None, Some(&b)] {
+                let want = q8_amx_matmul_bias(&g, &packed, with_bias).unwrap();
+                let got = q8_amx_matmul_gelu(&pre, &gb, &packed, with_bias).unwrap();
+                assert_eq!(vec2(&got), vec2(&want), "gelu: m {m} n {n} k {k}");
+            }
+        }
+        let (packed, _, _) = weights(1, 8, 16);
+        let x = randn(2, &[3, 16]);
+        let short: Arc<[f32]> = vec![0.0; 7].into();
+        assert!(q8_amx_matmul_bias(&x, &packed, Some(&short)).is_err());
+        assert!(q8_amx_matmul_gelu(&x, &short, &packed, None).is_err());
+    }
+
+    fn vec2(t: &Tensor) -> Vec<Vec<f32>> {
+        t.to_vec2().unwrap()
     }
 
     #[test]

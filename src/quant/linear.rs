@@ -67,6 +67,8 @@ impl WeightOptions {
 pub struct Linear {
     w: Weight,
     b: Option<Tensor>,
+    /// The bias as f32 values, for the CPU kernels that add it as they write y (q8 on AMX, bf16).
+    b_vec: Option<Arc<[f32]>>,
     device: Device,
 }
 
@@ -171,11 +173,7 @@ impl Linear {
             Some(b) => Some(b.to_dtype(DType::F32)?),
             None => None,
         };
-        Ok(Linear {
-            w,
-            b,
-            device: device.clone(),
-        })
+        Linear::new(w, b, device.clone())
     }
 
     /// One layer computing the outputs of `parts` side by side (`[rows, Σ out]`, in order) with one
@@ -206,11 +204,11 @@ impl Linear {
             None if parts.iter().all(|p| p.b.is_none()) => None,
             None => return Ok(None),
         };
-        Ok(Some(Linear {
-            w: Weight::Bf16(Arc::new(w), kernel),
+        Ok(Some(Linear::new(
+            Weight::Bf16(Arc::new(w), kernel),
             b,
-            device: parts[0].device.clone(),
-        }))
+            parts[0].device.clone(),
+        )?))
     }
 
     /// `x W^T` without the bias; `x` [rows, in].
@@ -228,12 +226,52 @@ impl Linear {
         }
     }
 
+    fn new(w: Weight, b: Option<Tensor>, device: Device) -> Result<Linear> {
+        let b_vec = match (&w, &b) {
+            (Weight::Q8Amx(_) | Weight::Bf16(..), Some(b)) => Some(f32_vec(b)?.into()),
+            _ => None,
+        };
+        Ok(Linear {
+            w,
+            b,
+            b_vec,
+            device,
+        })
+    }
+
     /// `x W^T + b`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match (&self.w, &self.b_vec) {
+            (Weight::Q8Amx(w), Some(b)) => return crate::ops::q8_amx_matmul_bias(x, w, Some(b)),
+            (Weight::Bf16(w, kernel), Some(b)) => {
+                return crate::ops::bf16_matmul_bias(x, w, *kernel, Some(b))
+            }
+            _ => {}
+        }
         let y = self.forward_no_bias(x)?;
         match &self.b {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
+        }
+    }
+
+    /// `self.forward(gelu(pre + gelu_bias))` where `gelu_bias` is `inter`'s bias and `pre` its
+    /// output without it: a q8 layer on AMX takes the GELU into its quantization of x, a bf16 one
+    /// on AMX into its conversion of x (one pass, no f32 activation stored; bit for bit the same
+    /// result), others run `ops::gelu_bias` first.
+    pub fn forward_gelu_of(&self, pre: &Tensor, inter: &Linear) -> Result<Tensor> {
+        match (&self.w, &inter.b_vec) {
+            (Weight::Q8Amx(w), Some(gb)) if gb.len() == w.dims().1 => {
+                return crate::ops::q8_amx_matmul_gelu(pre, gb, w, self.b_vec.as_ref());
+            }
+            (Weight::Bf16(w, kernel), Some(gb)) if gb.len() == w.dims().1 => {
+                return crate::ops::bf16_matmul_gelu(pre, gb, w, *kernel, self.b_vec.as_ref());
+            }
+            _ => {}
+        }
+        match inter.bias() {
+            Some(b) => self.forward(&crate::ops::gelu_bias(pre, b)?),
+            None => self.forward(&pre.gelu_erf()?),
         }
     }
 
