@@ -329,13 +329,22 @@ mod x86 {
         let r = x.len() / k;
         let r_pad = r.next_multiple_of(TWO);
         assert!(out.len() == r * n, "q8 amx: sizes. This is a bug.");
-        let mut a = vec![0i8; r_pad * k_pad];
+        // x quantized: this thread's buffer from its last call when there is one (no allocation,
+        // no zeroing: the quantization writes every element of rows < r, padding included, and
+        // the rows past r are zeroed here).
+        let mut a_buf = A_BUF.with_borrow_mut(std::mem::take);
+        if a_buf.len() < r_pad * k_pad {
+            a_buf.resize(r_pad * k_pad, 0);
+        }
+        let a = &mut a_buf[..r_pad * k_pad];
+        a[r * k_pad..].fill(0);
         let mut sx = vec![0f32; r_pad];
         // SAFETY: the caller checked the CPU features.
         match gelu_bias {
-            None => unsafe { quantize_rows(x, k, k_pad, &mut a, &mut sx) },
-            Some(b) => unsafe { gelu_quantize_rows(x, b, k_pad, &mut a, &mut sx) },
+            None => unsafe { quantize_rows(x, k, k_pad, a, &mut sx) },
+            Some(b) => unsafe { gelu_quantize_rows(x, b, k_pad, a, &mut sx) },
         }
+        let a = &*a;
         let kblocks = k_pad / DEPTH;
         let lda = k_pad;
         // One 32 × 32 block of i32 sums, 128 bytes a row.
@@ -410,6 +419,18 @@ mod x86 {
             }
             asm!("tilerelease", options(nomem, nostack));
         }
+        if a_buf.len() <= KEEP_A_BYTES {
+            A_BUF.with_borrow_mut(|b| *b = a_buf);
+        }
+    }
+
+    /// Largest quantized x (bytes) a thread keeps between calls (MiniLM's largest, 256 tokens ×
+    /// 1536, is 384 KiB).
+    const KEEP_A_BYTES: usize = 4 << 20;
+
+    thread_local! {
+        /// This thread's buffer for x quantized, reused by its next call.
+        static A_BUF: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
     /// `out[i · n + j] = sums[i][j] · sx[i] · scale[j] (+ bias[j])` for the block's rows (sx) and
