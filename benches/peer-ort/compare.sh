@@ -13,7 +13,8 @@
 #              --protocol tei`, 64 connections, one sentence per request; and served1-V: a server
 #              with --intra-op-threads 2, 1 connection (its p50)
 #   hyper      examples/hello_hyper.rs, the same client at 1 connection: the HTTP round trip
-# The served rounds take turns across variants (ROUNDS rounds of DUR seconds; medians reported).
+# The served rounds take turns across variants (ROUNDS rounds of DUR seconds; medians reported),
+# and ONNX Runtime runs again after each round (its figure: the median of all its runs).
 # Cosines: every engine's embeddings against the torch f32 reference (export.py; mean pooling, L2).
 # Prints markdown tables (report.py) with the ratios of the issue's targets.
 #
@@ -165,13 +166,22 @@ print(f'{sys.argv[2]} rps={s["throughput"]:.1f} p50_ms={l["p50_us"] / 1000:.3f} 
       f'p99_ms={l["p99_us"] / 1000:.3f} errors={sum(s["errors"].values())}')
 PY
 }
-log "served, $ROUNDS rounds of $DUR s per target"
+log "served, $ROUNDS rounds of $DUR s per target (and ONNX Runtime again each round)"
 for r in $(seq "$ROUNDS"); do
   for v in $VARIANTS; do
     bench "served-$v" 64 | record "served-$v"
     bench "served1-$v" 1 | record "served1-$v"
   done
   bench hyper 1 | record hyper
+  # The peer between the served rounds too, so that a machine whose speed drifts during the run
+  # (seen: ±20% within minutes on shared VMs) moves both sides of a ratio alike; its figure is the
+  # median over the first measurement and these.
+  for m in f32 int8; do
+    path=$onnx_f32
+    [[ $m == int8 ]] && path=$onnx_int8
+    "$PY" benches/peer-ort/run_ort.py "$path" "$tokjson" "$tmp/sentences.txt" --threads 2 --batch 32 \
+      --rounds 2 --latency 0 | record "ort-$m"
+  done
 done
 
 "$PY" benches/peer-ort/report.py "$res"
