@@ -11,7 +11,8 @@
 #   served-V   `ferrite serve` (2 instances x 1 thread, models/minilm's config without its
 #              queue-time budget), `ferrite bench
 #              --protocol tei`, 64 connections, one sentence per request; and served1-V: a server
-#              with --intra-op-threads 2, 1 connection (its p50)
+#              with --intra-op-threads 2, 1 connection (its p50); served1z-V: the same with
+#              max_queue_delay_us = 0 (no batching delay)
 #   hyper      examples/hello_hyper.rs, the same client at 1 connection: the HTTP round trip
 # The served rounds take turns across variants (ROUNDS rounds of DUR seconds; medians reported),
 # and ONNX Runtime runs again after each round (its figure: the median of all its runs).
@@ -113,6 +114,13 @@ for v in $VARIANTS; do
   # A capacity measurement: no queue-time budget (the shipped 50 ms one answers part of a
   # 64-connection closed loop with instant 503s, which are not throughput).
   sed -i -E 's/^max_queue_time_us = [0-9]+/max_queue_time_us = 0/' "$dir/config.toml"
+  # The same without the batching delay, for latency at one connection (the delay only waits for
+  # requests that a single connection never sends: 1 ms of MiniLM's p50 there).
+  mkdir -p "$tmp/repo-$v-z"
+  cp -r "$dir" "$tmp/repo-$v-z/"
+  sed -i -E 's/^max_queue_delay_us = [0-9]+/max_queue_delay_us = 0/' "$tmp/repo-$v-z/minilm/config.toml"
+  grep -q '^max_queue_delay_us = 0' "$tmp/repo-$v-z/minilm/config.toml" \
+    || { echo "could not zero max_queue_delay_us" >&2; exit 1; }
 done
 
 log "ONNX Runtime raw engine"
@@ -145,6 +153,7 @@ start_ferrite() { # name repo intra-op-threads
 for v in $VARIANTS; do
   start_ferrite "served-$v" "$tmp/repo-$v" 1
   start_ferrite "served1-$v" "$tmp/repo-$v" 2
+  start_ferrite "served1z-$v" "$tmp/repo-$v-z" 2
 done
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$EXAMPLES/hello_hyper" "$port" 2>"$tmp/hyper.log" &
@@ -171,6 +180,7 @@ for r in $(seq "$ROUNDS"); do
   for v in $VARIANTS; do
     bench "served-$v" 64 | record "served-$v"
     bench "served1-$v" 1 | record "served1-$v"
+    bench "served1z-$v" 1 | record "served1z-$v"
   done
   bench hyper 1 | record hyper
   # The peer between the served rounds too, so that a machine whose speed drifts during the run
