@@ -168,6 +168,7 @@ mod x86 {
         let d = shape.hidden / shape.heads.max(1);
         shape.heads > 0
             && shape.hidden.is_multiple_of(shape.heads)
+            && d > 0
             && d.is_multiple_of(16)
             && d <= MAX_D
             && is_x86_feature_detected!("avx512f")
