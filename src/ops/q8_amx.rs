@@ -41,6 +41,18 @@ pub struct Q8Packed {
     k_pad: usize,
     packed: Vec<i8>,
     scale: Vec<f32>,
+    /// 128 · Σ_k Q[j, k] per column j (n_pad, zero past n): the VNNI kernel's offset (it multiplies
+    /// x + 128 as u8 by Q as i8).
+    colsum128: Vec<i32>,
+}
+
+/// The instruction a packed q8 layer runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Q8Kernel {
+    /// AMX int8 tiles (`tdpbssd`).
+    Amx,
+    /// AVX-512 VNNI (`vpdpbusd`) over the same packed layout.
+    Vnni,
 }
 
 impl Q8Packed {
@@ -58,6 +70,10 @@ impl Q8Packed {
                 packed[(jb * kblocks + kb) * BLOCK + p * 64 + c * 4 + t] = v;
             }
         }
+        let mut colsum128 = vec![0i32; n_pad];
+        for (s, row) in colsum128.iter_mut().zip(q.chunks_exact(k)) {
+            *s = 128 * row.iter().map(|&v| i32::from(v)).sum::<i32>();
+        }
         Q8Packed {
             n,
             k,
@@ -65,6 +81,7 @@ impl Q8Packed {
             k_pad,
             packed,
             scale: scale.to_vec(),
+            colsum128,
         }
     }
 
@@ -78,13 +95,25 @@ impl Q8Packed {
         self.packed.len() + 4 * self.scale.len()
     }
 
-    /// Whether q8 layers loaded now use this kernel: it is available and `FERRITE_CPU_Q8=vnni`
-    /// does not pin the VNNI path (for measurements and tests of that path; read once).
+    /// Whether q8 layers loaded now are packed (for `Q8Packed::kernel()`).
     pub fn selected() -> bool {
-        static SELECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *SELECTED.get_or_init(|| {
+        Q8Packed::kernel().is_some()
+    }
+
+    /// The kernel packed q8 layers run on: AMX int8 where the CPU and OS have it (unless
+    /// `FERRITE_CPU_Q8=vnni` pins VNNI, for measurements), else AVX-512 VNNI, else none (q8 layers
+    /// then run `q8_matmul`'s other paths). Read once.
+    pub fn kernel() -> Option<Q8Kernel> {
+        static KERNEL: std::sync::OnceLock<Option<Q8Kernel>> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(|| {
             let pinned = std::env::var("FERRITE_CPU_Q8").is_ok_and(|v| v == "vnni");
-            Q8Packed::available() && !pinned
+            if Q8Packed::available() && !pinned {
+                Some(Q8Kernel::Amx)
+            } else if Q8Kernel::Vnni.runs() {
+                Some(Q8Kernel::Vnni)
+            } else {
+                None
+            }
         })
     }
 
@@ -94,6 +123,23 @@ impl Q8Packed {
         return x86::amx_int8();
         #[cfg(not(target_arch = "x86_64"))]
         false
+    }
+}
+
+impl Q8Kernel {
+    /// Whether this CPU (and OS) runs the kernel.
+    pub fn runs(self) -> bool {
+        match self {
+            Q8Kernel::Amx => Q8Packed::available(),
+            #[cfg(target_arch = "x86_64")]
+            Q8Kernel::Vnni => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Q8Kernel::Vnni => false,
+        }
     }
 }
 
@@ -137,6 +183,19 @@ fn q8_amx_op(
     bias: Option<&Arc<[f32]>>,
     gelu_bias: Option<&Arc<[f32]>>,
 ) -> Result<Tensor> {
+    let Some(kernel) = Q8Packed::kernel() else {
+        bail!("q8_amx_matmul: this CPU has neither AMX int8 nor AVX-512 VNNI")
+    };
+    q8_packed_op(x, w, bias, gelu_bias, kernel)
+}
+
+fn q8_packed_op(
+    x: &Tensor,
+    w: &Arc<Q8Packed>,
+    bias: Option<&Arc<[f32]>>,
+    gelu_bias: Option<&Arc<[f32]>>,
+    kernel: Q8Kernel,
+) -> Result<Tensor> {
     check_float(x, "q8_amx_matmul x")?;
     let (_, k) = x.dims2().map_err(|_| {
         candle_core::Error::Msg(format!(
@@ -150,8 +209,8 @@ fn q8_amx_op(
     if !x.device().is_cpu() {
         bail!("q8_amx_matmul runs on the CPU only")
     }
-    if !Q8Packed::available() {
-        bail!("q8_amx_matmul: this CPU has no AMX int8")
+    if !kernel.runs() {
+        bail!("q8_amx_matmul: this CPU does not run the {kernel:?} kernel")
     }
     if let Some(b) = bias.filter(|b| b.len() != w.n) {
         bail!(
@@ -164,11 +223,13 @@ fn q8_amx_op(
         w: Arc::clone(w),
         bias: bias.cloned(),
         gelu_bias: gelu_bias.cloned(),
+        kernel,
     })
 }
 
 struct Q8AmxMatmul {
     w: Arc<Q8Packed>,
+    kernel: Q8Kernel,
     bias: Option<Arc<[f32]>>,
     /// Set: x is the pre-activation, quantized as `gelu(x + gelu_bias)`.
     gelu_bias: Option<Arc<[f32]>>,
@@ -192,6 +253,7 @@ impl CustomOp1 for Q8AmxMatmul {
                 &self.w,
                 self.bias.as_deref(),
                 self.gelu_bias.as_deref(),
+                self.kernel,
             )
         };
         Ok((storage_of(y, s.dtype())?, Shape::from((m, n))))
@@ -208,6 +270,7 @@ fn forward(
     w: &Q8Packed,
     bias: Option<&[f32]>,
     gelu_bias: Option<&[f32]>,
+    kernel: Q8Kernel,
 ) -> Vec<f32> {
     let n = w.n;
     let m_pad = m.next_multiple_of(TWO);
@@ -221,13 +284,13 @@ fn forward(
             let rows = (m_pad / threads).next_multiple_of(TWO);
             std::thread::scope(|s| {
                 for (x, out) in x.chunks(rows * w.k).zip(out.chunks_mut(rows * n)) {
-                    // SAFETY: `available()` was checked by `q8_amx_matmul`.
-                    s.spawn(move || unsafe { x86::rows(x, w, bias, gelu_bias, out) });
+                    // SAFETY: `kernel.runs()` was checked by `q8_packed_op`.
+                    s.spawn(move || unsafe { x86::rows(x, w, bias, gelu_bias, kernel, out) });
                 }
             });
         } else {
             // SAFETY: as above.
-            unsafe { x86::rows(x, w, bias, gelu_bias, out) };
+            unsafe { x86::rows(x, w, bias, gelu_bias, kernel, out) };
         }
     }
     // SAFETY: `x86::rows` wrote every one of the m · n outputs (its tiles cover m_pad × n_pad).
@@ -236,8 +299,15 @@ fn forward(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn forward(_: &[f32], _: usize, _: &Q8Packed, _: Option<&[f32]>, _: Option<&[f32]>) -> Vec<f32> {
-    unreachable!("q8_amx_matmul checks `available()`, false off x86_64")
+fn forward(
+    _: &[f32],
+    _: usize,
+    _: &Q8Packed,
+    _: Option<&[f32]>,
+    _: Option<&[f32]>,
+    _: Q8Kernel,
+) -> Vec<f32> {
+    unreachable!("q8_amx_matmul checks `kernel.runs()`, false off x86_64")
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -248,7 +318,7 @@ mod x86 {
     use std::sync::OnceLock;
 
     use super::super::bf16_matmul::x86::{request_tile_state, TileConfig};
-    use super::{Q8Packed, BLOCK, COLS, DEPTH, TWO};
+    use super::{Q8Kernel, Q8Packed, BLOCK, COLS, DEPTH, TWO};
 
     /// AMX-TILE and AMX-INT8 on the CPU (CPUID leaf 7: EDX bits 24 and 25), AVX-512 F/BW for the
     /// quantization, and Linux granting this process the tile data state.
@@ -317,18 +387,19 @@ mod x86 {
     /// y for the rows of x: `out` [r, n] (r = x.len() / k), every element written.
     ///
     /// # Safety
-    /// `amx_int8()` is true.
+    /// `kernel.runs()`.
     pub(super) unsafe fn rows(
         x: &[f32],
         w: &Q8Packed,
         bias: Option<&[f32]>,
         gelu_bias: Option<&[f32]>,
+        kernel: Q8Kernel,
         out: &mut [MaybeUninit<f32>],
     ) {
-        let (k, n, k_pad, n_pad) = (w.k, w.n, w.k_pad, w.n_pad);
+        let (k, k_pad) = (w.k, w.k_pad);
         let r = x.len() / k;
         let r_pad = r.next_multiple_of(TWO);
-        assert!(out.len() == r * n, "q8 amx: sizes. This is a bug.");
+        assert!(out.len() == r * w.n, "q8 amx: sizes. This is a bug.");
         // x quantized: this thread's buffer from its last call when there is one (no allocation,
         // no zeroing: the quantization writes every element of rows < r, padding included, and
         // the rows past r are zeroed here).
@@ -344,7 +415,32 @@ mod x86 {
             None => unsafe { quantize_rows(x, k, k_pad, a, &mut sx) },
             Some(b) => unsafe { gelu_quantize_rows(x, b, k_pad, a, &mut sx) },
         }
-        let a = &*a;
+        if kernel == Q8Kernel::Vnni {
+            // SAFETY: the caller checked VNNI.
+            unsafe { vnni_rows(a, r, &sx, w, bias, out) };
+        } else {
+            // SAFETY: the caller checked AMX.
+            unsafe { amx_rows(a, r, &sx, w, bias, out) };
+        }
+        if a_buf.len() <= KEEP_A_BYTES {
+            A_BUF.with_borrow_mut(|b| *b = a_buf);
+        }
+    }
+
+    /// The AMX part of `rows`: a [r_pad, k_pad] quantized, sx its row scales.
+    ///
+    /// # Safety
+    /// `amx_int8()` is true.
+    unsafe fn amx_rows(
+        a: &[i8],
+        r: usize,
+        sx: &[f32],
+        w: &Q8Packed,
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let (k_pad, n, n_pad) = (w.k_pad, w.n, w.n_pad);
+        let r_pad = r.next_multiple_of(TWO);
         let kblocks = k_pad / DEPTH;
         let lda = k_pad;
         // One 32 × 32 block of i32 sums, 128 bytes a row.
@@ -419,10 +515,90 @@ mod x86 {
             }
             asm!("tilerelease", options(nomem, nostack));
         }
-        if a_buf.len() <= KEEP_A_BYTES {
-            A_BUF.with_borrow_mut(|b| *b = a_buf);
+    }
+
+    /// `amx_rows` with VNNI `vpdpbusd` over the same packed layout and the same 32 × 32 blocks of
+    /// exact i32 sums (so the same outputs, bit for bit): x's bytes offset by 128 to u8 (one pass
+    /// over a), each packed row of 16 columns × 4 depths multiplied by 4 bytes of x broadcast, and
+    /// 128 · Σ_k Q taken back per column.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F, BW and VNNI.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn vnni_rows(
+        a: &mut [i8],
+        r: usize,
+        sx: &[f32],
+        w: &Q8Packed,
+        bias: Option<&[f32]>,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let (k_pad, n, n_pad) = (w.k_pad, w.n, w.n_pad);
+        let r_pad = r.next_multiple_of(TWO);
+        a.iter_mut().for_each(|v| *v = (*v as u8 ^ 0x80) as i8);
+        let kblocks = k_pad / DEPTH;
+        let mut sums = Sums([0; TWO * TWO]);
+        for jb in (0..n_pad).step_by(TWO) {
+            let b0 = w.packed[(jb / COLS) * kblocks * BLOCK..].as_ptr();
+            // SAFETY: jb + 32 <= n_pad: the second column block exists.
+            let b1 = unsafe { b0.add(kblocks * BLOCK) };
+            // SAFETY: colsum128 has n_pad >= jb + 32 entries.
+            let (c0, c1) = unsafe {
+                (
+                    _mm512_loadu_si512(w.colsum128.as_ptr().add(jb).cast()),
+                    _mm512_loadu_si512(w.colsum128.as_ptr().add(jb + COLS).cast()),
+                )
+            };
+            for ib in (0..r_pad).step_by(TWO) {
+                for rr in (0..TWO).step_by(RB) {
+                    let mut acc = [[_mm512_setzero_si512(); 2]; RB];
+                    let rows: [*const i8; RB] =
+                        std::array::from_fn(|i| a[(ib + rr + i) * k_pad..].as_ptr());
+                    for kb in 0..kblocks {
+                        for p in 0..DEPTH / 4 {
+                            let off = kb * BLOCK + p * 64;
+                            // SAFETY: packed blocks (jb, kb), (jb + 1, kb) hold BLOCK bytes each;
+                            // rows ib + rr + i < r_pad of a, bytes kb * 64 + 4p..+4 < k_pad.
+                            unsafe {
+                                let w0 = _mm512_loadu_si512(b0.add(off).cast());
+                                let w1 = _mm512_loadu_si512(b1.add(off).cast());
+                                for (acc, &row) in acc.iter_mut().zip(&rows) {
+                                    let xv = _mm512_set1_epi32(
+                                        row.add(kb * DEPTH + 4 * p).cast::<i32>().read_unaligned(),
+                                    );
+                                    acc[0] = _mm512_dpbusd_epi32(acc[0], xv, w0);
+                                    acc[1] = _mm512_dpbusd_epi32(acc[1], xv, w1);
+                                }
+                            }
+                        }
+                    }
+                    for (i, acc) in acc.iter().enumerate() {
+                        let at = (rr + i) * TWO;
+                        // SAFETY: row rr + i < 32 of the block, 32 columns.
+                        unsafe {
+                            let s = sums.0.as_mut_ptr().add(at);
+                            _mm512_storeu_si512(s.cast(), _mm512_sub_epi32(acc[0], c0));
+                            _mm512_storeu_si512(s.add(COLS).cast(), _mm512_sub_epi32(acc[1], c1));
+                        }
+                    }
+                }
+                let cols = (n.min(jb + TWO)).saturating_sub(jb);
+                let rows = TWO.min(r.saturating_sub(ib));
+                let bias = bias.map(|b| &b[jb..jb + cols]);
+                scale_block(
+                    &sums.0,
+                    &sx[ib..ib + rows],
+                    &w.scale[jb..jb + cols],
+                    bias,
+                    &mut out[ib * n + jb..],
+                    n,
+                );
+            }
         }
     }
+
+    /// Rows of x per VNNI sub-block (8 rows × 2 vectors of 16 columns: 16 accumulators).
+    const RB: usize = 8;
 
     /// Largest quantized x (bytes) a thread keeps between calls (MiniLM's largest, 256 tokens ×
     /// 1536, is 384 KiB).
@@ -569,6 +745,50 @@ mod tests {
                 .to_vec2::<f32>()
                 .unwrap();
             assert_eq!(one[0], all[i], "row {i}");
+        }
+    }
+
+    /// The VNNI kernel over the packed layout computes the same exact sums as the AMX tiles: within
+    /// the activation rounding of the reference, and equal to AMX bit for bit where both run, with
+    /// the fused bias and GELU too.
+    #[test]
+    fn q8_packed_vnni_matches_the_reference_and_amx() {
+        let kernels: Vec<Q8Kernel> = [Q8Kernel::Amx, Q8Kernel::Vnni]
+            .into_iter()
+            .filter(|k| k.runs())
+            .collect();
+        if !kernels.contains(&Q8Kernel::Vnni) {
+            eprintln!("skipped: no AVX-512 VNNI on this CPU");
+            return;
+        }
+        for (a, m) in [1usize, 17, 33, 100].into_iter().enumerate() {
+            for (b, (n, k)) in [(1, 1), (15, 63), (33, 65), (70, 130), (384, 384)]
+                .into_iter()
+                .enumerate()
+            {
+                let (packed, qt, st) = weights((a * 10 + b) as u64 + 500, n, k);
+                let x = randn(600 + (a * 10 + b) as u64, &[m, k]);
+                let bias: Arc<[f32]> = (0..n).map(|j| j as f32 * 0.25 - 1.0).collect();
+                let gb: Arc<[f32]> = (0..k).map(|j| 0.5 - j as f32 * 0.01).collect();
+                let run = |kernel, bias, gelu| {
+                    vec2(&q8_packed_op(&x, &packed, bias, gelu, kernel).unwrap())
+                };
+                let got = q8_packed_op(&x, &packed, None, None, Q8Kernel::Vnni).unwrap();
+                check(&x, &qt, &st, &got, &format!("vnni m {m} n {n} k {k}"));
+                if kernels.contains(&Q8Kernel::Amx) {
+                    for (bias, gelu) in
+                        [(None, None), (Some(&bias), None), (Some(&bias), Some(&gb))]
+                    {
+                        assert_eq!(
+                            run(Q8Kernel::Vnni, bias, gelu),
+                            run(Q8Kernel::Amx, bias, gelu),
+                            "m {m} n {n} k {k} bias {} gelu {}",
+                            bias.is_some(),
+                            gelu.is_some()
+                        );
+                    }
+                }
+            }
         }
     }
 
