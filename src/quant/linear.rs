@@ -1,7 +1,8 @@
 //! `Linear` (y = x W^T + b) and `Embedding` (row lookup) over dense f32 or quantized weights. On the
-//! CPU quantized weights stay quantized in memory: q8 runs through `ops::q8_matmul` (int8 weights
-//! read directly; with AVX-512 VNNI the activations are quantized per row too; never the whole
-//! matrix dequantized per call); q4 is dequantized per call into a temporary f32 matrix (about
+//! CPU quantized weights stay quantized in memory: q8 is packed at load for `ops::q8_amx_matmul`
+//! where the CPU has AMX int8 or AVX-512 VNNI (activations quantized per row, exact i32 sums), else
+//! runs through `ops::q8_matmul` (int8 weights read directly; never the whole matrix dequantized
+//! per call); q4 is dequantized per call into a temporary f32 matrix (about
 //! in x out work, small next to the matmul's rows x in x out). On a GPU, q8 weights stay int8 on
 //! the device and run through the same op's CUDA kernel when the model asks for it
 //! (`cuda_fused_ops`); otherwise, and for q4, they are dequantized once at load. Dense weights
@@ -26,8 +27,9 @@ enum Weight {
     Quant(QMatrix),
     /// bf16 on the CPU, packed for `ops::bf16_matmul` with this kernel.
     Bf16(Arc<Bf16Weights>, Bf16Kernel),
-    /// q8 on a CPU with AMX int8, packed for `ops::q8_amx_matmul` (same arithmetic as `Q8`'s VNNI
-    /// path, several times its rate).
+    /// q8 on a CPU with AMX int8 or AVX-512 VNNI, packed for `ops::q8_amx_matmul` (AMX tiles, or
+    /// VNNI over the same layout; same arithmetic as `q8_matmul`'s VNNI path, several times its
+    /// rate).
     Q8Amx(Arc<Q8Packed>),
 }
 
