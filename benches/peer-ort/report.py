@@ -70,14 +70,13 @@ def main():
     d = sys.argv[1]
     r = parse(os.path.join(d, "results.txt"))
     toks = [int(t) for t in open(os.path.join(d, "tokens.txt")).read().split()]
-    flop = (DENSE_PER_TOKEN * sum(toks) + 4 * HIDDEN * LAYERS * sum(t * t for t in toks)) / len(toks)
-    # (the work split by kind below)
     variants = [v for v in r.get("meta", {}).get("variants", [""])[0].split(",") if v]
     peak = {k: num(r, "peak", f"{k}_2t")
             for k in ("f32_fma", "bf16_dot", "int8_dot", "amx_bf16", "amx_int8")}
     n = len(toks)
     dense = DENSE_PER_TOKEN * sum(toks) / n
     attn = 4 * HIDDEN * LAYERS * sum(t * t for t in toks) / n
+    flop = dense + attn
     # bert's default float_layers under q8: attention.self.value (384 x 384) and
     # intermediate.dense (384 x 1536), of the 4 x 384^2 + 2 x 384 x 1536 per layer.
     float_share = (HIDDEN * HIDDEN + HIDDEN * FFN) / (4 * HIDDEN * HIDDEN + 2 * HIDDEN * FFN)

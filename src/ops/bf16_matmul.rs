@@ -41,7 +41,7 @@ use half::bf16;
 
 use super::gelu_bias::gelu_rows;
 use super::simd::{dispatch, dispatch_fma};
-use super::{check_float, f32_view, in_f64, storage_of};
+use super::{check_float, f32_view, in_f64, storage_of, Ends};
 
 /// Output columns per packed block (and rows per AMX tile).
 const COLS: usize = 16;
@@ -350,14 +350,6 @@ fn with_a_buffer<R>(len: usize, f: impl FnOnce(&mut [u16]) -> R) -> R {
 /// y [m, n] = x [m, k] · Wᵀ. With more than one CPU thread per forward pass (candle's
 /// `get_num_threads`, set by `--intra-op-threads`), large products split their rows over scoped
 /// threads: each runs the kernel on its own rows of x and y (the weights are shared, read-only).
-/// What a call adds around the product: the GELU of x's rows (with this bias) before, the bias
-/// after.
-#[derive(Clone, Copy)]
-struct Ends<'a> {
-    bias: Option<&'a [f32]>,
-    gelu_bias: Option<&'a [f32]>,
-}
-
 fn forward(x: &[f32], m: usize, w: &Bf16Weights, kernel: Kernel, ends: Ends) -> Vec<f32> {
     let rb = kernel.row_block();
     let m_pad = m.next_multiple_of(rb);

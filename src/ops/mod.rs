@@ -39,6 +39,14 @@ use std::borrow::Cow;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, DType, Layout, Result, Tensor};
 
+/// What a matmul call adds around the product (`bf16_matmul_*`, `q8_amx_matmul_*`): the GELU of
+/// x's rows (with this bias) before, the bias after.
+#[derive(Clone, Copy)]
+pub(crate) struct Ends<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub gelu_bias: Option<&'a [f32]>,
+}
+
 /// The contiguous elements of a float storage as f32 (borrowed when already f32).
 pub(crate) fn f32_view<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<Cow<'a, [f32]>> {
     let Some((start, end)) = l.contiguous_offsets() else {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::{check_float, f32_view, storage_of};
+use super::{check_float, f32_view, storage_of, Ends};
 
 /// Output columns per packed block (and per tile).
 const COLS: usize = 16;
@@ -253,14 +253,11 @@ impl CustomOp1 for Q8AmxMatmul {
         let y = if m == 0 || n == 0 || k == 0 {
             vec![0f32; m * n]
         } else {
-            forward(
-                &x,
-                m,
-                &self.w,
-                self.bias.as_deref(),
-                self.gelu_bias.as_deref(),
-                self.kernel,
-            )
+            let ends = Ends {
+                bias: self.bias.as_deref(),
+                gelu_bias: self.gelu_bias.as_deref(),
+            };
+            forward(&x, m, &self.w, ends, self.kernel)
         };
         Ok((storage_of(y, s.dtype())?, Shape::from((m, n))))
     }
@@ -270,14 +267,7 @@ impl CustomOp1 for Q8AmxMatmul {
 const PARALLEL_MIN_WORK: usize = 1 << 24;
 
 #[cfg(target_arch = "x86_64")]
-fn forward(
-    x: &[f32],
-    m: usize,
-    w: &Q8Packed,
-    bias: Option<&[f32]>,
-    gelu_bias: Option<&[f32]>,
-    kernel: Q8Kernel,
-) -> Vec<f32> {
+fn forward(x: &[f32], m: usize, w: &Q8Packed, ends: Ends, kernel: Q8Kernel) -> Vec<f32> {
     let n = w.n;
     let m_pad = m.next_multiple_of(TWO);
     let mut y: Vec<f32> = Vec::with_capacity(m * n);
@@ -291,12 +281,12 @@ fn forward(
             std::thread::scope(|s| {
                 for (x, out) in x.chunks(rows * w.k).zip(out.chunks_mut(rows * n)) {
                     // SAFETY: `kernel.runs()` was checked by `q8_packed_op`.
-                    s.spawn(move || unsafe { x86::rows(x, w, bias, gelu_bias, kernel, out) });
+                    s.spawn(move || unsafe { x86::rows(x, w, ends, kernel, out) });
                 }
             });
         } else {
             // SAFETY: as above.
-            unsafe { x86::rows(x, w, bias, gelu_bias, kernel, out) };
+            unsafe { x86::rows(x, w, ends, kernel, out) };
         }
     }
     // SAFETY: `x86::rows` wrote every one of the m · n outputs (its tiles cover m_pad × n_pad).
@@ -305,14 +295,7 @@ fn forward(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn forward(
-    _: &[f32],
-    _: usize,
-    _: &Q8Packed,
-    _: Option<&[f32]>,
-    _: Option<&[f32]>,
-    _: Q8Kernel,
-) -> Vec<f32> {
+fn forward(_: &[f32], _: usize, _: &Q8Packed, _: Ends, _: Q8Kernel) -> Vec<f32> {
     unreachable!("q8_amx_matmul checks `kernel.runs()`, false off x86_64")
 }
 
@@ -324,7 +307,7 @@ mod x86 {
     use std::sync::OnceLock;
 
     use super::super::bf16_matmul::x86::{request_tile_state, TileConfig};
-    use super::{Q8Kernel, Q8Packed, BLOCK, COLS, DEPTH, TWO};
+    use super::{Ends, Q8Kernel, Q8Packed, BLOCK, COLS, DEPTH, TWO};
 
     /// AMX-TILE and AMX-INT8 on the CPU (CPUID leaf 7: EDX bits 24 and 25), AVX-512 F/BW for the
     /// quantization, and Linux granting this process the tile data state.
@@ -397,11 +380,11 @@ mod x86 {
     pub(super) unsafe fn rows(
         x: &[f32],
         w: &Q8Packed,
-        bias: Option<&[f32]>,
-        gelu_bias: Option<&[f32]>,
+        ends: Ends,
         kernel: Q8Kernel,
         out: &mut [MaybeUninit<f32>],
     ) {
+        let Ends { bias, gelu_bias } = ends;
         let (k, k_pad) = (w.k, w.k_pad);
         let r = x.len() / k;
         let r_pad = r.next_multiple_of(TWO);
@@ -423,30 +406,29 @@ mod x86 {
         }
         if kernel == Q8Kernel::Vnni {
             // SAFETY: the caller checked VNNI.
-            unsafe { vnni_rows(a, r, &sx, w, bias, out) };
+            unsafe { vnni_rows(a, &sx[..r], w, bias, out) };
         } else {
             // SAFETY: the caller checked AMX.
-            unsafe { amx_rows(a, r, &sx, w, bias, out) };
+            unsafe { amx_rows(a, &sx[..r], w, bias, out) };
         }
         if a_buf.len() <= KEEP_A_BYTES {
             A_BUF.with_borrow_mut(|b| *b = a_buf);
         }
     }
 
-    /// The AMX part of `rows`: a [r_pad, k_pad] quantized, sx its row scales.
+    /// The AMX part of `rows`: a [r_pad, k_pad] quantized, sx the scales of its r real rows.
     ///
     /// # Safety
     /// `amx_int8()` is true.
     unsafe fn amx_rows(
         a: &[i8],
-        r: usize,
         sx: &[f32],
         w: &Q8Packed,
         bias: Option<&[f32]>,
         out: &mut [MaybeUninit<f32>],
     ) {
-        let (k_pad, n, n_pad) = (w.k_pad, w.n, w.n_pad);
-        let r_pad = r.next_multiple_of(TWO);
+        let (k_pad, n_pad) = (w.k_pad, w.n_pad);
+        let r_pad = sx.len().next_multiple_of(TWO);
         let kblocks = k_pad / DEPTH;
         let lda = k_pad;
         // One 32 × 32 block of i32 sums, 128 bytes a row.
@@ -504,19 +486,7 @@ mod x86 {
                         ld = in(reg) TWO * 4,
                         options(nostack)
                     );
-                    // The block's rows and columns inside y, scaled: dot · sx · scale, as the
-                    // VNNI path computes it, plus the bias.
-                    let cols = (n.min(jb + TWO)).saturating_sub(jb);
-                    let rows = TWO.min(r.saturating_sub(ib));
-                    let bias = bias.map(|b| &b[jb..jb + cols]);
-                    scale_block(
-                        &sums.0,
-                        &sx[ib..ib + rows],
-                        &w.scale[jb..jb + cols],
-                        bias,
-                        &mut out[ib * n + jb..],
-                        n,
-                    );
+                    write_block(&sums.0, ib, jb, sx, w, bias, out);
                 }
             }
             asm!("tilerelease", options(nomem, nostack));
@@ -533,14 +503,13 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn vnni_rows(
         a: &mut [i8],
-        r: usize,
         sx: &[f32],
         w: &Q8Packed,
         bias: Option<&[f32]>,
         out: &mut [MaybeUninit<f32>],
     ) {
-        let (k_pad, n, n_pad) = (w.k_pad, w.n, w.n_pad);
-        let r_pad = r.next_multiple_of(TWO);
+        let (k_pad, n_pad) = (w.k_pad, w.n_pad);
+        let r_pad = sx.len().next_multiple_of(TWO);
         a.iter_mut().for_each(|v| *v = (*v as u8 ^ 0x80) as i8);
         let kblocks = k_pad / DEPTH;
         let mut sums = Sums([0; TWO * TWO]);
@@ -588,17 +557,7 @@ mod x86 {
                         }
                     }
                 }
-                let cols = (n.min(jb + TWO)).saturating_sub(jb);
-                let rows = TWO.min(r.saturating_sub(ib));
-                let bias = bias.map(|b| &b[jb..jb + cols]);
-                scale_block(
-                    &sums.0,
-                    &sx[ib..ib + rows],
-                    &w.scale[jb..jb + cols],
-                    bias,
-                    &mut out[ib * n + jb..],
-                    n,
-                );
+                write_block(&sums.0, ib, jb, sx, w, bias, out);
             }
         }
     }
@@ -615,18 +574,26 @@ mod x86 {
         static A_BUF: std::cell::RefCell<Vec<i8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
 
-    /// `out[i · n + j] = sums[i][j] · sx[i] · scale[j] (+ bias[j])` for the block's rows (sx) and
-    /// columns (scale), vectorised with AVX-512 (the kernel's caller checked it).
+    /// The 32 × 32 block of sums at rows ib.., columns jb.. into y (`out` [r, n], r = sx.len()),
+    /// its rows and columns inside y only, scaled as the VNNI path computes it plus the bias:
+    /// `out[i · n + j] = sums[i][j] · sx[i] · scale[j] (+ bias[j])`; vectorised with AVX-512 (the
+    /// kernels' callers checked it).
     #[target_feature(enable = "avx512f")]
-    fn scale_block(
+    fn write_block(
         sums: &[i32; TWO * TWO],
+        ib: usize,
+        jb: usize,
         sx: &[f32],
-        scale: &[f32],
+        w: &Q8Packed,
         bias: Option<&[f32]>,
         out: &mut [MaybeUninit<f32>],
-        n: usize,
     ) {
-        let cols = scale.len();
+        let n = w.n;
+        let cols = n.min(jb + TWO).saturating_sub(jb);
+        let rows = TWO.min(sx.len().saturating_sub(ib));
+        let (sx, scale) = (&sx[ib..ib + rows], &w.scale[jb..jb + cols]);
+        let bias = bias.map(|b| &b[jb..jb + cols]);
+        let out = &mut out[ib * n + jb..];
         for (i, &s) in sx.iter().enumerate() {
             let dst = &mut out[i * n..i * n + cols];
             let src = &sums[i * TWO..i * TWO + cols];

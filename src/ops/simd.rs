@@ -2,6 +2,12 @@
 //! element, which stops the loop from vectorising) and `dispatch!`, which runs a loop compiled for
 //! AVX-512 or AVX2+FMA when the CPU has them (the crate itself targets baseline x86-64).
 
+/// `exp`'s range reduction (shared by `exp_with` and `exp512`): 1.5 · 2^23, whose addition rounds to
+/// an integer in the low bits, and ln 2 split in a high and a low part.
+const MAGIC: f32 = 12_582_912.0;
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+
 /// e^x for finite x, relative error < 4e-7 (a few ulp) on [-87, 88]; x is clamped to that range (e^-87 ≈ 1.6e-38
 /// is the smallest normal result; the callers only need e^x → 0 there). Range reduction
 /// x = n ln2 + r with |r| ≤ ln2/2, then a degree-6 Taylor polynomial and 2^n built from bits.
@@ -39,9 +45,6 @@ impl MulAdd for Split {
 /// `exp` with its polynomial evaluated by `M`'s multiply-add.
 #[inline(always)]
 pub(crate) fn exp_with<M: MulAdd>(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer in the low bits
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     let x = x.clamp(-87.0, 88.0);
     let t = x * std::f32::consts::LOG2_E + MAGIC;
     let n = t - MAGIC;
@@ -76,9 +79,6 @@ pub(crate) fn exp_with<M: MulAdd>(x: f32) -> f32 {
 #[inline]
 pub(crate) fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
-    const MAGIC: f32 = 12_582_912.0;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     let under = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.0));
     let x = _mm512_min_ps(
         _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
