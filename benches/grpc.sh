@@ -2,8 +2,9 @@
 # gRPC vs HTTP on digits, same server, same run, ROUNDS interleaved rounds (machine noise hits every
 # variant alike); prints each measurement and the median req/s per variant with the ratios.
 #   perf_analyzer (NVIDIA's, from the tritonclient 2.50.0 wheel): -i grpc (raw contents), -i grpc
-#   --streaming, -i http (binary tensors) at concurrency CONC with 1 row per request, and -i grpc vs
-#   -i http with 64 rows per request;
+#   --streaming, -i http (binary tensors), -i http with JSON tensors (--input-tensor-format json
+#   --output-tensor-format json) at concurrency CONC with 1 row per request, and -i grpc vs -i http
+#   with 64 rows per request;
 #   ferrite bench: --protocol grpc, v2-binary and v2-json (JSON tensors) at concurrency CONC.
 # Usage: benches/grpc.sh [FERRITE_BIN=target/release/ferrite] [ROUNDS=3] [CONC=64] [INTERVAL_MS=3000]
 # perf_analyzer runs from ~/.cache/ferrite/perf_analyzer: extracted from the wheel (pip download, no
@@ -64,12 +65,13 @@ fb() { # protocol
   python3 -c 'import json,sys; s=json.load(open(sys.argv[1]))["steps"][-1]; print("%.1f" % s["throughput"])' "$tmp/fb.json"
 }
 declare -A res
-variants=(pa-grpc pa-grpc-stream pa-http pa-grpc-b64 pa-http-b64 fb-grpc fb-v2-binary fb-v2-json)
+variants=(pa-grpc pa-grpc-stream pa-http pa-http-json pa-grpc-b64 pa-http-b64 fb-grpc fb-v2-binary fb-v2-json)
 run() {
   case $1 in
     pa-grpc) pa grpc "$grpc" 1 ;;
     pa-grpc-stream) pa grpc "$grpc" 1 --streaming ;;
     pa-http) pa http "$http" 1 ;;
+    pa-http-json) pa http "$http" 1 --input-tensor-format json --output-tensor-format json ;;
     pa-grpc-b64) pa grpc "$grpc" 64 ;;
     pa-http-b64) pa http "$http" 64 ;;
     fb-grpc) fb grpc ;;
@@ -80,7 +82,7 @@ run() {
 # the server's answered requests and CPU seconds so far
 answered() { curl -s "$metrics/metrics" | awk '/^nv_inference_request_success\{/ {s += $2} END {print s + 0}'; }
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$pid/stat"; }
-declare -A cpu
+declare -A cpu round  # round[r,v]: variant v's req/s in round r
 for r in $(seq "$ROUNDS"); do
   for v in "${variants[@]}"; do
     n0=$(answered); c0=$(cpu_s)
@@ -92,6 +94,7 @@ for r in $(seq "$ROUNDS"); do
     us=$(python3 -c "n = $n1 - $n0; print('%.1f' % (($c1 - $c0) * 1e6 / n) if n else 'nan')")
     echo "round $r $v: $rps req/s, server CPU $us us/request"
     res[$v]+="$rps "
+    round[$r,$v]=$rps
     cpu[$v]+="$us "
   done
 done
@@ -101,6 +104,20 @@ for v in "${variants[@]}"; do
   printf '  %-16s %10s req/s  server CPU %s us/request\n' "$v" "$(med "${res[$v]:-}")" "$(med "${cpu[$v]:-}")"
 done
 ratio() { python3 -c "a, b = '$(med "${res[$1]:-}")', '$(med "${res[$2]:-}")'; print('%.2f' % (float(a) / float(b)) if a and b else 'n/a')"; }
-echo "ratios: pa-grpc/fb-v2-json $(ratio pa-grpc fb-v2-json), pa-grpc/pa-http $(ratio pa-grpc pa-http)," \
-  "pa-grpc-stream/pa-grpc $(ratio pa-grpc-stream pa-grpc), pa-grpc-b64/pa-http-b64 $(ratio pa-grpc-b64 pa-http-b64)," \
-  "fb-grpc/fb-v2-json $(ratio fb-grpc fb-v2-json), fb-grpc/fb-v2-binary $(ratio fb-grpc fb-v2-binary)"
+echo "ratios of the medians: pa-grpc/fb-v2-json $(ratio pa-grpc fb-v2-json), fb-grpc/fb-v2-json $(ratio fb-grpc fb-v2-json)," \
+  "fb-grpc/fb-v2-binary $(ratio fb-grpc fb-v2-binary)"
+# The issue's targets, all perf_analyzer against perf_analyzer: the median of each round's own ratio
+# (both sides measured minutes apart in the same round), with the rounds' range.
+per_round() { # a b: each round's a/b, then "median (min-max)"
+  local rs="" r
+  for r in $(seq "$ROUNDS"); do
+    [[ -n "${round[$r,$1]:-}" && -n "${round[$r,$2]:-}" ]] && rs+="$(python3 -c "print('%.4f' % (${round[$r,$1]} / ${round[$r,$2]}))") "
+  done
+  [[ -z "$rs" ]] && { echo "n/a"; return; }
+  printf '%.2f (%s)' "$(med "$rs")" "$(tr ' ' '\n' <<<"$rs" | grep . | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.2f-%.2f", lo, hi}')"
+}
+echo "targets (median of the rounds' own ratios):"
+echo "  gRPC raw / HTTP JSON      (>= 1.2):  $(per_round pa-grpc pa-http-json)"
+echo "  gRPC raw / HTTP binary    (>= 1.0):  $(per_round pa-grpc pa-http)"
+echo "  streaming / unary         (>= 1.0):  $(per_round pa-grpc-stream pa-grpc)"
+echo "  64 rows: gRPC / HTTP bin. (>= 0.9):  $(per_round pa-grpc-b64 pa-http-b64)"

@@ -756,3 +756,61 @@ async fn a_queued_request_past_its_deadline_is_dropped_not_computed() {
     );
     s.server.shutdown().await;
 }
+
+/// A client that goes away (its call dropped: HTTP/2 RST_STREAM) while its request is queued: the
+/// queued work is dropped, never computed, and counted as canceled.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_goes_away_has_its_queued_request_dropped() {
+    let repo = Repo::new().with_debug("slow", 1, "[parameters]\nsleep_us = 300000\n");
+    let s = TestServer::start(repo).await;
+    let c = client(&s).await;
+    let req = || pb::ModelInferRequest {
+        model_name: "slow".into(),
+        inputs: vec![InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 4],
+            contents: Some(pb::InferTensorContents {
+                fp32_contents: vec![1.0; 4],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let pending = r#"nv_inference_pending_request_count{model="slow",version="1"}"#;
+    let wait_pending = |n: f64| {
+        let s = &s;
+        async move {
+            let until = std::time::Instant::now() + Duration::from_secs(20);
+            while s.metric(pending).await < n {
+                assert!(std::time::Instant::now() < until, "never {n} queued");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let spawn = || {
+        let (mut c, r) = (c.clone(), req());
+        tokio::spawn(async move { c.model_infer(r).await })
+    };
+    // One computing, one queued behind it, then the one that leaves, queued behind both.
+    let ahead: Vec<_> = (0..2).map(|_| spawn()).collect();
+    wait_pending(1.0).await;
+    let leaves = spawn();
+    wait_pending(2.0).await;
+    leaves.abort();
+    for a in ahead {
+        a.await.unwrap().unwrap();
+    }
+    c.clone().model_infer(req()).await.unwrap();
+    let canceled = r#"nv_inference_request_failure{model="slow",reason="CANCELED",version="1"}"#;
+    assert_eq!(s.metric(canceled).await, 1.0, "the abandoned request");
+    assert_eq!(
+        s.metric(r#"nv_inference_request_success{model="slow",version="1"}"#)
+            .await,
+        3.0,
+        "two ahead of it and one after were computed, it was not"
+    );
+    assert_eq!(s.metric(pending).await, 0.0);
+    s.server.shutdown().await;
+}

@@ -6,8 +6,8 @@
 //! `telemetry::logging::access` (buffered, in the server's log format); `RUST_LOG` can turn the
 //! `access` target off like any other.
 
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::cell::Cell;
+use std::pin::{pin, Pin};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -23,15 +23,37 @@ use crate::telemetry::logging::{self, AccessRecord};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
+/// The context of the request a task serves: its id (`x-request-id`) and what the access log's
+/// body tap saw of its body. One task-local rather than shared state: the tap runs in the task that
+/// reads the body (the handler's), and the edge takes the context back when the handler is done,
+/// so the log costs no allocation or lock per request for it.
+pub struct RequestCtx {
+    pub id: String,
+    /// Body bytes read so far.
+    body_bytes: Cell<u64>,
+    /// Lowercase hex of the body's HMAC, once the body was read to its end.
+    body_digest: Cell<Option<[u8; 64]>>,
+}
+
+impl RequestCtx {
+    pub fn new(id: String) -> RequestCtx {
+        RequestCtx {
+            id,
+            body_bytes: Cell::new(0),
+            body_digest: Cell::new(None),
+        }
+    }
+}
+
 tokio::task_local! {
-    /// The request id (`x-request-id`) of the request this task serves.
-    pub static REQUEST_ID: String;
+    /// The context (request id, body tap) of the request this task serves.
+    pub static REQUEST_ID: RequestCtx;
 }
 
 /// The request id of the current request, or "-" outside one.
 pub fn request_id() -> String {
     REQUEST_ID
-        .try_with(Clone::clone)
+        .try_with(|c| c.id.clone())
         .unwrap_or_else(|_| "-".into())
 }
 
@@ -42,18 +64,13 @@ pub struct Served {
     pub version: u64,
 }
 
-/// What the body tap saw: bytes, and the HMAC once the body was read to its end.
-struct Seen {
-    bytes: u64,
-    mac: Option<HmacSha256>,
-    /// Lowercase hex of the HMAC, once the body ended.
-    digest: Option<[u8; 64]>,
-}
-
-/// A request body that feeds every data frame to an HMAC on its way to the handler (no copy).
+/// A request body that feeds every data frame to an HMAC on its way to the handler (no copy) and
+/// counts it in the task's `RequestCtx`. A body read outside the request's task (none is today)
+/// would be logged as 0 bytes and no hash, never wrongly.
 struct Tap {
     inner: Body,
-    seen: Arc<Mutex<Seen>>,
+    /// `None` once the body ended (the digest is in the context).
+    mac: Option<HmacSha256>,
 }
 
 impl HttpBody for Tap {
@@ -65,23 +82,22 @@ impl HttpBody for Tap {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        // Short section, no await: one frame's update.
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    seen.bytes += data.len() as u64;
-                    if let Some(mac) = seen.mac.as_mut() {
+                    if let Some(mac) = self.mac.as_mut() {
                         mac.update(data);
                     }
+                    let n = data.len() as u64;
+                    let _ = REQUEST_ID.try_with(|c| c.body_bytes.set(c.body_bytes.get() + n));
                 }
             }
             Poll::Ready(None) => {
-                if let Some(mac) = seen.mac.take() {
+                if let Some(mac) = self.mac.take() {
                     let mut hex = [0u8; 64];
                     // 32 bytes into 64 hex digits: the sizes match.
                     let _ = hex::encode_to_slice(mac.finalize().into_bytes(), &mut hex);
-                    seen.digest = Some(hex);
+                    let _ = REQUEST_ID.try_with(|c| c.body_digest.set(Some(hex)));
                 }
             }
             _ => {}
@@ -145,42 +161,40 @@ async fn edge_inner(s: AppState, mut req: Request, next: Next, id: String) -> Re
     if !log {
         return match principal {
             Err(refusal) => *refusal,
-            Ok(_) => REQUEST_ID.scope(id, next.run(req)).await,
+            Ok(_) => REQUEST_ID.scope(RequestCtx::new(id), next.run(req)).await,
         };
     }
     let start = Instant::now();
     let (method, uri) = (req.method().clone(), req.uri().clone());
-    let seen = Arc::new(Mutex::new(Seen {
-        bytes: 0,
-        mac: Some(s.body_key.0.clone()),
-        digest: None,
-    }));
-    let (resp, principal) = match principal {
-        Err(refusal) => (*refusal, None),
+    let (resp, principal, ctx) = match principal {
+        Err(refusal) => (*refusal, None, RequestCtx::new(id)),
         Ok(principal) => {
             let req = req.map(|inner| {
                 Body::new(Tap {
                     inner,
-                    seen: seen.clone(),
+                    mac: Some(s.body_key.0.clone()),
                 })
             });
-            (REQUEST_ID.scope(id.clone(), next.run(req)).await, principal)
+            let mut served = pin!(REQUEST_ID.scope(RequestCtx::new(id), next.run(req)));
+            let resp = served.as_mut().await;
+            let ctx = served
+                .as_mut()
+                .take_value()
+                .expect("the scope's value is taken once, here. This is a bug.");
+            (resp, principal, ctx)
         }
     };
     let served = resp.extensions().get::<Served>();
-    let (bytes, digest) = {
-        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        (seen.bytes, seen.digest)
-    };
+    let digest = ctx.body_digest.get();
     logging::access(&AccessRecord {
-        request_id: &id,
+        request_id: &ctx.id,
         principal: principal.as_ref().map_or("-", |p| p.name.as_str()),
         method: method.as_str(),
         path: uri.path(),
         model: served.map_or("-", |s| s.model.as_str()),
         version: served.map_or(0, |s| s.version),
         status: resp.status().as_u16(),
-        request_bytes: bytes,
+        request_bytes: ctx.body_bytes.get(),
         response_bytes: resp.body().size_hint().exact().unwrap_or(0),
         duration_us: {
             // Not `as_micros`: its u128 division showed in profiles.
@@ -194,4 +208,76 @@ async fn edge_inner(s: AppState, mut req: Request, next: Next, id: String) -> Re
             .unwrap_or("-"),
     });
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn key() -> HmacSha256 {
+        <HmacSha256 as KeyInit>::new_from_slice(b"a test key, 32 bytes long.......").unwrap()
+    }
+
+    /// A body of several frames, as a client sending in chunks gives.
+    fn chunked(parts: &[&'static [u8]]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p))))
+            .collect();
+        Body::new(http_body_util::StreamBody::new(futures::stream::iter(
+            frames,
+        )))
+    }
+
+    #[tokio::test]
+    async fn the_tap_counts_and_hashes_the_body_in_the_request_context() {
+        let parts: [&'static [u8]; 3] = [b"{\"inputs\": [", b"1, 2, 3", b"]}"];
+        let whole: Vec<u8> = parts.concat();
+        let tap = Body::new(Tap {
+            inner: chunked(&parts),
+            mac: Some(key()),
+        });
+        let mut scoped = pin!(REQUEST_ID.scope(RequestCtx::new("r1".into()), async move {
+            // The handler reads the body (and passes it on unchanged).
+            tap.collect().await.unwrap().to_bytes()
+        }));
+        let read = scoped.as_mut().await;
+        let ctx = scoped.as_mut().take_value().unwrap();
+        assert_eq!(&read[..], &whole[..]);
+        assert_eq!(ctx.id, "r1");
+        assert_eq!(ctx.body_bytes.get(), whole.len() as u64);
+        let mut want = key();
+        want.update(&whole);
+        let want = hex::encode(want.finalize().into_bytes());
+        let got = ctx.body_digest.get().expect("the body was read to its end");
+        assert_eq!(std::str::from_utf8(&got).unwrap(), want);
+        // Another body gives another digest; the same body with another key does too.
+        let mut other = key();
+        other.update(b"{\"inputs\": [1, 2, 4]}");
+        assert_ne!(hex::encode(other.finalize().into_bytes()), want);
+    }
+
+    #[tokio::test]
+    async fn a_body_not_read_to_its_end_has_no_digest_and_outside_a_request_nothing_breaks() {
+        let mut tap = Body::new(Tap {
+            inner: chunked(&[b"first", b"second"]),
+            mac: Some(key()),
+        });
+        let mut scoped = pin!(REQUEST_ID.scope(RequestCtx::new("r2".into()), async move {
+            tap.frame().await.unwrap().unwrap().into_data().unwrap()
+        }));
+        let first = scoped.as_mut().await;
+        let ctx = scoped.as_mut().take_value().unwrap();
+        assert_eq!(&first[..], b"first");
+        assert_eq!(ctx.body_bytes.get(), 5);
+        assert!(ctx.body_digest.get().is_none());
+        // Read outside any request's task: passed on unchanged, nothing recorded, no panic.
+        let tap = Body::new(Tap {
+            inner: chunked(&[b"abc"]),
+            mac: Some(key()),
+        });
+        assert_eq!(&tap.collect().await.unwrap().to_bytes()[..], b"abc");
+        assert_eq!(request_id(), "-");
+    }
 }

@@ -30,7 +30,7 @@ use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use access::{request_id, BodyKey, Served, REQUEST_ID};
+pub use access::{request_id, BodyKey, RequestCtx, Served, REQUEST_ID};
 pub use auth::Security;
 pub use error::ApiError;
 

@@ -15,7 +15,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::api::{AppState, REQUEST_ID};
+use crate::api::{AppState, RequestCtx, REQUEST_ID};
 use crate::auth::{AuthError, Need, RateDecision};
 use crate::protocol::grpc::{health as hpb, pb};
 
@@ -95,7 +95,9 @@ async fn edge(State(s): State<AppState>, mut req: Request, next: Next) -> Respon
         }
     }
     let start = Instant::now();
-    let resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
+    let resp = REQUEST_ID
+        .scope(RequestCtx::new(id.clone()), next.run(req))
+        .await;
     if s.access_log {
         tracing::info!(
             target: "access",
