@@ -301,16 +301,9 @@ async fn client_errors_map_to_grpc_codes() {
     s.server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn overload_is_unavailable_with_retry_and_the_client_deadline_is_honoured() {
-    let repo = Repo::new().with_debug(
-        "slow",
-        1,
-        "[dynamic_batching]\nmax_queue_size = 1\n[parameters]\nsleep_us = 400000\n",
-    );
-    let s = TestServer::start(repo).await;
-    let c = client(&s).await;
-    let req = || pb::ModelInferRequest {
+/// One FP32 row for the debug model "slow" (the overload and queued-work tests).
+fn slow_request() -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
         model_name: "slow".into(),
         inputs: vec![InferInputTensor {
             name: "x".into(),
@@ -323,7 +316,33 @@ async fn overload_is_unavailable_with_retry_and_the_client_deadline_is_honoured(
             ..Default::default()
         }],
         ..Default::default()
-    };
+    }
+}
+
+const SLOW_PENDING: &str = r#"nv_inference_pending_request_count{model="slow",version="1"}"#;
+
+/// Waits until at least `n` requests are queued for "slow" (20 s at most).
+async fn wait_slow_pending(s: &TestServer, n: f64) {
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while s.metric(SLOW_PENDING).await < n {
+        assert!(
+            std::time::Instant::now() < until,
+            "never {n} requests queued"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overload_is_unavailable_with_retry_and_the_client_deadline_is_honoured() {
+    let repo = Repo::new().with_debug(
+        "slow",
+        1,
+        "[dynamic_batching]\nmax_queue_size = 1\n[parameters]\nsleep_us = 400000\n",
+    );
+    let s = TestServer::start(repo).await;
+    let c = client(&s).await;
+    let req = slow_request;
     // One computing, one queued (the queue holds one): the rest are refused at once.
     let calls: Vec<_> = (0..6)
         .map(|_| {
@@ -683,20 +702,7 @@ async fn a_queued_request_past_its_deadline_is_dropped_not_computed() {
     let repo = Repo::new().with_debug("slow", 1, "[parameters]\nsleep_us = 300000\n");
     let s = TestServer::start(repo).await;
     let c = client(&s).await;
-    let req = || pb::ModelInferRequest {
-        model_name: "slow".into(),
-        inputs: vec![InferInputTensor {
-            name: "x".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 4],
-            contents: Some(pb::InferTensorContents {
-                fp32_contents: vec![1.0; 4],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let req = slow_request;
     let ahead: Vec<_> = (0..2)
         .map(|_| {
             let (mut c, r) = (c.clone(), req());
@@ -704,15 +710,7 @@ async fn a_queued_request_past_its_deadline_is_dropped_not_computed() {
         })
         .collect();
     // One computing, one proven queued behind it.
-    let pending = r#"nv_inference_pending_request_count{model="slow",version="1"}"#;
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    while s.metric(pending).await < 1.0 {
-        assert!(
-            std::time::Instant::now() < until,
-            "the second request never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_slow_pending(&s, 1.0).await;
     let msg = prost::Message::encode_to_vec(&req());
     let mut frame = vec![0u8];
     frame.extend((msg.len() as u32).to_be_bytes());
@@ -764,40 +762,16 @@ async fn a_client_that_goes_away_has_its_queued_request_dropped() {
     let repo = Repo::new().with_debug("slow", 1, "[parameters]\nsleep_us = 300000\n");
     let s = TestServer::start(repo).await;
     let c = client(&s).await;
-    let req = || pb::ModelInferRequest {
-        model_name: "slow".into(),
-        inputs: vec![InferInputTensor {
-            name: "x".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 4],
-            contents: Some(pb::InferTensorContents {
-                fp32_contents: vec![1.0; 4],
-                ..Default::default()
-            }),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    let pending = r#"nv_inference_pending_request_count{model="slow",version="1"}"#;
-    let wait_pending = |n: f64| {
-        let s = &s;
-        async move {
-            let until = std::time::Instant::now() + Duration::from_secs(20);
-            while s.metric(pending).await < n {
-                assert!(std::time::Instant::now() < until, "never {n} queued");
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
+    let req = slow_request;
     let spawn = || {
         let (mut c, r) = (c.clone(), req());
         tokio::spawn(async move { c.model_infer(r).await })
     };
     // One computing, one queued behind it, then the one that leaves, queued behind both.
     let ahead: Vec<_> = (0..2).map(|_| spawn()).collect();
-    wait_pending(1.0).await;
+    wait_slow_pending(&s, 1.0).await;
     let leaves = spawn();
-    wait_pending(2.0).await;
+    wait_slow_pending(&s, 2.0).await;
     leaves.abort();
     for a in ahead {
         a.await.unwrap().unwrap();
@@ -811,6 +785,6 @@ async fn a_client_that_goes_away_has_its_queued_request_dropped() {
         3.0,
         "two ahead of it and one after were computed, it was not"
     );
-    assert_eq!(s.metric(pending).await, 0.0);
+    assert_eq!(s.metric(SLOW_PENDING).await, 0.0);
     s.server.shutdown().await;
 }
