@@ -1,33 +1,51 @@
 //! The direct cost of one access-log line (formatting it and handing it to the log buffer), without
 //! a server around it: `cargo run --release --example log_rate 2>/dev/null` (issue 14).
+//! `THREADS=2` runs that many writers at once (as the server's runtime threads write), each its
+//! own lines: the figure is then per line per writer, so cost from sharing the buffer shows.
 use std::time::Instant;
 
 use ferrite::telemetry::logging::{self, AccessRecord, LogFormat};
 
 fn main() {
     logging::init(LogFormat::Text);
+    let threads: usize = std::env::var("THREADS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(1);
+    for round in 0..3 {
+        let per_line: Vec<f64> = std::thread::scope(|s| {
+            let writers: Vec<_> = (0..threads).map(|_| s.spawn(write_lines)).collect();
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let ns: Vec<String> = per_line.iter().map(|ns| format!("{ns:.1}")).collect();
+        println!(
+            "round {round}: {} ns per access line (format + push, log to stderr; {threads} writer(s))",
+            ns.join(" / ")
+        );
+    }
+    logging::flush();
+}
+
+/// Writes 2 M lines; the mean time of one, in ns.
+fn write_lines() -> f64 {
     let n = 2_000_000u64;
     let id = "1b4e28ba-2fa1-11d2-883f-0016d3cca427";
     let hmac = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-    for round in 0..3 {
-        let t = Instant::now();
-        for i in 0..n {
-            logging::access(&AccessRecord {
-                request_id: id,
-                principal: "bench",
-                method: "POST",
-                path: "/v2/models/digits/infer",
-                model: "digits",
-                version: 1,
-                status: 200,
-                request_bytes: 712,
-                response_bytes: 398 + (i & 7),
-                duration_us: 1234 + (i & 63),
-                body_hmac: hmac,
-            });
-        }
-        let ns = t.elapsed().as_nanos() as f64 / n as f64;
-        println!("round {round}: {ns:.1} ns per access line (format + push, log to stderr)");
+    let t = Instant::now();
+    for i in 0..n {
+        logging::access(&AccessRecord {
+            request_id: id,
+            principal: "bench",
+            method: "POST",
+            path: "/v2/models/digits/infer",
+            model: "digits",
+            version: 1,
+            status: 200,
+            request_bytes: 712,
+            response_bytes: 398 + (i & 7),
+            duration_us: 1234 + (i & 63),
+            body_hmac: hmac,
+        });
     }
-    logging::flush();
+    t.elapsed().as_nanos() as f64 / n as f64
 }
