@@ -75,7 +75,8 @@ impl Sink {
             out: Mutex::default(),
             write,
             id: {
-                static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
         }
@@ -630,13 +631,23 @@ mod tests {
             }
         });
         sink.push(b"after\n", false);
-        assert!(ACCESS_WRITTEN.lock().unwrap().is_empty(), "buffered until a flush");
-        assert_eq!(sink.shards.lock().unwrap().len(), 4, "one buffer per writing thread");
+        assert!(
+            ACCESS_WRITTEN.lock().unwrap().is_empty(),
+            "buffered until a flush"
+        );
+        assert_eq!(
+            sink.shards.lock().unwrap().len(),
+            4,
+            "one buffer per writing thread"
+        );
         sink.flush();
         // The threads have ended: their buffers were written out and dropped.
         assert!(sink.shards.lock().unwrap().is_empty());
         let written = String::from_utf8(ACCESS_WRITTEN.lock().unwrap().clone()).unwrap();
-        assert!(written.ends_with("after\n"), "access lines go before the other lines of a flush");
+        assert!(
+            written.ends_with("after\n"),
+            "access lines go before the other lines of a flush"
+        );
         for t in 0..4 {
             let seen: Vec<usize> = written
                 .lines()
