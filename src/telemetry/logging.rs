@@ -619,17 +619,20 @@ mod tests {
 
     #[test]
     fn access_lines_from_many_threads_are_all_written_in_order_per_thread() {
-        let sink = Sink::new(capture_access);
-        std::thread::scope(|s| {
-            for t in 0..4 {
-                let sink = &sink;
-                s.spawn(move || {
+        let sink = Arc::new(Sink::new(capture_access));
+        // Joined one by one (not `thread::scope`, which may return before a thread's locals are
+        // dropped): once `join` returns, the thread's hold on its buffer is gone.
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let sink = sink.clone();
+                std::thread::spawn(move || {
                     for i in 0..1000 {
                         sink.push_access(format!("t{t} {i}\n").as_bytes());
                     }
-                });
-            }
-        });
+                })
+            })
+            .collect();
+        writers.into_iter().for_each(|w| w.join().unwrap());
         sink.push(b"after\n", false);
         assert!(
             ACCESS_WRITTEN.lock().unwrap().is_empty(),
