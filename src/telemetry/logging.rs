@@ -45,7 +45,7 @@ pub struct Sink {
     /// into a buffer only its own thread writes between flushes, so request threads on different
     /// cores do not pass the buffer's lock and tail between them for every line. A buffer whose
     /// thread has ended is written out and dropped at the next flush.
-    shards: Mutex<Vec<Arc<Mutex<Vec<u8>>>>>,
+    shards: Mutex<Vec<Shard>>,
     /// Held while writing out, taken before `pending` by whoever writes: lines reach stderr in the
     /// order they entered the buffer (access lines: in order per thread, each written before the
     /// other lines of the same flush).
@@ -55,9 +55,12 @@ pub struct Sink {
     id: usize,
 }
 
+/// One thread's access-line buffer, shared with the sink's list of them.
+type Shard = Arc<Mutex<Vec<u8>>>;
+
 thread_local! {
     /// This thread's access-line buffer, and the sink it belongs to (`Sink::id`).
-    static SHARD: std::cell::RefCell<Option<(usize, Arc<Mutex<Vec<u8>>>)>> =
+    static SHARD: std::cell::RefCell<Option<(usize, Shard)>> =
         const { std::cell::RefCell::new(None) };
 }
 
