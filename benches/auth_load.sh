@@ -21,7 +21,12 @@
 #      ORDER (alternate, the default: odd rounds in order, even rounds reversed; shuffle: a random
 #      order each round, seeded by SEED, default 1),
 #      FERRITE_BIN (default ${CARGO_TARGET_DIR:-target}/release/ferrite), PYTHON (with
-#      `cryptography` for the RS256 key; default python3), WRK_THREADS (2).
+#      `cryptography` for the RS256 key; default python3), WRK_THREADS (2),
+#      LOG_SINK (pipe, the default: each server's stderr goes through a pipe that is drained, as to
+#      a container runtime; file: into a file in $TMPDIR, as before 2026-12-03. On a VM whose
+#      memory the host backs on first touch, a log file growing by ~12 MB/s takes fresh pages all
+#      the time: writing it cost ~0.7 us a line there, 13x the cost of reused page-cache memory,
+#      and it charged that to the access log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -76,7 +81,14 @@ declare -A url hdr pid
 start() { # name extra-args...
   local name=$1 log="$tmp/$1.log" line
   shift
-  "$FERRITE_BIN" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 "$@" 2>"$log" &
+  rm -f "$log"
+  if [[ "${LOG_SINK:-pipe}" == file ]]; then
+    "$FERRITE_BIN" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 "$@" 2>"$log" &
+  else
+    # Startup lines (up to "server ready") into the file, the rest (the access log) drained.
+    "$FERRITE_BIN" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 "$@" \
+      2> >(while IFS= read -r l; do printf '%s\n' "$l" >>"$log"; [[ $l == *"server ready"* ]] && break; done; exec cat >/dev/null) &
+  fi
   pids+=($!)
   pid[$name]=$!
   for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done

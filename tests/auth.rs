@@ -442,7 +442,10 @@ async fn keys_are_reloaded_when_the_settings_file_changes_and_a_bad_file_keeps_t
         .status(),
         200
     );
-    // Rotate: the new key works and the old one stops, without a restart or a signal.
+    // Rotate: the new key works and the old one stops, without a restart or a signal; also on
+    // the keep-alive connection that presented it before (the client reuses its idle connection,
+    // and the connection's memo of its last credential holds only for the verifiers it was
+    // checked by).
     std::fs::write(&file, stanza("new", "key-new")).unwrap();
     let start = Instant::now();
     while post(

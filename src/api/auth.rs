@@ -125,7 +125,7 @@ fn now() -> u64 {
 /// rate, and hands the `Principal` to the handler (request extension). `Err` is the refusal.
 pub fn check(
     s: &AppState,
-    auth: &Authenticator,
+    auth: &Arc<Authenticator>,
     req: &mut Request,
 ) -> Result<Option<Arc<Principal>>, Box<Response>> {
     let principal = {
@@ -139,8 +139,11 @@ pub fn check(
             .extensions()
             .get::<crate::net::ClientCertName>()
             .map(|c| c.0.as_str());
-        let principal = auth
-            .verify(req.headers(), cn, now())
+        let (headers, now) = (req.headers(), now());
+        // On an HTTP/1.1 connection, through the connection's memo of its last credential.
+        let principal = crate::auth::CONNECTION_CREDENTIAL
+            .try_with(|memo| auth.verify_remembered(headers, cn, now, &mut memo.borrow_mut()))
+            .unwrap_or_else(|_| auth.verify(headers, cn, now))
             .map_err(|e| Box::new(refuse(door, e)))?;
         if !principal.allows(need) {
             tracing::info!(principal = %principal.name, path, "insufficient scope");

@@ -20,7 +20,7 @@ use super::{AuthError, JwtConfig, Principal, RateLimit, Scope};
 const CACHE_MAX: usize = 10_000;
 
 /// A verified token's principal and its `exp` (seconds since the epoch).
-type Verified = (Arc<Principal>, u64);
+pub type Verified = (Arc<Principal>, u64);
 
 pub struct JwtVerifier {
     hs256: Option<DecodingKey>,
@@ -149,14 +149,15 @@ impl JwtVerifier {
         })
     }
 
-    /// The principal a token stands for. `now`: seconds since the epoch (for the cache).
-    pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Principal>, AuthError> {
+    /// The principal a token stands for, and its `exp`. `now`: seconds since the epoch (for the
+    /// cache).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Verified, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((p, exp)) = cache.get(&digest) {
                 if now < *exp {
-                    return Ok(p.clone());
+                    return Ok((p.clone(), *exp));
                 }
             }
         }
@@ -209,7 +210,7 @@ impl JwtVerifier {
         }
         // Cached until exp (not exp + leeway: a cached token expires on time or early).
         cache.insert(digest, (principal.clone(), exp));
-        Ok(principal)
+        Ok((principal, exp))
     }
 
     fn principal(&self, claims: &Map<String, Value>) -> Result<Principal, AuthError> {

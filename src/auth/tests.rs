@@ -249,3 +249,93 @@ fn feedback_needs_the_feedback_or_admin_scope_not_infer() {
     assert!(!with(vec![Scope::Infer]).allows(Need::Feedback));
     assert!(!with(vec![Scope::Feedback]).allows(Need::Admin));
 }
+
+#[test]
+fn a_connections_memo_answers_only_the_same_bytes_to_the_same_verifiers_before_exp() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Authenticator::new(&config(dir.path())).unwrap();
+    let mut memo = CredentialMemo::default();
+    let t = now();
+    // An API key: verified, then answered from the memo (the connection's own copy of it).
+    let first = a
+        .verify_remembered(&bearer("key-ci"), None, t, &mut memo)
+        .unwrap();
+    let again = a
+        .verify_remembered(&bearer("key-ci"), None, t, &mut memo)
+        .unwrap();
+    assert!(Arc::ptr_eq(&first, &again), "the second came from the memo");
+    assert_eq!(*first, *a.verify(&bearer("key-ci"), None, t).unwrap());
+    // Other bytes are verified afresh, and a wrong key is refused whatever the memo holds,
+    // including one of the same length that differs in its last byte only.
+    assert_eq!(
+        a.verify_remembered(&bearer("key-cj"), None, t, &mut memo),
+        Err(AuthError::Invalid)
+    );
+    assert_eq!(
+        a.verify_remembered(&bearer("key-c"), None, t, &mut memo),
+        Err(AuthError::Invalid)
+    );
+    let ops = a
+        .verify_remembered(&bearer("key-ops"), None, t, &mut memo)
+        .unwrap();
+    assert_eq!(ops.name, "ops", "the memo now holds the other key");
+    // No credential: the memo is not consulted (the client certificate's name decides).
+    assert_eq!(
+        a.verify_remembered(&HeaderMap::new(), None, t, &mut memo),
+        Err(AuthError::Missing)
+    );
+    assert_eq!(
+        a.verify_remembered(&HeaderMap::new(), Some("batch-worker"), t, &mut memo)
+            .unwrap()
+            .name,
+        "batch-worker"
+    );
+    // New verifiers (a reload) without the key: the memo does not keep it alive.
+    let mut cfg = config(dir.path());
+    cfg.api_keys.retain(|k| k.name != "ops");
+    let reloaded = Authenticator::new(&cfg).unwrap();
+    assert_eq!(
+        reloaded.verify_remembered(&bearer("key-ops"), None, t, &mut memo),
+        Err(AuthError::Invalid)
+    );
+    // A token: remembered until its exp, then refused as expired.
+    let jwt = token(claims(60), SECRET);
+    let p = a
+        .verify_remembered(&bearer(&jwt), None, t, &mut memo)
+        .unwrap();
+    assert_eq!(p.name, "jwt:alice");
+    let q = a
+        .verify_remembered(&bearer(&jwt), None, t + 59, &mut memo)
+        .unwrap();
+    assert!(Arc::ptr_eq(&p, &q), "within exp: from the memo");
+    assert_eq!(
+        a.verify_remembered(&bearer(&jwt), None, t + 61, &mut memo),
+        Err(AuthError::Expired)
+    );
+    // A tampered copy of a remembered token (same length) is refused.
+    let mut tampered = jwt.clone().into_bytes();
+    // Inside the signature (its last character may carry only padding bits).
+    let at = tampered.len() - 10;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    a.verify_remembered(&bearer(&jwt), None, t, &mut memo)
+        .unwrap();
+    assert_eq!(
+        a.verify_remembered(&bearer(&tampered), None, t, &mut memo),
+        Err(AuthError::Invalid)
+    );
+}
+
+#[test]
+fn same_bytes_is_equality() {
+    for len in [0usize, 1, 7, 8, 9, 43, 190] {
+        let a: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+        assert!(same_bytes(&a, &a.clone()), "len {len}");
+        for i in 0..len {
+            let mut b = a.clone();
+            b[i] ^= 0x40;
+            assert!(!same_bytes(&a, &b), "len {len}, byte {i}");
+        }
+        assert!(!same_bytes(&a, &a[..len.saturating_sub(1)]) || len == 0);
+    }
+}

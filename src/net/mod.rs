@@ -221,6 +221,17 @@ impl Connection {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        // HTTP/1.1 requests run in this task: they share the connection's memo of its last
+        // credential (`auth::CredentialMemo`); HTTP/2 streams are tasks of their own.
+        crate::auth::CONNECTION_CREDENTIAL
+            .scope(Default::default(), self.serve_http(io, name))
+            .await
+    }
+
+    async fn serve_http<I>(self, io: I, name: Option<ClientCertName>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (app, peer) = (self.app, self.peer);
         let streams = Arc::new(Streams::default());
         let open = streams.clone();
