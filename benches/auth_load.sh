@@ -91,7 +91,7 @@ start() { # name extra-args...
   fi
   pids+=($!)
   pid[$name]=$!
-  for _ in $(seq 600); do grep -q 'server ready' "$log" && break; sleep 0.1; done
+  for _ in $(seq 600); do grep -q 'server ready' "$log" 2>/dev/null && break; sleep 0.1; done
   grep -q 'server ready' "$log" || { echo "ferrite $name did not become ready:" >&2; cat "$log" >&2; exit 1; }
   line=$(grep -o 'listening on http://[0-9.:]*' "$log" | head -1)
   url[$name]=${line#listening on }

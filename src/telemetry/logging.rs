@@ -8,7 +8,7 @@
 //! `FLUSH_EVERY`; a warning or an error is written at once (with everything before it, in order),
 //! and a writer that finds `BUFFER_MAX` bytes pending writes them itself, so memory stays bounded
 //! and a stalled stderr slows the server down as an unbuffered one would rather than growing the
-//! buffer. Access lines go into one buffer per thread instead (`Sink::push_access`): with two
+//! buffer. Access lines go into one buffer per thread instead (`Sink::append_access`): with two
 //! runtime threads writing one shared buffer, a line cost ~600 ns instead of ~140 (its lock and
 //! tail moving between cores; `examples/log_rate.rs` with `THREADS=2`), ~200 ns with a buffer
 //! each; a line is formatted straight into its thread's buffer (~150 ns a line). `flush` runs at
