@@ -8,6 +8,7 @@
 #   hs256    [auth.jwt] HS256 (a token minted here with PyJWT-compatible code), access log on
 #   rs256    [auth.jwt] RS256 (PEM public key), access log on
 #   apikey-nolog  the API key with the access log off (only when named in TARGETS)
+#   hs256-nolog   HS256 with the access log off (only when named in TARGETS)
 #   off-jwt  as off (no auth, no log), the client sending the HS256 token anyway: the header's own
 #            cost (client, kernel, parsing), which no server-side change removes (only in TARGETS)
 # Prints each round and the median req/s per target with its ratio to `off`, the median over rounds
@@ -102,6 +103,7 @@ launch() { # target: starts its server (url[t], pid[t], hdr[t])
     log) start log; hdr[log]="" ;;
     off-jwt) start off-jwt --access-log=false; hdr[$1]="Authorization: Bearer $(cat "$tmp/hs256.hdr")" ;;
     apikey-nolog) start "$1" --config "$tmp/apikey.toml" --access-log=false; hdr[$1]="Authorization: Bearer $(cat "$tmp/apikey.hdr")" ;;
+    hs256-nolog) start "$1" --config "$tmp/hs256.toml" --access-log=false; hdr[$1]="Authorization: Bearer $(cat "$tmp/hs256.hdr")" ;;
     *) start "$1" --config "$tmp/$1.toml"; hdr[$1]="Authorization: Bearer $(cat "$tmp/$1.hdr")" ;;
   esac
 }
