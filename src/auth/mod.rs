@@ -2,8 +2,9 @@
 //! key, a JWT or a verified client certificate), what they may do (`Scope`), and whether they are
 //! over their request rate. `api/` wraps it as middleware; nothing here touches a socket, a model
 //! or a queue. Secrets never leave this module: keys are kept as SHA-256 digests, tokens as their
-//! digest in the verification cache, and errors say only "missing", "invalid", "expired" or
-//! "insufficient scope".
+//! digest in the verification cache; a connection's `CredentialMemo` holds the bytes its client
+//! last sent, opaque to its holder, for the connection's life, zeroed when replaced or dropped.
+//! Errors say only "missing", "invalid", "expired" or "insufficient scope".
 
 mod config;
 mod jwt;
