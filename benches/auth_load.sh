@@ -82,13 +82,13 @@ declare -A url hdr pid
 start() { # name extra-args...
   local name=$1 log="$tmp/$1.log" line
   shift
+  local cmd=("$FERRITE_BIN" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 "$@")
   rm -f "$log"
   if [[ "${LOG_SINK:-pipe}" == file ]]; then
-    "$FERRITE_BIN" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 "$@" 2>"$log" &
+    "${cmd[@]}" 2>"$log" &
   else
     # Startup lines (up to "server ready") into the file, the rest (the access log) drained.
-    "$FERRITE_BIN" serve --model-repository "${MODELS:-models}" --host 127.0.0.1 --http-port 0 --metrics-port 0 --grpc-port 0 "$@" \
-      2> >(while IFS= read -r l; do printf '%s\n' "$l" >>"$log"; [[ $l == *"server ready"* ]] && break; done; exec cat >/dev/null) &
+    "${cmd[@]}" 2> >(while IFS= read -r l; do printf '%s\n' "$l" >>"$log"; [[ $l == *"server ready"* ]] && break; done; exec cat >/dev/null) &
   fi
   pids+=($!)
   pid[$name]=$!

@@ -42,7 +42,7 @@ const SHARD_MAX: usize = 256 * 1024;
 /// The shared buffer in front of stderr, and one buffer per thread for access lines.
 pub struct Sink {
     pending: Mutex<Vec<u8>>,
-    /// Access lines, one buffer per writing thread (`push_access`): the one line per request goes
+    /// Access lines, one buffer per writing thread (`append_access`): the one line per request goes
     /// into a buffer only its own thread writes between flushes, so request threads on different
     /// cores do not pass the buffer's lock and tail between them for every line. A buffer whose
     /// thread has ended is written out and dropped at the next flush.
