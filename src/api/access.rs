@@ -3,8 +3,8 @@
 //! and response sizes, duration, and a keyed hash (HMAC-SHA-256 with a per-server random key) of
 //! the request body — never payloads or texts: a plain hash of a short text could be guessed, a
 //! keyed one cannot without the key, which never leaves the process. The line is written by
-//! `telemetry::logging::access` (buffered, in the server's log format); `RUST_LOG` can turn the
-//! `access` target off like any other.
+//! `telemetry::logging::access` (buffered, formatted off the request's path, in the server's log
+//! format); `RUST_LOG` can turn the `access` target off like any other.
 
 use std::cell::Cell;
 use std::pin::{pin, Pin};
@@ -31,8 +31,8 @@ pub struct RequestCtx {
     pub id: String,
     /// Body bytes read so far.
     body_bytes: Cell<u64>,
-    /// Lowercase hex of the body's HMAC, once the body was read to its end.
-    body_digest: Cell<Option<[u8; 64]>>,
+    /// The body's HMAC, once the body was read to its end.
+    body_digest: Cell<Option<[u8; 32]>>,
 }
 
 impl RequestCtx {
@@ -94,10 +94,8 @@ impl HttpBody for Tap {
             }
             Poll::Ready(None) => {
                 if let Some(mac) = self.mac.take() {
-                    let mut hex = [0u8; 64];
-                    // 32 bytes into 64 hex digits: the sizes match.
-                    let _ = hex::encode_to_slice(mac.finalize().into_bytes(), &mut hex);
-                    let _ = REQUEST_ID.try_with(|c| c.body_digest.set(Some(hex)));
+                    let digest: [u8; 32] = mac.finalize().into_bytes().into();
+                    let _ = REQUEST_ID.try_with(|c| c.body_digest.set(Some(digest)));
                 }
             }
             _ => {}
@@ -185,7 +183,6 @@ async fn edge_inner(s: AppState, mut req: Request, next: Next, id: String) -> Re
         }
     };
     let served = resp.extensions().get::<Served>();
-    let digest = ctx.body_digest.get();
     logging::access(&AccessRecord {
         request_id: &ctx.id,
         principal: principal.as_ref().map_or("-", |p| p.name.as_str()),
@@ -201,11 +198,7 @@ async fn edge_inner(s: AppState, mut req: Request, next: Next, id: String) -> Re
             let d = start.elapsed();
             d.as_secs() * 1_000_000 + u64::from(d.subsec_micros())
         },
-        // Hex digits are ASCII.
-        body_hmac: digest
-            .as_ref()
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .unwrap_or("-"),
+        body_hmac: ctx.body_digest.get(),
     });
     resp
 }
@@ -251,7 +244,7 @@ mod tests {
         want.update(&whole);
         let want = hex::encode(want.finalize().into_bytes());
         let got = ctx.body_digest.get().expect("the body was read to its end");
-        assert_eq!(std::str::from_utf8(&got).unwrap(), want);
+        assert_eq!(hex::encode(got), want);
         // Another body gives another digest; the same body with another key does too.
         let mut other = key();
         other.update(b"{\"inputs\": [1, 2, 4]}");

@@ -11,10 +11,12 @@
 //! buffer. Access lines go into one buffer per thread instead (`Sink::append_access`): with two
 //! runtime threads writing one shared buffer, a line cost ~600 ns instead of ~140 (its lock and
 //! tail moving between cores; `examples/log_rate.rs` with `THREADS=2`), ~200 ns with a buffer
-//! each; a line is formatted straight into its thread's buffer (~150 ns a line). `flush` runs at
-//! exit and in the panic hook. A per-line channel to a writer thread (`tracing-appender`) was not
-//! used: it wakes that thread for nearly every line at this rate, which on two cores costs more
-//! than the write it saves.
+//! each. What a request thread leaves there is the record, not the line: its strings, numbers and
+//! body hash. The line is formatted when the buffer is written out: by the `ferrite-log` thread,
+//! or by a request thread whose buffer reached `SHARD_MAX`, in one pass over many records, off the
+//! request's path. `flush` runs at exit and in the panic hook. A per-line channel to a writer
+//! thread (`tracing-appender`) was not used: it wakes that thread for nearly every line at this
+//! rate, which on two cores costs more than the write it saves.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
@@ -33,10 +35,11 @@ const FLUSH_EVERY: Duration = Duration::from_millis(20);
 /// ~230 KB per period): at 256 KiB, request threads wrote the buffer themselves now and then.
 const BUFFER_MAX: usize = 1024 * 1024;
 
-/// The installed sink and format; unset until `init` (then nothing is buffered or written here).
-static SINK: OnceLock<(Sink, LogFormat)> = OnceLock::new();
+/// The installed sink; unset until `init` (then nothing is buffered or written here).
+static SINK: OnceLock<Sink> = OnceLock::new();
 
-/// Pending access-line bytes at which the thread that adds one writes its own buffer out.
+/// Pending access-record bytes (strings and fixed parts) at which the thread that adds one formats
+/// and writes its own buffer out.
 const SHARD_MAX: usize = 256 * 1024;
 
 /// The shared buffer in front of stderr, and one buffer per thread for access lines.
@@ -50,15 +53,113 @@ pub struct Sink {
     /// Held while writing out, taken before `pending` by whoever writes: lines reach stderr in the
     /// order they entered the buffer (access lines: in order per thread, each written before the
     /// other lines of the same flush).
-    out: Mutex<Vec<u8>>,
+    out: Mutex<Out>,
     write: fn(&[u8]),
+    /// The format access lines are written in.
+    format: LogFormat,
     /// Tells sinks apart in `SHARD` (an address could be reused by a later sink).
     id: usize,
 }
 
-/// One thread's access-line buffer, shared with the sink's list of them (a `String`: lines are
-/// formatted straight into it).
-type Shard = Arc<Mutex<String>>;
+/// One thread's access-record buffer, shared with the sink's list of them.
+type Shard = Arc<Mutex<Records>>;
+
+/// Access records as request threads leave them: the line is formatted when the buffer is written
+/// out, off the request's path (by the `ferrite-log` thread, or by a thread that fills its buffer).
+#[derive(Default)]
+struct Records {
+    /// The records' strings, back to back.
+    text: String,
+    records: Vec<Deferred>,
+}
+
+/// One access record but its strings (those are in `Records::text`).
+struct Deferred {
+    at: SystemTime,
+    version: u64,
+    request_bytes: u64,
+    response_bytes: u64,
+    duration_us: u64,
+    body_hmac: Option<[u8; 32]>,
+    status: u16,
+    /// Where request id, principal, method, path and model end in `Records::text`.
+    ends: [usize; 5],
+}
+
+impl Records {
+    fn push(&mut self, at: SystemTime, r: &AccessRecord<'_>) {
+        let mut ends = [0; 5];
+        for (end, s) in ends
+            .iter_mut()
+            .zip([r.request_id, r.principal, r.method, r.path, r.model])
+        {
+            self.text.push_str(s);
+            *end = self.text.len();
+        }
+        self.records.push(Deferred {
+            at,
+            version: r.version,
+            request_bytes: r.request_bytes,
+            response_bytes: r.response_bytes,
+            duration_us: r.duration_us,
+            body_hmac: r.body_hmac,
+            status: r.status,
+            ends,
+        });
+    }
+
+    /// Memory held by pending records.
+    fn size(&self) -> usize {
+        self.text.len() + self.records.len() * std::mem::size_of::<Deferred>()
+    }
+
+    /// Formats every record into `out`, in order.
+    fn format_into(&self, out: &mut String, format: LogFormat) {
+        let mut start = 0;
+        for d in &self.records {
+            let mut field = |end: usize| {
+                let s = &self.text[start..end];
+                start = end;
+                s
+            };
+            let (request_id, principal, method) =
+                (field(d.ends[0]), field(d.ends[1]), field(d.ends[2]));
+            let (path, model) = (field(d.ends[3]), field(d.ends[4]));
+            format_access(
+                out,
+                format,
+                d.at,
+                &AccessRecord {
+                    request_id,
+                    principal,
+                    method,
+                    path,
+                    model,
+                    version: d.version,
+                    status: d.status,
+                    request_bytes: d.request_bytes,
+                    response_bytes: d.response_bytes,
+                    duration_us: d.duration_us,
+                    body_hmac: d.body_hmac,
+                },
+            );
+        }
+    }
+
+    fn clear(&mut self) {
+        self.text.clear();
+        self.records.clear();
+    }
+}
+
+/// What the writer out holds: the access lines being formatted, a spare record buffer to swap
+/// with each thread's, and the other lines.
+#[derive(Default)]
+struct Out {
+    access: String,
+    spare: Records,
+    lines: Vec<u8>,
+}
 
 thread_local! {
     /// This thread's access-line buffer, and the sink it belongs to (`Sink::id`).
@@ -73,12 +174,13 @@ fn to_stderr(bytes: &[u8]) {
 }
 
 impl Sink {
-    fn new(write: fn(&[u8])) -> Sink {
+    fn new(write: fn(&[u8]), format: LogFormat) -> Sink {
         Sink {
             pending: Mutex::default(),
             shards: Mutex::default(),
             out: Mutex::default(),
             write,
+            format,
             id: {
                 static NEXT: std::sync::atomic::AtomicUsize =
                     std::sync::atomic::AtomicUsize::new(0);
@@ -87,26 +189,16 @@ impl Sink {
         }
     }
 
-    /// Adds an access line to this thread's buffer; a thread whose buffer reaches `SHARD_MAX`
-    /// writes everything out itself.
-    #[cfg(test)]
-    fn push_access(&self, line: &[u8]) {
-        self.append_access(|buf| {
-            buf.push_str(std::str::from_utf8(line).expect("test lines are UTF-8"))
-        });
-    }
-
-    /// Has `write` append one access line to this thread's buffer, in place (no copy of the line
-    /// through another buffer); a thread whose buffer reaches `SHARD_MAX` writes everything out
-    /// itself.
-    fn append_access(&self, write: impl FnOnce(&mut String)) {
+    /// Adds an access record to this thread's buffer (its line is formatted when the buffer is
+    /// written out); a thread whose buffer reaches `SHARD_MAX` writes everything out itself.
+    fn append_access(&self, at: SystemTime, r: &AccessRecord<'_>) {
         let me = self.id;
         let full = SHARD.with(|slot| {
             let mut slot = slot.borrow_mut();
             let shard = match &*slot {
                 Some((sink, shard)) if *sink == me => shard,
                 _ => {
-                    let shard = Arc::new(Mutex::new(String::new()));
+                    let shard = Arc::new(Mutex::new(Records::default()));
                     self.shards
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -114,9 +206,9 @@ impl Sink {
                     &slot.insert((me, shard)).1
                 }
             };
-            let mut buf = shard.lock().unwrap_or_else(|e| e.into_inner());
-            write(&mut buf);
-            buf.len() >= SHARD_MAX
+            let mut records = shard.lock().unwrap_or_else(|e| e.into_inner());
+            records.push(at, r);
+            records.size() >= SHARD_MAX
         });
         if full {
             self.flush();
@@ -136,33 +228,36 @@ impl Sink {
 
     /// Writes out everything pending.
     pub fn flush(&self) {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        // Copied out rather than swapped: each thread keeps its buffer (capacity, and its cache).
+        let mut guard = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let out = &mut *guard;
         self.shards
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|shard| {
-                let mut buf = shard.lock().unwrap_or_else(|e| e.into_inner());
-                out.extend_from_slice(buf.as_bytes());
-                buf.clear();
+                // Swapped with the spare (both keep their capacity), so that the thread's lock is
+                // held only for the swap, not while its lines are formatted.
+                std::mem::swap(
+                    &mut *shard.lock().unwrap_or_else(|e| e.into_inner()),
+                    &mut out.spare,
+                );
+                out.spare.format_into(&mut out.access, self.format);
+                out.spare.clear();
                 // Only this list holds it once its thread has ended.
                 Arc::strong_count(shard) > 1
             });
         {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if out.is_empty() {
-                // Swap, so that the buffers' capacity is kept and writers never wait on the write.
-                std::mem::swap(&mut *p, &mut *out);
-            } else {
-                out.extend_from_slice(&p);
-                p.clear();
-            }
+            // Swapped, so that the buffers' capacity is kept and writers never wait on the write.
+            std::mem::swap(&mut *p, &mut out.lines);
         }
-        if out.is_empty() {
-            return;
+        if !out.access.is_empty() {
+            (self.write)(out.access.as_bytes());
+            out.access.clear();
         }
-        (self.write)(&out);
-        out.clear();
+        if !out.lines.is_empty() {
+            (self.write)(&out.lines);
+            out.lines.clear();
+        }
     }
 }
 
@@ -206,10 +301,10 @@ impl<'a> MakeWriter<'a> for MakeSinkWriter {
 
 /// Installs the global subscriber and the `ferrite-log` flusher; a second call (tests) is a no-op.
 pub fn init(format: LogFormat) {
-    if SINK.set((Sink::new(to_stderr), format)).is_err() {
+    if SINK.set(Sink::new(to_stderr, format)).is_err() {
         return;
     }
-    let sink = &SINK.get().expect("set above. This is a bug.").0;
+    let sink = SINK.get().expect("set above. This is a bug.");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -238,7 +333,7 @@ pub fn init(format: LogFormat) {
 
 /// Writes out the buffered log lines now (at exit; `init` flushes on panic).
 pub fn flush() {
-    if let Some((sink, _)) = SINK.get() {
+    if let Some(sink) = SINK.get() {
         sink.flush();
     }
 }
@@ -257,8 +352,8 @@ pub struct AccessRecord<'a> {
     pub request_bytes: u64,
     pub response_bytes: u64,
     pub duration_us: u64,
-    /// Lowercase hex, or "-" (written as it is).
-    pub body_hmac: &'a str,
+    /// The body's keyed hash (written in lowercase hex), if the body was read to its end.
+    pub body_hmac: Option<[u8; 32]>,
 }
 
 /// Longest client string written to a log line, in bytes (longer ones are cut and marked `…`).
@@ -269,21 +364,29 @@ pub fn access_enabled() -> bool {
     SINK.get().is_some() && tracing::enabled!(target: "access", tracing::Level::INFO)
 }
 
-/// Writes one access line (target `access`, level `info`, message `request`) in the server's log
-/// format. Formatted here rather than by `tracing`'s formatter: this is the one line per request,
-/// and the generic formatter (span scope, field visitors, dynamic dispatch) cost ~1.5 µs of a
-/// ~40 µs request in profiles.
+/// Logs one access line (target `access`, level `info`, message `request`) in the server's log
+/// format: the record goes into this thread's buffer, and the line is formatted when the buffer is
+/// written out. Formatted here rather than by `tracing`'s formatter: this is the one line per
+/// request, and the generic formatter (span scope, field visitors, dynamic dispatch) cost ~1.5 µs
+/// of a ~40 µs request in profiles.
 pub fn access(r: &AccessRecord<'_>) {
-    let Some((sink, format)) = SINK.get() else {
-        return;
-    };
-    let now = SystemTime::now();
-    sink.append_access(|line| format_access(line, *format, now, r));
+    if let Some(sink) = SINK.get() {
+        sink.append_access(SystemTime::now(), r);
+    }
 }
 
 fn format_access(line: &mut String, format: LogFormat, now: SystemTime, r: &AccessRecord<'_>) {
     let mut ts = [0u8; 27];
     let ts = timestamp(now, &mut ts);
+    let mut hex = [0u8; 64];
+    let body_hmac = match &r.body_hmac {
+        // 32 bytes into 64 hex digits: the sizes match; hex digits are ASCII.
+        Some(d) => match hex::encode_to_slice(d, &mut hex) {
+            Ok(()) => std::str::from_utf8(&hex).unwrap_or("-"),
+            Err(_) => "-",
+        },
+        None => "-",
+    };
     // `None`: a value the server made that never needs quoting or escaping (the method is an HTTP
     // token, the HMAC lowercase hex or "-"), written as it is.
     let strings = [
@@ -293,7 +396,7 @@ fn format_access(line: &mut String, format: LogFormat, now: SystemTime, r: &Acce
         ("path", Some(r.path)),
         ("model", Some(r.model)),
     ];
-    debug_assert!(plain_bytes(r.method.as_bytes()) && plain_bytes(r.body_hmac.as_bytes()));
+    debug_assert!(plain_bytes(r.method.as_bytes()));
     let numbers = [
         ("version", r.version),
         ("status", u64::from(r.status)),
@@ -322,7 +425,7 @@ fn format_access(line: &mut String, format: LogFormat, now: SystemTime, r: &Acce
                 line.push_str(itoa::Buffer::new().format(v));
             }
             line.push_str(" body_hmac=");
-            line.push_str(r.body_hmac);
+            line.push_str(body_hmac);
         }
         LogFormat::Json => {
             let _ = write!(
@@ -345,7 +448,7 @@ fn format_access(line: &mut String, format: LogFormat, now: SystemTime, r: &Acce
                 line.push_str(itoa::Buffer::new().format(v));
             }
             line.push_str(",\"body_hmac\":\"");
-            line.push_str(r.body_hmac);
+            line.push_str(body_hmac);
             line.push_str("\",\"target\":\"access\"}");
         }
     }
@@ -502,7 +605,7 @@ mod tests {
             request_bytes: 612,
             response_bytes: 301,
             duration_us: 1234,
-            body_hmac: "ab12",
+            body_hmac: Some([0xab; 32]),
         }
     }
 
@@ -565,7 +668,7 @@ mod tests {
             "2026-12-01T18:18:00.000007Z  INFO access: request request_id=req-1 \
              principal=\"bob\\nFAKE status=500\" method=POST path=/v2/models/digits/infer \
              model=digits version=1 status=200 request_bytes=612 response_bytes=301 \
-             duration_us=1234 body_hmac=ab12\n"
+             duration_us=1234 body_hmac=abababababababababababababababababababababababababababababababab\n"
         );
     }
 
@@ -603,7 +706,7 @@ mod tests {
 
     #[test]
     fn the_sink_writes_in_order_at_once_when_urgent_or_full() {
-        let sink = Sink::new(capture);
+        let sink = Sink::new(capture, LogFormat::Text);
         sink.push(b"one\n", false);
         sink.push(b"two\n", false);
         assert!(WRITTEN.lock().unwrap().is_empty(), "buffered until a flush");
@@ -625,17 +728,30 @@ mod tests {
         ACCESS_WRITTEN.lock().unwrap().extend_from_slice(bytes);
     }
 
+    /// A record whose numbers and hash differ from thread to thread and record to record.
+    fn numbered<'a>(id: &'a str, path: &'a str, t: u8, i: u32) -> AccessRecord<'a> {
+        AccessRecord {
+            version: u64::from(t),
+            request_bytes: u64::from(i),
+            duration_us: u64::from(i) * 7,
+            body_hmac: (!i.is_multiple_of(3)).then_some([t ^ i as u8; 32]),
+            ..record(id, "bob", path)
+        }
+    }
+
     #[test]
-    fn access_lines_from_many_threads_are_all_written_in_order_per_thread() {
-        let sink = Arc::new(Sink::new(capture_access));
+    fn access_records_from_many_threads_are_all_written_in_order_per_thread() {
+        let sink = Arc::new(Sink::new(capture_access, LogFormat::Text));
         // Joined one by one (not `thread::scope`, which may return before a thread's locals are
         // dropped): once `join` returns, the thread's hold on its buffer is gone.
-        let writers: Vec<_> = (0..4)
+        let writers: Vec<_> = (0..4u8)
             .map(|t| {
                 let sink = sink.clone();
                 std::thread::spawn(move || {
                     for i in 0..1000 {
-                        sink.push_access(format!("t{t} {i}\n").as_bytes());
+                        let id = format!("t{t}-{i}");
+                        let path = format!("/v2/models/m{t}/infer");
+                        sink.append_access(at(1_796_149_080, i), &numbered(&id, &path, t, i));
                     }
                 })
             })
@@ -660,16 +776,42 @@ mod tests {
             "access lines go before the other lines of a flush"
         );
         for t in 0..4 {
-            let seen: Vec<usize> = written
+            let prefix = format!(" request_id=t{t}-");
+            let seen: Vec<u32> = written
                 .lines()
-                .filter_map(|l| l.strip_prefix(&format!("t{t} ")))
-                .map(|i| i.parse().unwrap())
+                .filter_map(|l| {
+                    let (_, rest) = l.split_once(&prefix)?;
+                    let (i, _) = rest.split_once(' ')?;
+                    // Each record's own strings and numbers, back in its line.
+                    let mut want = String::new();
+                    let (id, path) = (format!("t{t}-{i}"), format!("/v2/models/m{t}/infer"));
+                    let i: u32 = i.parse().unwrap();
+                    let r = numbered(&id, &path, t, i);
+                    format_access(&mut want, LogFormat::Text, at(1_796_149_080, i), &r);
+                    assert_eq!(format!("{l}\n"), want);
+                    Some(i)
+                })
                 .collect();
             assert_eq!(seen, (0..1000).collect::<Vec<_>>(), "thread {t}");
         }
-        // A thread that fills its buffer writes it out itself: pending memory stays bounded.
+        // A thread that fills its buffer formats and writes it out itself: pending memory stays
+        // bounded.
         let before = ACCESS_WRITTEN.lock().unwrap().len();
-        sink.push_access(&vec![b'x'; SHARD_MAX]);
-        assert_eq!(ACCESS_WRITTEN.lock().unwrap().len(), before + SHARD_MAX);
+        let long = "x".repeat(1000);
+        let mut pushed = 0;
+        while ACCESS_WRITTEN.lock().unwrap().len() == before {
+            sink.append_access(at(0, 0), &record("r", "bob", &long));
+            pushed += 1;
+            assert!(
+                pushed * 1000 <= SHARD_MAX,
+                "written out by {SHARD_MAX} bytes"
+            );
+        }
+        assert!(
+            pushed * 1000 >= SHARD_MAX / 2,
+            "not before it was nearly full"
+        );
+        let lines = String::from_utf8(ACCESS_WRITTEN.lock().unwrap()[before..].to_vec()).unwrap();
+        assert_eq!(lines.lines().count(), pushed, "every record, in full");
     }
 }
