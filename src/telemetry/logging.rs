@@ -42,13 +42,13 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 /// and writes its own buffer out.
 const SHARD_MAX: usize = 256 * 1024;
 
-/// The shared buffer in front of stderr, and one buffer per thread for access lines.
+/// The shared buffer in front of stderr, and one buffer per thread for access records.
 pub struct Sink {
     pending: Mutex<Vec<u8>>,
-    /// Access lines, one buffer per writing thread (`append_access`): the one line per request goes
-    /// into a buffer only its own thread writes between flushes, so request threads on different
-    /// cores do not pass the buffer's lock and tail between them for every line. A buffer whose
-    /// thread has ended is written out and dropped at the next flush.
+    /// Access records, one buffer per writing thread (`append_access`): the one record per request
+    /// goes into a buffer only its own thread writes between flushes, so request threads on
+    /// different cores do not pass the buffer's lock and tail between them for every line. A
+    /// buffer whose thread has ended is written out and dropped at the next flush.
     shards: Mutex<Vec<Shard>>,
     /// Held while writing out, taken before `pending` by whoever writes: lines reach stderr in the
     /// order they entered the buffer (access lines: in order per thread, each written before the
@@ -162,7 +162,7 @@ struct Out {
 }
 
 thread_local! {
-    /// This thread's access-line buffer, and the sink it belongs to (`Sink::id`).
+    /// This thread's access-record buffer, and the sink it belongs to (`Sink::id`).
     static SHARD: std::cell::RefCell<Option<(usize, Shard)>> =
         const { std::cell::RefCell::new(None) };
 }
