@@ -8,6 +8,7 @@
 
 use std::cell::Cell;
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -19,6 +20,7 @@ use hmac::{KeyInit, Mac};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::AppState;
+use crate::auth::Principal;
 use crate::telemetry::logging::{self, AccessRecord};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -29,6 +31,10 @@ type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 /// so the log costs no allocation or lock per request for it.
 pub struct RequestCtx {
     pub id: String,
+    /// Who is calling (`auth::check`'s principal): `None` with no `[auth]` or on an open route.
+    /// Handlers read it through the `Caller` extractor. Carried here rather than as a request
+    /// extension: no allocation, insert or lookup per request.
+    pub principal: Option<Arc<Principal>>,
     /// Body bytes read so far.
     body_bytes: Cell<u64>,
     /// The body's HMAC, once the body was read to its end.
@@ -37,8 +43,13 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     pub fn new(id: String) -> RequestCtx {
+        RequestCtx::with_principal(id, None)
+    }
+
+    pub fn with_principal(id: String, principal: Option<Arc<Principal>>) -> RequestCtx {
         RequestCtx {
             id,
+            principal,
             body_bytes: Cell::new(0),
             body_digest: Cell::new(None),
         }
@@ -149,23 +160,27 @@ pub async fn edge(State(s): State<AppState>, req: Request, next: Next) -> Respon
     edge_inner(s, req, next, id).await
 }
 
-async fn edge_inner(s: AppState, mut req: Request, next: Next, id: String) -> Response {
+async fn edge_inner(s: AppState, req: Request, next: Next, id: String) -> Response {
     let log = s.access_log && logging::access_enabled();
     // The guard lives for this statement only (never across an await).
     let principal = match &*s.security.current() {
-        Some(auth) => super::auth::check(&s, auth, &mut req),
+        Some(auth) => super::auth::check(&s, auth, &req),
         None => Ok(None),
     };
     if !log {
         return match principal {
             Err(refusal) => *refusal,
-            Ok(_) => REQUEST_ID.scope(RequestCtx::new(id), next.run(req)).await,
+            Ok(principal) => {
+                REQUEST_ID
+                    .scope(RequestCtx::with_principal(id, principal), next.run(req))
+                    .await
+            }
         };
     }
     let start = Instant::now();
     let (method, uri) = (req.method().clone(), req.uri().clone());
-    let (resp, principal, ctx) = match principal {
-        Err(refusal) => (*refusal, None, RequestCtx::new(id)),
+    let (resp, ctx) = match principal {
+        Err(refusal) => (*refusal, RequestCtx::new(id)),
         Ok(principal) => {
             let req = req.map(|inner| {
                 Body::new(Tap {
@@ -173,19 +188,20 @@ async fn edge_inner(s: AppState, mut req: Request, next: Next, id: String) -> Re
                     mac: Some(s.body_key.0.clone()),
                 })
             });
-            let mut served = pin!(REQUEST_ID.scope(RequestCtx::new(id), next.run(req)));
+            let ctx = RequestCtx::with_principal(id, principal);
+            let mut served = pin!(REQUEST_ID.scope(ctx, next.run(req)));
             let resp = served.as_mut().await;
             let ctx = served
                 .as_mut()
                 .take_value()
                 .expect("the scope's value is taken once, here. This is a bug.");
-            (resp, principal, ctx)
+            (resp, ctx)
         }
     };
     let served = resp.extensions().get::<Served>();
     logging::access(&AccessRecord {
         request_id: &ctx.id,
-        principal: principal.as_ref().map_or("-", |p| p.name.as_str()),
+        principal: ctx.principal.as_ref().map_or("-", |p| p.name.as_str()),
         method: method.as_str(),
         path: uri.path(),
         model: served.map_or("-", |s| s.model.as_str()),

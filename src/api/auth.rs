@@ -122,11 +122,12 @@ fn now() -> u64 {
 }
 
 /// Access control for one request: verifies the caller, checks the path's scope and the caller's
-/// rate, and hands the `Principal` to the handler (request extension). `Err` is the refusal.
+/// rate, and returns the `Principal` (the edge puts it in the request's context, where handlers
+/// read it as `Caller`). `Err` is the refusal.
 pub fn check(
     s: &AppState,
     auth: &Arc<Authenticator>,
-    req: &mut Request,
+    req: &Request,
 ) -> Result<Option<Arc<Principal>>, Box<Response>> {
     let principal = {
         let path = req.uri().path();
@@ -156,8 +157,27 @@ pub fn check(
         }
         principal
     };
-    req.extensions_mut().insert(principal.clone());
     Ok(Some(principal))
+}
+
+/// The caller of the request a handler serves (`None` with no `[auth]`), as the edge layer left it
+/// in the request's context (`RequestCtx::principal`). A handler run outside that context is a bug,
+/// and is refused (500) rather than served as if auth were off.
+pub struct Caller(pub Option<Arc<Principal>>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        _: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Caller, ApiError> {
+        super::REQUEST_ID
+            .try_with(|c| Caller(c.principal.clone()))
+            .map_err(|_| {
+                ApiError::internal("a handler ran outside the edge layer's request context")
+            })
+    }
 }
 
 /// Whether `principal` (if auth is on) may run inference on `model`; for doors that learn the
@@ -300,5 +320,35 @@ mod tests {
         assert_eq!(Door::of("/v1/embeddings"), Door::OpenAi);
         assert_eq!(Door::of("/info"), Door::Tei);
         assert_eq!(Door::of("/v2/models/digits/infer"), Door::KServe);
+    }
+
+    async fn caller() -> Result<Caller, ApiError> {
+        use axum::extract::FromRequestParts;
+        let (mut parts, ()) = axum::http::Request::new(()).into_parts();
+        Caller::from_request_parts(&mut parts, &()).await
+    }
+
+    #[tokio::test]
+    async fn a_handler_reads_the_principal_from_the_request_context_and_fails_closed_outside_it() {
+        use crate::api::{RequestCtx, REQUEST_ID};
+        let p = Arc::new(Principal {
+            name: "ci".into(),
+            scopes: vec![crate::auth::Scope::Infer],
+            rate: crate::auth::RateLimit {
+                per_second: 0.0,
+                burst: 0,
+            },
+        });
+        let ctx = RequestCtx::with_principal("r1".into(), Some(p.clone()));
+        let got = REQUEST_ID.scope(ctx, caller()).await.ok().unwrap().0;
+        assert!(got.is_some_and(|g| Arc::ptr_eq(&g, &p)));
+        // No [auth]: the edge leaves no principal, and the handler sees none.
+        let none = REQUEST_ID.scope(RequestCtx::new("r2".into()), caller());
+        assert!(none.await.ok().unwrap().0.is_none());
+        // Outside the edge's context: refused (500), never served as if auth were off.
+        match caller().await {
+            Err(e) => assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR),
+            Ok(_) => panic!("a handler outside the request context must be refused"),
+        }
     }
 }

@@ -4,11 +4,11 @@
 //! /v2/jobs/{id}/result` and `/rejects` (streamed from disk); `DELETE /v2/jobs/{id}` cancels. The
 //! `jobs` scope is required when `[auth]` is configured, and a job is visible to its owner only.
 
-use std::sync::Arc;
+use super::auth::Caller;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -19,7 +19,6 @@ use tokio::io::AsyncWriteExt;
 #[allow(unused_imports)]
 use super::openapi::*;
 use super::{ApiError, AppState};
-use crate::auth::Principal;
 use crate::jobs::manager::{ManagerError, NewJob};
 use crate::jobs::{InputFormat, InputSpec};
 
@@ -39,10 +38,8 @@ struct CreateQuery {
     truncate: Option<bool>,
 }
 
-type Caller = Option<Extension<Arc<Principal>>>;
-
 fn owner(p: &Caller) -> Option<String> {
-    p.as_ref().map(|Extension(p)| p.name.clone())
+    p.0.as_ref().map(|p| p.name.clone())
 }
 
 fn api_error(e: ManagerError) -> ApiError {

@@ -1,8 +1,9 @@
 //! KServe v1 / TF-Serving style routes: `GET /v1/models/{m}` (status) and
 //! `POST /v1/models/{m}:predict` (`instances` -> `predictions`).
 
+use super::auth::Caller;
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -48,12 +49,11 @@ pub async fn status(
 pub async fn predict(
     State(s): State<AppState>,
     Path(segment): Path<String>,
-    principal: Option<Extension<std::sync::Arc<Principal>>>,
+    Caller(principal): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let model = split_predict(&segment)?;
-    let principal = principal.map(|Extension(p)| p);
     predict_on(s, (model, None), principal, headers, body).await
 }
 
@@ -68,12 +68,11 @@ pub async fn predict(
 pub async fn predict_v(
     State(s): State<AppState>,
     Path((model, segment)): Path<(String, String)>,
-    principal: Option<Extension<std::sync::Arc<Principal>>>,
+    Caller(principal): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let version = parse_version(&model, split_predict(&segment)?)?;
-    let principal = principal.map(|Extension(p)| p);
     predict_on(s, (&model, Some(version)), principal, headers, body).await
 }
 

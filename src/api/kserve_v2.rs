@@ -1,8 +1,9 @@
 //! KServe v2 / Open Inference Protocol routes: server and model metadata, health, readiness, infer
 //! (JSON and binary tensor extension).
 
+use super::auth::Caller;
 use axum::body::Body;
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -195,13 +196,12 @@ pub async fn model_ready_v(
 pub async fn infer(
     State(s): State<AppState>,
     Path(model): Path<String>,
-    principal: Option<Extension<std::sync::Arc<Principal>>>,
+    Caller(principal): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let routed = s.repo.route(&model, infer::routing_key(&headers))?;
-    let p = principal.map(|Extension(p)| p);
-    infer_on(s, routed.lv, routed.shadow, p, headers, body).await
+    infer_on(s, routed.lv, routed.shadow, principal, headers, body).await
 }
 
 #[utoipa::path(
@@ -215,12 +215,12 @@ pub async fn infer(
 pub async fn infer_v(
     State(s): State<AppState>,
     Path((model, version)): Path<(String, String)>,
-    principal: Option<Extension<std::sync::Arc<Principal>>>,
+    Caller(principal): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let lv = s.repo.get(&model, Some(parse_version(&model, &version)?))?;
-    infer_on(s, lv, None, principal.map(|Extension(p)| p), headers, body).await
+    infer_on(s, lv, None, principal, headers, body).await
 }
 
 async fn infer_on(

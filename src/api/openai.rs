@@ -1,11 +1,11 @@
 //! OpenAI `POST /v1/embeddings` (wire format in `protocol::openai`): decode, embed, encode; errors
 //! in OpenAI's shape.
 
-use std::sync::Arc;
+use super::auth::Caller;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -40,11 +40,10 @@ fn openai_error(e: ApiError) -> Response {
 )]
 pub async fn embeddings(
     State(s): State<AppState>,
-    principal: Option<Extension<Arc<Principal>>>,
+    Caller(principal): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let principal = principal.map(|Extension(p)| p);
     handle(s, principal.as_deref(), headers, body)
         .await
         .unwrap_or_else(openai_error)

@@ -2,9 +2,9 @@
 //! enabled only with `--model-control explicit` (403 naming the flag otherwise), behind the `admin`
 //! scope when `[auth]` is configured (the route layer checks it), and each writes one audit line.
 
-use std::sync::Arc;
+use super::auth::Caller;
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -80,10 +80,9 @@ pub(crate) async fn act(
 )]
 pub async fn load(
     State(s): State<AppState>,
-    principal: Option<Extension<Arc<Principal>>>,
+    Caller(principal): Caller,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let principal = principal.map(|Extension(p)| p);
     act(&s, principal.as_deref(), "load", &model).await?;
     Ok(Json(json!({})))
 }
@@ -97,10 +96,9 @@ pub async fn load(
 )]
 pub async fn unload(
     State(s): State<AppState>,
-    principal: Option<Extension<Arc<Principal>>>,
+    Caller(principal): Caller,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let principal = principal.map(|Extension(p)| p);
     act(&s, principal.as_deref(), "unload", &model).await?;
     Ok(Json(json!({})))
 }

@@ -3,9 +3,9 @@
 //! `[auth]` is configured, one audit line each) and `GET /v2/models/{m}/rollout` (the status:
 //! split, shadow summary, gate figures, history, guard events).
 
-use std::sync::Arc;
+use super::auth::Caller;
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::Value;
 
@@ -59,7 +59,7 @@ fn act(
 )]
 pub async fn routing(
     State(s): State<AppState>,
-    principal: Option<Extension<Arc<Principal>>>,
+    Caller(principal): Caller,
     Path(model): Path<String>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
@@ -68,10 +68,14 @@ pub async fn routing(
     let change: RoutingChange = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::BadRequest(format!("routing body: {e}")))?;
     let detail = format!("{:?}", change);
-    let p = principal.map(|Extension(p)| p);
-    act(&s, p.as_deref(), "routing", &model, &detail, |who| {
-        s.repo.set_routing(&model, change, who)
-    })
+    act(
+        &s,
+        principal.as_deref(),
+        "routing",
+        &model,
+        &detail,
+        |who| s.repo.set_routing(&model, change, who),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -92,7 +96,7 @@ pub struct Promote {
 )]
 pub async fn promote(
     State(s): State<AppState>,
-    principal: Option<Extension<Arc<Principal>>>,
+    Caller(principal): Caller,
     Path(model): Path<String>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
@@ -107,10 +111,14 @@ pub async fn promote(
     }
     .ok_or_else(|| ApiError::BadRequest("'version' must be a version number".into()))?;
     let detail = format!("version {version} force {}", req.force);
-    let p = principal.map(|Extension(p)| p);
-    act(&s, p.as_deref(), "promote", &model, &detail, |who| {
-        s.repo.promote(&model, version, req.force, who)
-    })
+    act(
+        &s,
+        principal.as_deref(),
+        "promote",
+        &model,
+        &detail,
+        |who| s.repo.promote(&model, version, req.force, who),
+    )
 }
 
 #[utoipa::path(
@@ -122,11 +130,10 @@ pub async fn promote(
 )]
 pub async fn rollback(
     State(s): State<AppState>,
-    principal: Option<Extension<Arc<Principal>>>,
+    Caller(principal): Caller,
     Path(model): Path<String>,
 ) -> Result<Json<RolloutStatus>, ApiError> {
-    let p = principal.map(|Extension(p)| p);
-    act(&s, p.as_deref(), "rollback", &model, "", |who| {
+    act(&s, principal.as_deref(), "rollback", &model, "", |who| {
         s.repo.rollback(&model, who)
     })
 }

@@ -2,7 +2,8 @@
 //! per loaded model version, Triton's counts and durations, read from the version's metrics. The
 //! gRPC `ModelStatistics` answers from the same `collect`.
 
-use axum::extract::{Extension, Path, State};
+use super::auth::Caller;
+use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
@@ -62,15 +63,9 @@ fn answer(stats: Vec<ModelStatistics>) -> Json<Value> {
 )]
 pub async fn all(
     State(s): State<AppState>,
-    principal: Option<Extension<std::sync::Arc<Principal>>>,
+    Caller(principal): Caller,
 ) -> Result<Json<Value>, ApiError> {
-    collect(
-        &s,
-        principal.as_ref().map(|Extension(p)| p.as_ref()),
-        None,
-        None,
-    )
-    .map(answer)
+    collect(&s, principal.as_deref(), None, None).map(answer)
 }
 
 #[utoipa::path(

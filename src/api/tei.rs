@@ -1,11 +1,11 @@
 //! Text Embeddings Inference compatible routes (wire format in `protocol::tei`): `POST /embed` and
 //! `GET /info`; errors in TEI's shape.
 
-use std::sync::Arc;
+use super::auth::Caller;
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -48,11 +48,10 @@ fn tei_error(e: ApiError) -> Response {
 )]
 pub async fn embed(
     State(s): State<AppState>,
-    principal: Option<Extension<Arc<Principal>>>,
+    Caller(principal): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let principal = principal.map(|Extension(p)| p);
     handle(s, principal.as_deref(), headers, body)
         .await
         .unwrap_or_else(tei_error)
