@@ -26,9 +26,9 @@ use crate::telemetry::logging::{self, AccessRecord};
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
 /// The context of the request a task serves: its id (`x-request-id`), its caller, and what the
-/// access log's body tap saw of its body. One task-local rather than shared state: the tap runs in the task that
-/// reads the body (the handler's), and the edge takes the context back when the handler is done,
-/// so the log costs no allocation or lock per request for it.
+/// access log's body tap saw of its body. One task-local rather than shared state: the tap runs in
+/// the task that reads the body (the handler's), and the edge takes the context back when the
+/// handler is done, so the log costs no allocation or lock per request for it.
 pub struct RequestCtx {
     pub id: String,
     /// Who is calling (`auth::check`'s principal): `None` with no `[auth]` or on an open route.

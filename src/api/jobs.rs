@@ -4,7 +4,6 @@
 //! /v2/jobs/{id}/result` and `/rejects` (streamed from disk); `DELETE /v2/jobs/{id}` cancels. The
 //! `jobs` scope is required when `[auth]` is configured, and a job is visible to its owner only.
 
-use super::auth::Caller;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -16,6 +15,7 @@ use futures::StreamExt;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
+use super::auth::Caller;
 #[allow(unused_imports)]
 use super::openapi::*;
 use super::{ApiError, AppState};

@@ -1,7 +1,6 @@
 //! KServe v1 / TF-Serving style routes: `GET /v1/models/{m}` (status) and
 //! `POST /v1/models/{m}:predict` (`instances` -> `predictions`).
 
-use super::auth::Caller;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -9,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::infer::{self, parse_version};
 #[allow(unused_imports)]
 use super::openapi::*;

@@ -1,7 +1,6 @@
 //! KServe v2 / Open Inference Protocol routes: server and model metadata, health, readiness, infer
 //! (JSON and binary tensor extension).
 
-use super::auth::Caller;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -9,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 use super::infer::{self, parse_version};
 #[allow(unused_imports)]
 use super::openapi::*;

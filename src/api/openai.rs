@@ -1,7 +1,6 @@
 //! OpenAI `POST /v1/embeddings` (wire format in `protocol::openai`): decode, embed, encode; errors
 //! in OpenAI's shape.
 
-use super::auth::Caller;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -10,6 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::auth::Caller;
 #[allow(unused_imports)]
 use super::openapi::*;
 use super::shadow::{LiveOutput, ShadowInput};

@@ -2,12 +2,11 @@
 //! enabled only with `--model-control explicit` (403 naming the flag otherwise), behind the `admin`
 //! scope when `[auth]` is configured (the route layer checks it), and each writes one audit line.
 
-use super::auth::Caller;
-
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::auth::Caller;
 #[allow(unused_imports)]
 use super::openapi::*;
 use super::{ApiError, AppState};

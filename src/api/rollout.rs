@@ -3,12 +3,11 @@
 //! `[auth]` is configured, one audit line each) and `GET /v2/models/{m}/rollout` (the status:
 //! split, shadow summary, gate figures, history, guard events).
 
-use super::auth::Caller;
-
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::Value;
 
+use super::auth::Caller;
 #[allow(unused_imports)]
 use super::openapi::*;
 use super::{read_body, ApiError, AppState};

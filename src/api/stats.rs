@@ -2,12 +2,11 @@
 //! per loaded model version, Triton's counts and durations, read from the version's metrics. The
 //! gRPC `ModelStatistics` answers from the same `collect`.
 
-use super::auth::Caller;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::auth::check_model;
+use super::auth::{check_model, Caller};
 use super::infer::parse_version;
 #[allow(unused_imports)]
 use super::openapi::*;

@@ -1,7 +1,6 @@
 //! Text Embeddings Inference compatible routes (wire format in `protocol::tei`): `POST /embed` and
 //! `GET /info`; errors in TEI's shape.
 
-use super::auth::Caller;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -11,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::auth::Caller;
 #[allow(unused_imports)]
 use super::openapi::*;
 use super::shadow::{LiveOutput, ShadowInput};
